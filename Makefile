@@ -1,0 +1,45 @@
+# The two commands that matter: `make dev` (a working local API) and `make test` (every test).
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: install dev test build lint fmt bench sweep price kill-switch clean
+
+install:
+	@infra/install.sh
+
+dev: install
+	@infra/dev.sh
+
+test: install
+	@infra/test.sh
+
+lint: install
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cfn-lint template.yaml
+
+fmt:
+	cargo fmt --all
+
+# sam build with the rust-cargolambda build method (cargo lambda + zig from .venv).
+build: install
+	sam build --template template.yaml --parallel --cached
+
+bench: install
+	@infra/bench.sh
+
+# Operator commands against the running `make dev` stack (.local/dev/env).
+sweep:
+	@source .local/dev/env && cargo lambda invoke sweep --data-file events/schedule.json --invoke-address 127.0.0.1 --invoke-port 9000
+
+price:
+	@test -n "$(SYMBOL)" -a -n "$(PRICE)" || { echo "usage: make price SYMBOL=BTCUSDT PRICE=65000"; exit 2; }
+	@source .local/dev/env && cargo run -q --bin localstack -- set-price $(SYMBOL) $(PRICE)
+
+kill-switch:
+	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make kill-switch STATE=on|off"; exit 2; }
+	@source .local/dev/env && cargo run -q --bin localstack -- kill-switch $(STATE)
+
+clean:
+	rm -rf .local .aws-sam

@@ -1,0 +1,218 @@
+//! Access tokens: EdDSA-signed JWTs (RFC 9068 `at+jwt`), keys from Secrets Manager. The newest key
+//! signs; every key in the secret verifies and is published in the JWKS, so keys rotate without
+//! logging anyone out.
+
+use crate::secrets::{json_shape_error, Secret};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const TOKEN_TYPE: &str = "at+jwt";
+/// Clock skew tolerated on `exp`/`iat`.
+pub const LEEWAY_SECS: u64 = 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+}
+
+pub struct JwtKeys {
+    signing_kid: String,
+    encoding: EncodingKey,
+    decoding: HashMap<String, DecodingKey>,
+    jwks: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    kid: String,
+    private_key_pem: Secret<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySetSecret {
+    keys: Vec<KeyEntry>,
+}
+
+/// Parses `{"keys":[{"kid","private_key_pem","created_at"}]}`: Ed25519 PKCS#8 keys.
+pub fn parse_jwt_keys(text: &str, _production: bool) -> Result<JwtKeys, String> {
+    let set: KeySetSecret = serde_json::from_str(text).map_err(|e| format!("expected {{\"keys\":[…]}}: {}", json_shape_error(&e)))?;
+    let newest = set.keys.iter().max_by_key(|k| k.created_at).ok_or("the key set is empty")?;
+    let mut decoding = HashMap::new();
+    let mut jwks = Vec::new();
+    let mut encoding = None;
+    for entry in &set.keys {
+        if entry.kid.is_empty() || decoding.contains_key(&entry.kid) {
+            return Err("every key needs a distinct, non-empty kid".into());
+        }
+        let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(entry.private_key_pem.expose())
+            .map_err(|_| format!("key {} is not an Ed25519 PKCS#8 PEM private key", entry.kid))?;
+        let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
+        decoding.insert(entry.kid.clone(), DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?);
+        jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": entry.kid, "x": x}));
+        if entry.kid == newest.kid {
+            encoding = Some(EncodingKey::from_ed_der(signing.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes()));
+        }
+    }
+    Ok(JwtKeys {
+        signing_kid: newest.kid.clone(),
+        encoding: encoding.ok_or("no signing key")?,
+        decoding,
+        jwks: serde_json::json!({ "keys": jwks }),
+    })
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid access token")]
+pub struct InvalidToken;
+
+impl JwtKeys {
+    pub fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
+    }
+
+    pub fn signing_kid(&self) -> &str {
+        &self.signing_kid
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.signing_kid.clone());
+        header.typ = Some(TOKEN_TYPE.to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+    }
+
+    /// Verifies with the algorithm pinned to EdDSA, the key chosen by `kid` among ours only, and
+    /// `typ`, `iss`, `aud` and `exp` required.
+    pub fn verify(&self, token: &str, issuer: &str, audience: &str) -> Result<AccessClaims, InvalidToken> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(InvalidToken);
+        }
+        let typ_ok = header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
+        if !typ_ok {
+            return Err(InvalidToken);
+        }
+        let key = header.kid.as_deref().and_then(|kid| self.decoding.get(kid)).ok_or(InvalidToken)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation).map_err(|_| InvalidToken)?;
+        if data.claims.iat > chrono::Utc::now().timestamp() + LEEWAY_SECS as i64 {
+            return Err(InvalidToken);
+        }
+        Ok(data.claims)
+    }
+}
+
+/// A fresh Ed25519 key entry for the JWT secret (local stack, tests and the rotation script).
+pub fn generate_key_entry(kid: &str, created_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let pem = key.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string()).unwrap_or_default();
+    serde_json::json!({"kid": kid, "private_key_pem": pem, "created_at": created_at.to_rfc3339()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, Utc};
+
+    const ISS: &str = "https://issuer.test";
+    const AUD: &str = "api";
+
+    fn keyset(entries: &[serde_json::Value]) -> JwtKeys {
+        parse_jwt_keys(&serde_json::json!({ "keys": entries }).to_string(), false).unwrap()
+    }
+
+    fn claims(exp_in: i64) -> AccessClaims {
+        let now = Utc::now().timestamp();
+        AccessClaims { iss: ISS.into(), aud: AUD.into(), sub: "user-1".into(), exp: now + exp_in, iat: now, jti: "j".into() }
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_carries_kid_and_typ() {
+        let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
+        let token = keys.sign(&claims(900)).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some("k1"));
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(keys.verify(&token, ISS, AUD).unwrap().sub, "user-1");
+    }
+
+    #[test]
+    fn the_newest_key_signs_and_older_keys_still_verify() {
+        let old = generate_key_entry("old", Utc::now() - Duration::days(30));
+        let new = generate_key_entry("new", Utc::now());
+        let before_rotation = keyset(&[old.clone()]);
+        let after_rotation = keyset(&[old, new]);
+        assert_eq!(after_rotation.signing_kid(), "new");
+        let issued_before = before_rotation.sign(&claims(900)).unwrap();
+        assert!(after_rotation.verify(&issued_before, ISS, AUD).is_ok());
+        assert_eq!(after_rotation.jwks()["keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn wrong_issuer_audience_expiry_or_unknown_kid_are_refused() {
+        let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
+        let token = keys.sign(&claims(900)).unwrap();
+        assert_eq!(keys.verify(&token, "https://other", AUD), Err(InvalidToken));
+        assert_eq!(keys.verify(&token, ISS, "other"), Err(InvalidToken));
+        assert_eq!(keys.verify(&keys.sign(&claims(-120)).unwrap(), ISS, AUD), Err(InvalidToken));
+        let stranger = keyset(&[generate_key_entry("k1", Utc::now())]);
+        assert_eq!(stranger.verify(&token, ISS, AUD), Err(InvalidToken), "same kid, different key");
+    }
+
+    #[test]
+    fn alg_none_and_hs256_with_the_public_key_are_refused() {
+        let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
+        let b64 = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let body = b64(serde_json::to_value(claims(900)).unwrap());
+        let none = format!("{}.{}.", b64(serde_json::json!({"alg":"none","typ":"at+jwt","kid":"k1"})), body);
+        assert_eq!(keys.verify(&none, ISS, AUD), Err(InvalidToken));
+
+        let x = keys.jwks()["keys"][0]["x"].as_str().unwrap();
+        let public = URL_SAFE_NO_PAD.decode(x).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        header.typ = Some("at+jwt".into());
+        let forged = jsonwebtoken::encode(&header, &claims(900), &EncodingKey::from_secret(&public)).unwrap();
+        assert_eq!(keys.verify(&forged, ISS, AUD), Err(InvalidToken));
+    }
+
+    #[test]
+    fn a_tampered_payload_is_refused() {
+        let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
+        let token = keys.sign(&claims(900)).unwrap();
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut c = claims(900);
+        c.sub = "someone-else".into();
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_string(&c).unwrap());
+        assert_eq!(keys.verify(&parts.join("."), ISS, AUD), Err(InvalidToken));
+    }
+
+    #[test]
+    fn a_token_without_the_at_jwt_type_is_refused() {
+        let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        header.typ = Some("JWT".into());
+        let token = jsonwebtoken::encode(&header, &claims(900), &keys.encoding).unwrap();
+        assert_eq!(keys.verify(&token, ISS, AUD), Err(InvalidToken));
+    }
+}

@@ -1,0 +1,74 @@
+//! DynamoDB helpers: items through `serde_dynamo`, and conditional-write failures told apart from
+//! outages so the first becomes a 409 and the second a 503.
+
+use crate::error::ApiError;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub fn to_item<T: Serialize>(value: &T) -> Result<Item, ApiError> {
+    serde_dynamo::to_item(value).map_err(|e| ApiError::internal("encoding a DynamoDB item", e))
+}
+
+pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, ApiError> {
+    serde_dynamo::from_item(item).map_err(|e| ApiError::internal("decoding a DynamoDB item", e))
+}
+
+/// Was this SDK error a failed condition (on a single write or inside a transaction)?
+pub fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    match err {
+        SdkError::ServiceError(service) => matches!(
+            service.err().code(),
+            Some("ConditionalCheckFailedException") | Some("TransactionCanceledException")
+        ),
+        _ => false,
+    }
+}
+
+/// Which items of a cancelled transaction failed their condition, by position.
+pub fn cancelled_conditions<R>(err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>) -> Vec<bool> {
+    match err {
+        SdkError::ServiceError(service) => match service.err() {
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(e) => e
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// Maps a write error: a failed condition becomes the given 409, anything else a logged 503.
+pub fn write_error<E, R>(err: SdkError<E, R>, conflict: ApiError) -> ApiError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    if is_condition_failure(&err) {
+        conflict
+    } else {
+        db_error(err)
+    }
+}
+
+pub fn db_error<E, R>(err: SdkError<E, R>) -> ApiError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    tracing::error!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&err), dependency = "dynamodb", "dynamodb call failed");
+    ApiError::dependency_unavailable("the database")
+}
+
+pub fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+pub fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}

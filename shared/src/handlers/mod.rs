@@ -1,0 +1,2 @@
+//! One module per route; each function crate's `main` serves exactly one of them.
+pub mod health;

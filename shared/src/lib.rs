@@ -1,0 +1,20 @@
+//! The common library of every Lambda in the workspace.
+
+pub mod auth;
+pub mod aws;
+pub mod config;
+pub mod crypto;
+pub mod devstack;
+pub mod dynamo;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod keys;
+pub mod mail;
+pub mod redis_conn;
+pub mod secrets;
+pub mod state;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use state::{AppState, Need};

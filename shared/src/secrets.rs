@@ -1,0 +1,157 @@
+//! Secrets Manager values: fetched during init, cached in-process for warm invocations and
+//! refreshed after a TTL so a rotated secret is picked up without a redeploy.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+
+/// A value that never prints. `expose()` is the one way to read it, and greps well in review.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Secret<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret {id} could not be fetched: {cause}")]
+    Fetch { id: String, cause: String },
+    #[error("secret {id} is malformed: {cause}")]
+    Invalid { id: String, cause: String },
+}
+
+/// How a secret's JSON text becomes a typed value; `production` asks for the stricter checks.
+pub type SecretParser<T> = fn(&str, bool) -> Result<T, String>;
+
+pub struct CachedSecret<T> {
+    client: aws_sdk_secretsmanager::Client,
+    id: String,
+    ttl: Duration,
+    production: bool,
+    parse: SecretParser<T>,
+    slot: RwLock<Option<(Arc<T>, Instant)>>,
+}
+
+impl<T> CachedSecret<T> {
+    pub fn new(client: aws_sdk_secretsmanager::Client, id: String, ttl: Duration, production: bool, parse: SecretParser<T>) -> Self {
+        CachedSecret { client, id, ttl, production, parse, slot: RwLock::new(None) }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The cached value while it is fresh; otherwise a new fetch. A failed refresh keeps serving
+    /// the last good value (logged), so a Secrets Manager hiccup does not take the API down.
+    pub async fn get(&self) -> Result<Arc<T>, SecretError> {
+        if let Some((value, at)) = self.slot.read().await.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(value.clone());
+            }
+        }
+        let mut slot = self.slot.write().await;
+        if let Some((value, at)) = slot.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(value.clone());
+            }
+        }
+        match self.fetch().await {
+            Ok(value) => {
+                let value = Arc::new(value);
+                *slot = Some((value.clone(), Instant::now()));
+                Ok(value)
+            }
+            Err(err) => match slot.as_ref() {
+                Some((stale, _)) => {
+                    tracing::warn!(secret_id = %self.id, error = %err, "secret refresh failed; serving the cached value");
+                    Ok(stale.clone())
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// Drops the cached value so the next `get` fetches.
+    pub async fn invalidate(&self) {
+        *self.slot.write().await = None;
+    }
+
+    async fn fetch(&self) -> Result<T, SecretError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.id)
+            .send()
+            .await
+            .map_err(|e| SecretError::Fetch { id: self.id.clone(), cause: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string() })?;
+        let text = out.secret_string().ok_or_else(|| SecretError::Invalid { id: self.id.clone(), cause: "no SecretString".into() })?;
+        (self.parse)(text, self.production).map_err(|cause| SecretError::Invalid { id: self.id.clone(), cause })
+    }
+}
+
+/// Telegram Bot API credentials for guardian alerts.
+#[derive(serde::Deserialize)]
+pub struct TelegramSecret {
+    pub bot_token: Secret<String>,
+    pub chat_id: String,
+}
+
+pub fn parse_telegram(text: &str, _production: bool) -> Result<TelegramSecret, String> {
+    serde_json::from_str(text).map_err(|e| format!("expected {{\"bot_token\",\"chat_id\"}}: {}", e.classify_name()))
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    // Never echo serde's message: it can quote the secret's own text.
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io error",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "wrong fields",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}
+
+pub(crate) fn json_shape_error(e: &serde_json::Error) -> &'static str {
+    e.classify_name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print_their_value() {
+        let s = Secret::new("hunter2".to_owned());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_malformed_telegram_secret_does_not_echo_its_text() {
+        let err = parse_telegram("{\"bot_token\": 12345678}", false).err().unwrap();
+        assert!(!err.contains("12345678"), "{err}");
+    }
+}

@@ -1,0 +1,188 @@
+//! `spawn_app` for the integration tests: every test gets its own table (created from
+//! template.yaml) and its own freshly generated secrets in the moto server, and talks to the real
+//! redis-server that `make test` started. Handlers are called in-process through the same
+//! `serve` wrapper the Lambda binaries use.
+#![allow(dead_code)]
+
+use lambda_http::request::RequestContext as LambdaContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use shared::config::Config;
+use shared::http::{serve, RequestContext};
+use shared::{ApiError, AppState, Need};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+pub struct TestApp {
+    pub state: AppState,
+    pub outbox: PathBuf,
+    pub sdk: aws_config::SdkConfig,
+}
+
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: serde_json::Value,
+    pub raw: String,
+}
+
+impl TestResponse {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn require_env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run the tests through `make test`, which starts redis and moto"))
+}
+
+pub fn test_config(overrides: &[(&str, String)]) -> Config {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut values: HashMap<String, String> = HashMap::from([
+        ("APP_ENV".into(), "local".into()),
+        ("TABLE_NAME".into(), format!("test-{id}")),
+        ("REDIS_URL".into(), require_env("REDIS_URL")),
+        ("JWT_SECRET_ID".into(), format!("test/{id}/jwt")),
+        ("ENCRYPTION_SECRET_ID".into(), format!("test/{id}/enc")),
+        ("TELEGRAM_SECRET_ID".into(), format!("test/{id}/telegram")),
+        ("OUTBOX_PATH".into(), std::env::temp_dir().join(format!("outbox-{id}.jsonl")).display().to_string()),
+        ("IP_RATE_LIMIT_PER_MINUTE".into(), "1000".into()),
+        ("CORS_ALLOWED_ORIGINS".into(), "https://app.example".into()),
+        ("EXCHANGE_TIMEOUT_MS".into(), "800".into()),
+    ]);
+    for (k, v) in overrides {
+        values.insert((*k).to_owned(), v.clone());
+    }
+    Config::from_lookup(|k| values.get(k).cloned()).expect("test config is valid")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
+    require_env("AWS_ENDPOINT_URL");
+    let config = test_config(overrides);
+    let sdk = shared::aws::sdk_config().await;
+    let template = include_str!("../../../template.yaml");
+    shared::devstack::create_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name, template).await.expect("create table");
+    shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await.expect("seed secrets");
+    let outbox = config.outbox_path.clone();
+    let state = AppState::new(config, &sdk).expect("state");
+    state.warm(&[Need::Redis, Need::JwtKeys, Need::EncryptionKeys]).await.expect("warm");
+    TestApp { state, outbox, sdk }
+}
+
+pub fn request(method: &str, path: &str, body: Option<serde_json::Value>) -> Request {
+    let mut builder = http::Request::builder().method(method).uri(format!("https://api.example.com{path}"));
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let body = body.map(|b| Body::Text(b.to_string())).unwrap_or(Body::Empty);
+    builder.body(body).expect("request").with_request_context(api_context("198.51.100.1"))
+}
+
+pub fn api_context(source_ip: &str) -> LambdaContext {
+    let mut ctx = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
+    ctx.http.source_ip = Some(source_ip.to_owned());
+    LambdaContext::ApiGatewayV2(ctx)
+}
+
+pub fn with_bearer(mut req: Request, token: &str) -> Request {
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+pub fn from_ip(req: Request, ip: &str) -> Request {
+    req.with_request_context(api_context(ip))
+}
+
+impl TestApp {
+    pub async fn call<'a, F, Fut>(&'a self, handler: F, req: Request) -> TestResponse
+    where
+        F: FnOnce(&'a AppState, Request, RequestContext) -> Fut,
+        Fut: Future<Output = Result<Response<Body>, ApiError>> + 'a,
+    {
+        let response = serve(&self.state, req, handler).await.expect("serve never fails");
+        into_test_response(response)
+    }
+
+    /// Every mail the app has sent so far, oldest first.
+    pub fn outbox(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.outbox)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("outbox line is JSON"))
+            .collect()
+    }
+
+    pub fn dynamo(&self) -> &aws_sdk_dynamodb::Client {
+        &self.state.dynamo
+    }
+}
+
+pub fn into_test_response(response: Response<Body>) -> TestResponse {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let raw = match response.body() {
+        Body::Text(t) => t.clone(),
+        Body::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
+    let body = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+    TestResponse { status, headers, body, raw }
+}
+
+/// A free loopback port for a server a test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A redis-server of the test's own, to stop and restart.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let mut redis = OwnRedis { port: free_port(), child: None };
+        redis.restart().await;
+        redis
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    pub async fn restart(&mut self) {
+        self.stop();
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

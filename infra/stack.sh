@@ -46,6 +46,7 @@ export REDIS_URL=redis://127.0.0.1:$redis_port
 export TEST_REDIS_TLS_URL=rediss://localhost:$tls_port
 export TEST_REDIS_CA_FILE=$PWD/$dir/ca.pem
 export REDIS_SERVER_BIN=$(command -v redis-server)
+export VENV_PYTHON=$PWD/.venv/bin/python
 ENV
   sed "s/^export //" "$dir/env" > "$dir/lambda.env"
   ;;

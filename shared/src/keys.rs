@@ -32,7 +32,10 @@ pub const ACTIVE_BOTS: &str = "ACTIVE_BOTS";
 pub type Key = HashMap<String, AttributeValue>;
 
 fn key(pk: String, sk: impl Into<String>) -> Key {
-    HashMap::from([(PK.to_owned(), AttributeValue::S(pk)), (SK.to_owned(), AttributeValue::S(sk.into()))])
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(pk)),
+        (SK.to_owned(), AttributeValue::S(sk.into())),
+    ])
 }
 
 pub fn user_partition(user_id: &str) -> String {
@@ -52,7 +55,10 @@ pub fn paper_account(user_id: &str) -> Key {
 }
 pub const POSITION_PREFIX: &str = "POS#";
 pub fn paper_position(user_id: &str, symbol: &str) -> Key {
-    key(user_partition(user_id), format!("{POSITION_PREFIX}{symbol}"))
+    key(
+        user_partition(user_id),
+        format!("{POSITION_PREFIX}{symbol}"),
+    )
 }
 pub fn credentials(user_id: &str) -> Key {
     key(user_partition(user_id), "CREDENTIALS")
@@ -86,11 +92,20 @@ pub fn sort_key(item: &HashMap<String, AttributeValue>) -> Option<&str> {
 
 /// The GSI attributes that put a bot into the active-bots index.
 pub fn active_bot_index(user_id: &str) -> [(String, AttributeValue); 2] {
-    [(GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())), (GSI1_SK.to_owned(), AttributeValue::S(user_id.to_owned()))]
+    [
+        (
+            GSI1_PK.to_owned(),
+            AttributeValue::S(ACTIVE_BOTS.to_owned()),
+        ),
+        (GSI1_SK.to_owned(), AttributeValue::S(user_id.to_owned())),
+    ]
 }
 
 /// Merges a key into an item about to be written.
-pub fn with_key(mut item: HashMap<String, AttributeValue>, key: Key) -> HashMap<String, AttributeValue> {
+pub fn with_key(
+    mut item: HashMap<String, AttributeValue>,
+    key: Key,
+) -> HashMap<String, AttributeValue> {
     item.extend(key);
     item
 }

@@ -10,16 +10,26 @@ pub fn connection_manager(config: &Config) -> redis::RedisResult<ConnectionManag
     let client = match &config.redis_ca_file {
         Some(path) => {
             let root_cert = std::fs::read(path).map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_CA_FILE unreadable", e.to_string()))
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "REDIS_CA_FILE unreadable",
+                    e.to_string(),
+                ))
             })?;
-            redis::Client::build_with_tls(config.redis_url.as_str(), redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) })?
+            redis::Client::build_with_tls(
+                config.redis_url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?
         }
         None => redis::Client::open(config.redis_url.as_str())?,
     };
     // Short timeouts: a request should fail fast with 503 rather than hang to the Lambda timeout.
     let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(1500)))
-        .set_response_timeout(Some(Duration::from_millis(1500)))
+        .set_connection_timeout(Some(config.redis_timeout))
+        .set_response_timeout(Some(config.redis_timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(200));
     ConnectionManager::new_lazy_with_config(client, manager_config)

@@ -52,8 +52,21 @@ pub struct CachedSecret<T> {
 }
 
 impl<T> CachedSecret<T> {
-    pub fn new(client: aws_sdk_secretsmanager::Client, id: String, ttl: Duration, production: bool, parse: SecretParser<T>) -> Self {
-        CachedSecret { client, id, ttl, production, parse, slot: RwLock::new(None) }
+    pub fn new(
+        client: aws_sdk_secretsmanager::Client,
+        id: String,
+        ttl: Duration,
+        production: bool,
+        parse: SecretParser<T>,
+    ) -> Self {
+        CachedSecret {
+            client,
+            id,
+            ttl,
+            production,
+            parse,
+            slot: RwLock::new(None),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -102,9 +115,18 @@ impl<T> CachedSecret<T> {
             .secret_id(&self.id)
             .send()
             .await
-            .map_err(|e| SecretError::Fetch { id: self.id.clone(), cause: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string() })?;
-        let text = out.secret_string().ok_or_else(|| SecretError::Invalid { id: self.id.clone(), cause: "no SecretString".into() })?;
-        (self.parse)(text, self.production).map_err(|cause| SecretError::Invalid { id: self.id.clone(), cause })
+            .map_err(|e| SecretError::Fetch {
+                id: self.id.clone(),
+                cause: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+            })?;
+        let text = out.secret_string().ok_or_else(|| SecretError::Invalid {
+            id: self.id.clone(),
+            cause: "no SecretString".into(),
+        })?;
+        (self.parse)(text, self.production).map_err(|cause| SecretError::Invalid {
+            id: self.id.clone(),
+            cause,
+        })
     }
 }
 
@@ -116,7 +138,12 @@ pub struct TelegramSecret {
 }
 
 pub fn parse_telegram(text: &str, _production: bool) -> Result<TelegramSecret, String> {
-    serde_json::from_str(text).map_err(|e| format!("expected {{\"bot_token\",\"chat_id\"}}: {}", e.classify_name()))
+    serde_json::from_str(text).map_err(|e| {
+        format!(
+            "expected {{\"bot_token\",\"chat_id\"}}: {}",
+            e.classify_name()
+        )
+    })
 }
 
 trait ClassifyName {
@@ -151,7 +178,9 @@ mod tests {
 
     #[test]
     fn a_malformed_telegram_secret_does_not_echo_its_text() {
-        let err = parse_telegram("{\"bot_token\": 12345678}", false).err().unwrap();
+        let err = parse_telegram("{\"bot_token\": 12345678}", false)
+            .err()
+            .unwrap();
         assert!(!err.contains("12345678"), "{err}");
     }
 }

@@ -1,2 +1,3 @@
 //! One module per route; each function crate's `main` serves exactly one of them.
+pub mod auth;
 pub mod health;

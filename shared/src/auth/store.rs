@@ -1,0 +1,442 @@
+//! Users, credentials and refresh-token families in DynamoDB.
+
+use crate::dynamo::{self, db_error, from_item, n, s, to_item, Item};
+use crate::error::ApiError;
+use crate::keys;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
+use serde::{Deserialize, Serialize};
+
+pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
+
+/// The login record, keyed by email: what login needs, in one read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub user_id: String,
+    pub password_hash: String,
+    pub email_verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub id: String,
+    pub email: String,
+    pub username: Option<String>,
+    pub email_verified: bool,
+    pub created_at: String,
+    /// Global logout: access tokens and refresh families issued before this instant are dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_before_ms: Option<i64>,
+}
+
+pub struct UserStore<'a> {
+    pub client: &'a aws_sdk_dynamodb::Client,
+    pub table: &'a str,
+}
+
+fn put(table: &str, item: Item, condition: &str) -> Result<TransactWriteItem, ApiError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression(condition)
+        .build()
+        .map_err(|e| ApiError::internal("building put", e))?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+impl UserStore<'_> {
+    /// Creates the email record and the profile in one transaction; `Ok(false)` when the email is
+    /// taken (nothing is written then).
+    pub async fn create(
+        &self,
+        email: &str,
+        creds: &Credentials,
+        profile: &Profile,
+    ) -> Result<bool, ApiError> {
+        let email_item = keys::with_key(to_item(creds)?, keys::email(email));
+        let profile_item = keys::with_key(to_item(profile)?, keys::profile(&profile.id));
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(put(self.table, email_item, "attribute_not_exists(PK)")?)
+            .transact_items(put(self.table, profile_item, "attribute_not_exists(PK)")?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if dynamo::is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, ApiError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::email(email)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    pub async fn profile(&self, user_id: &str) -> Result<Option<Profile>, ApiError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::profile(user_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// Marks both records verified, only if the email record still belongs to `user_id`.
+    pub async fn mark_verified(&self, email: &str, user_id: &str) -> Result<bool, ApiError> {
+        let update = |key, condition: &str| -> Result<TransactWriteItem, ApiError> {
+            let u = Update::builder()
+                .table_name(self.table)
+                .set_key(Some(key))
+                .update_expression("SET email_verified = :t")
+                .condition_expression(condition)
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .expression_attribute_values(":uid", s(user_id))
+                .build()
+                .map_err(|e| ApiError::internal("building update", e))?;
+            Ok(TransactWriteItem::builder().update(u).build())
+        };
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(update(keys::email(email), "user_id = :uid")?)
+            .transact_items(update(keys::profile(user_id), "id = :uid")?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if dynamo::is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    pub async fn update_password_hash(
+        &self,
+        email: &str,
+        user_id: &str,
+        hash: &str,
+    ) -> Result<(), ApiError> {
+        self.client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::email(email)))
+            .update_expression("SET password_hash = :h")
+            .condition_expression("user_id = :uid")
+            .expression_attribute_values(":h", s(hash))
+            .expression_attribute_values(":uid", s(user_id))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                dynamo::write_error(e, ApiError::conflict("conflict", "the account changed"))
+            })
+    }
+
+    pub async fn revoke_all_sessions(&self, user_id: &str, now_ms: i64) -> Result<(), ApiError> {
+        self.client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::profile(user_id)))
+            .update_expression("SET revoked_before_ms = :now")
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))
+    }
+}
+
+/// `rt1.<user id>.<family id>.<family created, ms>.<256 random bits>`: the random part makes it
+/// unguessable; the rest lets a refresh be one transaction with no read first. Only the SHA-256 of
+/// the whole string is stored, so a changed field simply matches nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub user_id: String,
+    pub family_id: String,
+    pub family_created_ms: i64,
+    raw: String,
+}
+
+impl RefreshToken {
+    pub fn issue(user_id: &str, family_id: &str, family_created_ms: i64) -> Self {
+        use base64::Engine;
+        let mut random = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+        RefreshToken {
+            user_id: user_id.to_owned(),
+            family_id: family_id.to_owned(),
+            family_created_ms,
+            raw: format!("rt1.{user_id}.{family_id}.{family_created_ms}.{secret}"),
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.split('.');
+        let (Some("rt1"), Some(user_id), Some(family_id), Some(created), Some(secret), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        if user_id.is_empty() || family_id.is_empty() || secret.len() != 43 {
+            return None;
+        }
+        Some(RefreshToken {
+            user_id: user_id.to_owned(),
+            family_id: family_id.to_owned(),
+            family_created_ms: created.parse().ok()?,
+            raw: raw.to_owned(),
+        })
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.raw.as_bytes()))
+    }
+
+    pub fn expires_at(&self) -> i64 {
+        self.family_created_ms / 1000 + REFRESH_LIFETIME_SECS
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredRefreshToken {
+    pub user_id: String,
+    pub family_id: String,
+    pub expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Family {
+    pub user_id: String,
+    pub created_ms: i64,
+    pub expires_at: i64,
+    pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+}
+
+pub enum RotateOutcome {
+    Rotated,
+    /// The presented token was already used (or is unknown); look closer.
+    TokenSpent,
+    /// The family or every session of the user was revoked.
+    FamilyRevoked,
+}
+
+pub struct RefreshStore<'a> {
+    pub client: &'a aws_sdk_dynamodb::Client,
+    pub table: &'a str,
+}
+
+impl RefreshStore<'_> {
+    fn token_item(token: &RefreshToken) -> Item {
+        let stored = StoredRefreshToken {
+            user_id: token.user_id.clone(),
+            family_id: token.family_id.clone(),
+            expires_at: token.expires_at(),
+            used_at_ms: None,
+        };
+        keys::with_key(
+            serde_dynamo::to_item(&stored).unwrap_or_default(),
+            keys::refresh_token(&token.hash()),
+        )
+    }
+
+    /// The family must be live and the user must not have logged out everywhere since it began.
+    fn live_family_checks(&self, token: &RefreshToken) -> Result<[TransactWriteItem; 2], ApiError> {
+        let family = ConditionCheck::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::refresh_family(&token.family_id)))
+            .condition_expression("revoked = :f AND user_id = :uid")
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":uid", s(&token.user_id))
+            .build()
+            .map_err(|e| ApiError::internal("building check", e))?;
+        let profile = ConditionCheck::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::profile(&token.user_id)))
+            .condition_expression("attribute_exists(PK) AND (attribute_not_exists(revoked_before_ms) OR revoked_before_ms < :created)")
+            .expression_attribute_values(":created", n(token.family_created_ms))
+            .build()
+            .map_err(|e| ApiError::internal("building check", e))?;
+        Ok([
+            TransactWriteItem::builder().condition_check(family).build(),
+            TransactWriteItem::builder()
+                .condition_check(profile)
+                .build(),
+        ])
+    }
+
+    /// A new family with its first token, in one transaction.
+    pub async fn start_family(&self, token: &RefreshToken) -> Result<(), ApiError> {
+        let family = Family {
+            user_id: token.user_id.clone(),
+            created_ms: token.family_created_ms,
+            expires_at: token.expires_at(),
+            revoked: false,
+            revoked_reason: None,
+        };
+        let family_item = keys::with_key(to_item(&family)?, keys::refresh_family(&token.family_id));
+        self.client
+            .transact_write_items()
+            .transact_items(put(self.table, family_item, "attribute_not_exists(PK)")?)
+            .transact_items(put(
+                self.table,
+                Self::token_item(token),
+                "attribute_not_exists(PK)",
+            )?)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    /// Marks `old` used and stores `new` in the same family, in one transaction.
+    pub async fn rotate(
+        &self,
+        old: &RefreshToken,
+        new: &RefreshToken,
+        now_ms: i64,
+    ) -> Result<RotateOutcome, ApiError> {
+        let spend = Update::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::refresh_token(&old.hash())))
+            .update_expression("SET used_at_ms = :now")
+            .condition_expression(
+                "attribute_exists(PK) AND attribute_not_exists(used_at_ms) AND expires_at > :now_s",
+            )
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":now_s", n(now_ms / 1000))
+            .build()
+            .map_err(|e| ApiError::internal("building update", e))?;
+        let [family_check, profile_check] = self.live_family_checks(old)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(spend).build())
+            .transact_items(put(
+                self.table,
+                Self::token_item(new),
+                "attribute_not_exists(PK)",
+            )?)
+            .transact_items(family_check)
+            .transact_items(profile_check)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(RotateOutcome::Rotated),
+            Err(e) => {
+                let failed = dynamo::cancelled_conditions(&e);
+                if failed.is_empty() {
+                    return Err(db_error(e));
+                }
+                if failed.get(2).copied().unwrap_or(false)
+                    || failed.get(3).copied().unwrap_or(false)
+                {
+                    Ok(RotateOutcome::FamilyRevoked)
+                } else {
+                    Ok(RotateOutcome::TokenSpent)
+                }
+            }
+        }
+    }
+
+    /// Adds a token to a live family without spending another (the grace-window answer).
+    pub async fn add_to_family(&self, token: &RefreshToken) -> Result<bool, ApiError> {
+        let [family_check, profile_check] = self.live_family_checks(token)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(put(
+                self.table,
+                Self::token_item(token),
+                "attribute_not_exists(PK)",
+            )?)
+            .transact_items(family_check)
+            .transact_items(profile_check)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if dynamo::is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    pub async fn token(
+        &self,
+        token: &RefreshToken,
+    ) -> Result<Option<StoredRefreshToken>, ApiError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::refresh_token(&token.hash())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    pub async fn family(&self, family_id: &str) -> Result<Option<Family>, ApiError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::refresh_family(family_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    pub async fn revoke_family(
+        &self,
+        family_id: &str,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        self.client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::refresh_family(family_id)))
+            .update_expression(
+                "SET revoked = :t, revoked_reason = if_not_exists(revoked_reason, :r)",
+            )
+            .condition_expression("user_id = :uid")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":r", s(reason))
+            .expression_attribute_values(":uid", s(user_id))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))
+    }
+}

@@ -1,0 +1,906 @@
+//! The auth contract against real redis and the moto server.
+
+mod common;
+
+use common::*;
+use futures::future::join_all;
+use serde_json::{json, Value};
+use shared::handlers::auth;
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn unique_email() -> String {
+    format!("user-{}@Example.COM", uuid::Uuid::new_v4().simple())
+}
+
+fn normalised(email: &str) -> String {
+    let (local, domain) = email.rsplit_once('@').unwrap();
+    format!("{local}@{}", domain.to_lowercase())
+}
+
+async fn register(app: &TestApp, email: &str) -> TestResponse {
+    let res = app
+        .call(
+            auth::register,
+            request(
+                "POST",
+                "/api/v1/auth/register",
+                Some(json!({"email": email, "password": PASSWORD})),
+            ),
+        )
+        .await;
+    assert!(res.status == 202 || res.status == 503, "{}", res.raw);
+    res
+}
+
+fn last_code(app: &TestApp, email: &str) -> String {
+    let email = normalised(email);
+    app.outbox()
+        .iter()
+        .rev()
+        .find(|m| m["to"] == email.as_str() && m["code"].is_string())
+        .map(|m| m["code"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no code mail for {email}: {:?}", app.outbox()))
+}
+
+async fn verify(app: &TestApp, email: &str, code: &str) -> TestResponse {
+    app.call(
+        auth::verify,
+        request(
+            "POST",
+            "/api/v1/auth/verify",
+            Some(json!({"email": email, "verification_code": code})),
+        ),
+    )
+    .await
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> TestResponse {
+    app.call(
+        auth::login,
+        request(
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({"email": email, "password": password})),
+        ),
+    )
+    .await
+}
+
+async fn refresh(app: &TestApp, token: &str) -> TestResponse {
+    app.call(
+        auth::refresh,
+        request(
+            "POST",
+            "/api/v1/auth/refresh",
+            Some(json!({"refresh_token": token})),
+        ),
+    )
+    .await
+}
+
+async fn me(app: &TestApp, token: &str) -> TestResponse {
+    app.call(
+        auth::me,
+        with_bearer(request("GET", "/api/v1/users/me", None), token),
+    )
+    .await
+}
+
+/// Registers, verifies and logs in; the login answer.
+async fn signed_in_user(app: &TestApp) -> (String, Value) {
+    let email = unique_email();
+    assert_eq!(register(app, &email).await.status, 202);
+    assert_eq!(
+        verify(app, &email, &last_code(app, &email)).await.status,
+        200
+    );
+    let res = login(app, &email, PASSWORD).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    (email, res.body)
+}
+
+async fn redis_conn(app: &TestApp) -> redis::aio::ConnectionManager {
+    app.state.redis.clone()
+}
+
+#[tokio::test]
+async fn a_user_registers_verifies_logs_in_and_reads_their_profile() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    let res = register(&app, &email).await;
+    assert_eq!(res.status, 202);
+    assert_eq!(res.body, json!({"status": "verification_required"}));
+
+    let code = last_code(&app, &email);
+    assert_eq!(code.len(), 6);
+    let res = verify(&app, &email, &code).await;
+    assert_eq!(
+        (res.status, res.body.clone()),
+        (200, json!({"status": "verified"}))
+    );
+
+    let res = login(&app, &email, PASSWORD).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(res.body["token_type"], "Bearer");
+    assert_eq!(res.body["expires_in"], 900);
+    assert!(res.body["refresh_token"].as_str().unwrap().len() > 43);
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+
+    let profile = me(&app, res.body["access_token"].as_str().unwrap()).await;
+    assert_eq!(profile.status, 200, "{}", profile.raw);
+    assert_eq!(profile.body["email"], normalised(&email));
+    assert_eq!(profile.body["email_verified"], true);
+    assert!(profile.body["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(profile.body["created_at"].as_str().is_some());
+    assert!(profile.body.as_object().unwrap().contains_key("username"));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_problem_json_with_a_code() {
+    let app = spawn_app().await;
+    let cases = [
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            400,
+            "invalid_email",
+        ),
+        (
+            json!({"email": unique_email(), "password": "short"}),
+            400,
+            "weak_password",
+        ),
+        (
+            json!({"email": unique_email(), "password": "password1234"}),
+            400,
+            "weak_password",
+        ),
+        (
+            json!({"email": unique_email(), "password": PASSWORD, "admin": true}),
+            400,
+            "invalid_request",
+        ),
+        (json!({"email": unique_email()}), 400, "invalid_request"),
+        (
+            json!({"email": 12, "password": PASSWORD}),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let res = app
+            .call(
+                auth::register,
+                request("POST", "/api/v1/auth/register", Some(body.clone())),
+            )
+            .await;
+        assert_eq!(
+            (res.status, res.code()),
+            (status, code),
+            "{body}: {}",
+            res.raw
+        );
+        assert_eq!(res.header("content-type"), Some("application/problem+json"));
+        for member in ["type", "title", "status", "detail", "code"] {
+            assert!(
+                res.body.get(member).is_some(),
+                "{member} missing in {}",
+                res.raw
+            );
+        }
+    }
+
+    let mut not_json = request("POST", "/api/v1/auth/register", None);
+    *not_json.body_mut() = lambda_http::Body::Text("{\"email\":".into());
+    not_json
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    let res = app.call(auth::register, not_json).await;
+    assert_eq!((res.status, res.code()), (400, "invalid_json"));
+
+    let mut form = request("POST", "/api/v1/auth/login", None);
+    *form.body_mut() = lambda_http::Body::Text("email=a".into());
+    form.headers_mut().insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    let res = app.call(auth::login, form).await;
+    assert_eq!((res.status, res.code()), (415, "unsupported_media_type"));
+
+    let huge = json!({"email": unique_email(), "password": "x".repeat(17 * 1024)});
+    let res = app
+        .call(
+            auth::register,
+            request("POST", "/api/v1/auth/register", Some(huge)),
+        )
+        .await;
+    assert_eq!((res.status, res.code()), (413, "payload_too_large"));
+}
+
+#[tokio::test]
+async fn registering_an_existing_email_answers_identically_and_notifies_the_owner() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    let first = register(&app, &email).await;
+    let second = register(&app, &email).await;
+    assert_eq!(
+        (first.status, &first.raw),
+        (second.status, &second.raw),
+        "byte for byte"
+    );
+    let mails: Vec<Value> = app
+        .outbox()
+        .into_iter()
+        .filter(|m| m["to"] == normalised(&email).as_str())
+        .collect();
+    assert_eq!(mails.len(), 2);
+    assert!(mails[0]["code"].is_string());
+    assert!(
+        mails[1].get("code").is_none(),
+        "the owner gets a notice, not a code"
+    );
+    // The first code still verifies: the second attempt changed nothing.
+    assert_eq!(
+        verify(&app, &email, mails[0]["code"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn one_hundred_parallel_registrations_of_one_email_create_one_account() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    let answers = join_all((0..100).map(|_| register(&app, &email))).await;
+    assert!(
+        answers.iter().all(|r| r.status == 202),
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let codes = app
+        .outbox()
+        .iter()
+        .filter(|m| m["to"] == normalised(&email).as_str() && m["code"].is_string())
+        .count();
+    assert_eq!(codes, 1, "exactly one account got a verification code");
+    let item = app
+        .dynamo()
+        .get_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::email(&normalised(&email))))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let user_id = item["user_id"].as_s().unwrap();
+    let profile = shared::auth::store::UserStore {
+        client: app.dynamo(),
+        table: &app.state.config.table_name,
+    }
+    .profile(user_id)
+    .await
+    .unwrap();
+    assert!(profile.is_some());
+}
+
+#[tokio::test]
+async fn codes_are_stored_hashed_with_a_fifteen_minute_ttl() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    register(&app, &email).await;
+    let code = last_code(&app, &email);
+    let mut conn = redis_conn(&app).await;
+    let key = format!("vcode:{}", normalised(&email));
+    let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        stored.values().all(|v| !v.contains(&code)),
+        "the plaintext code is in redis: {stored:?}"
+    );
+    assert_eq!(stored["hash"].len(), 64);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((890..=900).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn fifty_parallel_verifications_with_the_right_code_succeed_once() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    register(&app, &email).await;
+    let code = last_code(&app, &email);
+    let answers = join_all((0..50).map(|_| verify(&app, &email, &code))).await;
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 1);
+    assert!(answers
+        .iter()
+        .filter(|r| r.status != 200)
+        .all(|r| r.code() == "invalid_code"));
+}
+
+#[tokio::test]
+async fn five_wrong_codes_burn_the_code_and_only_a_new_one_works() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    register(&app, &email).await;
+    let code = last_code(&app, &email);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        let res = verify(&app, &email, wrong).await;
+        assert_eq!((res.status, res.code()), (400, "invalid_code"));
+    }
+    assert_eq!(
+        verify(&app, &email, &code).await.code(),
+        "invalid_code",
+        "burned after five misses"
+    );
+
+    // A minute later (the cooldown key expiring stands in for the wait) a resend brings a new code.
+    let mut conn = redis_conn(&app).await;
+    redis::cmd("DEL")
+        .arg(format!("resend:cooldown:{}", normalised(&email)))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let res = app
+        .call(
+            auth::resend,
+            request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))),
+        )
+        .await;
+    assert_eq!(res.status, 202);
+    let fresh = last_code(&app, &email);
+    assert_eq!(verify(&app, &email, &fresh).await.status, 200);
+}
+
+#[tokio::test]
+async fn resend_is_limited_to_once_a_minute_and_five_an_hour() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    register(&app, &email).await;
+    let resend = || {
+        app.call(
+            auth::resend,
+            request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))),
+        )
+    };
+    let res = resend().await;
+    assert_eq!(
+        (res.status, res.code()),
+        (429, "too_many_requests"),
+        "the registration mail started the cooldown"
+    );
+    let retry: u64 = res.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+
+    let mut conn = redis_conn(&app).await;
+    let cooldown = format!("resend:cooldown:{}", normalised(&email));
+    for _ in 0..4 {
+        redis::cmd("DEL")
+            .arg(&cooldown)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(resend().await.status, 202);
+    }
+    redis::cmd("DEL")
+        .arg(&cooldown)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let res = resend().await;
+    assert_eq!(
+        (res.status, res.code()),
+        (429, "too_many_requests"),
+        "the sixth mail within the hour"
+    );
+    assert!(res.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn resend_for_an_unknown_email_answers_the_same_and_sends_nothing() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    let res = app
+        .call(
+            auth::resend,
+            request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))),
+        )
+        .await;
+    assert_eq!(
+        (res.status, res.body),
+        (202, json!({"status": "verification_required"}))
+    );
+    assert!(app
+        .outbox()
+        .iter()
+        .all(|m| m["to"] != normalised(&email).as_str()));
+}
+
+#[tokio::test]
+async fn login_before_verification_with_the_right_password_is_forbidden() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    register(&app, &email).await;
+    let res = login(&app, &email, PASSWORD).await;
+    assert_eq!((res.status, res.code()), (403, "email_not_verified"));
+    let res = login(&app, &email, "wrong password here").await;
+    assert_eq!((res.status, res.code()), (401, "invalid_credentials"));
+}
+
+#[tokio::test]
+async fn unknown_email_and_wrong_password_get_the_same_answer() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    let wrong = login(&app, &email, "not the password at all").await;
+    let unknown = login(&app, &unique_email(), "not the password at all").await;
+    assert_eq!((wrong.status, wrong.code()), (401, "invalid_credentials"));
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("request_id");
+        v
+    };
+    assert_eq!(strip(wrong.body.clone()), strip(unknown.body.clone()));
+}
+
+#[tokio::test]
+async fn five_failures_lock_the_account_even_for_the_right_password() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    for _ in 0..5 {
+        assert_eq!(login(&app, &email, "wrong password here").await.status, 401);
+    }
+    let res = login(&app, &email, PASSWORD).await;
+    assert_eq!((res.status, res.code()), (429, "account_locked"));
+    let retry: u64 = res.header("retry-after").unwrap().parse().unwrap();
+    assert!((55..=60).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
+async fn the_lock_doubles_with_each_further_failure_up_to_fifteen_minutes() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    let key = format!("lockout:{}", normalised(&email));
+    let mut conn = redis_conn(&app).await;
+    for _ in 0..5 {
+        login(&app, &email, "wrong password here").await;
+    }
+    let mut expected = 60;
+    for _ in 0..6 {
+        // The lock running out stands in for the wait.
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("lock_until")
+            .arg(0)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(login(&app, &email, "wrong password here").await.status, 401);
+        expected = (expected * 2).min(900);
+        let retry: u64 = login(&app, &email, PASSWORD)
+            .await
+            .header("retry-after")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            retry <= expected && retry + 5 >= expected,
+            "expected about {expected}, got {retry}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn parallel_wrong_guesses_cannot_slip_past_the_lockout() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    let answers = join_all((0..20).map(|_| login(&app, &email, "wrong password here"))).await;
+    let tried = answers.iter().filter(|r| r.status == 401).count();
+    let refused = answers.iter().filter(|r| r.status == 429).count();
+    assert_eq!(tried, 5, "only five guesses may reach the password check");
+    assert_eq!(refused, 15);
+}
+
+#[tokio::test]
+async fn unknown_emails_lock_out_like_known_ones() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    for _ in 0..5 {
+        assert_eq!(login(&app, &email, "wrong password here").await.status, 401);
+    }
+    assert_eq!(
+        login(&app, &email, "wrong password here").await.code(),
+        "account_locked"
+    );
+}
+
+#[tokio::test]
+async fn a_success_resets_the_failure_count() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    for _ in 0..4 {
+        login(&app, &email, "wrong password here").await;
+    }
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+    for _ in 0..4 {
+        assert_eq!(login(&app, &email, "wrong password here").await.status, 401);
+    }
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_per_address_limit_throttles_one_address_and_not_another() {
+    let app = spawn_app_with(&[("IP_RATE_LIMIT_PER_MINUTE", "3".into())]).await;
+    let from = |ip: &str| {
+        from_ip(
+            request(
+                "POST",
+                "/api/v1/auth/login",
+                Some(json!({"email": unique_email(), "password": "whatever pass"})),
+            ),
+            ip,
+        )
+    };
+    // Fresh documentation addresses per run: the counters live in the shared redis for a minute.
+    let suffix = || format!("{:x}", rand::random::<u16>());
+    let (busy, quiet) = (
+        format!("2001:db8::{}", suffix()),
+        format!("2001:db8:1::{}", suffix()),
+    );
+    for _ in 0..3 {
+        assert_eq!(app.call(auth::login, from(&busy)).await.status, 401);
+    }
+    let res = app.call(auth::login, from(&busy)).await;
+    assert_eq!((res.status, res.code()), (429, "too_many_requests"));
+    assert!(res.header("retry-after").is_some());
+    assert_eq!(app.call(auth::login, from(&quiet)).await.status, 401);
+}
+
+#[tokio::test]
+async fn login_rehashes_a_password_stored_with_old_parameters() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    let weak = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(4096, 1, 1, None).unwrap(),
+    );
+    let old = weak
+        .hash_password(
+            PASSWORD.as_bytes(),
+            &SaltString::generate(&mut rand::rngs::OsRng),
+        )
+        .unwrap()
+        .to_string();
+    let store = shared::auth::store::UserStore {
+        client: app.dynamo(),
+        table: &app.state.config.table_name,
+    };
+    let creds = store
+        .credentials(&normalised(&email))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .update_password_hash(&normalised(&email), &creds.user_id, &old)
+        .await
+        .unwrap();
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+    let after = store
+        .credentials(&normalised(&email))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        after
+            .password_hash
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{}",
+        after.password_hash
+    );
+}
+
+#[tokio::test]
+async fn refresh_rotates_the_token_and_keeps_the_user() {
+    let app = spawn_app().await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let first = tokens["refresh_token"].as_str().unwrap();
+    let res = refresh(&app, first).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    let second = res.body["refresh_token"].as_str().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(
+        me(&app, res.body["access_token"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(refresh(&app, second).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_reused_token_within_the_grace_window_still_gets_a_pair_and_revokes_nothing() {
+    let app = spawn_app().await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let first = tokens["refresh_token"].as_str().unwrap();
+    let a = refresh(&app, first).await;
+    let b = refresh(&app, first).await;
+    assert_eq!((a.status, b.status), (200, 200), "{}", b.raw);
+    assert_eq!(
+        refresh(&app, a.body["refresh_token"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        refresh(&app, b.body["refresh_token"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn parallel_refreshes_inside_the_grace_window_all_succeed() {
+    let app = spawn_app().await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let token = tokens["refresh_token"].as_str().unwrap();
+    let answers = join_all((0..10).map(|_| refresh(&app, token))).await;
+    assert!(
+        answers.iter().all(|r| r.status == 200),
+        "{:?}",
+        answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn reuse_after_the_grace_window_revokes_the_whole_family() {
+    let app = spawn_app_with(&[("REFRESH_REUSE_GRACE_SECS", "1".into())]).await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let first = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = refresh(&app, &first).await;
+    let second = rotated.body["refresh_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    let answers = join_all((0..10).map(|_| refresh(&app, &first))).await;
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.status == 401 && r.code() == "refresh_token_reused"),
+        "{:?}",
+        answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>()
+    );
+    let res = refresh(&app, &second).await;
+    assert_eq!(
+        (res.status, res.code()),
+        (401, "refresh_token_reused"),
+        "the thief's fresh token dies too"
+    );
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_refresh_tokens_are_refused() {
+    let app = spawn_app().await;
+    for token in [
+        "",
+        "garbage",
+        "rt1.a.b.c.d",
+        &format!(
+            "rt1.{}.{}.1.{}",
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            "A".repeat(43)
+        ),
+    ] {
+        let res = refresh(&app, token).await;
+        assert_eq!(
+            (res.status, res.code()),
+            (401, "invalid_refresh_token"),
+            "{token}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn local_logout_revokes_the_family_only() {
+    let app = spawn_app().await;
+    let (email, first_login) = signed_in_user(&app).await;
+    let other_login = login(&app, &email, PASSWORD).await.body;
+    let token = first_login["refresh_token"].as_str().unwrap();
+    let res = app
+        .call(
+            auth::logout,
+            request(
+                "POST",
+                "/api/v1/auth/logout",
+                Some(json!({"refresh_token": token})),
+            ),
+        )
+        .await;
+    assert_eq!(res.status, 204, "{}", res.raw);
+    assert_eq!(refresh(&app, token).await.code(), "invalid_refresh_token");
+    assert_eq!(
+        refresh(&app, other_login["refresh_token"].as_str().unwrap())
+            .await
+            .status,
+        200,
+        "another device stays signed in"
+    );
+}
+
+#[tokio::test]
+async fn global_logout_revokes_every_family_and_every_earlier_access_token() {
+    let app = spawn_app().await;
+    let (email, first_login) = signed_in_user(&app).await;
+    let other_login = login(&app, &email, PASSWORD).await.body;
+    let body = json!({"refresh_token": first_login["refresh_token"], "scope": "global"});
+    assert_eq!(
+        app.call(
+            auth::logout,
+            request("POST", "/api/v1/auth/logout", Some(body))
+        )
+        .await
+        .status,
+        204
+    );
+
+    assert_eq!(
+        refresh(&app, other_login["refresh_token"].as_str().unwrap())
+            .await
+            .status,
+        401
+    );
+    let res = me(&app, other_login["access_token"].as_str().unwrap()).await;
+    assert_eq!((res.status, res.code()), (401, "invalid_token"));
+    let fresh = login(&app, &email, PASSWORD).await;
+    assert_eq!(fresh.status, 200);
+    assert_eq!(
+        me(&app, fresh.body["access_token"].as_str().unwrap())
+            .await
+            .status,
+        200,
+        "a new login works at once"
+    );
+}
+
+#[tokio::test]
+async fn bad_access_tokens_are_refused_with_www_authenticate() {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let app = spawn_app().await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let good = tokens["access_token"].as_str().unwrap().to_owned();
+    let parts: Vec<&str> = good.split('.').collect();
+    let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let kid = serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap()
+        ["kid"]
+        .clone();
+
+    let mut expired_claims = payload.clone();
+    expired_claims["exp"] = json!(chrono::Utc::now().timestamp() - 3600);
+    let mut tampered = payload.clone();
+    tampered["sub"] = json!("someone-else");
+    let alg_none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "at+jwt", "kid": kid})),
+        parts[1]
+    );
+    let jwks = app
+        .call(auth::jwks, request("GET", "/.well-known/jwks.json", None))
+        .await
+        .body;
+    let public = URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["x"].as_str().unwrap())
+        .unwrap();
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = kid.as_str().map(str::to_owned);
+    hs_header.typ = Some("at+jwt".into());
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &payload,
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    let unknown_kid = format!(
+        "{}.{}.{}",
+        b64(json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "nope"})),
+        parts[1],
+        parts[2]
+    );
+
+    let cases = [
+        ("malformed", "not.a.jwt".to_owned()),
+        (
+            "expired signature reused",
+            format!("{}.{}.{}", parts[0], b64(expired_claims), parts[2]),
+        ),
+        (
+            "tampered",
+            format!("{}.{}.{}", parts[0], b64(tampered), parts[2]),
+        ),
+        ("alg none", alg_none),
+        ("hs256 with public key", hs256),
+        ("unknown kid", unknown_kid),
+    ];
+    for (name, token) in cases {
+        let res = me(&app, &token).await;
+        assert_eq!((res.status, res.code()), (401, "invalid_token"), "{name}");
+        assert!(
+            res.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{name}"
+        );
+    }
+    let res = app
+        .call(auth::me, request("GET", "/api/v1/users/me", None))
+        .await;
+    assert_eq!((res.status, res.code()), (401, "invalid_token"), "missing");
+    assert!(res.header("www-authenticate").is_some());
+}
+
+#[tokio::test]
+async fn a_third_party_library_verifies_our_tokens_from_the_jwks_alone() {
+    let app = spawn_app().await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let jwks = app
+        .call(auth::jwks, request("GET", "/.well-known/jwks.json", None))
+        .await;
+    assert_eq!(jwks.status, 200);
+    assert!(jwks
+        .header("cache-control")
+        .is_some_and(|v| v.contains("max-age")));
+    let script = r#"
+import json, sys, jwt
+jwks, token, iss, aud = sys.argv[1:5]
+header = jwt.get_unverified_header(token)
+key = next(k for k in json.loads(jwks)["keys"] if k["kid"] == header["kid"])
+claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=["EdDSA"], audience=aud, issuer=iss)
+assert header["typ"] == "at+jwt", header
+print(claims["sub"])
+"#;
+    let python = std::env::var("VENV_PYTHON").expect("make test exports VENV_PYTHON");
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            script,
+            &jwks.raw,
+            tokens["access_token"].as_str().unwrap(),
+            &app.state.config.jwt_issuer,
+            &app.state.config.jwt_audience,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "PyJWT refused our token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
+
+#[tokio::test]
+async fn with_redis_down_auth_routes_answer_503_not_500() {
+    let mut redis = OwnRedis::start().await;
+    let app = spawn_app_with(&[("REDIS_URL", redis.url())]).await;
+    redis.stop();
+    let res = login(&app, &unique_email(), PASSWORD).await;
+    assert_eq!(
+        (res.status, res.code()),
+        (503, "dependency_unavailable"),
+        "{}",
+        res.raw
+    );
+    let res = register(&app, &unique_email()).await;
+    assert_eq!(res.status, 503);
+}

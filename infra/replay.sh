@@ -13,7 +13,7 @@ trap 'kill $watch_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.2; done
 fail=0; count=0
 for event in events/*.json; do
-  name=$(basename "$event" .json); function=${name%%.*}
+  name=$(basename "$event" .json); function=${name%%.*}; [ "$name" = schedule ] && function=sweep
   out=$(cargo lambda invoke "$function" --data-file "$event" --invoke-port "$port" --invoke-address 127.0.0.1 2>&1) || {
     echo "FAIL $event: invoke failed: $out"; fail=$((fail+1)); continue; }
   status=$(printf '%s' "$out" | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); print(d.get("statusCode", "-"))' 2>/dev/null || echo "?")

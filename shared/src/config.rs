@@ -38,6 +38,8 @@ pub struct Config {
     pub redis_url: String,
     /// PEM file of the CA that signed the Redis server's certificate, when it is not a public one.
     pub redis_ca_file: Option<PathBuf>,
+    /// Secret with `{"username","password"}` of the ElastiCache user, merged into the URL at init.
+    pub redis_auth_secret_id: Option<String>,
     /// Connect and response timeout of every Redis call: fail fast with a 503, never hang.
     pub redis_timeout: Duration,
     pub jwt_secret_id: String,
@@ -110,6 +112,7 @@ impl Config {
                 required("REDIS_URL")?
             },
             redis_ca_file: get("REDIS_CA_FILE").map(PathBuf::from),
+            redis_auth_secret_id: get("REDIS_AUTH_SECRET_ID"),
             redis_timeout: Duration::from_millis(parsed(
                 "REDIS_TIMEOUT_MS",
                 or("REDIS_TIMEOUT_MS", "1500"),

@@ -146,6 +146,46 @@ pub fn parse_telegram(text: &str, _production: bool) -> Result<TelegramSecret, S
     })
 }
 
+/// The application's Redis (ElastiCache RBAC) user.
+#[derive(serde::Deserialize)]
+pub struct RedisAuth {
+    pub username: String,
+    pub password: Secret<String>,
+}
+
+impl RedisAuth {
+    /// `rediss://host:port` with this user's credentials in it.
+    pub fn with_credentials(&self, url: &str) -> Result<String, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("REDIS_URL has no scheme")?;
+        let rest = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+        let enc = |s: &str| {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        };
+        Ok(format!(
+            "{scheme}://{}:{}@{rest}",
+            enc(&self.username),
+            enc(self.password.expose())
+        ))
+    }
+}
+
+pub fn parse_redis_auth(text: &str, _production: bool) -> Result<RedisAuth, String> {
+    serde_json::from_str(text).map_err(|e| {
+        format!(
+            "expected {{\"username\",\"password\"}}: {}",
+            e.classify_name()
+        )
+    })
+}
+
 trait ClassifyName {
     fn classify_name(&self) -> &'static str;
 }
@@ -169,6 +209,15 @@ pub(crate) fn json_shape_error(e: &serde_json::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_credentials_are_url_encoded_into_the_url() {
+        let auth = parse_redis_auth(r#"{"username":"app","password":"p@ss/w:rd"}"#, true).unwrap();
+        assert_eq!(
+            auth.with_credentials("rediss://cache.local:6379").unwrap(),
+            "rediss://app:p%40ss%2Fw%3Ard@cache.local:6379"
+        );
+    }
 
     #[test]
     fn secrets_never_print_their_value() {

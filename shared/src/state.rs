@@ -4,7 +4,7 @@ use crate::auth::tokens::{parse_jwt_keys, JwtKeys};
 use crate::config::{AppEnv, Config};
 use crate::crypto::{parse_encryption_keys, EncryptionKeys};
 use crate::mail::Mailer;
-use crate::secrets::{parse_telegram, CachedSecret, TelegramSecret};
+use crate::secrets::{parse_redis_auth, parse_telegram, CachedSecret, TelegramSecret};
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 
@@ -65,8 +65,22 @@ impl AppState {
     /// Reads the configuration, builds every client and loads what `needs` lists. A missing or
     /// malformed secret fails init loudly; Redis being down does not (health must answer 503).
     pub async fn from_env(needs: &[Need]) -> Result<Self, lambda_http::Error> {
-        let config = Config::from_env()?;
+        let mut config = Config::from_env()?;
         let sdk = crate::aws::sdk_config().await;
+        if let (Some(id), true) = (
+            config.redis_auth_secret_id.clone(),
+            needs.contains(&Need::Redis),
+        ) {
+            let client = aws_sdk_secretsmanager::Client::new(&sdk);
+            let auth = CachedSecret::new(
+                client,
+                id,
+                config.secrets_ttl,
+                config.app_env == AppEnv::Prod,
+                parse_redis_auth,
+            );
+            config.redis_url = auth.get().await?.with_credentials(&config.redis_url)?;
+        }
         let state = AppState::new(config, &sdk)?;
         state.warm(needs).await?;
         Ok(state)

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Writes the sample API Gateway HTTP API (payload 2.0) events in events/.
+
+The events are committed; rerun this after adding a route. Each file is named after the function
+that serves it. Bodies are realistic requests; replayed against a fresh stack most of them answer
+with a 4xx (no such user, no token), which is what `make test` expects of a replay: any answer
+that is not a 5xx and not an invocation error.
+"""
+import json
+import pathlib
+
+EVENTS = pathlib.Path(__file__).resolve().parent.parent / "events"
+SAMPLE_TOKEN = "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSIsImtpZCI6InNhbXBsZSJ9.e30.c2lnbmF0dXJl"
+
+
+def event(method, path, body=None, headers=None):
+    h = {"accept": "application/json", "user-agent": "curl/8.5.0", "x-forwarded-for": "203.0.113.7", "host": "api.example.com"}
+    if body is not None:
+        h["content-type"] = "application/json"
+    h.update(headers or {})
+    route = f"{method} {path}"
+    e = {
+        "version": "2.0",
+        "routeKey": route,
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": h,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": "api.example.com",
+            "domainPrefix": "api",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "routeKey": route,
+            "stage": "$default",
+            "time": "24/Nov/2026:00:00:00 +0000",
+            "timeEpoch": 1795478400000,
+        },
+        "isBase64Encoded": False,
+    }
+    if body is not None:
+        e["body"] = json.dumps(body)
+    return e
+
+
+def bearer():
+    return {"authorization": f"Bearer {SAMPLE_TOKEN}"}
+
+
+SAMPLES = {
+    "health": event("GET", "/api/v1/health"),
+    "register": event("POST", "/api/v1/auth/register", {"email": "alice@example.com", "password": "correct horse battery staple", "username": "alice"}),
+    "verify": event("POST", "/api/v1/auth/verify", {"email": "alice@example.com", "verification_code": "123456"}),
+    "resend": event("POST", "/api/v1/auth/resend", {"email": "alice@example.com"}),
+    "login": event("POST", "/api/v1/auth/login", {"email": "alice@example.com", "password": "correct horse battery staple"}),
+    "refresh": event("POST", "/api/v1/auth/refresh", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+    "logout": event("POST", "/api/v1/auth/logout", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "scope": "local"}),
+    "me": event("GET", "/api/v1/users/me", headers=bearer()),
+    "jwks": event("GET", "/.well-known/jwks.json"),
+}
+
+if __name__ == "__main__":
+    EVENTS.mkdir(exist_ok=True)
+    for name, sample in SAMPLES.items():
+        (EVENTS / f"{name}.json").write_text(json.dumps(sample, indent=2) + "\n")
+    print(f"wrote {len(SAMPLES)} events to {EVENTS}")

@@ -1,0 +1,244 @@
+//! No drift between the places a route is declared: template.yaml, the `cargo lambda watch`
+//! router of `make dev`, the function crates, events/ and docs/openapi.yaml. And every function's
+//! IAM policy names only resources the template declares, never `*`.
+
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn template() -> Value {
+    serde_yaml::from_str(&read("template.yaml")).expect("template.yaml parses")
+}
+
+type Route = (String, String, String); // (METHOD, path, function)
+
+fn untag(v: &Value) -> &Value {
+    match v {
+        Value::Tagged(t) => &t.value,
+        other => other,
+    }
+}
+
+fn template_functions(t: &Value) -> Vec<(String, &Value)> {
+    t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(k, r)| (k.as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+fn template_routes(t: &Value) -> BTreeSet<Route> {
+    let mut routes = BTreeSet::new();
+    for (_, f) in template_functions(t) {
+        let binary = f["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .expect("every function names its Binary")
+            .to_owned();
+        for (_, event) in f["Properties"]["Events"].as_mapping().into_iter().flatten() {
+            if event["Type"].as_str() == Some("HttpApi") {
+                let p = &event["Properties"];
+                routes.insert((
+                    p["Method"].as_str().unwrap().to_uppercase(),
+                    p["Path"].as_str().unwrap().to_owned(),
+                    binary.clone(),
+                ));
+            }
+        }
+    }
+    routes
+}
+
+fn router_routes() -> BTreeSet<Route> {
+    let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let router = cargo["workspace"]["metadata"]["lambda"]["watch"]["router"]
+        .as_table()
+        .expect("router table");
+    let mut routes = BTreeSet::new();
+    for (path, entries) in router {
+        for entry in entries.as_array().expect("method lists") {
+            routes.insert((
+                entry["method"].as_str().unwrap().to_uppercase(),
+                path.clone(),
+                entry["function"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    routes
+}
+
+fn openapi_routes() -> BTreeSet<Route> {
+    let doc: Value = serde_yaml::from_str(&read("docs/openapi.yaml")).unwrap();
+    let mut routes = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_mapping().unwrap() {
+        for (method, op) in ops.as_mapping().unwrap() {
+            let function = op["operationId"]
+                .as_str()
+                .expect("every operation has an operationId = its function");
+            routes.insert((
+                method.as_str().unwrap().to_uppercase(),
+                path.as_str().unwrap().to_owned(),
+                function.to_owned(),
+            ));
+        }
+    }
+    routes
+}
+
+#[test]
+fn template_router_and_openapi_declare_the_same_routes() {
+    let t = template();
+    let from_template = template_routes(&t);
+    assert!(!from_template.is_empty());
+    assert_eq!(
+        from_template,
+        router_routes(),
+        "template.yaml vs the cargo lambda watch router in Cargo.toml"
+    );
+    assert_eq!(
+        from_template,
+        openapi_routes(),
+        "template.yaml vs docs/openapi.yaml (operationId = function)"
+    );
+}
+
+#[test]
+fn every_function_has_a_crate_and_every_crate_a_function() {
+    let t = template();
+    let declared: BTreeSet<String> = template_functions(&t)
+        .iter()
+        .map(|(_, f)| {
+            f["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let crates: BTreeSet<String> = std::fs::read_dir(Path::new(ROOT).join("functions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| {
+            Path::new(ROOT)
+                .join("functions")
+                .join(name)
+                .join("Cargo.toml")
+                .exists()
+        })
+        .collect();
+    assert_eq!(declared, crates);
+}
+
+#[test]
+fn every_http_route_has_a_sample_event_with_its_route_key() {
+    for (method, path, function) in template_routes(&template()) {
+        let file = format!("events/{function}.json");
+        let event: serde_json::Value =
+            serde_json::from_str(&read(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(event["routeKey"], format!("{method} {path}"), "{file}");
+        assert!(
+            lambda_http::request::from_str(&read(&file)).is_ok(),
+            "{file} parses as an API Gateway request"
+        );
+    }
+    let events: BTreeSet<String> = std::fs::read_dir(Path::new(ROOT).join("events"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_owned))
+        .collect();
+    let functions: BTreeSet<String> = template_functions(&template())
+        .iter()
+        .map(|(_, f)| {
+            f["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for name in events {
+        let function = if name == "schedule" {
+            "sweep".to_owned()
+        } else {
+            name.split('.').next().unwrap().to_owned()
+        };
+        assert!(
+            functions.contains(&function),
+            "events/{name}.json has no function {function}"
+        );
+    }
+}
+
+#[test]
+fn every_policy_names_only_declared_resources_and_never_a_wildcard() {
+    let t = template();
+    let declared: BTreeSet<String> = t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    for (name, f) in template_functions(&t) {
+        for policy in f["Properties"]["Policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            for statement in policy["Statement"]
+                .as_sequence()
+                .expect("inline policies with statements")
+            {
+                let resources = match untag(&statement["Resource"]) {
+                    Value::Sequence(list) => list.clone(),
+                    _ => vec![statement["Resource"].clone()],
+                };
+                for resource in resources {
+                    let text = match &resource {
+                        Value::Tagged(tagged) => {
+                            let target = tagged.value.as_str().unwrap_or_default();
+                            match tagged.tag.to_string().as_str() {
+                                "!Ref" | "!GetAtt" => {
+                                    let logical = target.split('.').next().unwrap();
+                                    assert!(
+                                        declared.contains(logical),
+                                        "{name} names undeclared {logical}"
+                                    );
+                                }
+                                "!Sub" => {
+                                    for part in target.split("${").skip(1) {
+                                        let var = part
+                                            .split('}')
+                                            .next()
+                                            .unwrap()
+                                            .split('.')
+                                            .next()
+                                            .unwrap();
+                                        assert!(
+                                            var.starts_with("AWS::")
+                                                || declared.contains(var)
+                                                || t["Parameters"].get(var).is_some(),
+                                            "{name}: {var}"
+                                        );
+                                    }
+                                }
+                                other => panic!("{name}: unexpected {other}"),
+                            }
+                            target.to_owned()
+                        }
+                        Value::String(s) => s.clone(),
+                        other => panic!("{name}: resource {other:?}"),
+                    };
+                    assert!(
+                        !text.contains('*') || text.contains("/index/"),
+                        "{name} grants a wildcard resource: {text}"
+                    );
+                }
+            }
+        }
+    }
+}

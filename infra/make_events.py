@@ -58,6 +58,13 @@ SAMPLES = {
     "logout": event("POST", "/api/v1/auth/logout", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "scope": "local"}),
     "me": event("GET", "/api/v1/users/me", headers=bearer()),
     "jwks": event("GET", "/.well-known/jwks.json"),
+    "put-credentials": event("PUT", "/api/v1/exchange/credentials", {"exchange": "bitget", "api_key": "bg_0123456789abcdef", "api_secret": "0123456789abcdef0123456789abcdef", "passphrase": "passphrase", "demo": True}, bearer()),
+    "delete-credentials": event("DELETE", "/api/v1/exchange/credentials", headers=bearer()),
+    "account": event("GET", "/api/v1/account", headers=bearer()),
+    "bot-start": event("POST", "/api/v1/bot/start", {"symbol": "BTCUSDT", "leverage": 5, "stop_loss_pct": "2", "take_profit_pct": "4", "trailing_stop_pct": "1.5", "max_position_notional": "5000"}, bearer()),
+    "bot-stop": event("POST", "/api/v1/bot/stop", {}, bearer()),
+    "bot-status": event("GET", "/api/v1/bot/status", headers=bearer()),
+    "order-submit": event("POST", "/api/v1/order/submit", {"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}, {**bearer(), "idempotency-key": "3f0c2a9e-order-1"}),
 }
 
 if __name__ == "__main__":

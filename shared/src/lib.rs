@@ -15,6 +15,7 @@ pub mod redis_conn;
 pub mod secrets;
 pub mod state;
 pub mod telemetry;
+pub mod trading;
 
 pub use error::ApiError;
 pub use state::{AppState, Need};

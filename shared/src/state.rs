@@ -19,6 +19,8 @@ pub struct AppState {
     pub mailer: Mailer,
     /// Exchange and Telegram calls; one pool per environment.
     pub http: reqwest::Client,
+    /// Bitget's client with its circuit breaker, shared by every request of this environment.
+    pub bitget: Arc<crate::trading::bitget::BitgetClient>,
 }
 
 /// What a function needs ready before its first request.
@@ -49,7 +51,9 @@ impl AppState {
             .connect_timeout(std::time::Duration::from_secs(3))
             .pool_idle_timeout(std::time::Duration::from_secs(50))
             .build()?;
+        let bitget = Arc::new(crate::trading::bitget::BitgetClient::new(http.clone(), &config.bitget_base_url));
         Ok(AppState {
+            bitget,
             dynamo: aws_sdk_dynamodb::Client::new(sdk),
             redis: crate::redis_conn::connection_manager(&config)?,
             mailer: Mailer::from_config(&config, sdk),

@@ -1,3 +1,4 @@
 //! One module per route; each function crate's `main` serves exactly one of them.
 pub mod auth;
 pub mod health;
+pub mod trading;

@@ -1,0 +1,112 @@
+//! Contract specifications, read from a fixture shaped like Bitget's
+//! `GET /api/v2/mix/market/contracts?productType=USDT-FUTURES` answer.
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// Every order must be worth at least this much (Bitget's `minTradeUSDT`).
+pub const MIN_NOTIONAL_USDT: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContractSpec {
+    pub symbol: String,
+    pub min_size: Decimal,
+    pub size_step: Decimal,
+    pub price_tick: Decimal,
+    pub max_leverage: u32,
+    pub min_notional: Decimal,
+    pub taker_fee_rate: Decimal,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawContract {
+    symbol: String,
+    min_trade_num: String,
+    size_multiplier: String,
+    price_place: String,
+    price_end_step: String,
+    max_lever: String,
+    #[serde(rename = "minTradeUSDT")]
+    min_trade_usdt: String,
+    taker_fee_rate: String,
+}
+
+#[derive(Deserialize)]
+struct RawContracts {
+    data: Vec<RawContract>,
+}
+
+fn dec(s: &str) -> Result<Decimal, String> {
+    Decimal::from_str(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Parses the body of Bitget's contracts endpoint.
+pub fn parse_contracts(json: &str) -> Result<HashMap<String, ContractSpec>, String> {
+    let raw: RawContracts = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    raw.data
+        .into_iter()
+        .map(|c| {
+            let places: u32 = c.price_place.parse().map_err(|_| "pricePlace")?;
+            let price_tick = dec(&c.price_end_step)? * Decimal::new(1, places);
+            let spec = ContractSpec {
+                min_size: dec(&c.min_trade_num)?,
+                size_step: dec(&c.size_multiplier)?,
+                price_tick,
+                max_leverage: c.max_lever.parse().map_err(|_| "maxLever")?,
+                min_notional: dec(&c.min_trade_usdt)?.max(MIN_NOTIONAL_USDT),
+                taker_fee_rate: dec(&c.taker_fee_rate)?,
+                symbol: c.symbol.clone(),
+            };
+            Ok((c.symbol, spec))
+        })
+        .collect()
+}
+
+/// The embedded fixture, parsed once per execution environment.
+pub fn contracts() -> &'static HashMap<String, ContractSpec> {
+    static SPECS: OnceLock<HashMap<String, ContractSpec>> = OnceLock::new();
+    SPECS.get_or_init(|| parse_contracts(include_str!("../../data/contracts.json")).unwrap_or_default())
+}
+
+pub fn contract(symbol: &str) -> Option<&'static ContractSpec> {
+    contracts().get(symbol)
+}
+
+/// Is `value` a whole multiple of `step`?
+pub fn on_step(value: Decimal, step: Decimal) -> bool {
+    step > Decimal::ZERO && (value % step).is_zero()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros_free::d;
+
+    mod rust_decimal_macros_free {
+        pub fn d(s: &str) -> rust_decimal::Decimal {
+            s.parse().unwrap()
+        }
+    }
+
+    #[test]
+    fn the_fixture_has_btc_and_eth_with_bitget_specs() {
+        let btc = contract("BTCUSDT").unwrap();
+        assert_eq!((btc.min_size, btc.size_step, btc.price_tick, btc.max_leverage), (d("0.001"), d("0.001"), d("0.1"), 125));
+        let eth = contract("ETHUSDT").unwrap();
+        assert_eq!((eth.min_size, eth.size_step, eth.price_tick, eth.max_leverage), (d("0.01"), d("0.01"), d("0.01"), 100));
+        assert_eq!(btc.min_notional, d("5"));
+        assert_eq!(btc.taker_fee_rate, d("0.0006"));
+    }
+
+    #[test]
+    fn steps_are_checked_exactly() {
+        assert!(on_step(d("0.003"), d("0.001")));
+        assert!(!on_step(d("0.0015"), d("0.001")));
+        assert!(on_step(d("65000.1"), d("0.1")));
+        assert!(!on_step(d("65000.15"), d("0.1")));
+    }
+}

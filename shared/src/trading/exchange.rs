@@ -1,0 +1,48 @@
+//! One trait for every exchange the bot can trade on: the simulated paper account and Bitget.
+
+use crate::trading::model::{AccountView, OrderFill, OrderIntent, Position};
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The exchange refused the order for a reason the caller can act on.
+    #[error("exchange rejected the request ({code}): {message}")]
+    Rejected { code: String, message: String },
+    #[error("the exchange refused the credentials")]
+    InvalidCredentials,
+    #[error("insufficient balance on the exchange")]
+    InsufficientBalance,
+    #[error("the exchange account's position mode does not match the order")]
+    PositionModeMismatch,
+    /// Timeouts, 5xx, 429 after every retry: the outcome is unknown or the exchange is down.
+    #[error("exchange unavailable: {0}")]
+    Unavailable(String),
+    #[error("circuit open: the exchange failed repeatedly, not calling it for a while")]
+    CircuitOpen,
+    #[error("no mark price for {0}")]
+    NoMarkPrice(String),
+    /// A paper fill's guard failed: the bot is no longer running.
+    #[error("the bot is not running")]
+    BotNotRunning,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Conditions an exchange must hold atomically with a fill where it can (the paper exchange
+/// checks them inside its DynamoDB transaction; a real exchange cannot, and the caller checks
+/// them before sending).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderGuard {
+    pub require_running_bot: bool,
+}
+
+#[async_trait]
+pub trait Exchange: Send + Sync {
+    fn kind(&self) -> crate::trading::model::ExchangeKind;
+    async fn account(&self) -> Result<AccountView, ExchangeError>;
+    async fn positions(&self) -> Result<Vec<Position>, ExchangeError>;
+    /// Sends an order that was recorded first. Never resends blind: an unknown outcome is looked
+    /// up by client order id before any retry.
+    async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError>;
+    async fn find_order(&self, symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError>;
+}

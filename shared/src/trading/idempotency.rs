@@ -1,0 +1,89 @@
+//! Idempotency records: `IDEMPOTENCY#<user>` / `<key>`, holding the request's fingerprint and,
+//! once known, the answer to replay. Kept 24 hours.
+
+use crate::dynamo::{db_error, from_item, n, s, to_item};
+use crate::error::ApiError;
+use crate::keys;
+use serde::{Deserialize, Serialize};
+
+pub const RETENTION_SECS: i64 = 24 * 3600;
+/// An in-progress record older than this belongs to a request that died; a retry may resume it.
+pub const STALE_AFTER_MS: i64 = 15_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub client_order_id: String,
+    pub completed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    pub created_ms: i64,
+    pub expires_at: i64,
+}
+
+pub fn valid_key(key: &str) -> bool {
+    (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+pub fn fingerprint(canonical: &serde_json::Value) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+pub fn new_record(fingerprint: String, client_order_id: String) -> IdempotencyRecord {
+    let now = chrono::Utc::now();
+    IdempotencyRecord { fingerprint, client_order_id, completed: false, status: None, body: None, created_ms: now.timestamp_millis(), expires_at: now.timestamp() + RETENTION_SECS }
+}
+
+pub fn put_item(table: &str, user_id: &str, key: &str, record: &IdempotencyRecord) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, ApiError> {
+    let item = keys::with_key(to_item(record)?, keys::idempotency(user_id, key));
+    let put = aws_sdk_dynamodb::types::Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(PK)")
+        .build()
+        .map_err(|e| ApiError::internal("building put", e))?;
+    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
+}
+
+pub async fn get(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, ApiError> {
+    let out = client.get_item().table_name(table).set_key(Some(keys::idempotency(user_id, key))).consistent_read(true).send().await.map_err(db_error)?;
+    out.item.map(from_item).transpose()
+}
+
+/// Stores the final answer (first writer wins).
+pub async fn complete(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), ApiError> {
+    let result = client
+        .update_item()
+        .table_name(table)
+        .set_key(Some(keys::idempotency(user_id, key)))
+        .update_expression("SET completed = :t, #status = :status, body = :body")
+        .condition_expression("attribute_exists(PK) AND completed = :f")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
+        .expression_attribute_values(":f", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
+        .expression_attribute_values(":status", n(status))
+        .expression_attribute_values(":body", s(body))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(()),
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+/// Records a refusal as the key's final answer in one write (no order was recorded).
+pub async fn put_completed(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str, mut record: IdempotencyRecord, status: u16, body: &str) -> Result<bool, ApiError> {
+    record.completed = true;
+    record.status = Some(status);
+    record.body = Some(body.to_owned());
+    let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
+    match client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(db_error(e)),
+    }
+}

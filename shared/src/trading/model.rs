@@ -1,0 +1,196 @@
+//! Trading types shared by the routes, the exchanges and the guardian. Every amount is a
+//! `rust_decimal::Decimal` and travels as a JSON string.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::str::FromStr;
+
+/// Accepts a decimal as a JSON string or number, exactly: a number is read from its literal text,
+/// never through a binary float.
+pub fn decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    parse_decimal_value(&value).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
+}
+
+pub fn optional_decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    parse_decimal_value(&value).map(Some).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
+}
+
+fn parse_decimal_value(value: &serde_json::Value) -> Option<Decimal> {
+    let text = match value {
+        serde_json::Value::String(s) => s.trim().to_owned(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    if text.is_empty() || text.len() > 40 {
+        return None;
+    }
+    Decimal::from_str(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderType {
+    Market,
+    Limit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionSide {
+    Long,
+    Short,
+}
+
+impl PositionSide {
+    /// +1 for long, -1 for short: PnL = (exit - entry) × size × direction.
+    pub fn direction(self) -> Decimal {
+        match self {
+            PositionSide::Long => Decimal::ONE,
+            PositionSide::Short => Decimal::NEGATIVE_ONE,
+        }
+    }
+    /// The order side that closes this position.
+    pub fn closing_side(self) -> Side {
+        match self {
+            PositionSide::Long => Side::Sell,
+            PositionSide::Short => Side::Buy,
+        }
+    }
+}
+
+impl Side {
+    pub fn opens(self) -> PositionSide {
+        match self {
+            Side::Buy => PositionSide::Long,
+            Side::Sell => PositionSide::Short,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Recorded, not yet confirmed by the exchange.
+    Pending,
+    /// Resting on the book.
+    Open,
+    Filled,
+    Canceled,
+    Rejected,
+}
+
+/// What we ask an exchange to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderIntent {
+    pub symbol: String,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub size: Decimal,
+    pub price: Option<Decimal>,
+    pub reduce_only: bool,
+    pub client_order_id: String,
+    /// Leverage the position is opened with (the bot's setting).
+    pub leverage: u32,
+}
+
+/// What an exchange says happened to an order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderFill {
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub filled_size: Decimal,
+    pub avg_price: Option<Decimal>,
+    #[serde(default)]
+    pub fee: Decimal,
+    #[serde(default)]
+    pub realized_pnl: Decimal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Position {
+    pub symbol: String,
+    pub side: PositionSide,
+    pub size: Decimal,
+    pub entry_price: Decimal,
+    pub mark_price: Decimal,
+    pub unrealized_pnl: Decimal,
+}
+
+impl Position {
+    pub fn notional(&self) -> Decimal {
+        self.size * self.mark_price
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccountView {
+    pub exchange: ExchangeKind,
+    pub equity: Decimal,
+    pub available: Decimal,
+    pub unrealized_pnl: Decimal,
+    pub positions: Vec<Position>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    Paper,
+    Bitget,
+}
+
+/// A deterministic client order id: the same inputs always give the same id, so a retried request
+/// can never become a second order.
+pub fn client_order_id(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    format!("tb{}", &hex::encode(hasher.finalize())[..30])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(deserialize_with = "decimal_input")]
+        v: Decimal,
+    }
+
+    #[test]
+    fn decimals_are_read_exactly_from_strings_and_numbers() {
+        let from = |json: &str| serde_json::from_str::<Probe>(json).map(|p| p.v);
+        assert_eq!(from(r#"{"v":"0.1"}"#).unwrap().to_string(), "0.1");
+        assert_eq!(from(r#"{"v":0.1}"#).unwrap().to_string(), "0.1");
+        assert_eq!(from(r#"{"v":65000.5}"#).unwrap().to_string(), "65000.5");
+        assert_eq!(from(r#"{"v":"1e-3"}"#).unwrap().to_string(), "0.001");
+        assert!(from(r#"{"v":"abc"}"#).is_err());
+        assert!(from(r#"{"v":true}"#).is_err());
+        assert!(from(r#"{"v":"NaN"}"#).is_err());
+    }
+
+    #[test]
+    fn client_order_ids_are_deterministic_and_distinct() {
+        let a = client_order_id(&["u1", "key-1"]);
+        assert_eq!(a, client_order_id(&["u1", "key-1"]));
+        assert_ne!(a, client_order_id(&["u1", "key-2"]));
+        assert_ne!(client_order_id(&["u1k", "ey"]), client_order_id(&["u1", "key"]));
+        assert!(a.len() <= 50);
+    }
+}

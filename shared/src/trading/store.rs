@@ -1,0 +1,300 @@
+//! The trading items of the single table. Everything about one user sits in the `USER#<id>`
+//! partition and is read by one strongly consistent Query; state changes are conditional writes
+//! on a version.
+
+use crate::auth::store::Profile;
+use crate::dynamo::{db_error, from_item, n, s, to_item, Item};
+use crate::error::ApiError;
+use crate::keys;
+use crate::trading::model::{ExchangeKind, OrderFill, OrderIntent, OrderStatus, PositionSide};
+use aws_sdk_dynamodb::types::AttributeValue;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotState {
+    Running,
+    Stopping,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotConfig {
+    pub symbol: String,
+    pub leverage: u32,
+    pub stop_loss_pct: Decimal,
+    pub take_profit_pct: Option<Decimal>,
+    pub trailing_stop_pct: Option<Decimal>,
+    pub max_position_notional: Decimal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BotRecord {
+    pub user_id: String,
+    pub state: BotState,
+    pub config: BotConfig,
+    pub version: u64,
+    pub exchange: ExchangeKind,
+    pub updated_at: String,
+    /// Names the current stop request; the closing orders' client ids derive from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PaperAccount {
+    pub balance: Decimal,
+    pub realized_pnl: Decimal,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PaperPosition {
+    pub symbol: String,
+    pub side: PositionSide,
+    pub size: Decimal,
+    pub entry_price: Decimal,
+    pub leverage: u32,
+    pub margin: Decimal,
+    pub version: u64,
+    /// The best mark seen since opening (highest for a long, lowest for a short): the trailing
+    /// stop's reference. It only ever moves in the position's favour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_water: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialsRecord {
+    pub exchange: ExchangeKind,
+    pub demo: bool,
+    /// AES-256-GCM envelope of the key, secret and passphrase; the user id is the associated data.
+    pub ciphertext: String,
+    pub position_mode: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub user_id: String,
+    pub intent: OrderIntent,
+    pub status: OrderStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<OrderFill>,
+    /// Why the guardian closed it (`stop_loss`, `take_profit`, `trailing_stop`) or `bot_stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What a trading request knows about its caller after one Query.
+#[derive(Debug, Default, Clone)]
+pub struct UserSnapshot {
+    pub profile: Option<Profile>,
+    pub bot: Option<BotRecord>,
+    pub paper: Option<PaperAccount>,
+    pub positions: Vec<PaperPosition>,
+    pub credentials: Option<CredentialsRecord>,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub struct TradingStore<'a> {
+    pub client: &'a aws_sdk_dynamodb::Client,
+    pub table: &'a str,
+}
+
+impl TradingStore<'_> {
+    pub async fn snapshot(&self, user_id: &str) -> Result<UserSnapshot, ApiError> {
+        let mut snapshot = UserSnapshot::default();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(self.table)
+                .key_condition_expression("PK = :pk")
+                .expression_attribute_values(":pk", s(keys::user_partition(user_id)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(db_error)?;
+            for item in out.items.unwrap_or_default() {
+                match keys::sort_key(&item).unwrap_or("") {
+                    "PROFILE" => snapshot.profile = Some(from_item(item)?),
+                    "BOT" => snapshot.bot = Some(from_item(item)?),
+                    "PAPER" => snapshot.paper = Some(from_item(item)?),
+                    "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
+                    sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
+                    _ => {}
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => break,
+            }
+        }
+        Ok(snapshot)
+    }
+
+    pub async fn bot(&self, user_id: &str) -> Result<Option<BotRecord>, ApiError> {
+        let out = self.client.get_item().table_name(self.table).set_key(Some(keys::bot(user_id))).consistent_read(true).send().await.map_err(db_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    pub async fn kill_switch_on(&self) -> Result<bool, ApiError> {
+        let out = self.client.get_item().table_name(self.table).set_key(Some(keys::kill_switch())).consistent_read(true).send().await.map_err(db_error)?;
+        Ok(out.item.and_then(|i| i.get("enabled").and_then(|v| v.as_bool().ok().copied())).unwrap_or(false))
+    }
+
+    /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
+    pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
+        let mut marks = HashMap::new();
+        for chunk in symbols.chunks(100) {
+            let keys_and_attrs = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(chunk.iter().map(|s| keys::mark_price(s)).collect()))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| ApiError::internal("building batch get", e))?;
+            let mut request = HashMap::from([(self.table.to_owned(), keys_and_attrs)]);
+            for _ in 0..5 {
+                let out = self.client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
+                for item in out.responses.unwrap_or_default().remove(self.table).unwrap_or_default() {
+                    let symbol = item.get("symbol").and_then(|v| v.as_s().ok()).cloned();
+                    let price = item.get("price").and_then(|v| v.as_s().ok()).and_then(|p| p.parse::<Decimal>().ok());
+                    if let (Some(symbol), Some(price)) = (symbol, price) {
+                        marks.insert(symbol, price);
+                    }
+                }
+                match out.unprocessed_keys.filter(|u| !u.is_empty()) {
+                    Some(rest) => request = rest,
+                    None => break,
+                }
+            }
+        }
+        Ok(marks)
+    }
+
+    pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, ApiError> {
+        let out = self.client.get_item().table_name(self.table).set_key(Some(keys::order(user_id, client_oid))).consistent_read(true).send().await.map_err(db_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
+    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent, reason: Option<&str>) -> Result<bool, ApiError> {
+        let now = now_rfc3339();
+        let record = OrderRecord {
+            user_id: user_id.to_owned(),
+            intent: intent.clone(),
+            status: OrderStatus::Pending,
+            fill: None,
+            reason: reason.map(str::to_owned),
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
+        match self.client.put_item().table_name(self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await {
+            Ok(_) => Ok(true),
+            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    /// Stores what the exchange answered for a recorded order.
+    pub async fn complete_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<(), ApiError> {
+        self.client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::order(user_id, client_oid)))
+            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(|e| ApiError::internal("encoding", e))?)
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(|e| ApiError::internal("encoding", e))?)
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    /// Orders still `pending` (sent or about to be, outcome unknown), for a stop to settle.
+    pub async fn pending_orders(&self, user_id: &str) -> Result<Vec<OrderRecord>, ApiError> {
+        let out = self
+            .client
+            .query()
+            .table_name(self.table)
+            .key_condition_expression("PK = :pk")
+            .filter_expression("#status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pk", s(format!("ORDERS#{user_id}")))
+            .expression_attribute_values(":pending", s("pending"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        out.items.unwrap_or_default().into_iter().map(from_item).collect()
+    }
+
+    pub async fn put_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<(), ApiError> {
+        let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
+        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
+    }
+
+    pub async fn delete_credentials(&self, user_id: &str) -> Result<(), ApiError> {
+        self.client.delete_item().table_name(self.table).set_key(Some(keys::credentials(user_id))).send().await.map(|_| ()).map_err(db_error)
+    }
+
+    /// Writes a bot record if the stored one still has `expected_version` (None: must not exist).
+    /// Running and stopping bots carry the active-bots index attributes; stopped ones do not.
+    pub async fn put_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<bool, ApiError> {
+        let mut item: Item = keys::with_key(to_item(bot)?, keys::bot(&bot.user_id));
+        if bot.state != BotState::Stopped {
+            item.extend(keys::active_bot_index(&bot.user_id));
+        }
+        let mut put = self.client.put_item().table_name(self.table).set_item(Some(item));
+        put = match expected_version {
+            None => put.condition_expression("attribute_not_exists(PK)"),
+            Some(v) => put.condition_expression("version = :v").expression_attribute_values(":v", n(v)),
+        };
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    /// Moves a position's high-water mark to `mark`, only in the position's favour, and only if
+    /// nobody moved it since we read it (a compare-and-set on the old value and the version).
+    pub async fn raise_high_water(&self, user_id: &str, position: &PaperPosition, mark: Decimal) -> Result<(), ApiError> {
+        let favourable = match (position.side, position.high_water) {
+            (_, None) => true,
+            (PositionSide::Long, Some(old)) => mark > old,
+            (PositionSide::Short, Some(old)) => mark < old,
+        };
+        if !favourable {
+            return Ok(());
+        }
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::paper_position(user_id, &position.symbol)))
+            .update_expression("SET high_water = :mark")
+            .expression_attribute_values(":mark", s(mark.to_string()))
+            .expression_attribute_values(":v", n(position.version));
+        update = match position.high_water {
+            None => update.condition_expression("version = :v AND attribute_not_exists(high_water)"),
+            Some(old) => update.condition_expression("version = :v AND high_water = :old").expression_attribute_values(":old", s(old.to_string())),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+}

@@ -22,6 +22,7 @@ failed=$(grep -E '^test result:' "$state/cargo-test.log" | awk '{s+=$6} END {pri
 echo "== template lint"
 cfn-lint template.yaml
 sam validate --lint --template template.yaml --region us-east-1
+openapi-spec-validator docs/openapi.yaml
 
 echo "== replaying events/ through the function binaries (cargo lambda watch + invoke)"
 export TABLE_NAME="replay-$$" OUTBOX_PATH="$PWD/$state/outbox.jsonl" IP_RATE_LIMIT_PER_MINUTE=1000

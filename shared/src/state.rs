@@ -51,7 +51,10 @@ impl AppState {
             .connect_timeout(std::time::Duration::from_secs(3))
             .pool_idle_timeout(std::time::Duration::from_secs(50))
             .build()?;
-        let bitget = Arc::new(crate::trading::bitget::BitgetClient::new(http.clone(), &config.bitget_base_url));
+        let bitget = Arc::new(crate::trading::bitget::BitgetClient::new(
+            http.clone(),
+            &config.bitget_base_url,
+        ));
         Ok(AppState {
             bitget,
             dynamo: aws_sdk_dynamodb::Client::new(sdk),

@@ -9,6 +9,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::from_env()?;
     let sdk = shared::aws::sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let trading = shared::trading::store::TradingStore {
+        client: &dynamo,
+        table: &config.table_name,
+    };
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["create-table"] => {
             let template = std::fs::read_to_string("template.yaml")?;
@@ -27,26 +31,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             if price <= rust_decimal::Decimal::ZERO {
                 return Err("PRICE must be positive".into());
             }
-            let item = shared::keys::with_key(
-                std::collections::HashMap::from([
-                    ("symbol".to_owned(), shared::dynamo::s(*symbol)),
-                    ("price".to_owned(), shared::dynamo::s(price.to_string())),
-                    ("updated_at".to_owned(), shared::dynamo::s(chrono::Utc::now().to_rfc3339())),
-                ]),
-                shared::keys::mark_price(symbol),
-            );
-            dynamo.put_item().table_name(&config.table_name).set_item(Some(item)).send().await?;
+            let symbol = symbol.to_uppercase();
+            trading.set_mark(&symbol, price).await.map_err(|e| e.to_string())?;
             println!("{symbol} mark price set to {price}");
         }
         ["kill-switch", state @ ("on" | "off")] => {
-            let item = shared::keys::with_key(
-                std::collections::HashMap::from([
-                    ("enabled".to_owned(), aws_sdk_dynamodb::types::AttributeValue::Bool(*state == "on")),
-                    ("updated_at".to_owned(), shared::dynamo::s(chrono::Utc::now().to_rfc3339())),
-                ]),
-                shared::keys::kill_switch(),
-            );
-            dynamo.put_item().table_name(&config.table_name).set_item(Some(item)).send().await?;
+            trading.set_kill_switch(*state == "on").await.map_err(|e| e.to_string())?;
             println!("kill switch {state}");
         }
         other => {

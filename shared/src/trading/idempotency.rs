@@ -24,7 +24,10 @@ pub struct IdempotencyRecord {
 }
 
 pub fn valid_key(key: &str) -> bool {
-    (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 pub fn fingerprint(canonical: &serde_json::Value) -> String {
@@ -34,10 +37,23 @@ pub fn fingerprint(canonical: &serde_json::Value) -> String {
 
 pub fn new_record(fingerprint: String, client_order_id: String) -> IdempotencyRecord {
     let now = chrono::Utc::now();
-    IdempotencyRecord { fingerprint, client_order_id, completed: false, status: None, body: None, created_ms: now.timestamp_millis(), expires_at: now.timestamp() + RETENTION_SECS }
+    IdempotencyRecord {
+        fingerprint,
+        client_order_id,
+        completed: false,
+        status: None,
+        body: None,
+        created_ms: now.timestamp_millis(),
+        expires_at: now.timestamp() + RETENTION_SECS,
+    }
 }
 
-pub fn put_item(table: &str, user_id: &str, key: &str, record: &IdempotencyRecord) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, ApiError> {
+pub fn put_item(
+    table: &str,
+    user_id: &str,
+    key: &str,
+    record: &IdempotencyRecord,
+) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, ApiError> {
     let item = keys::with_key(to_item(record)?, keys::idempotency(user_id, key));
     let put = aws_sdk_dynamodb::types::Put::builder()
         .table_name(table)
@@ -45,16 +61,37 @@ pub fn put_item(table: &str, user_id: &str, key: &str, record: &IdempotencyRecor
         .condition_expression("attribute_not_exists(PK)")
         .build()
         .map_err(|e| ApiError::internal("building put", e))?;
-    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
+    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
+        .put(put)
+        .build())
 }
 
-pub async fn get(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, ApiError> {
-    let out = client.get_item().table_name(table).set_key(Some(keys::idempotency(user_id, key))).consistent_read(true).send().await.map_err(db_error)?;
+pub async fn get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, ApiError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .set_key(Some(keys::idempotency(user_id, key)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(db_error)?;
     out.item.map(from_item).transpose()
 }
 
 /// Stores the final answer (first writer wins).
-pub async fn complete(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), ApiError> {
+pub async fn complete(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    key: &str,
+    status: u16,
+    body: &str,
+) -> Result<(), ApiError> {
     let result = client
         .update_item()
         .table_name(table)
@@ -76,12 +113,27 @@ pub async fn complete(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &
 }
 
 /// Records a refusal as the key's final answer in one write (no order was recorded).
-pub async fn put_completed(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str, mut record: IdempotencyRecord, status: u16, body: &str) -> Result<bool, ApiError> {
+pub async fn put_completed(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    key: &str,
+    mut record: IdempotencyRecord,
+    status: u16,
+    body: &str,
+) -> Result<bool, ApiError> {
     record.completed = true;
     record.status = Some(status);
     record.body = Some(body.to_owned());
     let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
-    match client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await {
+    match client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(PK)")
+        .send()
+        .await
+    {
         Ok(_) => Ok(true),
         Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
         Err(e) => Err(db_error(e)),

@@ -1,9 +1,9 @@
+pub mod bitget;
 pub mod contracts;
 pub mod exchange;
+pub mod idempotency;
 pub mod model;
 pub mod paper;
-pub mod store;
-pub mod bitget;
 pub mod risk;
-pub mod idempotency;
 pub mod service;
+pub mod store;

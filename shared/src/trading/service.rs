@@ -7,7 +7,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::trading::bitget::{BitgetCredentials, BitgetExchange};
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
-use crate::trading::model::{client_order_id, OrderFill, OrderIntent, OrderStatus, OrderType, Position};
+use crate::trading::model::{
+    client_order_id, OrderFill, OrderIntent, OrderStatus, OrderType, Position,
+};
 use crate::trading::paper::PaperExchange;
 use crate::trading::store::{TradingStore, UserSnapshot};
 use lambda_http::Request;
@@ -16,7 +18,10 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 pub fn store(state: &AppState) -> TradingStore<'_> {
-    TradingStore { client: &state.dynamo, table: &state.config.table_name }
+    TradingStore {
+        client: &state.dynamo,
+        table: &state.config.table_name,
+    }
 }
 
 /// A verified caller and everything stored about them, in one round trip after the token check.
@@ -28,7 +33,10 @@ pub struct Session {
 pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiError> {
     let caller = authenticate(state, req).await?;
     let snapshot = store(state).snapshot(&caller.user_id).await?;
-    let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
+    let profile = snapshot
+        .profile
+        .as_ref()
+        .ok_or_else(ApiError::invalid_token)?;
     // Global logout: the "valid after" time arrives with the user's data, no extra round trip.
     if caller.revoked_by(profile.revoked_before_ms) {
         return Err(ApiError::invalid_token());
@@ -38,16 +46,40 @@ pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiErro
 
 pub fn exchange_error(err: ExchangeError) -> ApiError {
     match err {
-        ExchangeError::InvalidCredentials => ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused the stored credentials"),
-        ExchangeError::InsufficientBalance => ApiError::unprocessable("insufficient_margin", "the exchange reports insufficient balance for this order"),
-        ExchangeError::PositionModeMismatch => ApiError::unprocessable("position_mode_mismatch", "the exchange account's position mode does not match; save the credentials again"),
-        ExchangeError::Rejected { code, message } => ApiError::unprocessable("exchange_rejected", format!("the exchange rejected the order ({code}): {message}")),
-        ExchangeError::BotNotRunning => ApiError::conflict("bot_not_running", "start the bot before submitting orders"),
-        ExchangeError::NoMarkPrice(symbol) => ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") },
-        ExchangeError::CircuitOpen => ApiError::BadGateway { code: "exchange_unavailable", detail: "the exchange is failing; calls are paused for a short while".into() },
+        ExchangeError::InvalidCredentials => ApiError::unprocessable(
+            "invalid_exchange_credentials",
+            "the exchange refused the stored credentials",
+        ),
+        ExchangeError::InsufficientBalance => ApiError::unprocessable(
+            "insufficient_margin",
+            "the exchange reports insufficient balance for this order",
+        ),
+        ExchangeError::PositionModeMismatch => ApiError::unprocessable(
+            "position_mode_mismatch",
+            "the exchange account's position mode does not match; save the credentials again",
+        ),
+        ExchangeError::Rejected { code, message } => ApiError::unprocessable(
+            "exchange_rejected",
+            format!("the exchange rejected the order ({code}): {message}"),
+        ),
+        ExchangeError::BotNotRunning => {
+            ApiError::conflict("bot_not_running", "start the bot before submitting orders")
+        }
+        ExchangeError::NoMarkPrice(symbol) => ApiError::Unavailable {
+            code: "market_data_unavailable",
+            detail: format!("no mark price for {symbol} right now"),
+        },
+        ExchangeError::CircuitOpen => ApiError::BadGateway {
+            code: "exchange_unavailable",
+            detail: "the exchange is failing; calls are paused for a short while".into(),
+        },
         ExchangeError::Unavailable(why) => {
             tracing::warn!(reason = %why, "exchange unavailable");
-            ApiError::BadGateway { code: "exchange_unavailable", detail: "the exchange did not answer in time; the order's outcome is being checked".into() }
+            ApiError::BadGateway {
+                code: "exchange_unavailable",
+                detail: "the exchange did not answer in time; the order's outcome is being checked"
+                    .into(),
+            }
         }
         ExchangeError::Store(why) => ApiError::internal("paper exchange store", why),
     }
@@ -55,7 +87,10 @@ pub fn exchange_error(err: ExchangeError) -> ApiError {
 
 /// Mark prices for `symbols`: from the table locally, from Bitget's public tickers in AWS
 /// (one call for every symbol).
-pub async fn marks(state: &AppState, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
+pub async fn marks(
+    state: &AppState,
+    symbols: &[String],
+) -> Result<HashMap<String, Decimal>, ApiError> {
     if symbols.is_empty() {
         return Ok(HashMap::new());
     }
@@ -63,29 +98,63 @@ pub async fn marks(state: &AppState, symbols: &[String]) -> Result<HashMap<Strin
         MarketData::Store => store(state).stored_marks(symbols).await,
         MarketData::Bitget => {
             let all = state.bitget.mark_prices().await.map_err(exchange_error)?;
-            Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
+            Ok(all
+                .into_iter()
+                .filter(|(s, _)| symbols.contains(s))
+                .collect())
         }
     }
 }
 
-pub fn decrypt_credentials(state_keys: &crate::crypto::EncryptionKeys, user_id: &str, ciphertext: &str) -> Result<BitgetCredentials, ApiError> {
-    let plain = state_keys.decrypt(ciphertext, user_id.as_bytes()).map_err(|e| ApiError::internal("decrypting exchange credentials", e))?;
-    serde_json::from_slice(&plain).map_err(|_| ApiError::internal("decoding exchange credentials", "malformed plaintext"))
+pub fn decrypt_credentials(
+    state_keys: &crate::crypto::EncryptionKeys,
+    user_id: &str,
+    ciphertext: &str,
+) -> Result<BitgetCredentials, ApiError> {
+    let plain = state_keys
+        .decrypt(ciphertext, user_id.as_bytes())
+        .map_err(|e| ApiError::internal("decrypting exchange credentials", e))?;
+    serde_json::from_slice(&plain)
+        .map_err(|_| ApiError::internal("decoding exchange credentials", "malformed plaintext"))
 }
 
 /// The caller's exchange: Bitget when they saved credentials, the paper account otherwise.
-pub async fn exchange_for(state: &AppState, user_id: &str, snapshot: &UserSnapshot, extra_symbols: &[String]) -> Result<Box<dyn Exchange>, ApiError> {
+pub async fn exchange_for(
+    state: &AppState,
+    user_id: &str,
+    snapshot: &UserSnapshot,
+    extra_symbols: &[String],
+) -> Result<Box<dyn Exchange>, ApiError> {
     if let Some(record) = &snapshot.credentials {
-        let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+        let keys = state
+            .encryption_keys
+            .get()
+            .await
+            .map_err(|e| ApiError::internal("loading encryption keys", e))?;
         let creds = decrypt_credentials(&keys, user_id, &record.ciphertext)?;
-        return Ok(Box::new(BitgetExchange { client: state.bitget.clone(), creds, position_mode: record.position_mode.clone() }));
+        return Ok(Box::new(BitgetExchange {
+            client: state.bitget.clone(),
+            creds,
+            position_mode: record.position_mode.clone(),
+        }));
     }
-    let mut symbols: Vec<String> = snapshot.positions.iter().map(|p| p.symbol.clone()).collect();
+    let mut symbols: Vec<String> = snapshot
+        .positions
+        .iter()
+        .map(|p| p.symbol.clone())
+        .collect();
     symbols.extend(extra_symbols.iter().cloned());
     symbols.sort();
     symbols.dedup();
     let marks = marks(state, &symbols).await?;
-    Ok(Box::new(PaperExchange::new(state.dynamo.clone(), state.config.table_name.clone(), user_id.to_owned(), state.config.paper_start_balance, marks, snapshot.clone())))
+    Ok(Box::new(PaperExchange::new(
+        state.dynamo.clone(),
+        state.config.table_name.clone(),
+        user_id.to_owned(),
+        state.config.paper_start_balance,
+        marks,
+        snapshot.clone(),
+    )))
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,7 +169,15 @@ pub struct ClosedPosition {
 /// Closes `position` with a reduce-only market order whose client id derives from `reason_key`,
 /// recorded before it is sent: running this twice (a retried stop, two overlapping sweeps)
 /// finds the first order instead of placing a second.
-pub async fn close_position(state: &AppState, exchange: &dyn Exchange, user_id: &str, position: &Position, leverage: u32, reason_key: &str, reason: &str) -> Result<ClosedPosition, ApiError> {
+pub async fn close_position(
+    state: &AppState,
+    exchange: &dyn Exchange,
+    user_id: &str,
+    position: &Position,
+    leverage: u32,
+    reason_key: &str,
+    reason: &str,
+) -> Result<ClosedPosition, ApiError> {
     let side_name = match position.side {
         crate::trading::model::PositionSide::Long => "long",
         crate::trading::model::PositionSide::Short => "short",
@@ -116,25 +193,52 @@ pub async fn close_position(state: &AppState, exchange: &dyn Exchange, user_id: 
         leverage,
     };
     let store = store(state);
-    let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
-        exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?
+    let fill = if store
+        .record_pending_order(user_id, &intent, Some(reason))
+        .await?
+    {
+        exchange
+            .place_order(&intent, OrderGuard::default())
+            .await
+            .map_err(exchange_error)?
     } else {
-        match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {
+        match store
+            .order(user_id, &intent.client_order_id)
+            .await?
+            .and_then(|o| o.fill)
+        {
             Some(fill) => fill,
             // Recorded by an earlier run that died before the exchange answered: ask the exchange.
-            None => match exchange.find_order(&intent.symbol, &intent.client_order_id).await.map_err(exchange_error)? {
+            None => match exchange
+                .find_order(&intent.symbol, &intent.client_order_id)
+                .await
+                .map_err(exchange_error)?
+            {
                 Some(fill) => fill,
-                None => exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?,
+                None => exchange
+                    .place_order(&intent, OrderGuard::default())
+                    .await
+                    .map_err(exchange_error)?,
             },
         }
     };
     // The paper exchange writes the order record inside its fill transaction.
-    if exchange.kind() != crate::trading::model::ExchangeKind::Paper && fill.status != OrderStatus::Pending {
-        store.complete_order(user_id, &intent.client_order_id, &fill).await?;
+    if exchange.kind() != crate::trading::model::ExchangeKind::Paper
+        && fill.status != OrderStatus::Pending
+    {
+        store
+            .complete_order(user_id, &intent.client_order_id, &fill)
+            .await?;
     }
     Ok(closed_from(position, &fill))
 }
 
 fn closed_from(position: &Position, fill: &OrderFill) -> ClosedPosition {
-    ClosedPosition { symbol: position.symbol.clone(), side: position.side, size: fill.filled_size, exit_price: fill.avg_price, realized_pnl: fill.realized_pnl }
+    ClosedPosition {
+        symbol: position.symbol.clone(),
+        side: position.side,
+        size: fill.filled_size,
+        exit_price: fill.avg_price,
+        realized_pnl: fill.realized_pnl,
+    }
 }

@@ -130,7 +130,9 @@ impl TradingStore<'_> {
                     "BOT" => snapshot.bot = Some(from_item(item)?),
                     "PAPER" => snapshot.paper = Some(from_item(item)?),
                     "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
-                    sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
+                    sk if sk.starts_with(keys::POSITION_PREFIX) => {
+                        snapshot.positions.push(from_item(item)?)
+                    }
                     _ => {}
                 }
             }
@@ -143,17 +145,39 @@ impl TradingStore<'_> {
     }
 
     pub async fn bot(&self, user_id: &str) -> Result<Option<BotRecord>, ApiError> {
-        let out = self.client.get_item().table_name(self.table).set_key(Some(keys::bot(user_id))).consistent_read(true).send().await.map_err(db_error)?;
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::bot(user_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
         out.item.map(from_item).transpose()
     }
 
     pub async fn kill_switch_on(&self) -> Result<bool, ApiError> {
-        let out = self.client.get_item().table_name(self.table).set_key(Some(keys::kill_switch())).consistent_read(true).send().await.map_err(db_error)?;
-        Ok(out.item.and_then(|i| i.get("enabled").and_then(|v| v.as_bool().ok().copied())).unwrap_or(false))
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::kill_switch()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        Ok(out
+            .item
+            .and_then(|i| i.get("enabled").and_then(|v| v.as_bool().ok().copied()))
+            .unwrap_or(false))
     }
 
     /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
-    pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
+    pub async fn stored_marks(
+        &self,
+        symbols: &[String],
+    ) -> Result<HashMap<String, Decimal>, ApiError> {
         let mut marks = HashMap::new();
         for chunk in symbols.chunks(100) {
             let keys_and_attrs = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
@@ -163,10 +187,24 @@ impl TradingStore<'_> {
                 .map_err(|e| ApiError::internal("building batch get", e))?;
             let mut request = HashMap::from([(self.table.to_owned(), keys_and_attrs)]);
             for _ in 0..5 {
-                let out = self.client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
-                for item in out.responses.unwrap_or_default().remove(self.table).unwrap_or_default() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request.clone()))
+                    .send()
+                    .await
+                    .map_err(db_error)?;
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(self.table)
+                    .unwrap_or_default()
+                {
                     let symbol = item.get("symbol").and_then(|v| v.as_s().ok()).cloned();
-                    let price = item.get("price").and_then(|v| v.as_s().ok()).and_then(|p| p.parse::<Decimal>().ok());
+                    let price = item
+                        .get("price")
+                        .and_then(|v| v.as_s().ok())
+                        .and_then(|p| p.parse::<Decimal>().ok());
                     if let (Some(symbol), Some(price)) = (symbol, price) {
                         marks.insert(symbol, price);
                     }
@@ -180,13 +218,69 @@ impl TradingStore<'_> {
         Ok(marks)
     }
 
-    pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, ApiError> {
-        let out = self.client.get_item().table_name(self.table).set_key(Some(keys::order(user_id, client_oid))).consistent_read(true).send().await.map_err(db_error)?;
+    /// Sets a stored mark price (`make price`; the paper exchange's market data locally).
+    pub async fn set_mark(&self, symbol: &str, price: Decimal) -> Result<(), ApiError> {
+        let item = keys::with_key(
+            HashMap::from([
+                ("symbol".to_owned(), s(symbol)),
+                ("price".to_owned(), s(price.to_string())),
+                ("updated_at".to_owned(), s(now_rfc3339())),
+            ]),
+            keys::mark_price(symbol),
+        );
+        self.client
+            .put_item()
+            .table_name(self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    /// The operator's kill switch: on, it halts starts and risk-increasing orders.
+    pub async fn set_kill_switch(&self, enabled: bool) -> Result<(), ApiError> {
+        let item = keys::with_key(
+            HashMap::from([
+                ("enabled".to_owned(), AttributeValue::Bool(enabled)),
+                ("updated_at".to_owned(), s(now_rfc3339())),
+            ]),
+            keys::kill_switch(),
+        );
+        self.client
+            .put_item()
+            .table_name(self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    pub async fn order(
+        &self,
+        user_id: &str,
+        client_oid: &str,
+    ) -> Result<Option<OrderRecord>, ApiError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(keys::order(user_id, client_oid)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
         out.item.map(from_item).transpose()
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
-    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent, reason: Option<&str>) -> Result<bool, ApiError> {
+    pub async fn record_pending_order(
+        &self,
+        user_id: &str,
+        intent: &OrderIntent,
+        reason: Option<&str>,
+    ) -> Result<bool, ApiError> {
         let now = now_rfc3339();
         let record = OrderRecord {
             user_id: user_id.to_owned(),
@@ -197,8 +291,19 @@ impl TradingStore<'_> {
             created_at: now.clone(),
             updated_at: now,
         };
-        let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
-        match self.client.put_item().table_name(self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await {
+        let item = keys::with_key(
+            to_item(&record)?,
+            keys::order(user_id, &intent.client_order_id),
+        );
+        match self
+            .client
+            .put_item()
+            .table_name(self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
             Err(e) => Err(db_error(e)),
@@ -206,15 +311,28 @@ impl TradingStore<'_> {
     }
 
     /// Stores what the exchange answered for a recorded order.
-    pub async fn complete_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<(), ApiError> {
+    pub async fn complete_order(
+        &self,
+        user_id: &str,
+        client_oid: &str,
+        fill: &OrderFill,
+    ) -> Result<(), ApiError> {
         self.client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
             .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(|e| ApiError::internal("encoding", e))?)
-            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(|e| ApiError::internal("encoding", e))?)
+            .expression_attribute_values(
+                ":status",
+                serde_dynamo::to_attribute_value(fill.status)
+                    .map_err(|e| ApiError::internal("encoding", e))?,
+            )
+            .expression_attribute_values(
+                ":fill",
+                serde_dynamo::to_attribute_value(fill)
+                    .map_err(|e| ApiError::internal("encoding", e))?,
+            )
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await
@@ -237,29 +355,61 @@ impl TradingStore<'_> {
             .send()
             .await
             .map_err(db_error)?;
-        out.items.unwrap_or_default().into_iter().map(from_item).collect()
+        out.items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item)
+            .collect()
     }
 
-    pub async fn put_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<(), ApiError> {
+    pub async fn put_credentials(
+        &self,
+        user_id: &str,
+        record: &CredentialsRecord,
+    ) -> Result<(), ApiError> {
         let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
-        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
+        self.client
+            .put_item()
+            .table_name(self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error)
     }
 
     pub async fn delete_credentials(&self, user_id: &str) -> Result<(), ApiError> {
-        self.client.delete_item().table_name(self.table).set_key(Some(keys::credentials(user_id))).send().await.map(|_| ()).map_err(db_error)
+        self.client
+            .delete_item()
+            .table_name(self.table)
+            .set_key(Some(keys::credentials(user_id)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error)
     }
 
     /// Writes a bot record if the stored one still has `expected_version` (None: must not exist).
     /// Running and stopping bots carry the active-bots index attributes; stopped ones do not.
-    pub async fn put_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<bool, ApiError> {
+    pub async fn put_bot(
+        &self,
+        bot: &BotRecord,
+        expected_version: Option<u64>,
+    ) -> Result<bool, ApiError> {
         let mut item: Item = keys::with_key(to_item(bot)?, keys::bot(&bot.user_id));
         if bot.state != BotState::Stopped {
             item.extend(keys::active_bot_index(&bot.user_id));
         }
-        let mut put = self.client.put_item().table_name(self.table).set_item(Some(item));
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(self.table)
+            .set_item(Some(item));
         put = match expected_version {
             None => put.condition_expression("attribute_not_exists(PK)"),
-            Some(v) => put.condition_expression("version = :v").expression_attribute_values(":v", n(v)),
+            Some(v) => put
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
         };
         match put.send().await {
             Ok(_) => Ok(true),
@@ -270,7 +420,12 @@ impl TradingStore<'_> {
 
     /// Moves a position's high-water mark to `mark`, only in the position's favour, and only if
     /// nobody moved it since we read it (a compare-and-set on the old value and the version).
-    pub async fn raise_high_water(&self, user_id: &str, position: &PaperPosition, mark: Decimal) -> Result<(), ApiError> {
+    pub async fn raise_high_water(
+        &self,
+        user_id: &str,
+        position: &PaperPosition,
+        mark: Decimal,
+    ) -> Result<(), ApiError> {
         let favourable = match (position.side, position.high_water) {
             (_, None) => true,
             (PositionSide::Long, Some(old)) => mark > old,
@@ -288,8 +443,12 @@ impl TradingStore<'_> {
             .expression_attribute_values(":mark", s(mark.to_string()))
             .expression_attribute_values(":v", n(position.version));
         update = match position.high_water {
-            None => update.condition_expression("version = :v AND attribute_not_exists(high_water)"),
-            Some(old) => update.condition_expression("version = :v AND high_water = :old").expression_attribute_values(":old", s(old.to_string())),
+            None => {
+                update.condition_expression("version = :v AND attribute_not_exists(high_water)")
+            }
+            Some(old) => update
+                .condition_expression("version = :v AND high_water = :old")
+                .expression_attribute_values(":old", s(old.to_string())),
         };
         match update.send().await {
             Ok(_) => Ok(()),

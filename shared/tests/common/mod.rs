@@ -241,3 +241,88 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+pub mod fake_bitget;
+
+/// Registers, verifies and logs in a fresh user; their access token.
+pub async fn access_token(app: &TestApp) -> String {
+    use shared::handlers::auth;
+    let email = format!("trader-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse battery staple";
+    let res = app
+        .call(
+            auth::register,
+            request(
+                "POST",
+                "/api/v1/auth/register",
+                Some(serde_json::json!({"email": email, "password": password})),
+            ),
+        )
+        .await;
+    assert_eq!(res.status, 202, "{}", res.raw);
+    let code = app
+        .outbox()
+        .iter()
+        .rev()
+        .find(|m| m["to"] == email.as_str() && m["code"].is_string())
+        .expect("code mail")["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .call(
+            auth::verify,
+            request(
+                "POST",
+                "/api/v1/auth/verify",
+                Some(serde_json::json!({"email": email, "verification_code": code})),
+            ),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    let res = app
+        .call(
+            auth::login,
+            request(
+                "POST",
+                "/api/v1/auth/login",
+                Some(serde_json::json!({"email": email, "password": password})),
+            ),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    res.body["access_token"].as_str().unwrap().to_owned()
+}
+
+impl TestApp {
+    pub fn trading(&self) -> shared::trading::store::TradingStore<'_> {
+        shared::trading::store::TradingStore {
+            client: &self.state.dynamo,
+            table: &self.state.config.table_name,
+        }
+    }
+
+    pub async fn set_mark(&self, symbol: &str, price: &str) {
+        self.trading()
+            .set_mark(symbol, price.parse().unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// Calls a protected route as the holder of `token`.
+    pub async fn call_as<'a, F, Fut>(
+        &'a self,
+        handler: F,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> TestResponse
+    where
+        F: FnOnce(&'a AppState, Request, RequestContext) -> Fut,
+        Fut: Future<Output = Result<Response<Body>, ApiError>> + 'a,
+    {
+        self.call(handler, with_bearer(request(method, path, body), token))
+            .await
+    }
+}

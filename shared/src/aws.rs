@@ -2,7 +2,5 @@
 //! by the SDK itself, so the same code talks to the local emulator and to AWS.
 
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }

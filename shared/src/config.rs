@@ -77,46 +77,26 @@ impl Config {
             "local" => AppEnv::Local,
             "dev" => AppEnv::Dev,
             "prod" => AppEnv::Prod,
-            other => {
-                return Err(ConfigError(format!(
-                    "APP_ENV must be local, dev or prod, not {other:?}"
-                )))
-            }
+            other => return Err(ConfigError(format!("APP_ENV must be local, dev or prod, not {other:?}"))),
         };
-        let required =
-            |key: &str| get(key).ok_or_else(|| ConfigError(format!("{key} is required")));
+        let required = |key: &str| get(key).ok_or_else(|| ConfigError(format!("{key} is required")));
         let or = |key: &str, default: &str| get(key).unwrap_or_else(|| default.to_owned());
         fn parsed<T: FromStr>(key: &str, raw: String) -> Result<T, ConfigError> {
-            raw.parse()
-                .map_err(|_| ConfigError(format!("{key} has an invalid value {raw:?}")))
+            raw.parse().map_err(|_| ConfigError(format!("{key} has an invalid value {raw:?}")))
         }
         let secs = |key: &str, default: u64| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(parsed(
-                key,
-                or(key, &default.to_string()),
-            )?))
+            Ok(Duration::from_secs(parsed(key, or(key, &default.to_string()))?))
         };
 
         let local = app_env == AppEnv::Local;
         let config = Config {
             app_env,
             version: env!("CARGO_PKG_VERSION"),
-            table_name: if local {
-                or("TABLE_NAME", "trading-bot-local")
-            } else {
-                required("TABLE_NAME")?
-            },
-            redis_url: if local {
-                or("REDIS_URL", "redis://127.0.0.1:6379")
-            } else {
-                required("REDIS_URL")?
-            },
+            table_name: if local { or("TABLE_NAME", "trading-bot-local") } else { required("TABLE_NAME")? },
+            redis_url: if local { or("REDIS_URL", "redis://127.0.0.1:6379") } else { required("REDIS_URL")? },
             redis_ca_file: get("REDIS_CA_FILE").map(PathBuf::from),
             redis_auth_secret_id: get("REDIS_AUTH_SECRET_ID"),
-            redis_timeout: Duration::from_millis(parsed(
-                "REDIS_TIMEOUT_MS",
-                or("REDIS_TIMEOUT_MS", "1500"),
-            )?),
+            redis_timeout: Duration::from_millis(parsed("REDIS_TIMEOUT_MS", or("REDIS_TIMEOUT_MS", "1500"))?),
             jwt_secret_id: or("JWT_SECRET_ID", "trading-bot/local/jwt-keys"),
             encryption_secret_id: or("ENCRYPTION_SECRET_ID", "trading-bot/local/encryption-key"),
             telegram_secret_id: or("TELEGRAM_SECRET_ID", "trading-bot/local/telegram"),
@@ -125,79 +105,50 @@ impl Config {
             jwt_audience: or("JWT_AUDIENCE", "trading-bot-api"),
             access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900)?,
             refresh_reuse_grace: secs("REFRESH_REUSE_GRACE_SECS", 10)?,
-            ip_rate_limit_per_minute: parsed(
-                "IP_RATE_LIMIT_PER_MINUTE",
-                or("IP_RATE_LIMIT_PER_MINUTE", "30"),
-            )?,
-            cors_allowed_origins: or(
-                "CORS_ALLOWED_ORIGINS",
-                if local { "http://localhost:3000" } else { "" },
-            )
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
+            ip_rate_limit_per_minute: parsed("IP_RATE_LIMIT_PER_MINUTE", or("IP_RATE_LIMIT_PER_MINUTE", "30"))?,
+            cors_allowed_origins: or("CORS_ALLOWED_ORIGINS", if local { "http://localhost:3000" } else { "" })
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             outbox_path: PathBuf::from(or("OUTBOX_PATH", ".local/outbox.jsonl")),
             mail_from: or("MAIL_FROM", "no-reply@trading-bot.local"),
             paper_start_balance: parsed("PAPER_START_BALANCE", or("PAPER_START_BALANCE", "10000"))?,
             market_data: match or("MARKET_DATA", if local { "store" } else { "bitget" }).as_str() {
                 "store" => MarketData::Store,
                 "bitget" => MarketData::Bitget,
-                other => {
-                    return Err(ConfigError(format!(
-                        "MARKET_DATA must be store or bitget, not {other:?}"
-                    )))
-                }
+                other => return Err(ConfigError(format!("MARKET_DATA must be store or bitget, not {other:?}"))),
             },
             bitget_base_url: or("BITGET_BASE_URL", "https://api.bitget.com"),
             telegram_base_url: or("TELEGRAM_BASE_URL", "https://api.telegram.org"),
-            exchange_timeout: Duration::from_millis(parsed(
-                "EXCHANGE_TIMEOUT_MS",
-                or("EXCHANGE_TIMEOUT_MS", "5000"),
-            )?),
+            exchange_timeout: Duration::from_millis(parsed("EXCHANGE_TIMEOUT_MS", or("EXCHANGE_TIMEOUT_MS", "5000"))?),
         };
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.access_token_ttl < Duration::from_secs(60)
-            || self.access_token_ttl > Duration::from_secs(3600)
-        {
-            return Err(ConfigError(
-                "ACCESS_TOKEN_TTL_SECS must be between 60 and 3600".into(),
-            ));
+        if self.access_token_ttl < Duration::from_secs(60) || self.access_token_ttl > Duration::from_secs(3600) {
+            return Err(ConfigError("ACCESS_TOKEN_TTL_SECS must be between 60 and 3600".into()));
         }
         if self.refresh_reuse_grace > Duration::from_secs(10) {
-            return Err(ConfigError(
-                "REFRESH_REUSE_GRACE_SECS must be at most 10".into(),
-            ));
+            return Err(ConfigError("REFRESH_REUSE_GRACE_SECS must be at most 10".into()));
         }
         if self.ip_rate_limit_per_minute == 0 {
-            return Err(ConfigError(
-                "IP_RATE_LIMIT_PER_MINUTE must be positive".into(),
-            ));
+            return Err(ConfigError("IP_RATE_LIMIT_PER_MINUTE must be positive".into()));
         }
         if self.paper_start_balance <= Decimal::ZERO {
             return Err(ConfigError("PAPER_START_BALANCE must be positive".into()));
         }
         if self.app_env == AppEnv::Prod {
             if !self.redis_url.starts_with("rediss://") {
-                return Err(ConfigError(
-                    "production requires TLS to Redis (a rediss:// REDIS_URL)".into(),
-                ));
+                return Err(ConfigError("production requires TLS to Redis (a rediss:// REDIS_URL)".into()));
             }
-            if self.cors_allowed_origins.is_empty()
-                || self.cors_allowed_origins.iter().any(|o| o == "*")
-            {
-                return Err(ConfigError(
-                    "production requires explicit CORS_ALLOWED_ORIGINS, never *".into(),
-                ));
+            if self.cors_allowed_origins.is_empty() || self.cors_allowed_origins.iter().any(|o| o == "*") {
+                return Err(ConfigError("production requires explicit CORS_ALLOWED_ORIGINS, never *".into()));
             }
             if self.ip_rate_limit_per_minute > 120 {
-                return Err(ConfigError(
-                    "IP_RATE_LIMIT_PER_MINUTE above 120 is not a production-safe limit".into(),
-                ));
+                return Err(ConfigError("IP_RATE_LIMIT_PER_MINUTE above 120 is not a production-safe limit".into()));
             }
         }
         Ok(())
@@ -214,10 +165,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn config_from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -231,40 +179,17 @@ mod tests {
 
     #[test]
     fn production_refuses_plain_redis_and_wildcard_cors() {
-        let base = [
-            ("APP_ENV", "prod"),
-            ("TABLE_NAME", "t"),
-            ("CORS_ALLOWED_ORIGINS", "https://app.example"),
-        ];
-        let err = config_from(&[
-            base[0],
-            base[1],
-            base[2],
-            ("REDIS_URL", "redis://cache:6379"),
-        ])
-        .unwrap_err();
+        let base = [("APP_ENV", "prod"), ("TABLE_NAME", "t"), ("CORS_ALLOWED_ORIGINS", "https://app.example")];
+        let err = config_from(&[base[0], base[1], base[2], ("REDIS_URL", "redis://cache:6379")]).unwrap_err();
         assert!(err.0.contains("rediss://"), "{err}");
-        let err = config_from(&[
-            base[0],
-            base[1],
-            ("CORS_ALLOWED_ORIGINS", "*"),
-            ("REDIS_URL", "rediss://cache:6379"),
-        ])
-        .unwrap_err();
+        let err = config_from(&[base[0], base[1], ("CORS_ALLOWED_ORIGINS", "*"), ("REDIS_URL", "rediss://cache:6379")]).unwrap_err();
         assert!(err.0.contains("CORS"), "{err}");
-        assert!(config_from(&[
-            base[0],
-            base[1],
-            base[2],
-            ("REDIS_URL", "rediss://cache:6379")
-        ])
-        .is_ok());
+        assert!(config_from(&[base[0], base[1], base[2], ("REDIS_URL", "rediss://cache:6379")]).is_ok());
     }
 
     #[test]
     fn production_requires_a_table_name() {
-        let err =
-            config_from(&[("APP_ENV", "prod"), ("REDIS_URL", "rediss://c:6379")]).unwrap_err();
+        let err = config_from(&[("APP_ENV", "prod"), ("REDIS_URL", "rediss://c:6379")]).unwrap_err();
         assert!(err.0.contains("TABLE_NAME"), "{err}");
     }
 

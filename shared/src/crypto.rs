@@ -28,34 +28,20 @@ struct KeysSecret {
 }
 
 pub fn parse_encryption_keys(text: &str, production: bool) -> Result<EncryptionKeys, String> {
-    let secret: KeysSecret = serde_json::from_str(text).map_err(|e| {
-        format!(
-            "expected {{\"keys\":[{{\"id\",\"key\"}}]}}: {}",
-            json_shape_error(&e)
-        )
-    })?;
+    let secret: KeysSecret =
+        serde_json::from_str(text).map_err(|e| format!("expected {{\"keys\":[{{\"id\",\"key\"}}]}}: {}", json_shape_error(&e)))?;
     let mut keys = Vec::new();
     for entry in secret.keys {
-        let bytes = STANDARD
-            .decode(entry.key.expose())
-            .map_err(|_| format!("key {} is not base64", entry.id))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| format!("key {} is not 32 bytes", entry.id))?;
+        let bytes = STANDARD.decode(entry.key.expose()).map_err(|_| format!("key {} is not base64", entry.id))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| format!("key {} is not 32 bytes", entry.id))?;
         // A hand-typed or placeholder key has few distinct bytes; 32 random bytes almost never do.
         let distinct = key.iter().collect::<std::collections::HashSet<_>>().len();
         if production && distinct < 16 {
-            return Err(format!(
-                "key {} does not look random; production refuses it",
-                entry.id
-            ));
+            return Err(format!("key {} does not look random; production refuses it", entry.id));
         }
         keys.push((entry.id, Secret::new(key)));
     }
-    let current_id = keys
-        .first()
-        .map(|(id, _)| id.clone())
-        .ok_or("no encryption key")?;
+    let current_id = keys.first().map(|(id, _)| id.clone()).ok_or("no encryption key")?;
     Ok(EncryptionKeys { current_id, keys })
 }
 
@@ -71,15 +57,7 @@ impl EncryptionKeys {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // Encryption with a valid key and nonce size cannot fail.
-        let sealed = cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: associated_data,
-                },
-            )
-            .unwrap_or_default();
+        let sealed = cipher.encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: associated_data }).unwrap_or_default();
         let mut blob = nonce.to_vec();
         blob.extend(sealed);
         format!("{}.{}", self.current_id, STANDARD.encode(blob))
@@ -87,11 +65,7 @@ impl EncryptionKeys {
 
     pub fn decrypt(&self, envelope: &str, associated_data: &[u8]) -> Result<Vec<u8>, DecryptError> {
         let (id, b64) = envelope.split_once('.').ok_or(DecryptError)?;
-        let (_, key) = self
-            .keys
-            .iter()
-            .find(|(k, _)| k == id)
-            .ok_or(DecryptError)?;
+        let (_, key) = self.keys.iter().find(|(k, _)| k == id).ok_or(DecryptError)?;
         let blob = STANDARD.decode(b64).map_err(|_| DecryptError)?;
         if blob.len() < 12 + 16 {
             return Err(DecryptError);
@@ -99,13 +73,7 @@ impl EncryptionKeys {
         let (nonce, sealed) = blob.split_at(12);
         let nonce: [u8; 12] = nonce.try_into().map_err(|_| DecryptError)?;
         Aes256Gcm::new(key.expose().into())
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: associated_data,
-                },
-            )
+            .decrypt(&Nonce::from(nonce), Payload { msg: sealed, aad: associated_data })
             .map_err(|_| DecryptError)
     }
 }
@@ -130,16 +98,12 @@ mod tests {
         let sealed = k.encrypt(b"api-secret", b"user-a");
         assert!(!sealed.contains("api-secret"));
         assert_eq!(k.decrypt(&sealed, b"user-a").unwrap(), b"api-secret");
-        assert!(
-            k.decrypt(&sealed, b"user-b").is_err(),
-            "moved to another user, it must not decrypt"
-        );
+        assert!(k.decrypt(&sealed, b"user-b").is_err(), "moved to another user, it must not decrypt");
     }
 
     #[test]
     fn production_refuses_a_placeholder_key() {
-        let zeros = serde_json::json!({"keys": [{"id": "k", "key": STANDARD.encode([0u8; 32])}]})
-            .to_string();
+        let zeros = serde_json::json!({"keys": [{"id": "k", "key": STANDARD.encode([0u8; 32])}]}).to_string();
         assert!(parse_encryption_keys(&zeros, true).is_err());
         assert!(parse_encryption_keys(&zeros, false).is_ok());
     }

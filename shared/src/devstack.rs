@@ -3,8 +3,8 @@
 //! secrets are freshly generated.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 use serde_yaml::Value;
 
@@ -13,31 +13,20 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The `Properties` of the template's one `AWS::DynamoDB::Table`.
 pub fn table_properties(template_yaml: &str) -> Result<Value, BoxError> {
     let template: Value = serde_yaml::from_str(template_yaml)?;
-    let resources = template
-        .get("Resources")
-        .and_then(Value::as_mapping)
-        .ok_or("template has no Resources")?;
+    let resources = template.get("Resources").and_then(Value::as_mapping).ok_or("template has no Resources")?;
     let table = resources
         .values()
         .find(|r| r.get("Type").and_then(Value::as_str) == Some("AWS::DynamoDB::Table"))
         .ok_or("template declares no AWS::DynamoDB::Table")?;
-    Ok(table
-        .get("Properties")
-        .cloned()
-        .ok_or("the table has no Properties")?)
+    Ok(table.get("Properties").cloned().ok_or("the table has no Properties")?)
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Result<&'a str, BoxError> {
-    Ok(v.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("missing {key}"))?)
+    Ok(v.get(key).and_then(Value::as_str).ok_or_else(|| format!("missing {key}"))?)
 }
 
 fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BoxError> {
-    let list = v
-        .get("KeySchema")
-        .and_then(Value::as_sequence)
-        .ok_or("missing KeySchema")?;
+    let list = v.get("KeySchema").and_then(Value::as_sequence).ok_or("missing KeySchema")?;
     list.iter()
         .map(|k| {
             Ok(KeySchemaElement::builder()
@@ -49,21 +38,10 @@ fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BoxError> {
 }
 
 /// Creates the table as `template.yaml` declares it, unless it exists already.
-pub async fn create_table(
-    client: &aws_sdk_dynamodb::Client,
-    table_name: &str,
-    template_yaml: &str,
-) -> Result<(), BoxError> {
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, table_name: &str, template_yaml: &str) -> Result<(), BoxError> {
     let props = table_properties(template_yaml)?;
-    let mut request = client
-        .create_table()
-        .table_name(table_name)
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
-    for def in props
-        .get("AttributeDefinitions")
-        .and_then(Value::as_sequence)
-        .ok_or("missing AttributeDefinitions")?
-    {
+    let mut request = client.create_table().table_name(table_name).billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
+    for def in props.get("AttributeDefinitions").and_then(Value::as_sequence).ok_or("missing AttributeDefinitions")? {
         request = request.attribute_definitions(
             AttributeDefinition::builder()
                 .attribute_name(str_at(def, "AttributeName")?)
@@ -72,51 +50,27 @@ pub async fn create_table(
         );
     }
     request = request.set_key_schema(Some(key_schema(&props)?));
-    for gsi in props
-        .get("GlobalSecondaryIndexes")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-    {
+    for gsi in props.get("GlobalSecondaryIndexes").and_then(Value::as_sequence).into_iter().flatten() {
         let projection = gsi.get("Projection").ok_or("GSI without Projection")?;
         request = request.global_secondary_indexes(
             GlobalSecondaryIndex::builder()
                 .index_name(str_at(gsi, "IndexName")?)
                 .set_key_schema(Some(key_schema(gsi)?))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::from(str_at(
-                            projection,
-                            "ProjectionType",
-                        )?))
-                        .build(),
-                )
+                .projection(Projection::builder().projection_type(ProjectionType::from(str_at(projection, "ProjectionType")?)).build())
                 .build()?,
         );
     }
     match request.send().await {
         Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_in_use_exception()) =>
-        {
-            return Ok(())
-        }
-        Err(e) => {
-            return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                .to_string()
-                .into())
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => return Ok(()),
+        Err(e) => return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string().into()),
     }
     if let Some(ttl) = props.get("TimeToLiveSpecification") {
         client
             .update_time_to_live()
             .table_name(table_name)
             .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(str_at(ttl, "AttributeName")?)
-                    .enabled(true)
-                    .build()?,
+                TimeToLiveSpecification::builder().attribute_name(str_at(ttl, "AttributeName")?).enabled(true).build()?,
             )
             .send()
             .await
@@ -125,21 +79,10 @@ pub async fn create_table(
     Ok(())
 }
 
-async fn put_secret(
-    client: &aws_sdk_secretsmanager::Client,
-    id: &str,
-    value: &str,
-) -> Result<(), BoxError> {
-    let created = client
-        .create_secret()
-        .name(id)
-        .secret_string(value)
-        .send()
-        .await;
+async fn put_secret(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) -> Result<(), BoxError> {
+    let created = client.create_secret().name(id).secret_string(value).send().await;
     if let Err(e) = created {
-        if e.as_service_error()
-            .is_some_and(|s| s.is_resource_exists_exception())
-        {
+        if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) {
             client
                 .put_secret_value()
                 .secret_id(id)
@@ -148,38 +91,20 @@ async fn put_secret(
                 .await
                 .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
         } else {
-            return Err(aws_sdk_secretsmanager::error::DisplayErrorContext(e)
-                .to_string()
-                .into());
+            return Err(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string().into());
         }
     }
     Ok(())
 }
 
 /// Writes freshly generated development secrets under the ids the configuration names.
-pub async fn seed_secrets(
-    client: &aws_sdk_secretsmanager::Client,
-    config: &crate::config::Config,
-) -> Result<(), BoxError> {
+pub async fn seed_secrets(client: &aws_sdk_secretsmanager::Client, config: &crate::config::Config) -> Result<(), BoxError> {
     let now = chrono::Utc::now();
-    let kid = format!(
-        "{}-{}",
-        now.format("%Y%m%d"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let pepper = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let kid = format!("{}-{}", now.format("%Y%m%d"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let pepper = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let jwt = serde_json::json!({ "keys": [crate::auth::tokens::generate_key_entry(&kid, now)], "code_pepper": pepper });
     put_secret(client, &config.jwt_secret_id, &jwt.to_string()).await?;
-    put_secret(
-        client,
-        &config.encryption_secret_id,
-        &crate::crypto::generate_key_secret("local-1").to_string(),
-    )
-    .await?;
+    put_secret(client, &config.encryption_secret_id, &crate::crypto::generate_key_secret("local-1").to_string()).await?;
     let telegram = serde_json::json!({"bot_token": format!("0000:{}", uuid::Uuid::new_v4().simple()), "chat_id": "-1000000000000"});
     put_secret(client, &config.telegram_secret_id, &telegram.to_string()).await?;
     Ok(())
@@ -193,9 +118,6 @@ mod tests {
         assert!(props.get("KeySchema").is_some());
         let gsi = &props["GlobalSecondaryIndexes"][0];
         assert_eq!(gsi["IndexName"].as_str(), Some(crate::keys::GSI1_NAME));
-        assert_eq!(
-            props["TimeToLiveSpecification"]["AttributeName"].as_str(),
-            Some(crate::keys::TTL_ATTRIBUTE)
-        );
+        assert_eq!(props["TimeToLiveSpecification"]["AttributeName"].as_str(), Some(crate::keys::TTL_ATTRIBUTE));
     }
 }

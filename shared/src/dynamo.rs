@@ -19,29 +19,22 @@ pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, ApiError> {
 }
 
 /// Was this SDK error a failed condition (on a single write or inside a transaction)?
-pub fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
-    err: &SdkError<E, R>,
-) -> bool {
+pub fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     match err {
-        SdkError::ServiceError(service) => matches!(
-            service.err().code(),
-            Some("ConditionalCheckFailedException") | Some("TransactionCanceledException")
-        ),
+        SdkError::ServiceError(service) => {
+            matches!(service.err().code(), Some("ConditionalCheckFailedException") | Some("TransactionCanceledException"))
+        }
         _ => false,
     }
 }
 
 /// Which items of a cancelled transaction failed their condition, by position.
-pub fn cancelled_conditions<R>(
-    err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
-) -> Vec<bool> {
+pub fn cancelled_conditions<R>(err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>) -> Vec<bool> {
     match err {
         SdkError::ServiceError(service) => match service.err() {
-            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(e) => e
-                .cancellation_reasons()
-                .iter()
-                .map(|r| r.code() == Some("ConditionalCheckFailed"))
-                .collect(),
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(e) => {
+                e.cancellation_reasons().iter().map(|r| r.code() == Some("ConditionalCheckFailed")).collect()
+            }
             _ => Vec::new(),
         },
         _ => Vec::new(),

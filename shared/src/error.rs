@@ -14,25 +14,15 @@ pub enum ApiError {
     #[error("no such route")]
     NotFound,
     #[error("{detail}")]
-    Unauthorized {
-        code: &'static str,
-        detail: &'static str,
-    },
+    Unauthorized { code: &'static str, detail: &'static str },
     #[error("{detail}")]
-    Forbidden {
-        code: &'static str,
-        detail: &'static str,
-    },
+    Forbidden { code: &'static str, detail: &'static str },
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
     #[error("{detail}")]
     Unprocessable { code: &'static str, detail: String },
     #[error("{detail}")]
-    TooManyRequests {
-        code: &'static str,
-        detail: &'static str,
-        retry_after_secs: u64,
-    },
+    TooManyRequests { code: &'static str, detail: &'static str, retry_after_secs: u64 },
     #[error("{detail}")]
     BadGateway { code: &'static str, detail: String },
     #[error("{detail}")]
@@ -80,50 +70,29 @@ impl ApiError {
 
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::TooManyRequests {
-                retry_after_secs, ..
-            } => Some((*retry_after_secs).max(1)),
+            ApiError::TooManyRequests { retry_after_secs, .. } => Some((*retry_after_secs).max(1)),
             _ => None,
         }
     }
 
     // Constructors for the errors several handlers share, so their codes stay identical.
     pub fn invalid_request(detail: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            code: "invalid_request",
-            detail: detail.into(),
-        }
+        ApiError::BadRequest { code: "invalid_request", detail: detail.into() }
     }
     pub fn invalid_token() -> Self {
-        ApiError::Unauthorized {
-            code: "invalid_token",
-            detail: "the access token is missing, malformed, expired or revoked",
-        }
+        ApiError::Unauthorized { code: "invalid_token", detail: "the access token is missing, malformed, expired or revoked" }
     }
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError::Unprocessable {
-            code,
-            detail: detail.into(),
-        }
+        ApiError::Unprocessable { code, detail: detail.into() }
     }
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError::Conflict {
-            code,
-            detail: detail.into(),
-        }
+        ApiError::Conflict { code, detail: detail.into() }
     }
     pub fn dependency_unavailable(what: &str) -> Self {
-        ApiError::Unavailable {
-            code: "dependency_unavailable",
-            detail: format!("{what} is unavailable, try again shortly"),
-        }
+        ApiError::Unavailable { code: "dependency_unavailable", detail: format!("{what} is unavailable, try again shortly") }
     }
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
-        ApiError::TooManyRequests {
-            code: "too_many_requests",
-            detail: "too many requests, slow down",
-            retry_after_secs,
-        }
+        ApiError::TooManyRequests { code: "too_many_requests", detail: "too many requests, slow down", retry_after_secs }
     }
 
     /// Logs an unexpected cause with context and turns it into the opaque 500.

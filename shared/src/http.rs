@@ -23,24 +23,15 @@ pub struct RequestContext {
 
 impl RequestContext {
     pub fn from_request(req: &Request) -> Self {
-        let request_id = req
-            .lambda_context_ref()
-            .map(|c| c.request_id.clone())
-            .filter(|id| !id.is_empty());
+        let request_id = req.lambda_context_ref().map(|c| c.request_id.clone()).filter(|id| !id.is_empty());
         let source_ip = match req.request_context_ref() {
-            Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => {
-                ctx.http.source_ip.clone()
-            }
-            Some(lambda_http::request::RequestContext::ApiGatewayV1(ctx)) => {
-                ctx.identity.source_ip.clone()
-            }
+            Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => ctx.http.source_ip.clone(),
+            Some(lambda_http::request::RequestContext::ApiGatewayV1(ctx)) => ctx.identity.source_ip.clone(),
             _ => None,
         };
         RequestContext {
             request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            source_ip: source_ip
-                .filter(|ip| !ip.is_empty())
-                .unwrap_or_else(|| "unknown".to_owned()),
+            source_ip: source_ip.filter(|ip| !ip.is_empty()).unwrap_or_else(|| "unknown".to_owned()),
         }
     }
 }
@@ -48,19 +39,9 @@ impl RequestContext {
 /// Parses a JSON body: at most 16 KiB, `application/json` only, unknown fields rejected by the
 /// target type's `deny_unknown_fields`.
 pub fn parse_json<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
-    {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes: &[u8] = match req.body() {
@@ -70,36 +51,23 @@ pub fn parse_json<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
         _ => b"",
     };
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        });
+        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
     }
     if bytes.is_empty() {
-        return Err(ApiError::BadRequest {
-            code: "invalid_json",
-            detail: "the request body is empty".into(),
-        });
+        return Err(ApiError::BadRequest { code: "invalid_json", detail: "the request body is empty".into() });
     }
     serde_json::from_slice(bytes).map_err(|e| {
         let detail = match e.classify() {
             serde_json::error::Category::Data => format!("invalid request body: {e}"),
             _ => "the request body is not valid JSON".to_owned(),
         };
-        let code = if e.classify() == serde_json::error::Category::Data {
-            "invalid_request"
-        } else {
-            "invalid_json"
-        };
+        let code = if e.classify() == serde_json::error::Category::Data { "invalid_request" } else { "invalid_json" };
         ApiError::BadRequest { code, detail }
     })
 }
 
-pub fn json_response<T: Serialize>(
-    status: StatusCode,
-    value: &T,
-) -> Result<Response<Body>, ApiError> {
-    let body =
-        serde_json::to_string(value).map_err(|e| ApiError::internal("serializing response", e))?;
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, ApiError> {
+    let body = serde_json::to_string(value).map_err(|e| ApiError::internal("serializing response", e))?;
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -108,18 +76,13 @@ pub fn json_response<T: Serialize>(
 }
 
 pub fn empty_response(status: StatusCode) -> Result<Response<Body>, ApiError> {
-    Response::builder()
-        .status(status)
-        .body(Body::Empty)
-        .map_err(|e| ApiError::internal("building response", e))
+    Response::builder().status(status).body(Body::Empty).map_err(|e| ApiError::internal("building response", e))
 }
 
 pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
     let status = err.status();
     let detail = match err {
-        ApiError::Internal => {
-            "an unexpected error occurred; quote the request id if you report it".to_owned()
-        }
+        ApiError::Internal => "an unexpected error occurred; quote the request id if you report it".to_owned(),
         other => other.to_string(),
     };
     let body = serde_json::json!({
@@ -133,42 +96,22 @@ pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     if let Some(secs) = err.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if status == StatusCode::UNAUTHORIZED && err.code() == "invalid_token" {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-        );
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
     }
     response
 }
 
-fn apply_common_headers(
-    response: &mut Response<Body>,
-    request_id: &str,
-    origin: Option<&str>,
-    state: &AppState,
-) {
+fn apply_common_headers(response: &mut Response<Body>, request_id: &str, origin: Option<&str>, state: &AppState) {
     let headers = response.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     // API answers carry tokens, balances and positions: none of it belongs in a shared cache.
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -177,12 +120,7 @@ fn apply_common_headers(
         headers.insert("x-request-id", v);
     }
     if let Some(origin) = origin {
-        if state
-            .config
-            .cors_allowed_origins
-            .iter()
-            .any(|o| o == origin)
-        {
+        if state.config.cors_allowed_origins.iter().any(|o| o == origin) {
             if let Ok(v) = HeaderValue::from_str(origin) {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
                 headers.insert(header::VARY, HeaderValue::from_static("Origin"));
@@ -194,37 +132,20 @@ fn apply_common_headers(
 /// Runs one handler: a span with the request id around it, errors turned into problem+json, a
 /// panic turned into a 500 (the warm environment survives), and the common headers on every
 /// answer. Always `Ok`, so the Lambda runtime never sees an expected failure as an invocation error.
-pub async fn serve<'a, F, Fut>(
-    state: &'a AppState,
-    req: Request,
-    handler: F,
-) -> Result<Response<Body>, lambda_http::Error>
+pub async fn serve<'a, F, Fut>(state: &'a AppState, req: Request, handler: F) -> Result<Response<Body>, lambda_http::Error>
 where
     F: FnOnce(&'a AppState, Request, RequestContext) -> Fut,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + 'a,
 {
     let ctx = RequestContext::from_request(&req);
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let span = tracing::info_span!("request", request_id = %ctx.request_id, method = %req.method(), path = %req.uri().path());
     let request_id = ctx.request_id.clone();
-    let outcome = AssertUnwindSafe(handler(state, req, ctx))
-        .catch_unwind()
-        .instrument(span.clone())
-        .await;
+    let outcome = AssertUnwindSafe(handler(state, req, ctx)).catch_unwind().instrument(span.clone()).await;
     let mut response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
-            span.in_scope(|| {
-                tracing::info!(
-                    status = err.status().as_u16(),
-                    code = err.code(),
-                    "request refused"
-                )
-            });
+            span.in_scope(|| tracing::info!(status = err.status().as_u16(), code = err.code(), "request refused"));
             problem_response(&err, &request_id)
         }
         Err(_) => {

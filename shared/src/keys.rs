@@ -6,7 +6,8 @@
 //! | user profile        | `USER#<id>`             | `PROFILE`          |                           |
 //! | bot                 | `USER#<id>`             | `BOT`              | `ACTIVE_BOTS` / `<id>` while running or stopping |
 //! | paper account       | `USER#<id>`             | `PAPER`            |                           |
-//! | paper position      | `USER#<id>`             | `POS#<symbol>`     |                           |
+//! | paper position      | `USER#<id>`             | `POS#<symbol>`     | `ACTIVE_BOTS` / `<id>#POS#<symbol>` |
+//! | live position mirror| `USER#<id>`             | `LIVEPOS#<symbol>#<side>` | `ACTIVE_BOTS` / `<id>#LIVEPOS#<symbol>#<side>` |
 //! | exchange credential | `USER#<id>`             | `CREDENTIALS`      |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
@@ -32,10 +33,7 @@ pub const ACTIVE_BOTS: &str = "ACTIVE_BOTS";
 pub type Key = HashMap<String, AttributeValue>;
 
 fn key(pk: String, sk: impl Into<String>) -> Key {
-    HashMap::from([
-        (PK.to_owned(), AttributeValue::S(pk)),
-        (SK.to_owned(), AttributeValue::S(sk.into())),
-    ])
+    HashMap::from([(PK.to_owned(), AttributeValue::S(pk)), (SK.to_owned(), AttributeValue::S(sk.into()))])
 }
 
 pub fn user_partition(user_id: &str) -> String {
@@ -55,10 +53,20 @@ pub fn paper_account(user_id: &str) -> Key {
 }
 pub const POSITION_PREFIX: &str = "POS#";
 pub fn paper_position(user_id: &str, symbol: &str) -> Key {
-    key(
-        user_partition(user_id),
-        format!("{POSITION_PREFIX}{symbol}"),
-    )
+    key(user_partition(user_id), format!("{POSITION_PREFIX}{symbol}"))
+}
+pub const LIVE_POSITION_PREFIX: &str = "LIVEPOS#";
+pub fn live_position(user_id: &str, symbol: &str, side: &str) -> Key {
+    key(user_partition(user_id), format!("{LIVE_POSITION_PREFIX}{symbol}#{side}"))
+}
+pub fn active_live_position_index(user_id: &str, symbol: &str, side: &str) -> [(String, AttributeValue); 2] {
+    [
+        (GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())),
+        (GSI1_SK.to_owned(), AttributeValue::S(format!("{user_id}#LIVEPOS#{symbol}#{side}"))),
+    ]
+}
+pub fn sweep_cursor() -> Key {
+    key("CONFIG".to_owned(), "SWEEP_CURSOR")
 }
 pub fn credentials(user_id: &str) -> Key {
     key(user_partition(user_id), "CREDENTIALS")
@@ -92,20 +100,20 @@ pub fn sort_key(item: &HashMap<String, AttributeValue>) -> Option<&str> {
 
 /// The GSI attributes that put a bot into the active-bots index.
 pub fn active_bot_index(user_id: &str) -> [(String, AttributeValue); 2] {
+    [(GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())), (GSI1_SK.to_owned(), AttributeValue::S(user_id.to_owned()))]
+}
+
+/// Open positions sit in the same index right after their bot (`<user>` < `<user>#POS#…`), so a
+/// guardian page holds bots with their positions and costs no query per bot.
+pub fn active_position_index(user_id: &str, symbol: &str) -> [(String, AttributeValue); 2] {
     [
-        (
-            GSI1_PK.to_owned(),
-            AttributeValue::S(ACTIVE_BOTS.to_owned()),
-        ),
-        (GSI1_SK.to_owned(), AttributeValue::S(user_id.to_owned())),
+        (GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())),
+        (GSI1_SK.to_owned(), AttributeValue::S(format!("{user_id}#POS#{symbol}"))),
     ]
 }
 
 /// Merges a key into an item about to be written.
-pub fn with_key(
-    mut item: HashMap<String, AttributeValue>,
-    key: Key,
-) -> HashMap<String, AttributeValue> {
+pub fn with_key(mut item: HashMap<String, AttributeValue>, key: Key) -> HashMap<String, AttributeValue> {
     item.extend(key);
     item
 }

@@ -1,5 +1,6 @@
 //! The common library of every Lambda in the workspace.
 
+pub mod alerts;
 pub mod auth;
 pub mod aws;
 pub mod config;
@@ -7,6 +8,7 @@ pub mod crypto;
 pub mod devstack;
 pub mod dynamo;
 pub mod error;
+pub mod guardian;
 pub mod handlers;
 pub mod http;
 pub mod keys;

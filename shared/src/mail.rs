@@ -16,14 +16,8 @@ pub struct Email {
 }
 
 pub enum Mailer {
-    Outbox {
-        path: PathBuf,
-        lock: tokio::sync::Mutex<()>,
-    },
-    Ses {
-        client: aws_sdk_sesv2::Client,
-        from: String,
-    },
+    Outbox { path: PathBuf, lock: tokio::sync::Mutex<()> },
+    Ses { client: aws_sdk_sesv2::Client, from: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,54 +27,31 @@ pub struct MailError(String);
 impl Mailer {
     pub fn from_config(config: &Config, sdk: &aws_config::SdkConfig) -> Self {
         if config.is_local() {
-            Mailer::Outbox {
-                path: config.outbox_path.clone(),
-                lock: tokio::sync::Mutex::new(()),
-            }
+            Mailer::Outbox { path: config.outbox_path.clone(), lock: tokio::sync::Mutex::new(()) }
         } else {
-            Mailer::Ses {
-                client: aws_sdk_sesv2::Client::new(sdk),
-                from: config.mail_from.clone(),
-            }
+            Mailer::Ses { client: aws_sdk_sesv2::Client::new(sdk), from: config.mail_from.clone() }
         }
     }
 
     pub async fn send(&self, email: &Email) -> Result<(), MailError> {
         match self {
             Mailer::Outbox { path, lock } => {
-                let line =
-                    serde_json::to_string(email).map_err(|e| MailError(e.to_string()))? + "\n";
+                let line = serde_json::to_string(email).map_err(|e| MailError(e.to_string()))? + "\n";
                 let _guard = lock.lock().await;
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    tokio::fs::create_dir_all(dir)
-                        .await
-                        .map_err(|e| MailError(e.to_string()))?;
+                    tokio::fs::create_dir_all(dir).await.map_err(|e| MailError(e.to_string()))?;
                 }
-                let mut file = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await
-                    .map_err(|e| MailError(e.to_string()))?;
-                file.write_all(line.as_bytes())
-                    .await
-                    .map_err(|e| MailError(e.to_string()))?;
+                let mut file =
+                    tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(|e| MailError(e.to_string()))?;
+                file.write_all(line.as_bytes()).await.map_err(|e| MailError(e.to_string()))?;
                 // tokio's File finishes writes in the background unless flushed.
                 file.flush().await.map_err(|e| MailError(e.to_string()))
             }
             Mailer::Ses { client, from } => {
                 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
-                let content = |text: &str| {
-                    Content::builder()
-                        .data(text)
-                        .charset("UTF-8")
-                        .build()
-                        .map_err(|e| MailError(e.to_string()))
-                };
-                let message = Message::builder()
-                    .subject(content(&email.subject)?)
-                    .body(Body::builder().text(content(&email.body)?).build())
-                    .build();
+                let content = |text: &str| Content::builder().data(text).charset("UTF-8").build().map_err(|e| MailError(e.to_string()));
+                let message =
+                    Message::builder().subject(content(&email.subject)?).body(Body::builder().text(content(&email.body)?).build()).build();
                 client
                     .send_email()
                     .from_email_address(from)
@@ -89,9 +60,7 @@ impl Mailer {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| {
-                        MailError(aws_sdk_sesv2::error::DisplayErrorContext(e).to_string())
-                    })
+                    .map_err(|e| MailError(aws_sdk_sesv2::error::DisplayErrorContext(e).to_string()))
             }
         }
     }

@@ -9,19 +9,11 @@ use std::time::Duration;
 pub fn connection_manager(config: &Config) -> redis::RedisResult<ConnectionManager> {
     let client = match &config.redis_ca_file {
         Some(path) => {
-            let root_cert = std::fs::read(path).map_err(|e| {
-                redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "REDIS_CA_FILE unreadable",
-                    e.to_string(),
-                ))
-            })?;
+            let root_cert = std::fs::read(path)
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_CA_FILE unreadable", e.to_string())))?;
             redis::Client::build_with_tls(
                 config.redis_url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
+                redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
             )?
         }
         None => redis::Client::open(config.redis_url.as_str())?,

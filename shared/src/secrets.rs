@@ -52,21 +52,8 @@ pub struct CachedSecret<T> {
 }
 
 impl<T> CachedSecret<T> {
-    pub fn new(
-        client: aws_sdk_secretsmanager::Client,
-        id: String,
-        ttl: Duration,
-        production: bool,
-        parse: SecretParser<T>,
-    ) -> Self {
-        CachedSecret {
-            client,
-            id,
-            ttl,
-            production,
-            parse,
-            slot: RwLock::new(None),
-        }
+    pub fn new(client: aws_sdk_secretsmanager::Client, id: String, ttl: Duration, production: bool, parse: SecretParser<T>) -> Self {
+        CachedSecret { client, id, ttl, production, parse, slot: RwLock::new(None) }
     }
 
     pub fn id(&self) -> &str {
@@ -109,24 +96,12 @@ impl<T> CachedSecret<T> {
     }
 
     async fn fetch(&self) -> Result<T, SecretError> {
-        let out = self
-            .client
-            .get_secret_value()
-            .secret_id(&self.id)
-            .send()
-            .await
-            .map_err(|e| SecretError::Fetch {
-                id: self.id.clone(),
-                cause: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
-            })?;
-        let text = out.secret_string().ok_or_else(|| SecretError::Invalid {
+        let out = self.client.get_secret_value().secret_id(&self.id).send().await.map_err(|e| SecretError::Fetch {
             id: self.id.clone(),
-            cause: "no SecretString".into(),
+            cause: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
         })?;
-        (self.parse)(text, self.production).map_err(|cause| SecretError::Invalid {
-            id: self.id.clone(),
-            cause,
-        })
+        let text = out.secret_string().ok_or_else(|| SecretError::Invalid { id: self.id.clone(), cause: "no SecretString".into() })?;
+        (self.parse)(text, self.production).map_err(|cause| SecretError::Invalid { id: self.id.clone(), cause })
     }
 }
 
@@ -138,12 +113,7 @@ pub struct TelegramSecret {
 }
 
 pub fn parse_telegram(text: &str, _production: bool) -> Result<TelegramSecret, String> {
-    serde_json::from_str(text).map_err(|e| {
-        format!(
-            "expected {{\"bot_token\",\"chat_id\"}}: {}",
-            e.classify_name()
-        )
-    })
+    serde_json::from_str(text).map_err(|e| format!("expected {{\"bot_token\",\"chat_id\"}}: {}", e.classify_name()))
 }
 
 /// The application's Redis (ElastiCache RBAC) user.
@@ -160,30 +130,15 @@ impl RedisAuth {
         let rest = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
         let enc = |s: &str| {
             s.bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
+                .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
                 .collect::<String>()
         };
-        Ok(format!(
-            "{scheme}://{}:{}@{rest}",
-            enc(&self.username),
-            enc(self.password.expose())
-        ))
+        Ok(format!("{scheme}://{}:{}@{rest}", enc(&self.username), enc(self.password.expose())))
     }
 }
 
 pub fn parse_redis_auth(text: &str, _production: bool) -> Result<RedisAuth, String> {
-    serde_json::from_str(text).map_err(|e| {
-        format!(
-            "expected {{\"username\",\"password\"}}: {}",
-            e.classify_name()
-        )
-    })
+    serde_json::from_str(text).map_err(|e| format!("expected {{\"username\",\"password\"}}: {}", e.classify_name()))
 }
 
 trait ClassifyName {
@@ -213,10 +168,7 @@ mod tests {
     #[test]
     fn redis_credentials_are_url_encoded_into_the_url() {
         let auth = parse_redis_auth(r#"{"username":"app","password":"p@ss/w:rd"}"#, true).unwrap();
-        assert_eq!(
-            auth.with_credentials("rediss://cache.local:6379").unwrap(),
-            "rediss://app:p%40ss%2Fw%3Ard@cache.local:6379"
-        );
+        assert_eq!(auth.with_credentials("rediss://cache.local:6379").unwrap(), "rediss://app:p%40ss%2Fw%3Ard@cache.local:6379");
     }
 
     #[test]
@@ -227,9 +179,7 @@ mod tests {
 
     #[test]
     fn a_malformed_telegram_secret_does_not_echo_its_text() {
-        let err = parse_telegram("{\"bot_token\": 12345678}", false)
-            .err()
-            .unwrap();
+        let err = parse_telegram("{\"bot_token\": 12345678}", false).err().unwrap();
         assert!(!err.contains("12345678"), "{err}");
     }
 }

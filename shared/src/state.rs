@@ -51,10 +51,7 @@ impl AppState {
             .connect_timeout(std::time::Duration::from_secs(3))
             .pool_idle_timeout(std::time::Duration::from_secs(50))
             .build()?;
-        let bitget = Arc::new(crate::trading::bitget::BitgetClient::new(
-            http.clone(),
-            &config.bitget_base_url,
-        ));
+        let bitget = Arc::new(crate::trading::bitget::BitgetClient::new(http.clone(), &config.bitget_base_url));
         Ok(AppState {
             bitget,
             dynamo: aws_sdk_dynamodb::Client::new(sdk),
@@ -74,18 +71,9 @@ impl AppState {
     pub async fn from_env(needs: &[Need]) -> Result<Self, lambda_http::Error> {
         let mut config = Config::from_env()?;
         let sdk = crate::aws::sdk_config().await;
-        if let (Some(id), true) = (
-            config.redis_auth_secret_id.clone(),
-            needs.contains(&Need::Redis),
-        ) {
+        if let (Some(id), true) = (config.redis_auth_secret_id.clone(), needs.contains(&Need::Redis)) {
             let client = aws_sdk_secretsmanager::Client::new(&sdk);
-            let auth = CachedSecret::new(
-                client,
-                id,
-                config.secrets_ttl,
-                config.app_env == AppEnv::Prod,
-                parse_redis_auth,
-            );
+            let auth = CachedSecret::new(client, id, config.secrets_ttl, config.app_env == AppEnv::Prod, parse_redis_auth);
             config.redis_url = auth.get().await?.with_credentials(&config.redis_url)?;
         }
         let state = AppState::new(config, &sdk)?;

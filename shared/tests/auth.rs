@@ -20,16 +20,7 @@ fn normalised(email: &str) -> String {
 }
 
 async fn register(app: &TestApp, email: &str) -> TestResponse {
-    let res = app
-        .call(
-            auth::register,
-            request(
-                "POST",
-                "/api/v1/auth/register",
-                Some(json!({"email": email, "password": PASSWORD})),
-            ),
-        )
-        .await;
+    let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(json!({"email": email, "password": PASSWORD})))).await;
     assert!(res.status == 202 || res.status == 503, "{}", res.raw);
     res
 }
@@ -45,57 +36,26 @@ fn last_code(app: &TestApp, email: &str) -> String {
 }
 
 async fn verify(app: &TestApp, email: &str, code: &str) -> TestResponse {
-    app.call(
-        auth::verify,
-        request(
-            "POST",
-            "/api/v1/auth/verify",
-            Some(json!({"email": email, "verification_code": code})),
-        ),
-    )
-    .await
+    app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(json!({"email": email, "verification_code": code})))).await
 }
 
 async fn login(app: &TestApp, email: &str, password: &str) -> TestResponse {
-    app.call(
-        auth::login,
-        request(
-            "POST",
-            "/api/v1/auth/login",
-            Some(json!({"email": email, "password": password})),
-        ),
-    )
-    .await
+    app.call(auth::login, request("POST", "/api/v1/auth/login", Some(json!({"email": email, "password": password})))).await
 }
 
 async fn refresh(app: &TestApp, token: &str) -> TestResponse {
-    app.call(
-        auth::refresh,
-        request(
-            "POST",
-            "/api/v1/auth/refresh",
-            Some(json!({"refresh_token": token})),
-        ),
-    )
-    .await
+    app.call(auth::refresh, request("POST", "/api/v1/auth/refresh", Some(json!({"refresh_token": token})))).await
 }
 
 async fn me(app: &TestApp, token: &str) -> TestResponse {
-    app.call(
-        auth::me,
-        with_bearer(request("GET", "/api/v1/users/me", None), token),
-    )
-    .await
+    app.call(auth::me, with_bearer(request("GET", "/api/v1/users/me", None), token)).await
 }
 
 /// Registers, verifies and logs in; the login answer.
 async fn signed_in_user(app: &TestApp) -> (String, Value) {
     let email = unique_email();
     assert_eq!(register(app, &email).await.status, 202);
-    assert_eq!(
-        verify(app, &email, &last_code(app, &email)).await.status,
-        200
-    );
+    assert_eq!(verify(app, &email, &last_code(app, &email)).await.status, 200);
     let res = login(app, &email, PASSWORD).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     (email, res.body)
@@ -116,10 +76,7 @@ async fn a_user_registers_verifies_logs_in_and_reads_their_profile() {
     let code = last_code(&app, &email);
     assert_eq!(code.len(), 6);
     let res = verify(&app, &email, &code).await;
-    assert_eq!(
-        (res.status, res.body.clone()),
-        (200, json!({"status": "verified"}))
-    );
+    assert_eq!((res.status, res.body.clone()), (200, json!({"status": "verified"})));
 
     let res = login(&app, &email, PASSWORD).await;
     assert_eq!(res.status, 200, "{}", res.raw);
@@ -141,80 +98,36 @@ async fn a_user_registers_verifies_logs_in_and_reads_their_profile() {
 async fn malformed_requests_get_problem_json_with_a_code() {
     let app = spawn_app().await;
     let cases = [
-        (
-            json!({"email": "not-an-email", "password": PASSWORD}),
-            400,
-            "invalid_email",
-        ),
-        (
-            json!({"email": unique_email(), "password": "short"}),
-            400,
-            "weak_password",
-        ),
-        (
-            json!({"email": unique_email(), "password": "password1234"}),
-            400,
-            "weak_password",
-        ),
-        (
-            json!({"email": unique_email(), "password": PASSWORD, "admin": true}),
-            400,
-            "invalid_request",
-        ),
+        (json!({"email": "not-an-email", "password": PASSWORD}), 400, "invalid_email"),
+        (json!({"email": unique_email(), "password": "short"}), 400, "weak_password"),
+        (json!({"email": unique_email(), "password": "password1234"}), 400, "weak_password"),
+        (json!({"email": unique_email(), "password": PASSWORD, "admin": true}), 400, "invalid_request"),
         (json!({"email": unique_email()}), 400, "invalid_request"),
-        (
-            json!({"email": 12, "password": PASSWORD}),
-            400,
-            "invalid_request",
-        ),
+        (json!({"email": 12, "password": PASSWORD}), 400, "invalid_request"),
     ];
     for (body, status, code) in cases {
-        let res = app
-            .call(
-                auth::register,
-                request("POST", "/api/v1/auth/register", Some(body.clone())),
-            )
-            .await;
-        assert_eq!(
-            (res.status, res.code()),
-            (status, code),
-            "{body}: {}",
-            res.raw
-        );
+        let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(body.clone()))).await;
+        assert_eq!((res.status, res.code()), (status, code), "{body}: {}", res.raw);
         assert_eq!(res.header("content-type"), Some("application/problem+json"));
         for member in ["type", "title", "status", "detail", "code"] {
-            assert!(
-                res.body.get(member).is_some(),
-                "{member} missing in {}",
-                res.raw
-            );
+            assert!(res.body.get(member).is_some(), "{member} missing in {}", res.raw);
         }
     }
 
     let mut not_json = request("POST", "/api/v1/auth/register", None);
     *not_json.body_mut() = lambda_http::Body::Text("{\"email\":".into());
-    not_json
-        .headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+    not_json.headers_mut().insert("content-type", "application/json".parse().unwrap());
     let res = app.call(auth::register, not_json).await;
     assert_eq!((res.status, res.code()), (400, "invalid_json"));
 
     let mut form = request("POST", "/api/v1/auth/login", None);
     *form.body_mut() = lambda_http::Body::Text("email=a".into());
-    form.headers_mut().insert(
-        "content-type",
-        "application/x-www-form-urlencoded".parse().unwrap(),
-    );
+    form.headers_mut().insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
     let res = app.call(auth::login, form).await;
     assert_eq!((res.status, res.code()), (415, "unsupported_media_type"));
 
     let huge = json!({"email": unique_email(), "password": "x".repeat(17 * 1024)});
-    let res = app
-        .call(
-            auth::register,
-            request("POST", "/api/v1/auth/register", Some(huge)),
-        )
-        .await;
+    let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(huge))).await;
     assert_eq!((res.status, res.code()), (413, "payload_too_large"));
 }
 
@@ -224,29 +137,13 @@ async fn registering_an_existing_email_answers_identically_and_notifies_the_owne
     let email = unique_email();
     let first = register(&app, &email).await;
     let second = register(&app, &email).await;
-    assert_eq!(
-        (first.status, &first.raw),
-        (second.status, &second.raw),
-        "byte for byte"
-    );
-    let mails: Vec<Value> = app
-        .outbox()
-        .into_iter()
-        .filter(|m| m["to"] == normalised(&email).as_str())
-        .collect();
+    assert_eq!((first.status, &first.raw), (second.status, &second.raw), "byte for byte");
+    let mails: Vec<Value> = app.outbox().into_iter().filter(|m| m["to"] == normalised(&email).as_str()).collect();
     assert_eq!(mails.len(), 2);
     assert!(mails[0]["code"].is_string());
-    assert!(
-        mails[1].get("code").is_none(),
-        "the owner gets a notice, not a code"
-    );
+    assert!(mails[1].get("code").is_none(), "the owner gets a notice, not a code");
     // The first code still verifies: the second attempt changed nothing.
-    assert_eq!(
-        verify(&app, &email, mails[0]["code"].as_str().unwrap())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(verify(&app, &email, mails[0]["code"].as_str().unwrap()).await.status, 200);
 }
 
 #[tokio::test]
@@ -254,16 +151,8 @@ async fn one_hundred_parallel_registrations_of_one_email_create_one_account() {
     let app = spawn_app().await;
     let email = unique_email();
     let answers = join_all((0..100).map(|_| register(&app, &email))).await;
-    assert!(
-        answers.iter().all(|r| r.status == 202),
-        "{:?}",
-        answers.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
-    let codes = app
-        .outbox()
-        .iter()
-        .filter(|m| m["to"] == normalised(&email).as_str() && m["code"].is_string())
-        .count();
+    assert!(answers.iter().all(|r| r.status == 202), "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    let codes = app.outbox().iter().filter(|m| m["to"] == normalised(&email).as_str() && m["code"].is_string()).count();
     assert_eq!(codes, 1, "exactly one account got a verification code");
     let item = app
         .dynamo()
@@ -277,13 +166,8 @@ async fn one_hundred_parallel_registrations_of_one_email_create_one_account() {
         .item
         .unwrap();
     let user_id = item["user_id"].as_s().unwrap();
-    let profile = shared::auth::store::UserStore {
-        client: app.dynamo(),
-        table: &app.state.config.table_name,
-    }
-    .profile(user_id)
-    .await
-    .unwrap();
+    let profile =
+        shared::auth::store::UserStore { client: app.dynamo(), table: &app.state.config.table_name }.profile(user_id).await.unwrap();
     assert!(profile.is_some());
 }
 
@@ -295,21 +179,10 @@ async fn codes_are_stored_hashed_with_a_fifteen_minute_ttl() {
     let code = last_code(&app, &email);
     let mut conn = redis_conn(&app).await;
     let key = format!("vcode:{}", normalised(&email));
-    let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        stored.values().all(|v| !v.contains(&code)),
-        "the plaintext code is in redis: {stored:?}"
-    );
+    let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(stored.values().all(|v| !v.contains(&code)), "the plaintext code is in redis: {stored:?}");
     assert_eq!(stored["hash"].len(), 64);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!((890..=900).contains(&ttl), "{ttl}");
 }
 
@@ -322,10 +195,7 @@ async fn fifty_parallel_verifications_with_the_right_code_succeed_once() {
     let answers = join_all((0..50).map(|_| verify(&app, &email, &code))).await;
     let ok = answers.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, 1);
-    assert!(answers
-        .iter()
-        .filter(|r| r.status != 200)
-        .all(|r| r.code() == "invalid_code"));
+    assert!(answers.iter().filter(|r| r.status != 200).all(|r| r.code() == "invalid_code"));
 }
 
 #[tokio::test]
@@ -339,25 +209,12 @@ async fn five_wrong_codes_burn_the_code_and_only_a_new_one_works() {
         let res = verify(&app, &email, wrong).await;
         assert_eq!((res.status, res.code()), (400, "invalid_code"));
     }
-    assert_eq!(
-        verify(&app, &email, &code).await.code(),
-        "invalid_code",
-        "burned after five misses"
-    );
+    assert_eq!(verify(&app, &email, &code).await.code(), "invalid_code", "burned after five misses");
 
     // A minute later (the cooldown key expiring stands in for the wait) a resend brings a new code.
     let mut conn = redis_conn(&app).await;
-    redis::cmd("DEL")
-        .arg(format!("resend:cooldown:{}", normalised(&email)))
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
-    let res = app
-        .call(
-            auth::resend,
-            request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))),
-        )
-        .await;
+    redis::cmd("DEL").arg(format!("resend:cooldown:{}", normalised(&email))).query_async::<()>(&mut conn).await.unwrap();
+    let res = app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(json!({"email": email})))).await;
     assert_eq!(res.status, 202);
     let fresh = last_code(&app, &email);
     assert_eq!(verify(&app, &email, &fresh).await.status, 200);
@@ -368,42 +225,21 @@ async fn resend_is_limited_to_once_a_minute_and_five_an_hour() {
     let app = spawn_app().await;
     let email = unique_email();
     register(&app, &email).await;
-    let resend = || {
-        app.call(
-            auth::resend,
-            request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))),
-        )
-    };
+    let resend = || app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))));
     let res = resend().await;
-    assert_eq!(
-        (res.status, res.code()),
-        (429, "too_many_requests"),
-        "the registration mail started the cooldown"
-    );
+    assert_eq!((res.status, res.code()), (429, "too_many_requests"), "the registration mail started the cooldown");
     let retry: u64 = res.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
 
     let mut conn = redis_conn(&app).await;
     let cooldown = format!("resend:cooldown:{}", normalised(&email));
     for _ in 0..4 {
-        redis::cmd("DEL")
-            .arg(&cooldown)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        redis::cmd("DEL").arg(&cooldown).query_async::<()>(&mut conn).await.unwrap();
         assert_eq!(resend().await.status, 202);
     }
-    redis::cmd("DEL")
-        .arg(&cooldown)
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    redis::cmd("DEL").arg(&cooldown).query_async::<()>(&mut conn).await.unwrap();
     let res = resend().await;
-    assert_eq!(
-        (res.status, res.code()),
-        (429, "too_many_requests"),
-        "the sixth mail within the hour"
-    );
+    assert_eq!((res.status, res.code()), (429, "too_many_requests"), "the sixth mail within the hour");
     assert!(res.header("retry-after").is_some());
 }
 
@@ -411,20 +247,9 @@ async fn resend_is_limited_to_once_a_minute_and_five_an_hour() {
 async fn resend_for_an_unknown_email_answers_the_same_and_sends_nothing() {
     let app = spawn_app().await;
     let email = unique_email();
-    let res = app
-        .call(
-            auth::resend,
-            request("POST", "/api/v1/auth/resend", Some(json!({"email": email}))),
-        )
-        .await;
-    assert_eq!(
-        (res.status, res.body),
-        (202, json!({"status": "verification_required"}))
-    );
-    assert!(app
-        .outbox()
-        .iter()
-        .all(|m| m["to"] != normalised(&email).as_str()));
+    let res = app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(json!({"email": email})))).await;
+    assert_eq!((res.status, res.body), (202, json!({"status": "verification_required"})));
+    assert!(app.outbox().iter().all(|m| m["to"] != normalised(&email).as_str()));
 }
 
 #[tokio::test]
@@ -477,25 +302,11 @@ async fn the_lock_doubles_with_each_further_failure_up_to_fifteen_minutes() {
     let mut expected = 60;
     for _ in 0..6 {
         // The lock running out stands in for the wait.
-        redis::cmd("HSET")
-            .arg(&key)
-            .arg("lock_until")
-            .arg(0)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        redis::cmd("HSET").arg(&key).arg("lock_until").arg(0).query_async::<()>(&mut conn).await.unwrap();
         assert_eq!(login(&app, &email, "wrong password here").await.status, 401);
         expected = (expected * 2).min(900);
-        let retry: u64 = login(&app, &email, PASSWORD)
-            .await
-            .header("retry-after")
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(
-            retry <= expected && retry + 5 >= expected,
-            "expected about {expected}, got {retry}"
-        );
+        let retry: u64 = login(&app, &email, PASSWORD).await.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry <= expected && retry + 5 >= expected, "expected about {expected}, got {retry}");
     }
 }
 
@@ -517,10 +328,7 @@ async fn unknown_emails_lock_out_like_known_ones() {
     for _ in 0..5 {
         assert_eq!(login(&app, &email, "wrong password here").await.status, 401);
     }
-    assert_eq!(
-        login(&app, &email, "wrong password here").await.code(),
-        "account_locked"
-    );
+    assert_eq!(login(&app, &email, "wrong password here").await.code(), "account_locked");
 }
 
 #[tokio::test]
@@ -540,22 +348,11 @@ async fn a_success_resets_the_failure_count() {
 #[tokio::test]
 async fn the_per_address_limit_throttles_one_address_and_not_another() {
     let app = spawn_app_with(&[("IP_RATE_LIMIT_PER_MINUTE", "3".into())]).await;
-    let from = |ip: &str| {
-        from_ip(
-            request(
-                "POST",
-                "/api/v1/auth/login",
-                Some(json!({"email": unique_email(), "password": "whatever pass"})),
-            ),
-            ip,
-        )
-    };
+    let from =
+        |ip: &str| from_ip(request("POST", "/api/v1/auth/login", Some(json!({"email": unique_email(), "password": "whatever pass"}))), ip);
     // Fresh documentation addresses per run: the counters live in the shared redis for a minute.
     let suffix = || format!("{:x}", rand::random::<u16>());
-    let (busy, quiet) = (
-        format!("2001:db8::{}", suffix()),
-        format!("2001:db8:1::{}", suffix()),
-    );
+    let (busy, quiet) = (format!("2001:db8::{}", suffix()), format!("2001:db8:1::{}", suffix()));
     for _ in 0..3 {
         assert_eq!(app.call(auth::login, from(&busy)).await.status, 401);
     }
@@ -570,44 +367,14 @@ async fn login_rehashes_a_password_stored_with_old_parameters() {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let app = spawn_app().await;
     let (email, _) = signed_in_user(&app).await;
-    let weak = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        argon2::Params::new(4096, 1, 1, None).unwrap(),
-    );
-    let old = weak
-        .hash_password(
-            PASSWORD.as_bytes(),
-            &SaltString::generate(&mut rand::rngs::OsRng),
-        )
-        .unwrap()
-        .to_string();
-    let store = shared::auth::store::UserStore {
-        client: app.dynamo(),
-        table: &app.state.config.table_name,
-    };
-    let creds = store
-        .credentials(&normalised(&email))
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .update_password_hash(&normalised(&email), &creds.user_id, &old)
-        .await
-        .unwrap();
+    let weak = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon2::Params::new(4096, 1, 1, None).unwrap());
+    let old = weak.hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut rand::rngs::OsRng)).unwrap().to_string();
+    let store = shared::auth::store::UserStore { client: app.dynamo(), table: &app.state.config.table_name };
+    let creds = store.credentials(&normalised(&email)).await.unwrap().unwrap();
+    store.update_password_hash(&normalised(&email), &creds.user_id, &old).await.unwrap();
     assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
-    let after = store
-        .credentials(&normalised(&email))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        after
-            .password_hash
-            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-        "{}",
-        after.password_hash
-    );
+    let after = store.credentials(&normalised(&email)).await.unwrap().unwrap();
+    assert!(after.password_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", after.password_hash);
 }
 
 #[tokio::test]
@@ -619,12 +386,7 @@ async fn refresh_rotates_the_token_and_keeps_the_user() {
     assert_eq!(res.status, 200, "{}", res.raw);
     let second = res.body["refresh_token"].as_str().unwrap();
     assert_ne!(first, second);
-    assert_eq!(
-        me(&app, res.body["access_token"].as_str().unwrap())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(me(&app, res.body["access_token"].as_str().unwrap()).await.status, 200);
     assert_eq!(refresh(&app, second).await.status, 200);
 }
 
@@ -636,18 +398,8 @@ async fn a_reused_token_within_the_grace_window_still_gets_a_pair_and_revokes_no
     let a = refresh(&app, first).await;
     let b = refresh(&app, first).await;
     assert_eq!((a.status, b.status), (200, 200), "{}", b.raw);
-    assert_eq!(
-        refresh(&app, a.body["refresh_token"].as_str().unwrap())
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        refresh(&app, b.body["refresh_token"].as_str().unwrap())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(refresh(&app, a.body["refresh_token"].as_str().unwrap()).await.status, 200);
+    assert_eq!(refresh(&app, b.body["refresh_token"].as_str().unwrap()).await.status, 200);
 }
 
 #[tokio::test]
@@ -656,11 +408,7 @@ async fn parallel_refreshes_inside_the_grace_window_all_succeed() {
     let (_, tokens) = signed_in_user(&app).await;
     let token = tokens["refresh_token"].as_str().unwrap();
     let answers = join_all((0..10).map(|_| refresh(&app, token))).await;
-    assert!(
-        answers.iter().all(|r| r.status == 200),
-        "{:?}",
-        answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>()
-    );
+    assert!(answers.iter().all(|r| r.status == 200), "{:?}", answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -674,40 +422,20 @@ async fn reuse_after_the_grace_window_revokes_the_whole_family() {
 
     let answers = join_all((0..10).map(|_| refresh(&app, &first))).await;
     assert!(
-        answers
-            .iter()
-            .all(|r| r.status == 401 && r.code() == "refresh_token_reused"),
+        answers.iter().all(|r| r.status == 401 && r.code() == "refresh_token_reused"),
         "{:?}",
         answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>()
     );
     let res = refresh(&app, &second).await;
-    assert_eq!(
-        (res.status, res.code()),
-        (401, "refresh_token_reused"),
-        "the thief's fresh token dies too"
-    );
+    assert_eq!((res.status, res.code()), (401, "refresh_token_reused"), "the thief's fresh token dies too");
 }
 
 #[tokio::test]
 async fn garbage_and_unknown_refresh_tokens_are_refused() {
     let app = spawn_app().await;
-    for token in [
-        "",
-        "garbage",
-        "rt1.a.b.c.d",
-        &format!(
-            "rt1.{}.{}.1.{}",
-            uuid::Uuid::new_v4(),
-            uuid::Uuid::new_v4(),
-            "A".repeat(43)
-        ),
-    ] {
+    for token in ["", "garbage", "rt1.a.b.c.d", &format!("rt1.{}.{}.1.{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), "A".repeat(43))] {
         let res = refresh(&app, token).await;
-        assert_eq!(
-            (res.status, res.code()),
-            (401, "invalid_refresh_token"),
-            "{token}"
-        );
+        assert_eq!((res.status, res.code()), (401, "invalid_refresh_token"), "{token}");
     }
 }
 
@@ -717,25 +445,10 @@ async fn local_logout_revokes_the_family_only() {
     let (email, first_login) = signed_in_user(&app).await;
     let other_login = login(&app, &email, PASSWORD).await.body;
     let token = first_login["refresh_token"].as_str().unwrap();
-    let res = app
-        .call(
-            auth::logout,
-            request(
-                "POST",
-                "/api/v1/auth/logout",
-                Some(json!({"refresh_token": token})),
-            ),
-        )
-        .await;
+    let res = app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(json!({"refresh_token": token})))).await;
     assert_eq!(res.status, 204, "{}", res.raw);
     assert_eq!(refresh(&app, token).await.code(), "invalid_refresh_token");
-    assert_eq!(
-        refresh(&app, other_login["refresh_token"].as_str().unwrap())
-            .await
-            .status,
-        200,
-        "another device stays signed in"
-    );
+    assert_eq!(refresh(&app, other_login["refresh_token"].as_str().unwrap()).await.status, 200, "another device stays signed in");
 }
 
 #[tokio::test]
@@ -744,33 +457,14 @@ async fn global_logout_revokes_every_family_and_every_earlier_access_token() {
     let (email, first_login) = signed_in_user(&app).await;
     let other_login = login(&app, &email, PASSWORD).await.body;
     let body = json!({"refresh_token": first_login["refresh_token"], "scope": "global"});
-    assert_eq!(
-        app.call(
-            auth::logout,
-            request("POST", "/api/v1/auth/logout", Some(body))
-        )
-        .await
-        .status,
-        204
-    );
+    assert_eq!(app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(body))).await.status, 204);
 
-    assert_eq!(
-        refresh(&app, other_login["refresh_token"].as_str().unwrap())
-            .await
-            .status,
-        401
-    );
+    assert_eq!(refresh(&app, other_login["refresh_token"].as_str().unwrap()).await.status, 401);
     let res = me(&app, other_login["access_token"].as_str().unwrap()).await;
     assert_eq!((res.status, res.code()), (401, "invalid_token"));
     let fresh = login(&app, &email, PASSWORD).await;
     assert_eq!(fresh.status, 200);
-    assert_eq!(
-        me(&app, fresh.body["access_token"].as_str().unwrap())
-            .await
-            .status,
-        200,
-        "a new login works at once"
-    );
+    assert_eq!(me(&app, fresh.body["access_token"].as_str().unwrap()).await.status, 200, "a new login works at once");
 }
 
 #[tokio::test]
@@ -781,54 +475,26 @@ async fn bad_access_tokens_are_refused_with_www_authenticate() {
     let good = tokens["access_token"].as_str().unwrap().to_owned();
     let parts: Vec<&str> = good.split('.').collect();
     let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    let payload: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-    let kid = serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap()
-        ["kid"]
-        .clone();
+    let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let kid = serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap()["kid"].clone();
 
     let mut expired_claims = payload.clone();
     expired_claims["exp"] = json!(chrono::Utc::now().timestamp() - 3600);
     let mut tampered = payload.clone();
     tampered["sub"] = json!("someone-else");
-    let alg_none = format!(
-        "{}.{}.",
-        b64(json!({"alg": "none", "typ": "at+jwt", "kid": kid})),
-        parts[1]
-    );
-    let jwks = app
-        .call(auth::jwks, request("GET", "/.well-known/jwks.json", None))
-        .await
-        .body;
-    let public = URL_SAFE_NO_PAD
-        .decode(jwks["keys"][0]["x"].as_str().unwrap())
-        .unwrap();
+    let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "at+jwt", "kid": kid})), parts[1]);
+    let jwks = app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.body;
+    let public = URL_SAFE_NO_PAD.decode(jwks["keys"][0]["x"].as_str().unwrap()).unwrap();
     let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs_header.kid = kid.as_str().map(str::to_owned);
     hs_header.typ = Some("at+jwt".into());
-    let hs256 = jsonwebtoken::encode(
-        &hs_header,
-        &payload,
-        &jsonwebtoken::EncodingKey::from_secret(&public),
-    )
-    .unwrap();
-    let unknown_kid = format!(
-        "{}.{}.{}",
-        b64(json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "nope"})),
-        parts[1],
-        parts[2]
-    );
+    let hs256 = jsonwebtoken::encode(&hs_header, &payload, &jsonwebtoken::EncodingKey::from_secret(&public)).unwrap();
+    let unknown_kid = format!("{}.{}.{}", b64(json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "nope"})), parts[1], parts[2]);
 
     let cases = [
         ("malformed", "not.a.jwt".to_owned()),
-        (
-            "expired signature reused",
-            format!("{}.{}.{}", parts[0], b64(expired_claims), parts[2]),
-        ),
-        (
-            "tampered",
-            format!("{}.{}.{}", parts[0], b64(tampered), parts[2]),
-        ),
+        ("expired signature reused", format!("{}.{}.{}", parts[0], b64(expired_claims), parts[2])),
+        ("tampered", format!("{}.{}.{}", parts[0], b64(tampered), parts[2])),
         ("alg none", alg_none),
         ("hs256 with public key", hs256),
         ("unknown kid", unknown_kid),
@@ -836,15 +502,9 @@ async fn bad_access_tokens_are_refused_with_www_authenticate() {
     for (name, token) in cases {
         let res = me(&app, &token).await;
         assert_eq!((res.status, res.code()), (401, "invalid_token"), "{name}");
-        assert!(
-            res.header("www-authenticate")
-                .is_some_and(|v| v.starts_with("Bearer")),
-            "{name}"
-        );
+        assert!(res.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")), "{name}");
     }
-    let res = app
-        .call(auth::me, request("GET", "/api/v1/users/me", None))
-        .await;
+    let res = app.call(auth::me, request("GET", "/api/v1/users/me", None)).await;
     assert_eq!((res.status, res.code()), (401, "invalid_token"), "missing");
     assert!(res.header("www-authenticate").is_some());
 }
@@ -853,13 +513,9 @@ async fn bad_access_tokens_are_refused_with_www_authenticate() {
 async fn a_third_party_library_verifies_our_tokens_from_the_jwks_alone() {
     let app = spawn_app().await;
     let (_, tokens) = signed_in_user(&app).await;
-    let jwks = app
-        .call(auth::jwks, request("GET", "/.well-known/jwks.json", None))
-        .await;
+    let jwks = app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await;
     assert_eq!(jwks.status, 200);
-    assert!(jwks
-        .header("cache-control")
-        .is_some_and(|v| v.contains("max-age")));
+    assert!(jwks.header("cache-control").is_some_and(|v| v.contains("max-age")));
     let script = r#"
 import json, sys, jwt
 jwks, token, iss, aud = sys.argv[1:5]
@@ -881,11 +537,7 @@ print(claims["sub"])
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT refused our token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "PyJWT refused our token: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
 }
 
@@ -895,12 +547,7 @@ async fn with_redis_down_auth_routes_answer_503_not_500() {
     let app = spawn_app_with(&[("REDIS_URL", redis.url())]).await;
     redis.stop();
     let res = login(&app, &unique_email(), PASSWORD).await;
-    assert_eq!(
-        (res.status, res.code()),
-        (503, "dependency_unavailable"),
-        "{}",
-        res.raw
-    );
+    assert_eq!((res.status, res.code()), (503, "dependency_unavailable"), "{}", res.raw);
     let res = register(&app, &unique_email()).await;
     assert_eq!(res.status, 503);
 }

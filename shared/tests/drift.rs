@@ -38,18 +38,11 @@ fn template_functions(t: &Value) -> Vec<(String, &Value)> {
 fn template_routes(t: &Value) -> BTreeSet<Route> {
     let mut routes = BTreeSet::new();
     for (_, f) in template_functions(t) {
-        let binary = f["Metadata"]["BuildProperties"]["Binary"]
-            .as_str()
-            .expect("every function names its Binary")
-            .to_owned();
+        let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().expect("every function names its Binary").to_owned();
         for (_, event) in f["Properties"]["Events"].as_mapping().into_iter().flatten() {
             if event["Type"].as_str() == Some("HttpApi") {
                 let p = &event["Properties"];
-                routes.insert((
-                    p["Method"].as_str().unwrap().to_uppercase(),
-                    p["Path"].as_str().unwrap().to_owned(),
-                    binary.clone(),
-                ));
+                routes.insert((p["Method"].as_str().unwrap().to_uppercase(), p["Path"].as_str().unwrap().to_owned(), binary.clone()));
             }
         }
     }
@@ -58,17 +51,11 @@ fn template_routes(t: &Value) -> BTreeSet<Route> {
 
 fn router_routes() -> BTreeSet<Route> {
     let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
-    let router = cargo["workspace"]["metadata"]["lambda"]["watch"]["router"]
-        .as_table()
-        .expect("router table");
+    let router = cargo["workspace"]["metadata"]["lambda"]["watch"]["router"].as_table().expect("router table");
     let mut routes = BTreeSet::new();
     for (path, entries) in router {
         for entry in entries.as_array().expect("method lists") {
-            routes.insert((
-                entry["method"].as_str().unwrap().to_uppercase(),
-                path.clone(),
-                entry["function"].as_str().unwrap().to_owned(),
-            ));
+            routes.insert((entry["method"].as_str().unwrap().to_uppercase(), path.clone(), entry["function"].as_str().unwrap().to_owned()));
         }
     }
     routes
@@ -79,14 +66,8 @@ fn openapi_routes() -> BTreeSet<Route> {
     let mut routes = BTreeSet::new();
     for (path, ops) in doc["paths"].as_mapping().unwrap() {
         for (method, op) in ops.as_mapping().unwrap() {
-            let function = op["operationId"]
-                .as_str()
-                .expect("every operation has an operationId = its function");
-            routes.insert((
-                method.as_str().unwrap().to_uppercase(),
-                path.as_str().unwrap().to_owned(),
-                function.to_owned(),
-            ));
+            let function = op["operationId"].as_str().expect("every operation has an operationId = its function");
+            routes.insert((method.as_str().unwrap().to_uppercase(), path.as_str().unwrap().to_owned(), function.to_owned()));
         }
     }
     routes
@@ -97,40 +78,19 @@ fn template_router_and_openapi_declare_the_same_routes() {
     let t = template();
     let from_template = template_routes(&t);
     assert!(!from_template.is_empty());
-    assert_eq!(
-        from_template,
-        router_routes(),
-        "template.yaml vs the cargo lambda watch router in Cargo.toml"
-    );
-    assert_eq!(
-        from_template,
-        openapi_routes(),
-        "template.yaml vs docs/openapi.yaml (operationId = function)"
-    );
+    assert_eq!(from_template, router_routes(), "template.yaml vs the cargo lambda watch router in Cargo.toml");
+    assert_eq!(from_template, openapi_routes(), "template.yaml vs docs/openapi.yaml (operationId = function)");
 }
 
 #[test]
 fn every_function_has_a_crate_and_every_crate_a_function() {
     let t = template();
-    let declared: BTreeSet<String> = template_functions(&t)
-        .iter()
-        .map(|(_, f)| {
-            f["Metadata"]["BuildProperties"]["Binary"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let declared: BTreeSet<String> =
+        template_functions(&t).iter().map(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap().to_owned()).collect();
     let crates: BTreeSet<String> = std::fs::read_dir(Path::new(ROOT).join("functions"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| {
-            Path::new(ROOT)
-                .join("functions")
-                .join(name)
-                .join("Cargo.toml")
-                .exists()
-        })
+        .filter(|name| Path::new(ROOT).join("functions").join(name).join("Cargo.toml").exists())
         .collect();
     assert_eq!(declared, crates);
 }
@@ -139,13 +99,9 @@ fn every_function_has_a_crate_and_every_crate_a_function() {
 fn every_http_route_has_a_sample_event_with_its_route_key() {
     for (method, path, function) in template_routes(&template()) {
         let file = format!("events/{function}.json");
-        let event: serde_json::Value =
-            serde_json::from_str(&read(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let event: serde_json::Value = serde_json::from_str(&read(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(event["routeKey"], format!("{method} {path}"), "{file}");
-        assert!(
-            lambda_http::request::from_str(&read(&file)).is_ok(),
-            "{file} parses as an API Gateway request"
-        );
+        assert!(lambda_http::request::from_str(&read(&file)).is_ok(), "{file} parses as an API Gateway request");
     }
     let events: BTreeSet<String> = std::fs::read_dir(Path::new(ROOT).join("events"))
         .unwrap()
@@ -154,45 +110,21 @@ fn every_http_route_has_a_sample_event_with_its_route_key() {
         .collect();
     let functions: BTreeSet<String> = template_functions(&template())
         .iter()
-        .map(|(_, f)| {
-            f["Metadata"]["BuildProperties"]["Binary"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap().to_owned())
         .collect();
     for name in events {
-        let function = if name == "schedule" {
-            "sweep".to_owned()
-        } else {
-            name.split('.').next().unwrap().to_owned()
-        };
-        assert!(
-            functions.contains(&function),
-            "events/{name}.json has no function {function}"
-        );
+        let function = if name == "schedule" { "sweep".to_owned() } else { name.split('.').next().unwrap().to_owned() };
+        assert!(functions.contains(&function), "events/{name}.json has no function {function}");
     }
 }
 
 #[test]
 fn every_policy_names_only_declared_resources_and_never_a_wildcard() {
     let t = template();
-    let declared: BTreeSet<String> = t["Resources"]
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str().unwrap().to_owned())
-        .collect();
+    let declared: BTreeSet<String> = t["Resources"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_owned()).collect();
     for (name, f) in template_functions(&t) {
-        for policy in f["Properties"]["Policies"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-        {
-            for statement in policy["Statement"]
-                .as_sequence()
-                .expect("inline policies with statements")
-            {
+        for policy in f["Properties"]["Policies"].as_sequence().into_iter().flatten() {
+            for statement in policy["Statement"].as_sequence().expect("inline policies with statements") {
                 let resources = match untag(&statement["Resource"]) {
                     Value::Sequence(list) => list.clone(),
                     _ => vec![statement["Resource"].clone()],
@@ -204,24 +136,13 @@ fn every_policy_names_only_declared_resources_and_never_a_wildcard() {
                             match tagged.tag.to_string().as_str() {
                                 "!Ref" | "!GetAtt" => {
                                     let logical = target.split('.').next().unwrap();
-                                    assert!(
-                                        declared.contains(logical),
-                                        "{name} names undeclared {logical}"
-                                    );
+                                    assert!(declared.contains(logical), "{name} names undeclared {logical}");
                                 }
                                 "!Sub" => {
                                     for part in target.split("${").skip(1) {
-                                        let var = part
-                                            .split('}')
-                                            .next()
-                                            .unwrap()
-                                            .split('.')
-                                            .next()
-                                            .unwrap();
+                                        let var = part.split('}').next().unwrap().split('.').next().unwrap();
                                         assert!(
-                                            var.starts_with("AWS::")
-                                                || declared.contains(var)
-                                                || t["Parameters"].get(var).is_some(),
+                                            var.starts_with("AWS::") || declared.contains(var) || t["Parameters"].get(var).is_some(),
                                             "{name}: {var}"
                                         );
                                     }
@@ -233,10 +154,7 @@ fn every_policy_names_only_declared_resources_and_never_a_wildcard() {
                         Value::String(s) => s.clone(),
                         other => panic!("{name}: resource {other:?}"),
                     };
-                    assert!(
-                        !text.contains('*') || text.contains("/index/"),
-                        "{name} grants a wildcard resource: {text}"
-                    );
+                    assert!(!text.contains('*') || text.contains("/index/"), "{name} grants a wildcard resource: {text}");
                 }
             }
         }

@@ -9,16 +9,11 @@ use std::time::Duration;
 #[tokio::test]
 async fn health_reports_every_dependency_ok() {
     let app = spawn_app().await;
-    let res = app
-        .call(health::handle, request("GET", "/api/v1/health", None))
-        .await;
+    let res = app.call(health::handle, request("GET", "/api/v1/health", None)).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     assert_eq!(res.body["status"], "healthy");
     assert_eq!(res.body["environment"], "local");
-    assert_eq!(
-        res.body["checks"],
-        serde_json::json!({"dynamodb": "ok", "redis": "ok", "secrets": "ok"})
-    );
+    assert_eq!(res.body["checks"], serde_json::json!({"dynamodb": "ok", "redis": "ok", "secrets": "ok"}));
     assert!(res.body["version"].as_str().is_some_and(|v| !v.is_empty()));
 }
 
@@ -52,14 +47,10 @@ async fn health_goes_unhealthy_when_redis_stops_and_recovers_when_it_returns() {
 #[tokio::test]
 async fn every_response_carries_the_security_headers_and_a_request_id() {
     let app = spawn_app().await;
-    let res = app
-        .call(health::handle, request("GET", "/api/v1/health", None))
-        .await;
+    let res = app.call(health::handle, request("GET", "/api/v1/health", None)).await;
     assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(res.header("x-frame-options"), Some("DENY"));
-    assert!(res
-        .header("strict-transport-security")
-        .is_some_and(|v| v.contains("max-age=")));
+    assert!(res.header("strict-transport-security").is_some_and(|v| v.contains("max-age=")));
     assert_eq!(res.header("cache-control"), Some("no-store"));
     assert!(res.header("x-request-id").is_some_and(|v| !v.is_empty()));
 }
@@ -68,19 +59,12 @@ async fn every_response_carries_the_security_headers_and_a_request_id() {
 async fn cors_allows_only_configured_origins() {
     let app = spawn_app().await;
     let mut allowed = request("GET", "/api/v1/health", None);
-    allowed
-        .headers_mut()
-        .insert("origin", "https://app.example".parse().unwrap());
+    allowed.headers_mut().insert("origin", "https://app.example".parse().unwrap());
     let res = app.call(health::handle, allowed).await;
-    assert_eq!(
-        res.header("access-control-allow-origin"),
-        Some("https://app.example")
-    );
+    assert_eq!(res.header("access-control-allow-origin"), Some("https://app.example"));
 
     let mut other = request("GET", "/api/v1/health", None);
-    other
-        .headers_mut()
-        .insert("origin", "https://evil.example".parse().unwrap());
+    other.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
     let res = app.call(health::handle, other).await;
     assert_eq!(res.header("access-control-allow-origin"), None);
 }
@@ -88,8 +72,7 @@ async fn cors_allows_only_configured_origins() {
 #[tokio::test]
 async fn the_sample_event_replays_through_the_handler() {
     let app = spawn_app().await;
-    let req = lambda_http::request::from_str(include_str!("../../events/health.json"))
-        .expect("event parses");
+    let req = lambda_http::request::from_str(include_str!("../../events/health.json")).expect("event parses");
     let res = app.call(health::handle, req).await;
     assert_eq!(res.status, 200, "{}", res.raw);
 }
@@ -100,17 +83,11 @@ async fn redis_over_tls_works_with_the_ca_the_test_setup_generated() {
     let ca = std::env::var("TEST_REDIS_CA_FILE").expect("make test generates a CA");
     let config = test_config(&[("REDIS_URL", url.clone()), ("REDIS_CA_FILE", ca)]);
     let mut conn = shared::redis_conn::connection_manager(&config).unwrap();
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .expect("TLS ping");
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.expect("TLS ping");
     assert_eq!(pong, "PONG");
 
     // Without our CA the server's certificate is not trusted: TLS is really being checked.
     let untrusted = test_config(&[("REDIS_URL", url)]);
     let mut conn = shared::redis_conn::connection_manager(&untrusted).unwrap();
-    assert!(redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .is_err());
+    assert!(redis::cmd("PING").query_async::<String>(&mut conn).await.is_err());
 }

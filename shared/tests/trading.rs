@@ -14,10 +14,7 @@ fn d(s: &str) -> Decimal {
 }
 
 fn dv(v: &Value) -> Decimal {
-    v.as_str()
-        .unwrap_or_else(|| panic!("decimals travel as strings, got {v}"))
-        .parse()
-        .unwrap()
+    v.as_str().unwrap_or_else(|| panic!("decimals travel as strings, got {v}")).parse().unwrap()
 }
 
 fn bot_config() -> Value {
@@ -32,36 +29,25 @@ async fn paper_app() -> TestApp {
 }
 
 async fn start(app: &TestApp, token: &str, config: Value) -> TestResponse {
-    app.call_as(
-        t::start_bot,
-        token,
-        "POST",
-        "/api/v1/bot/start",
-        Some(config),
-    )
-    .await
+    app.call_as(t::start_bot, token, "POST", "/api/v1/bot/start", Some(config)).await
 }
 
 async fn submit(app: &TestApp, token: &str, key: &str, order: Value) -> TestResponse {
     let mut req = with_bearer(request("POST", "/api/v1/order/submit", Some(order)), token);
-    req.headers_mut()
-        .insert("idempotency-key", key.parse().unwrap());
+    req.headers_mut().insert("idempotency-key", key.parse().unwrap());
     app.call(t::submit_order, req).await
 }
 
 async fn status(app: &TestApp, token: &str) -> TestResponse {
-    app.call_as(t::status, token, "GET", "/api/v1/bot/status", None)
-        .await
+    app.call_as(t::status, token, "GET", "/api/v1/bot/status", None).await
 }
 
 async fn stop(app: &TestApp, token: &str) -> TestResponse {
-    app.call_as(t::stop_bot, token, "POST", "/api/v1/bot/stop", None)
-        .await
+    app.call_as(t::stop_bot, token, "POST", "/api/v1/bot/stop", None).await
 }
 
 async fn account(app: &TestApp, token: &str) -> TestResponse {
-    app.call_as(t::account, token, "GET", "/api/v1/account", None)
-        .await
+    app.call_as(t::account, token, "GET", "/api/v1/account", None).await
 }
 
 fn key() -> String {
@@ -74,26 +60,15 @@ async fn a_paper_trader_starts_buys_sees_the_position_and_stops_flat() {
     let token = access_token(&app).await;
     let res = start(&app, &token, bot_config()).await;
     assert_eq!(res.status, 200, "{}", res.raw);
-    assert_eq!(
-        (res.body["is_running"].clone(), res.body["state"].clone()),
-        (json!(true), json!("running"))
-    );
+    assert_eq!((res.body["is_running"].clone(), res.body["state"].clone()), (json!(true), json!("running")));
     assert_eq!(res.body["config"]["stop_loss_pct"], "2");
 
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.1"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.1"})).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(res.body["status"], "filled");
     assert_eq!(dv(&res.body["filled_size"]), d("0.1"));
     assert_eq!(dv(&res.body["avg_price"]), d("65000"));
-    assert!(res.body["client_order_id"]
-        .as_str()
-        .is_some_and(|c| !c.is_empty()));
+    assert!(res.body["client_order_id"].as_str().is_some_and(|c| !c.is_empty()));
 
     app.set_mark("BTCUSDT", "66000").await;
     let acct = account(&app, &token).await;
@@ -103,48 +78,23 @@ async fn a_paper_trader_starts_buys_sees_the_position_and_stops_flat() {
     // 10,000 − 3.9 fee + 100 unrealized
     assert_eq!(dv(&acct.body["equity"]), d("10096.1"));
     let p = &acct.body["positions"][0];
-    assert_eq!(
-        (p["symbol"].as_str(), p["side"].as_str()),
-        (Some("BTCUSDT"), Some("long"))
-    );
-    assert_eq!(
-        (dv(&p["size"]), dv(&p["entry_price"]), dv(&p["mark_price"])),
-        (d("0.1"), d("65000"), d("66000"))
-    );
+    assert_eq!((p["symbol"].as_str(), p["side"].as_str()), (Some("BTCUSDT"), Some("long")));
+    assert_eq!((dv(&p["size"]), dv(&p["entry_price"]), dv(&p["mark_price"])), (d("0.1"), d("65000"), d("66000")));
 
     let st = status(&app, &token).await;
     assert_eq!(st.body["positions"].as_array().unwrap().len(), 1);
 
     let res = stop(&app, &token).await;
     assert_eq!(res.status, 200, "{}", res.raw);
-    assert_eq!(
-        (res.body["is_running"].clone(), res.body["state"].clone()),
-        (json!(false), json!("stopped"))
-    );
+    assert_eq!((res.body["is_running"].clone(), res.body["state"].clone()), (json!(false), json!("stopped")));
     let closed = &res.body["closed_positions"][0];
-    assert_eq!(
-        (closed["symbol"].as_str(), closed["side"].as_str()),
-        (Some("BTCUSDT"), Some("long"))
-    );
-    assert_eq!(
-        (
-            dv(&closed["size"]),
-            dv(&closed["exit_price"]),
-            dv(&closed["realized_pnl"])
-        ),
-        (d("0.1"), d("66000"), d("100"))
-    );
+    assert_eq!((closed["symbol"].as_str(), closed["side"].as_str()), (Some("BTCUSDT"), Some("long")));
+    assert_eq!((dv(&closed["size"]), dv(&closed["exit_price"]), dv(&closed["realized_pnl"])), (d("0.1"), d("66000"), d("100")));
 
     let st = status(&app, &token).await;
-    assert_eq!(
-        (st.body["state"].clone(), st.body["positions"].clone()),
-        (json!("stopped"), json!([]))
-    );
+    assert_eq!((st.body["state"].clone(), st.body["positions"].clone()), (json!("stopped"), json!([])));
     let again = stop(&app, &token).await;
-    assert_eq!(
-        (again.status, again.body["closed_positions"].clone()),
-        (200, json!([]))
-    );
+    assert_eq!((again.status, again.body["closed_positions"].clone()), (200, json!([])));
 }
 
 #[tokio::test]
@@ -169,10 +119,7 @@ async fn bot_settings_are_validated_on_start() {
         (json!({"symbol": "DOGEUSDT"}), "unknown_symbol"),
         (json!({"leverage": 126}), "leverage_above_maximum"),
         (json!({"stop_loss_pct": "0"}), "invalid_stop_loss"),
-        (
-            json!({"max_position_notional": "1"}),
-            "invalid_max_position_notional",
-        ),
+        (json!({"max_position_notional": "1"}), "invalid_max_position_notional"),
     ] {
         let mut config = bot_config();
         for (k, v) in patch.as_object().unwrap() {
@@ -189,13 +136,7 @@ async fn bot_settings_are_validated_on_start() {
 async fn orders_need_a_running_bot() {
     let app = paper_app().await;
     let token = access_token(&app).await;
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     assert_eq!((res.status, res.code()), (409, "bot_not_running"));
 }
 
@@ -214,39 +155,18 @@ async fn every_risk_rule_refuses_with_its_own_code_and_nothing_is_sent() {
         o
     };
     let cases = [
-        (
-            order(json!("0.01"), json!({"symbol": "XRPUSDT"})),
-            "unknown_symbol",
-        ),
-        (
-            order(json!("0.01"), json!({"symbol": "ETHUSDT"})),
-            "symbol_not_enabled",
-        ),
+        (order(json!("0.01"), json!({"symbol": "XRPUSDT"})), "unknown_symbol"),
+        (order(json!("0.01"), json!({"symbol": "ETHUSDT"})), "symbol_not_enabled"),
         (order(json!("0"), json!({})), "invalid_size"),
         (order(json!("-1"), json!({})), "invalid_size"),
         (order(json!("lots"), json!({})), "invalid_size"),
         (order(json!("0.0001"), json!({})), "size_below_minimum"),
         (order(json!("0.0015"), json!({})), "invalid_size_step"),
-        (
-            order(json!("0.2"), json!({})),
-            "max_position_notional_exceeded",
-        ),
-        (
-            order(json!("0.01"), json!({"type": "limit"})),
-            "invalid_price",
-        ),
-        (
-            order(json!("0.01"), json!({"type": "limit", "price": "64000.05"})),
-            "invalid_price_tick",
-        ),
-        (
-            order(json!("0.01"), json!({"type": "limit", "price": "60000"})),
-            "price_out_of_band",
-        ),
-        (
-            order(json!("0.01"), json!({"side": "sell", "reduce_only": true})),
-            "reduce_only_exceeds_position",
-        ),
+        (order(json!("0.2"), json!({})), "max_position_notional_exceeded"),
+        (order(json!("0.01"), json!({"type": "limit"})), "invalid_price"),
+        (order(json!("0.01"), json!({"type": "limit", "price": "64000.05"})), "invalid_price_tick"),
+        (order(json!("0.01"), json!({"type": "limit", "price": "60000"})), "price_out_of_band"),
+        (order(json!("0.01"), json!({"side": "sell", "reduce_only": true})), "reduce_only_exceeds_position"),
     ];
     for (body, code) in cases {
         let res = submit(&app, &token, &key(), body.clone()).await;
@@ -257,11 +177,7 @@ async fn every_risk_rule_refuses_with_its_own_code_and_nothing_is_sent() {
     assert_eq!((res.status, res.code()), (422, "notional_below_minimum"));
     app.set_mark("BTCUSDT", "65000").await;
     let acct = account(&app, &token).await;
-    assert_eq!(
-        acct.body["positions"],
-        json!([]),
-        "no refused order reached the exchange"
-    );
+    assert_eq!(acct.body["positions"], json!([]), "no refused order reached the exchange");
 }
 
 #[tokio::test]
@@ -272,13 +188,7 @@ async fn margin_beyond_the_balance_is_refused() {
     let mut config = bot_config();
     config["leverage"] = json!(1);
     start(&app, &token, config).await;
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     assert_eq!((res.status, res.code()), (422, "insufficient_margin"));
 }
 
@@ -289,13 +199,7 @@ async fn numbers_are_accepted_on_input_and_decimals_come_back_as_strings() {
     let res = start(&app, &token, json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": 2.5, "max_position_notional": 20000})).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     assert_eq!(res.body["config"]["stop_loss_pct"], "2.5");
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": 0.003}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": 0.003})).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(res.body["size"], "0.003");
 }
@@ -313,19 +217,9 @@ async fn replaying_an_idempotency_key_returns_the_first_answer_and_sends_nothing
     assert_eq!(first.body, again.body);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     let acct = account(&app, &token).await;
-    assert_eq!(
-        dv(&acct.body["positions"][0]["size"]),
-        d("0.01"),
-        "one order, not two"
-    );
+    assert_eq!(dv(&acct.body["positions"][0]["size"]), d("0.01"), "one order, not two");
 
-    let res = submit(
-        &app,
-        &token,
-        &k,
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"}),
-    )
-    .await;
+    let res = submit(&app, &token, &k, json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})).await;
     assert_eq!((res.status, res.code()), (422, "idempotency_key_reused"));
     let res = app
         .call_as(
@@ -347,11 +241,7 @@ async fn twenty_concurrent_submits_with_one_key_make_one_order() {
     let k = key();
     let order = json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"});
     let answers = join_all((0..20).map(|_| submit(&app, &token, &k, order.clone()))).await;
-    assert!(
-        answers.iter().all(|r| r.status == 201),
-        "{:?}",
-        answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>()
-    );
+    assert!(answers.iter().all(|r| r.status == 201), "{:?}", answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>());
     assert!(answers.iter().all(|r| r.body == answers[0].body));
     let acct = account(&app, &token).await;
     assert_eq!(dv(&acct.body["positions"][0]["size"]), d("0.01"));
@@ -368,25 +258,13 @@ async fn two_users_never_see_or_touch_each_others_bot_positions_or_orders() {
     assert_eq!(submit(&app, &alice, &k, order.clone()).await.status, 201);
 
     let st = status(&app, &bob).await;
-    assert_eq!(
-        (st.body["state"].clone(), st.body["positions"].clone()),
-        (json!("stopped"), json!([]))
-    );
+    assert_eq!((st.body["state"].clone(), st.body["positions"].clone()), (json!("stopped"), json!([])));
     assert_eq!(account(&app, &bob).await.body["positions"], json!([]));
     // Bob's stop closes nothing of Alice's; the same idempotency key is Bob's own.
     assert_eq!(stop(&app, &bob).await.body["closed_positions"], json!([]));
-    assert_eq!(
-        submit(&app, &bob, &k, order).await.code(),
-        "bot_not_running"
-    );
+    assert_eq!(submit(&app, &bob, &k, order).await.code(), "bot_not_running");
     assert_eq!(status(&app, &alice).await.body["state"], "running");
-    assert_eq!(
-        account(&app, &alice).await.body["positions"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(account(&app, &alice).await.body["positions"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -395,27 +273,16 @@ async fn the_kill_switch_halts_starts_and_new_risk_but_not_closing() {
     let token = access_token(&app).await;
     start(&app, &token, bot_config()).await;
     assert_eq!(
-        submit(
-            &app,
-            &token,
-            &key(),
-            json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})
-        )
-        .await
-        .status,
+        submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})).await.status,
         201
     );
     app.trading().set_kill_switch(true).await.unwrap();
 
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     assert_eq!((res.status, res.code()), (503, "trading_halted"));
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": "0.01", "reduce_only": true})).await;
+    let res =
+        submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": "0.01", "reduce_only": true}))
+            .await;
     assert_eq!(res.status, 201, "reduce-only still closes: {}", res.raw);
     assert_eq!(stop(&app, &token).await.status, 200);
     let res = start(&app, &token, bot_config()).await;
@@ -431,72 +298,38 @@ async fn a_stop_racing_submits_never_leaves_a_position_behind_a_stopped_bot() {
         let token = access_token(&app).await;
         start(&app, &token, bot_config()).await;
         assert_eq!(
-            submit(
-                &app,
-                &token,
-                &key(),
-                json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})
-            )
-            .await
-            .status,
+            submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await.status,
             201
         );
         let keys: Vec<String> = (0..6).map(|_| key()).collect();
-        let submits = join_all(keys.iter().map(|k| {
-            submit(
-                &app,
-                &token,
-                k,
-                json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-            )
-        }));
+        let submits = join_all(
+            keys.iter().map(|k| submit(&app, &token, k, json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
+        );
         let (answers, stopped) = tokio::join!(submits, stop(&app, &token));
         assert_eq!(stopped.status, 200, "{}", stopped.raw);
         assert!(
-            answers
-                .iter()
-                .all(|r| r.status == 201 || r.code() == "bot_not_running"),
+            answers.iter().all(|r| r.status == 201 || r.code() == "bot_not_running"),
             "{:?}",
             answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>()
         );
         let st = status(&app, &token).await;
         assert_eq!(st.body["state"], "stopped");
-        assert_eq!(
-            st.body["positions"],
-            json!([]),
-            "a stopped bot with an open position"
-        );
+        assert_eq!(st.body["positions"], json!([]), "a stopped bot with an open position");
     }
 }
 
 #[tokio::test]
 async fn trading_routes_refuse_missing_and_globally_revoked_tokens() {
     let app = paper_app().await;
-    let res = app
-        .call(t::status, request("GET", "/api/v1/bot/status", None))
-        .await;
+    let res = app.call(t::status, request("GET", "/api/v1/bot/status", None)).await;
     assert_eq!((res.status, res.code()), (401, "invalid_token"));
     let token = access_token(&app).await;
     let claims: Value = {
         use base64::Engine;
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token.split('.').nth(1).unwrap())
-                .unwrap(),
-        )
-        .unwrap()
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
     };
-    let store = shared::auth::store::UserStore {
-        client: app.dynamo(),
-        table: &app.state.config.table_name,
-    };
-    store
-        .revoke_all_sessions(
-            claims["sub"].as_str().unwrap(),
-            chrono::Utc::now().timestamp_millis() + 1,
-        )
-        .await
-        .unwrap();
+    let store = shared::auth::store::UserStore { client: app.dynamo(), table: &app.state.config.table_name };
+    store.revoke_all_sessions(claims["sub"].as_str().unwrap(), chrono::Utc::now().timestamp_millis() + 1).await.unwrap();
     let res = status(&app, &token).await;
     assert_eq!((res.status, res.code()), (401, "invalid_token"));
 }
@@ -509,22 +342,9 @@ async fn live_app(fake: &FakeBitget) -> TestApp {
     app
 }
 
-async fn save_keys(
-    app: &TestApp,
-    token: &str,
-    key: &str,
-    secret: &str,
-    demo: bool,
-) -> TestResponse {
+async fn save_keys(app: &TestApp, token: &str, key: &str, secret: &str, demo: bool) -> TestResponse {
     let body = json!({"exchange": "bitget", "api_key": key, "api_secret": secret, "passphrase": PASSPHRASE, "demo": demo});
-    app.call_as(
-        t::put_credentials,
-        token,
-        "PUT",
-        "/api/v1/exchange/credentials",
-        Some(body),
-    )
-    .await
+    app.call_as(t::put_credentials, token, "PUT", "/api/v1/exchange/credentials", Some(body)).await
 }
 
 #[tokio::test]
@@ -533,47 +353,19 @@ async fn credentials_are_checked_then_stored_encrypted_and_never_returned() {
     let app = live_app(&fake).await;
     let token = access_token(&app).await;
     let res = save_keys(&app, &token, KEY, "wrong-secret", false).await;
-    assert_eq!(
-        (res.status, res.code()),
-        (422, "invalid_exchange_credentials")
-    );
+    assert_eq!((res.status, res.code()), (422, "invalid_exchange_credentials"));
     let res = save_keys(&app, &token, KEY, SECRET, false).await;
     assert_eq!(res.status, 204, "{}", res.raw);
     assert!(res.raw.is_empty());
 
-    let scan = app
-        .dynamo()
-        .scan()
-        .table_name(&app.state.config.table_name)
-        .send()
-        .await
-        .unwrap();
+    let scan = app.dynamo().scan().table_name(&app.state.config.table_name).send().await.unwrap();
     let dump = format!("{:?}", scan.items());
-    assert!(
-        !dump.contains(SECRET) && !dump.contains(PASSPHRASE) && !dump.contains(KEY),
-        "a credential is stored in the clear"
-    );
+    assert!(!dump.contains(SECRET) && !dump.contains(PASSPHRASE) && !dump.contains(KEY), "a credential is stored in the clear");
 
     let acct = account(&app, &token).await;
-    assert_eq!(
-        (acct.status, acct.body["exchange"].as_str()),
-        (200, Some("bitget")),
-        "{}",
-        acct.raw
-    );
+    assert_eq!((acct.status, acct.body["exchange"].as_str()), (200, Some("bitget")), "{}", acct.raw);
     assert!(!acct.raw.contains(SECRET));
-    assert_eq!(
-        app.call_as(
-            t::delete_credentials,
-            &token,
-            "DELETE",
-            "/api/v1/exchange/credentials",
-            None
-        )
-        .await
-        .status,
-        204
-    );
+    assert_eq!(app.call_as(t::delete_credentials, &token, "DELETE", "/api/v1/exchange/credentials", None).await.status, 204);
     assert_eq!(account(&app, &token).await.body["exchange"], "paper");
 }
 
@@ -582,27 +374,14 @@ async fn a_live_order_is_signed_placed_once_and_reported() {
     let fake = FakeBitget::start().await;
     let app = live_app(&fake).await;
     let token = access_token(&app).await;
-    assert_eq!(
-        save_keys(&app, &token, KEY, SECRET, false).await.status,
-        204
-    );
+    assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204);
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(res.body["status"], "filled");
     assert_eq!(fake.order_count(), 1);
     assert_eq!(fake.position("BTCUSDT", "long"), d("0.01"));
-    assert_eq!(
-        fake.rejected_signatures(),
-        0,
-        "every call's signature checked out"
-    );
+    assert_eq!(fake.rejected_signatures(), 0, "every call's signature checked out");
 }
 
 #[tokio::test]
@@ -610,35 +389,15 @@ async fn demo_keys_are_sent_with_the_paptrading_header() {
     let fake = FakeBitget::start().await;
     let app = live_app(&fake).await;
     let token = access_token(&app).await;
-    assert_eq!(
-        save_keys(&app, &token, DEMO_KEY, SECRET, true).await.status,
-        204
-    );
+    assert_eq!(save_keys(&app, &token, DEMO_KEY, SECRET, true).await.status, 204);
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(fake.rejected_signatures(), 0);
-    assert_eq!(
-        save_keys(&app, &token, DEMO_KEY, SECRET, false)
-            .await
-            .code(),
-        "bot_running",
-        "keys stay while the bot runs"
-    );
+    assert_eq!(save_keys(&app, &token, DEMO_KEY, SECRET, false).await.code(), "bot_running", "keys stay while the bot runs");
     assert_eq!(stop(&app, &token).await.status, 200);
     // Without the demo flag the demo key is refused, as Bitget refuses it.
-    assert_eq!(
-        save_keys(&app, &token, DEMO_KEY, SECRET, false)
-            .await
-            .code(),
-        "invalid_exchange_credentials"
-    );
+    assert_eq!(save_keys(&app, &token, DEMO_KEY, SECRET, false).await.code(), "invalid_exchange_credentials");
 }
 
 #[tokio::test]
@@ -649,24 +408,10 @@ async fn accept_then_timeout_makes_exactly_one_order() {
     save_keys(&app, &token, KEY, SECRET, false).await;
     start(&app, &token, bot_config()).await;
     fake.fault("/api/v2/mix/order/place-order", Fault::AcceptThenTimeout);
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
-    assert_eq!(
-        res.status, 201,
-        "the lookup by clientOid found the order: {}",
-        res.raw
-    );
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    assert_eq!(res.status, 201, "the lookup by clientOid found the order: {}", res.raw);
     assert_eq!(fake.order_count(), 1);
-    assert_eq!(
-        fake.calls("/api/v2/mix/order/place-order"),
-        1,
-        "never resent blind"
-    );
+    assert_eq!(fake.calls("/api/v2/mix/order/place-order"), 1, "never resent blind");
 }
 
 #[tokio::test]
@@ -677,19 +422,10 @@ async fn a_timeout_before_accepting_is_looked_up_then_sent_once_more() {
     save_keys(&app, &token, KEY, SECRET, false).await;
     start(&app, &token, bot_config()).await;
     fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(fake.order_count(), 1);
-    assert!(
-        fake.calls("/api/v2/mix/order/detail") >= 1,
-        "looked up before resending"
-    );
+    assert!(fake.calls("/api/v2/mix/order/detail") >= 1, "looked up before resending");
 }
 
 #[tokio::test]
@@ -699,18 +435,9 @@ async fn exchange_errors_map_to_clear_answers() {
     let token = access_token(&app).await;
     save_keys(&app, &token, KEY, SECRET, false).await;
     start(&app, &token, bot_config()).await;
-    for (code, expected) in [
-        ("40774", "position_mode_mismatch"),
-        ("43012", "insufficient_margin"),
-    ] {
+    for (code, expected) in [("40774", "position_mode_mismatch"), ("43012", "insufficient_margin")] {
         fake.fault("/api/v2/mix/order/place-order", Fault::Code(code));
-        let res = submit(
-            &app,
-            &token,
-            &key(),
-            json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-        )
-        .await;
+        let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
         assert_eq!((res.status, res.code()), (422, expected), "{}", res.raw);
     }
     assert_eq!(fake.order_count(), 0);
@@ -745,11 +472,7 @@ async fn the_circuit_breaker_stops_hammering_a_failing_exchange() {
     let calls = fake.calls("/api/v2/mix/account/accounts");
     let third = account(&app, &token).await;
     assert_eq!(third.status, 502);
-    assert_eq!(
-        fake.calls("/api/v2/mix/account/accounts"),
-        calls,
-        "an open breaker does not call the exchange"
-    );
+    assert_eq!(fake.calls("/api/v2/mix/account/accounts"), calls, "an open breaker does not call the exchange");
     assert!(calls <= 6, "{calls}");
 }
 
@@ -761,13 +484,7 @@ async fn stop_flattens_a_live_hedge_mode_account_with_close_orders() {
     let token = access_token(&app).await;
     save_keys(&app, &token, KEY, SECRET, false).await;
     start(&app, &token, bot_config()).await;
-    let res = submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"}),
-    )
-    .await;
+    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     fake.set_mark("BTCUSDT", "66000");
     let res = stop(&app, &token).await;
@@ -784,26 +501,12 @@ async fn a_failed_close_answers_502_and_leaves_the_bot_stopping() {
     let token = access_token(&app).await;
     save_keys(&app, &token, KEY, SECRET, false).await;
     start(&app, &token, bot_config()).await;
-    submit(
-        &app,
-        &token,
-        &key(),
-        json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}),
-    )
-    .await;
+    submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
     fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
     let res = stop(&app, &token).await;
-    assert_eq!(
-        (res.status, res.code()),
-        (502, "close_failed"),
-        "{}",
-        res.raw
-    );
+    assert_eq!((res.status, res.code()), (502, "close_failed"), "{}", res.raw);
     let st = status(&app, &token).await;
-    assert_eq!(
-        (st.body["state"].clone(), st.body["is_running"].clone()),
-        (json!("stopping"), json!(false))
-    );
+    assert_eq!((st.body["state"].clone(), st.body["is_running"].clone()), (json!("stopping"), json!(false)));
     // A second stop finishes the job.
     let res = stop(&app, &token).await;
     assert_eq!(res.status, 200, "{}", res.raw);

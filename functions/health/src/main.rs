@@ -5,8 +5,5 @@ use shared::{handlers::health, http::serve, AppState, Need};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let state = AppState::from_env(&[Need::Redis, Need::JwtKeys]).await?;
-    run(service_fn(|req: Request| {
-        serve(&state, req, health::handle)
-    }))
-    .await
+    run(service_fn(|req: Request| serve(&state, req, health::handle))).await
 }

@@ -5,8 +5,5 @@ use shared::{handlers::trading, http::serve, AppState, Need};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let state = AppState::from_env(&[Need::JwtKeys, Need::EncryptionKeys]).await?;
-    run(service_fn(|req: Request| {
-        serve(&state, req, trading::submit_order)
-    }))
-    .await
+    run(service_fn(|req: Request| serve(&state, req, trading::submit_order))).await
 }

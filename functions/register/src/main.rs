@@ -6,8 +6,5 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let state = AppState::from_env(&[Need::Redis, Need::JwtKeys]).await?;
     shared::auth::password::warm();
-    run(service_fn(|req: Request| {
-        serve(&state, req, auth::register)
-    }))
-    .await
+    run(service_fn(|req: Request| serve(&state, req, auth::register))).await
 }

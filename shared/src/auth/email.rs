@@ -10,24 +10,14 @@ impl EmailAddress {
     /// Trims, lowercases the domain and checks the shape (RFC 5321 lengths, a dotted domain of
     /// letters, digits and hyphens, no spaces or control characters in the local part).
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let invalid = || ApiError::BadRequest {
-            code: "invalid_email",
-            detail: "the email address is not valid".into(),
-        };
+        let invalid = || ApiError::BadRequest { code: "invalid_email", detail: "the email address is not valid".into() };
         let trimmed = raw.trim();
         let (local, domain) = trimmed.rsplit_once('@').ok_or_else(invalid)?;
         if local.is_empty() || local.len() > 64 || trimmed.len() > 254 {
             return Err(invalid());
         }
-        if local.chars().any(|c| {
-            c.is_whitespace()
-                || c.is_control()
-                || c == '@'
-                || c == '"'
-                || c == ','
-                || c == '<'
-                || c == '>'
-        }) || local.starts_with('.')
+        if local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '"' || c == ',' || c == '<' || c == '>')
+            || local.starts_with('.')
             || local.ends_with('.')
             || local.contains("..")
         {
@@ -44,9 +34,7 @@ impl EmailAddress {
         };
         if labels.len() < 2
             || !labels.iter().all(label_ok)
-            || labels
-                .last()
-                .is_some_and(|tld| tld.len() < 2 || tld.chars().all(|c| c.is_ascii_digit()))
+            || labels.last().is_some_and(|tld| tld.len() < 2 || tld.chars().all(|c| c.is_ascii_digit()))
         {
             return Err(invalid());
         }
@@ -78,12 +66,7 @@ mod tests {
 
     #[test]
     fn addresses_are_trimmed_and_their_domain_lowercased() {
-        assert_eq!(
-            EmailAddress::parse("  Alice.Smith@Example.COM ")
-                .unwrap()
-                .as_str(),
-            "Alice.Smith@example.com"
-        );
+        assert_eq!(EmailAddress::parse("  Alice.Smith@Example.COM ").unwrap().as_str(), "Alice.Smith@example.com");
     }
 
     #[test]
@@ -101,10 +84,7 @@ mod tests {
             ".a@example.com",
             "a..b@example.com",
         ] {
-            assert!(
-                EmailAddress::parse(bad).is_err(),
-                "{bad:?} should be refused"
-            );
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?} should be refused");
         }
         let long_local = format!("{}@example.com", "a".repeat(65));
         assert!(EmailAddress::parse(&long_local).is_err());

@@ -125,18 +125,9 @@ pub struct Limits {
 
 impl Limits {
     /// Only the per-address limit, for routes with no counter of their own.
-    pub async fn check_ip(
-        &self,
-        redis: &ConnectionManager,
-        route: &str,
-        ip: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn check_ip(&self, redis: &ConnectionManager, route: &str, ip: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        let (tag, value): Outcome = IP_ONLY
-            .key(ip_key(route, ip))
-            .arg(self.ip_per_minute)
-            .invoke_async(&mut conn)
-            .await?;
+        let (tag, value): Outcome = IP_ONLY.key(ip_key(route, ip)).arg(self.ip_per_minute).invoke_async(&mut conn).await?;
         match tag.as_str() {
             "ok" => Ok(()),
             _ => Err(ip_limited(&value)),
@@ -144,12 +135,7 @@ impl Limits {
     }
 
     /// Takes a login ticket for `email`: refused with 429 while the account is locked.
-    pub async fn login_attempt(
-        &self,
-        redis: &ConnectionManager,
-        ip: &str,
-        email: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn login_attempt(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         let (tag, value): Outcome = LOGIN
             .key(ip_key("login", ip))
@@ -172,27 +158,14 @@ impl Limits {
         }
     }
 
-    pub async fn login_succeeded(
-        &self,
-        redis: &ConnectionManager,
-        email: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn login_succeeded(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        redis::cmd("DEL")
-            .arg(lockout_key(email))
-            .query_async::<()>(&mut conn)
-            .await?;
+        redis::cmd("DEL").arg(lockout_key(email)).query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
     /// Consumes the pending code if `code_hash` matches; the user id it was issued for.
-    pub async fn consume_code(
-        &self,
-        redis: &ConnectionManager,
-        ip: &str,
-        email: &str,
-        code_hash: &str,
-    ) -> Result<String, ApiError> {
+    pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, code_hash: &str) -> Result<String, ApiError> {
         let mut conn = redis.clone();
         let (tag, value): Outcome = VERIFY
             .key(ip_key("verify", ip))
@@ -203,25 +176,14 @@ impl Limits {
             .invoke_async(&mut conn)
             .await?;
         match (tag.as_str(), value) {
-            ("ok", redis::Value::BulkString(user_id)) => {
-                String::from_utf8(user_id).map_err(|e| ApiError::internal("code owner", e))
-            }
+            ("ok", redis::Value::BulkString(user_id)) => String::from_utf8(user_id).map_err(|e| ApiError::internal("code owner", e)),
             ("ip_limited", v) => Err(ip_limited(&v)),
-            _ => Err(ApiError::BadRequest {
-                code: "invalid_code",
-                detail: "the verification code is wrong or has expired".into(),
-            }),
+            _ => Err(ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() }),
         }
     }
 
     /// Reserves one verification mail for `email` (60 s apart, 5 an hour).
-    pub async fn reserve_send(
-        &self,
-        redis: &ConnectionManager,
-        ip: &str,
-        route: &str,
-        email: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn reserve_send(&self, redis: &ConnectionManager, ip: &str, route: &str, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         let (tag, value): Outcome = SEND_RESERVATION
             .key(ip_key(route, ip))
@@ -238,21 +200,9 @@ impl Limits {
         }
     }
 
-    pub async fn store_code(
-        &self,
-        redis: &ConnectionManager,
-        email: &str,
-        code_hash: &str,
-        user_id: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn store_code(&self, redis: &ConnectionManager, email: &str, code_hash: &str, user_id: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        STORE_CODE
-            .key(code_key(email))
-            .arg(code_hash)
-            .arg(user_id)
-            .arg(CODE_TTL_SECS)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
+        STORE_CODE.key(code_key(email)).arg(code_hash).arg(user_id).arg(CODE_TTL_SECS).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 }
@@ -266,8 +216,7 @@ pub fn new_code() -> String {
 /// HMAC-SHA256(pepper, email ":" code), hex: what Redis holds instead of the code.
 pub fn hash_code(pepper: &[u8], email: &str, code: &str) -> String {
     use hmac::{Hmac, Mac};
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(pepper)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(pepper).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(email.as_bytes());
     mac.update(b":");
     mac.update(code.trim().as_bytes());

@@ -28,10 +28,7 @@ pub fn common_password_count() -> usize {
 }
 
 fn weak(detail: &str) -> ApiError {
-    ApiError::BadRequest {
-        code: "weak_password",
-        detail: detail.to_owned(),
-    }
+    ApiError::BadRequest { code: "weak_password", detail: detail.to_owned() }
 }
 
 pub fn check_policy(password: &str, email: &str, username: Option<&str>) -> Result<(), ApiError> {
@@ -44,9 +41,7 @@ pub fn check_policy(password: &str, email: &str, username: Option<&str>) -> Resu
     }
     let lowered = password.to_lowercase();
     if common_passwords().contains(lowered.as_str()) {
-        return Err(weak(
-            "the password is among the most commonly used passwords",
-        ));
+        return Err(weak("the password is among the most commonly used passwords"));
     }
     let local_part = email.split('@').next().unwrap_or("");
     if lowered == email.to_lowercase() || lowered == local_part.to_lowercase() {
@@ -66,9 +61,7 @@ pub fn argon2() -> Argon2<'static> {
 
 pub fn hash_blocking(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Ok(argon2()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(argon2().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 pub struct Verification {
@@ -79,25 +72,16 @@ pub struct Verification {
 
 pub fn verify_blocking(password: &str, phc: &str) -> Verification {
     let Ok(parsed) = PasswordHash::new(phc) else {
-        return Verification {
-            ok: false,
-            needs_rehash: false,
-        };
+        return Verification { ok: false, needs_rehash: false };
     };
-    let ok = argon2()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let ok = argon2().verify_password(password.as_bytes(), &parsed).is_ok();
     let current = argon2();
     let expected = current.params();
     let needs_rehash = ok
         && (parsed.algorithm.as_str() != "argon2id"
             || parsed.version != Some(Version::V0x13.into())
             || Params::try_from(&parsed)
-                .map(|p| {
-                    p.m_cost() != expected.m_cost()
-                        || p.t_cost() != expected.t_cost()
-                        || p.p_cost() != expected.p_cost()
-                })
+                .map(|p| p.m_cost() != expected.m_cost() || p.t_cost() != expected.t_cost() || p.p_cost() != expected.p_cost())
                 .unwrap_or(true));
     Verification { ok, needs_rehash }
 }
@@ -121,10 +105,7 @@ pub async fn verify(password: String, phc: Option<String>) -> Result<Verificatio
         Some(phc) => verify_blocking(&password, &phc),
         None => {
             let _ = verify_blocking(&password, dummy_hash());
-            Verification {
-                ok: false,
-                needs_rehash: false,
-            }
+            Verification { ok: false, needs_rehash: false }
         }
     })
     .await
@@ -137,43 +118,16 @@ mod tests {
 
     #[test]
     fn the_embedded_list_has_at_least_ten_thousand_entries() {
-        assert!(
-            common_password_count() >= 10_000,
-            "{}",
-            common_password_count()
-        );
+        assert!(common_password_count() >= 10_000, "{}", common_password_count());
     }
 
     #[test]
     fn common_short_and_self_referencing_passwords_are_refused() {
-        assert_eq!(
-            check_policy("short", "a@b.co", None).unwrap_err().code(),
-            "weak_password"
-        );
-        assert_eq!(
-            check_policy("password123", "a@b.co", None)
-                .unwrap_err()
-                .code(),
-            "weak_password"
-        );
-        assert_eq!(
-            check_policy("Alice@Example.com", "alice@example.com", None)
-                .unwrap_err()
-                .code(),
-            "weak_password"
-        );
-        assert_eq!(
-            check_policy("captainzebra", "a@b.co", Some("CaptainZebra"))
-                .unwrap_err()
-                .code(),
-            "weak_password"
-        );
-        assert_eq!(
-            check_policy(&"x".repeat(129), "a@b.co", None)
-                .unwrap_err()
-                .code(),
-            "weak_password"
-        );
+        assert_eq!(check_policy("short", "a@b.co", None).unwrap_err().code(), "weak_password");
+        assert_eq!(check_policy("password123", "a@b.co", None).unwrap_err().code(), "weak_password");
+        assert_eq!(check_policy("Alice@Example.com", "alice@example.com", None).unwrap_err().code(), "weak_password");
+        assert_eq!(check_policy("captainzebra", "a@b.co", Some("CaptainZebra")).unwrap_err().code(), "weak_password");
+        assert_eq!(check_policy(&"x".repeat(129), "a@b.co", None).unwrap_err().code(), "weak_password");
         assert!(check_policy("correct horse battery staple", "a@b.co", Some("alice")).is_ok());
     }
 
@@ -188,16 +142,9 @@ mod tests {
 
     #[test]
     fn a_hash_made_with_weaker_parameters_asks_for_a_rehash() {
-        let weak = Argon2::new(
-            Algorithm::Argon2id,
-            Version::V0x13,
-            Params::new(4096, 1, 1, None).unwrap(),
-        );
+        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(4096, 1, 1, None).unwrap());
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let phc = weak
-            .hash_password(b"correct horse battery staple", &salt)
-            .unwrap()
-            .to_string();
+        let phc = weak.hash_password(b"correct horse battery staple", &salt).unwrap().to_string();
         let v = verify_blocking("correct horse battery staple", &phc);
         assert!(v.ok && v.needs_rehash);
     }

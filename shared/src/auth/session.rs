@@ -24,14 +24,9 @@ impl Caller {
 /// reads the user's data anyway (no extra round trip).
 pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     let token = bearer_token(req).ok_or_else(ApiError::invalid_token)?;
-    let keys = state
-        .jwt_keys
-        .get()
-        .await
-        .map_err(|e| ApiError::internal("loading JWT keys", e))?;
-    let claims: AccessClaims = keys
-        .verify(token, &state.config.jwt_issuer, &state.config.jwt_audience)
-        .map_err(|_| ApiError::invalid_token())?;
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let claims: AccessClaims =
+        keys.verify(token, &state.config.jwt_issuer, &state.config.jwt_audience).map_err(|_| ApiError::invalid_token())?;
     let issued_at_ms = uuid::Uuid::parse_str(&claims.jti)
         .ok()
         .and_then(|id| id.get_timestamp())
@@ -40,8 +35,5 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, Api
             secs as i64 * 1000 + i64::from(nanos / 1_000_000)
         })
         .unwrap_or(claims.iat * 1000);
-    Ok(Caller {
-        user_id: claims.sub,
-        issued_at_ms,
-    })
+    Ok(Caller { user_id: claims.sub, issued_at_ms })
 }

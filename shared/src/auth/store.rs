@@ -46,12 +46,7 @@ fn put(table: &str, item: Item, condition: &str) -> Result<TransactWriteItem, Ap
 impl UserStore<'_> {
     /// Creates the email record and the profile in one transaction; `Ok(false)` when the email is
     /// taken (nothing is written then).
-    pub async fn create(
-        &self,
-        email: &str,
-        creds: &Credentials,
-        profile: &Profile,
-    ) -> Result<bool, ApiError> {
+    pub async fn create(&self, email: &str, creds: &Credentials, profile: &Profile) -> Result<bool, ApiError> {
         let email_item = keys::with_key(to_item(creds)?, keys::email(email));
         let profile_item = keys::with_key(to_item(profile)?, keys::profile(&profile.id));
         let result = self
@@ -122,12 +117,7 @@ impl UserStore<'_> {
         }
     }
 
-    pub async fn update_password_hash(
-        &self,
-        email: &str,
-        user_id: &str,
-        hash: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn update_password_hash(&self, email: &str, user_id: &str, hash: &str) -> Result<(), ApiError> {
         self.client
             .update_item()
             .table_name(self.table)
@@ -139,9 +129,7 @@ impl UserStore<'_> {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                dynamo::write_error(e, ApiError::conflict("conflict", "the account changed"))
-            })
+            .map_err(|e| dynamo::write_error(e, ApiError::conflict("conflict", "the account changed")))
     }
 
     pub async fn revoke_all_sessions(&self, user_id: &str, now_ms: i64) -> Result<(), ApiError> {
@@ -186,14 +174,9 @@ impl RefreshToken {
 
     pub fn parse(raw: &str) -> Option<Self> {
         let mut parts = raw.split('.');
-        let (Some("rt1"), Some(user_id), Some(family_id), Some(created), Some(secret), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some("rt1"), Some(user_id), Some(family_id), Some(created), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return None;
         };
         if user_id.is_empty() || family_id.is_empty() || secret.len() != 43 {
@@ -261,10 +244,7 @@ impl RefreshStore<'_> {
             expires_at: token.expires_at(),
             used_at_ms: None,
         };
-        keys::with_key(
-            serde_dynamo::to_item(&stored).unwrap_or_default(),
-            keys::refresh_token(&token.hash()),
-        )
+        keys::with_key(serde_dynamo::to_item(&stored).unwrap_or_default(), keys::refresh_token(&token.hash()))
     }
 
     /// The family must be live and the user must not have logged out everywhere since it began.
@@ -284,12 +264,7 @@ impl RefreshStore<'_> {
             .expression_attribute_values(":created", n(token.family_created_ms))
             .build()
             .map_err(|e| ApiError::internal("building check", e))?;
-        Ok([
-            TransactWriteItem::builder().condition_check(family).build(),
-            TransactWriteItem::builder()
-                .condition_check(profile)
-                .build(),
-        ])
+        Ok([TransactWriteItem::builder().condition_check(family).build(), TransactWriteItem::builder().condition_check(profile).build()])
     }
 
     /// A new family with its first token, in one transaction.
@@ -305,11 +280,7 @@ impl RefreshStore<'_> {
         self.client
             .transact_write_items()
             .transact_items(put(self.table, family_item, "attribute_not_exists(PK)")?)
-            .transact_items(put(
-                self.table,
-                Self::token_item(token),
-                "attribute_not_exists(PK)",
-            )?)
+            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
             .send()
             .await
             .map(|_| ())
@@ -317,19 +288,12 @@ impl RefreshStore<'_> {
     }
 
     /// Marks `old` used and stores `new` in the same family, in one transaction.
-    pub async fn rotate(
-        &self,
-        old: &RefreshToken,
-        new: &RefreshToken,
-        now_ms: i64,
-    ) -> Result<RotateOutcome, ApiError> {
+    pub async fn rotate(&self, old: &RefreshToken, new: &RefreshToken, now_ms: i64) -> Result<RotateOutcome, ApiError> {
         let spend = Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::refresh_token(&old.hash())))
             .update_expression("SET used_at_ms = :now")
-            .condition_expression(
-                "attribute_exists(PK) AND attribute_not_exists(used_at_ms) AND expires_at > :now_s",
-            )
+            .condition_expression("attribute_exists(PK) AND attribute_not_exists(used_at_ms) AND expires_at > :now_s")
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":now_s", n(now_ms / 1000))
             .build()
@@ -339,11 +303,7 @@ impl RefreshStore<'_> {
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(spend).build())
-            .transact_items(put(
-                self.table,
-                Self::token_item(new),
-                "attribute_not_exists(PK)",
-            )?)
+            .transact_items(put(self.table, Self::token_item(new), "attribute_not_exists(PK)")?)
             .transact_items(family_check)
             .transact_items(profile_check)
             .send()
@@ -355,9 +315,7 @@ impl RefreshStore<'_> {
                 if failed.is_empty() {
                     return Err(db_error(e));
                 }
-                if failed.get(2).copied().unwrap_or(false)
-                    || failed.get(3).copied().unwrap_or(false)
-                {
+                if failed.get(2).copied().unwrap_or(false) || failed.get(3).copied().unwrap_or(false) {
                     Ok(RotateOutcome::FamilyRevoked)
                 } else {
                     Ok(RotateOutcome::TokenSpent)
@@ -372,11 +330,7 @@ impl RefreshStore<'_> {
         let result = self
             .client
             .transact_write_items()
-            .transact_items(put(
-                self.table,
-                Self::token_item(token),
-                "attribute_not_exists(PK)",
-            )?)
+            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
             .transact_items(family_check)
             .transact_items(profile_check)
             .send()
@@ -388,10 +342,7 @@ impl RefreshStore<'_> {
         }
     }
 
-    pub async fn token(
-        &self,
-        token: &RefreshToken,
-    ) -> Result<Option<StoredRefreshToken>, ApiError> {
+    pub async fn token(&self, token: &RefreshToken) -> Result<Option<StoredRefreshToken>, ApiError> {
         let out = self
             .client
             .get_item()
@@ -417,19 +368,12 @@ impl RefreshStore<'_> {
         out.item.map(from_item).transpose()
     }
 
-    pub async fn revoke_family(
-        &self,
-        family_id: &str,
-        user_id: &str,
-        reason: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn revoke_family(&self, family_id: &str, user_id: &str, reason: &str) -> Result<(), ApiError> {
         self.client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::refresh_family(family_id)))
-            .update_expression(
-                "SET revoked = :t, revoked_reason = if_not_exists(revoked_reason, :r)",
-            )
+            .update_expression("SET revoked = :t, revoked_reason = if_not_exists(revoked_reason, :r)")
             .condition_expression("user_id = :uid")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":r", s(reason))

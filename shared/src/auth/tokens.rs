@@ -51,20 +51,13 @@ struct KeySetSecret {
 
 /// Parses `{"keys":[{"kid","private_key_pem","created_at"}]}`: Ed25519 PKCS#8 keys.
 pub fn parse_jwt_keys(text: &str, production: bool) -> Result<JwtKeys, String> {
-    let set: KeySetSecret = serde_json::from_str(text)
-        .map_err(|e| format!("expected {{\"keys\":[…]}}: {}", json_shape_error(&e)))?;
+    let set: KeySetSecret = serde_json::from_str(text).map_err(|e| format!("expected {{\"keys\":[…]}}: {}", json_shape_error(&e)))?;
     let code_pepper = match &set.code_pepper {
         Some(p) if p.expose().len() >= 32 => p.expose().as_bytes().to_vec(),
-        _ if production => {
-            return Err("production requires a code_pepper of at least 32 characters".into())
-        }
+        _ if production => return Err("production requires a code_pepper of at least 32 characters".into()),
         _ => b"local-development-pepper".to_vec(),
     };
-    let newest = set
-        .keys
-        .iter()
-        .max_by_key(|k| k.created_at)
-        .ok_or("the key set is empty")?;
+    let newest = set.keys.iter().max_by_key(|k| k.created_at).ok_or("the key set is empty")?;
     let mut decoding = HashMap::new();
     let mut jwks = Vec::new();
     let mut encoding = None;
@@ -75,18 +68,10 @@ pub fn parse_jwt_keys(text: &str, production: bool) -> Result<JwtKeys, String> {
         let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(entry.private_key_pem.expose())
             .map_err(|_| format!("key {} is not an Ed25519 PKCS#8 PEM private key", entry.kid))?;
         let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
-        decoding.insert(
-            entry.kid.clone(),
-            DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
-        );
+        decoding.insert(entry.kid.clone(), DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?);
         jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": entry.kid, "x": x}));
         if entry.kid == newest.kid {
-            encoding = Some(EncodingKey::from_ed_der(
-                signing
-                    .to_pkcs8_der()
-                    .map_err(|e| e.to_string())?
-                    .as_bytes(),
-            ));
+            encoding = Some(EncodingKey::from_ed_der(signing.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes()));
         }
     }
     Ok(JwtKeys {
@@ -120,34 +105,23 @@ impl JwtKeys {
 
     /// Verifies with the algorithm pinned to EdDSA, the key chosen by `kid` among ours only, and
     /// `typ`, `iss`, `aud` and `exp` required.
-    pub fn verify(
-        &self,
-        token: &str,
-        issuer: &str,
-        audience: &str,
-    ) -> Result<AccessClaims, InvalidToken> {
+    pub fn verify(&self, token: &str, issuer: &str, audience: &str) -> Result<AccessClaims, InvalidToken> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken)?;
         if header.alg != Algorithm::EdDSA {
             return Err(InvalidToken);
         }
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt")
-        });
+        let typ_ok =
+            header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
         if !typ_ok {
             return Err(InvalidToken);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.decoding.get(kid))
-            .ok_or(InvalidToken)?;
+        let key = header.kid.as_deref().and_then(|kid| self.decoding.get(kid)).ok_or(InvalidToken)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = LEEWAY_SECS;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)
-            .map_err(|_| InvalidToken)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation).map_err(|_| InvalidToken)?;
         if data.claims.iat > chrono::Utc::now().timestamp() + LEEWAY_SECS as i64 {
             return Err(InvalidToken);
         }
@@ -156,18 +130,12 @@ impl JwtKeys {
 }
 
 /// A fresh Ed25519 key entry for the JWT secret (local stack, tests and the rotation script).
-pub fn generate_key_entry(
-    kid: &str,
-    created_at: chrono::DateTime<chrono::Utc>,
-) -> serde_json::Value {
+pub fn generate_key_entry(kid: &str, created_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
     use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let pem = key.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string()).unwrap_or_default();
     serde_json::json!({"kid": kid, "private_key_pem": pem, "created_at": created_at.to_rfc3339()})
 }
 
@@ -185,14 +153,7 @@ mod tests {
 
     fn claims(exp_in: i64) -> AccessClaims {
         let now = Utc::now().timestamp();
-        AccessClaims {
-            iss: ISS.into(),
-            aud: AUD.into(),
-            sub: "user-1".into(),
-            exp: now + exp_in,
-            iat: now,
-            jti: "j".into(),
-        }
+        AccessClaims { iss: ISS.into(), aud: AUD.into(), sub: "user-1".into(), exp: now + exp_in, iat: now, jti: "j".into() }
     }
 
     #[test]
@@ -223,16 +184,9 @@ mod tests {
         let token = keys.sign(&claims(900)).unwrap();
         assert_eq!(keys.verify(&token, "https://other", AUD), Err(InvalidToken));
         assert_eq!(keys.verify(&token, ISS, "other"), Err(InvalidToken));
-        assert_eq!(
-            keys.verify(&keys.sign(&claims(-120)).unwrap(), ISS, AUD),
-            Err(InvalidToken)
-        );
+        assert_eq!(keys.verify(&keys.sign(&claims(-120)).unwrap(), ISS, AUD), Err(InvalidToken));
         let stranger = keyset(&[generate_key_entry("k1", Utc::now())]);
-        assert_eq!(
-            stranger.verify(&token, ISS, AUD),
-            Err(InvalidToken),
-            "same kid, different key"
-        );
+        assert_eq!(stranger.verify(&token, ISS, AUD), Err(InvalidToken), "same kid, different key");
     }
 
     #[test]
@@ -240,11 +194,7 @@ mod tests {
         let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
         let b64 = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
         let body = b64(serde_json::to_value(claims(900)).unwrap());
-        let none = format!(
-            "{}.{}.",
-            b64(serde_json::json!({"alg":"none","typ":"at+jwt","kid":"k1"})),
-            body
-        );
+        let none = format!("{}.{}.", b64(serde_json::json!({"alg":"none","typ":"at+jwt","kid":"k1"})), body);
         assert_eq!(keys.verify(&none, ISS, AUD), Err(InvalidToken));
 
         let x = keys.jwks()["keys"][0]["x"].as_str().unwrap();
@@ -252,9 +202,7 @@ mod tests {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
         header.typ = Some("at+jwt".into());
-        let forged =
-            jsonwebtoken::encode(&header, &claims(900), &EncodingKey::from_secret(&public))
-                .unwrap();
+        let forged = jsonwebtoken::encode(&header, &claims(900), &EncodingKey::from_secret(&public)).unwrap();
         assert_eq!(keys.verify(&forged, ISS, AUD), Err(InvalidToken));
     }
 

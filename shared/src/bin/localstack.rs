@@ -9,10 +9,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::from_env()?;
     let sdk = shared::aws::sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let trading = shared::trading::store::TradingStore {
-        client: &dynamo,
-        table: &config.table_name,
-    };
+    let trading = shared::trading::store::TradingStore { client: &dynamo, table: &config.table_name };
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["create-table"] => {
             let template = std::fs::read_to_string("template.yaml")?;
@@ -40,7 +37,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             println!("kill switch {state}");
         }
         other => {
-            return Err(format!("unknown command {other:?}; try create-table, seed-secrets, set-price SYMBOL PRICE, kill-switch on|off").into())
+            return Err(
+                format!("unknown command {other:?}; try create-table, seed-secrets, set-price SYMBOL PRICE, kill-switch on|off").into()
+            )
         }
     }
     Ok(())

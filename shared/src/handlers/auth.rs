@@ -4,9 +4,7 @@ use crate::auth::email::EmailAddress;
 use crate::auth::limits::{hash_code, new_code, Limits};
 use crate::auth::password;
 use crate::auth::session::authenticate;
-use crate::auth::store::{
-    Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore,
-};
+use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore};
 use crate::auth::tokens::AccessClaims;
 use crate::error::ApiError;
 use crate::http::{empty_response, json_response, parse_json, RequestContext};
@@ -19,31 +17,20 @@ use serde::{Deserialize, Serialize};
 type HandlerResult = Result<Response<Body>, ApiError>;
 
 fn users(state: &AppState) -> UserStore<'_> {
-    UserStore {
-        client: &state.dynamo,
-        table: &state.config.table_name,
-    }
+    UserStore { client: &state.dynamo, table: &state.config.table_name }
 }
 fn refresh_store(state: &AppState) -> RefreshStore<'_> {
-    RefreshStore {
-        client: &state.dynamo,
-        table: &state.config.table_name,
-    }
+    RefreshStore { client: &state.dynamo, table: &state.config.table_name }
 }
 fn limits(state: &AppState) -> Limits {
-    Limits {
-        ip_per_minute: state.config.ip_rate_limit_per_minute,
-    }
+    Limits { ip_per_minute: state.config.ip_rate_limit_per_minute }
 }
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 fn verification_required() -> HandlerResult {
-    json_response(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({"status": "verification_required"}),
-    )
+    json_response(StatusCode::ACCEPTED, &serde_json::json!({"status": "verification_required"}))
 }
 
 /// Mail failures are logged, never shown: the answer must not depend on whether the address exists.
@@ -54,32 +41,12 @@ async fn send_mail(state: &AppState, email: Email) {
 }
 
 async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str) -> Result<(), ApiError> {
-    let keys = state
-        .jwt_keys
-        .get()
-        .await
-        .map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let code = new_code();
-    limits(state)
-        .store_code(
-            &state.redis,
-            email.as_str(),
-            &hash_code(keys.code_pepper.expose(), email.as_str(), &code),
-            user_id,
-        )
-        .await?;
+    limits(state).store_code(&state.redis, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), &code), user_id).await?;
     let body = format!("Your verification code is {code}. It expires in 15 minutes. If you did not ask for it, ignore this mail.");
     let code = state.config.is_local().then_some(code);
-    send_mail(
-        state,
-        Email {
-            to: email.to_string(),
-            subject: "Your verification code".into(),
-            body,
-            code,
-        },
-    )
-    .await;
+    send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code }).await;
     Ok(())
 }
 
@@ -95,10 +62,7 @@ fn validate_username(username: Option<String>) -> Result<Option<String>, ApiErro
     let Some(name) = username.map(|u| u.trim().to_owned()) else {
         return Ok(None);
     };
-    let ok = (3..=32).contains(&name.chars().count())
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.');
+    let ok = (3..=32).contains(&name.chars().count()) && name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.');
     if !ok {
         return Err(ApiError::BadRequest {
             code: "invalid_username",
@@ -113,54 +77,22 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     let email = EmailAddress::parse(&body.email)?;
     let username = validate_username(body.username)?;
     password::check_policy(&body.password, email.as_str(), username.as_deref())?;
-    limits(state)
-        .check_ip(&state.redis, "register", &ctx.source_ip)
-        .await?;
+    limits(state).check_ip(&state.redis, "register", &ctx.source_ip).await?;
 
     let user_id = uuid::Uuid::new_v4().to_string();
     let password_hash = password::hash(body.password).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let creds = Credentials {
-        user_id: user_id.clone(),
-        password_hash,
-        email_verified: false,
-    };
-    let profile = Profile {
-        id: user_id.clone(),
-        email: email.to_string(),
-        username,
-        email_verified: false,
-        created_at,
-        revoked_before_ms: None,
-    };
-    if users(state)
-        .create(email.as_str(), &creds, &profile)
-        .await?
-    {
+    let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false };
+    let profile =
+        Profile { id: user_id.clone(), email: email.to_string(), username, email_verified: false, created_at, revoked_before_ms: None };
+    if users(state).create(email.as_str(), &creds, &profile).await? {
         // The registration counts as the first send of the resend limits.
-        limits(state)
-            .reserve_send(
-                &state.redis,
-                &ctx.source_ip,
-                "register-send",
-                email.as_str(),
-            )
-            .await
-            .ok();
+        limits(state).reserve_send(&state.redis, &ctx.source_ip, "register-send", email.as_str()).await.ok();
         send_code(state, &email, &user_id).await?;
     } else {
         // Same answer as a new account; the owner hears about it instead of the caller.
         let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
-        send_mail(
-            state,
-            Email {
-                to: email.to_string(),
-                subject: "Registration attempt".into(),
-                body,
-                code: None,
-            },
-        )
-        .await;
+        send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None }).await;
     }
     verification_required()
 }
@@ -176,28 +108,14 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let body: VerifyRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let code = body.verification_code.trim();
-    let invalid = || ApiError::BadRequest {
-        code: "invalid_code",
-        detail: "the verification code is wrong or has expired".into(),
-    };
+    let invalid = || ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() };
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        limits(state)
-            .check_ip(&state.redis, "verify", &ctx.source_ip)
-            .await?;
+        limits(state).check_ip(&state.redis, "verify", &ctx.source_ip).await?;
         return Err(invalid());
     }
-    let keys = state
-        .jwt_keys
-        .get()
-        .await
-        .map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let user_id = limits(state)
-        .consume_code(
-            &state.redis,
-            &ctx.source_ip,
-            email.as_str(),
-            &hash_code(keys.code_pepper.expose(), email.as_str(), code),
-        )
+        .consume_code(&state.redis, &ctx.source_ip, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), code))
         .await?;
     if !users(state).mark_verified(email.as_str(), &user_id).await? {
         return Err(invalid());
@@ -215,9 +133,7 @@ pub async fn resend(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let body: ResendRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     // Limits apply whether or not the address has an account, so they reveal nothing.
-    limits(state)
-        .reserve_send(&state.redis, &ctx.source_ip, "resend", email.as_str())
-        .await?;
+    limits(state).reserve_send(&state.redis, &ctx.source_ip, "resend", email.as_str()).await?;
     if let Some(creds) = users(state).credentials(email.as_str()).await? {
         if !creds.email_verified {
             send_code(state, &email, &creds.user_id).await?;
@@ -242,18 +158,11 @@ struct TokenResponse {
 }
 
 fn invalid_credentials() -> ApiError {
-    ApiError::Unauthorized {
-        code: "invalid_credentials",
-        detail: "the email or password is wrong",
-    }
+    ApiError::Unauthorized { code: "invalid_credentials", detail: "the email or password is wrong" }
 }
 
 async fn token_response(state: &AppState, user_id: &str, refresh: &RefreshToken) -> HandlerResult {
-    let keys = state
-        .jwt_keys
-        .get()
-        .await
-        .map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     let now = chrono::Utc::now().timestamp();
     let ttl = state.config.access_token_ttl.as_secs();
     let claims = AccessClaims {
@@ -264,21 +173,12 @@ async fn token_response(state: &AppState, user_id: &str, refresh: &RefreshToken)
         iat: now,
         jti: uuid::Uuid::now_v7().to_string(),
     };
-    let access_token = keys
-        .sign(&claims)
-        .map_err(|e| ApiError::internal("signing access token", e))?;
+    let access_token = keys.sign(&claims).map_err(|e| ApiError::internal("signing access token", e))?;
     let mut response = json_response(
         StatusCode::OK,
-        &TokenResponse {
-            access_token,
-            refresh_token: refresh.expose().to_owned(),
-            token_type: "Bearer",
-            expires_in: ttl,
-        },
+        &TokenResponse { access_token, refresh_token: refresh.expose().to_owned(), token_type: "Bearer", expires_in: ttl },
     )?;
-    response
-        .headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(response)
 }
 
@@ -289,32 +189,21 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         return Err(invalid_credentials());
     }
     let limits = limits(state);
-    limits
-        .login_attempt(&state.redis, &ctx.source_ip, email.as_str())
-        .await?;
+    limits.login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
     let creds = users(state).credentials(email.as_str()).await?;
-    let verification = password::verify(
-        body.password.clone(),
-        creds.as_ref().map(|c| c.password_hash.clone()),
-    )
-    .await?;
+    let verification = password::verify(body.password.clone(), creds.as_ref().map(|c| c.password_hash.clone())).await?;
     let Some(creds) = creds.filter(|_| verification.ok) else {
         return Err(invalid_credentials());
     };
     limits.login_succeeded(&state.redis, email.as_str()).await?;
     if !creds.email_verified {
-        return Err(ApiError::Forbidden {
-            code: "email_not_verified",
-            detail: "verify your email address before signing in",
-        });
+        return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
     let refresh = RefreshToken::issue(&creds.user_id, &uuid::Uuid::new_v4().to_string(), now_ms());
     let rehash = async {
         if verification.needs_rehash {
             let hash = password::hash(body.password).await?;
-            users(state)
-                .update_password_hash(email.as_str(), &creds.user_id, &hash)
-                .await?;
+            users(state).update_password_hash(email.as_str(), &creds.user_id, &hash).await?;
         }
         Ok::<_, ApiError>(())
     };
@@ -322,10 +211,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     let (started, rehashed) = tokio::join!(store.start_family(&refresh), rehash);
     started?;
     if let Err(e) = rehashed {
-        tracing::warn!(
-            code = e.code(),
-            "password rehash failed; will retry on the next login"
-        );
+        tracing::warn!(code = e.code(), "password rehash failed; will retry on the next login");
     }
     token_response(state, &creds.user_id, &refresh).await
 }
@@ -337,10 +223,7 @@ struct RefreshRequest {
 }
 
 fn invalid_refresh_token() -> ApiError {
-    ApiError::Unauthorized {
-        code: "invalid_refresh_token",
-        detail: "the refresh token is unknown, expired or revoked",
-    }
+    ApiError::Unauthorized { code: "invalid_refresh_token", detail: "the refresh token is unknown, expired or revoked" }
 }
 fn refresh_token_reused() -> ApiError {
     ApiError::Unauthorized {
@@ -360,9 +243,7 @@ async fn revoked_family_error(state: &AppState, family_id: &str) -> Result<ApiEr
 
 pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let body: RefreshRequest = parse_json(&req)?;
-    limits(state)
-        .check_ip(&state.redis, "refresh", &ctx.source_ip)
-        .await?;
+    limits(state).check_ip(&state.redis, "refresh", &ctx.source_ip).await?;
     let old = RefreshToken::parse(&body.refresh_token).ok_or_else(invalid_refresh_token)?;
     let store = refresh_store(state);
     let now = now_ms();
@@ -371,11 +252,8 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
         RotateOutcome::Rotated => token_response(state, &old.user_id, &new).await,
         RotateOutcome::FamilyRevoked => Err(revoked_family_error(state, &old.family_id).await?),
         RotateOutcome::TokenSpent => {
-            let stored = store.token(&old).await?.filter(|t| {
-                t.user_id == old.user_id
-                    && t.family_id == old.family_id
-                    && t.expires_at > now / 1000
-            });
+            let stored =
+                store.token(&old).await?.filter(|t| t.user_id == old.user_id && t.family_id == old.family_id && t.expires_at > now / 1000);
             let Some(stored) = stored else {
                 return Err(invalid_refresh_token());
             };
@@ -388,9 +266,7 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
                 return Err(revoked_family_error(state, &old.family_id).await?);
             }
             tracing::warn!(family_id = %old.family_id, "refresh token reuse detected; revoking the family");
-            store
-                .revoke_family(&old.family_id, &old.user_id, "reuse")
-                .await?;
+            store.revoke_family(&old.family_id, &old.user_id, "reuse").await?;
             Err(refresh_token_reused())
         }
     }
@@ -414,35 +290,23 @@ struct LogoutRequest {
 
 pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let body: LogoutRequest = parse_json(&req)?;
-    limits(state)
-        .check_ip(&state.redis, "logout", &ctx.source_ip)
-        .await?;
+    limits(state).check_ip(&state.redis, "logout", &ctx.source_ip).await?;
     let token = RefreshToken::parse(&body.refresh_token).ok_or_else(invalid_refresh_token)?;
     let store = refresh_store(state);
-    let known = store
-        .token(&token)
-        .await?
-        .is_some_and(|t| t.user_id == token.user_id && t.family_id == token.family_id);
+    let known = store.token(&token).await?.is_some_and(|t| t.user_id == token.user_id && t.family_id == token.family_id);
     if !known {
         return Err(invalid_refresh_token());
     }
-    store
-        .revoke_family(&token.family_id, &token.user_id, "logout")
-        .await?;
+    store.revoke_family(&token.family_id, &token.user_id, "logout").await?;
     if body.scope == LogoutScope::Global {
-        users(state)
-            .revoke_all_sessions(&token.user_id, now_ms())
-            .await?;
+        users(state).revoke_all_sessions(&token.user_id, now_ms()).await?;
     }
     empty_response(StatusCode::NO_CONTENT)
 }
 
 pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = authenticate(state, &req).await?;
-    let profile = users(state)
-        .profile(&caller.user_id)
-        .await?
-        .ok_or_else(ApiError::invalid_token)?;
+    let profile = users(state).profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
     if caller.revoked_by(profile.revoked_before_ms) {
         return Err(ApiError::invalid_token());
     }
@@ -459,16 +323,9 @@ pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> Handler
 }
 
 pub async fn jwks(state: &AppState, _req: Request, _ctx: RequestContext) -> HandlerResult {
-    let keys = state
-        .jwt_keys
-        .get()
-        .await
-        .map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     let mut response = json_response(StatusCode::OK, keys.jwks())?;
     // Public keys: let verifiers cache them for a while (less than the secret TTL + token life).
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     Ok(response)
 }

@@ -45,29 +45,15 @@ pub async fn probe_dynamodb(state: &AppState) -> bool {
 
 pub async fn probe_redis(state: &AppState) -> bool {
     let mut conn = state.redis.clone();
-    probe("redis", async move {
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-    })
-    .await
+    probe("redis", async move { redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()) }).await
 }
 
 pub async fn probe_secrets(state: &AppState) -> bool {
     probe("secrets", async { state.jwt_keys.get().await.map(|_| ()) }).await
 }
 
-pub async fn handle(
-    state: &AppState,
-    _req: Request,
-    _ctx: RequestContext,
-) -> Result<Response<Body>, ApiError> {
-    let (dynamodb, redis, secrets) = tokio::join!(
-        probe_dynamodb(state),
-        probe_redis(state),
-        probe_secrets(state)
-    );
+pub async fn handle(state: &AppState, _req: Request, _ctx: RequestContext) -> Result<Response<Body>, ApiError> {
+    let (dynamodb, redis, secrets) = tokio::join!(probe_dynamodb(state), probe_redis(state), probe_secrets(state));
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let healthy = dynamodb && redis && secrets;
     let body = serde_json::json!({
@@ -76,12 +62,5 @@ pub async fn handle(
         "environment": state.config.app_env.as_str(),
         "checks": { "dynamodb": word(dynamodb), "redis": word(redis), "secrets": word(secrets) },
     });
-    json_response(
-        if healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        &body,
-    )
+    json_response(if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }

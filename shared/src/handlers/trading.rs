@@ -9,16 +9,11 @@ use crate::trading::contracts::contract;
 use crate::trading::exchange::{Exchange, OrderGuard};
 use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{
-    client_order_id, decimal_input, optional_decimal_input, ExchangeKind, OrderIntent, OrderStatus,
-    OrderType, Position, Side,
+    client_order_id, decimal_input, optional_decimal_input, ExchangeKind, OrderIntent, OrderStatus, OrderType, Position, Side,
 };
 use crate::trading::risk::{check_bot_config, check_order, OrderCheck};
-use crate::trading::service::{
-    close_position, exchange_error, exchange_for, session, store, ClosedPosition, Session,
-};
-use crate::trading::store::{
-    now_rfc3339, BotConfig, BotRecord, BotState, CredentialsRecord, UserSnapshot,
-};
+use crate::trading::service::{close_position, exchange_error, exchange_for, session, store, ClosedPosition, Session};
+use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, CredentialsRecord, UserSnapshot};
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use rust_decimal::Decimal;
@@ -35,17 +30,11 @@ fn halted() -> ApiError {
 }
 
 fn bot_running_conflict() -> ApiError {
-    ApiError::conflict(
-        "bot_running",
-        "stop the bot before changing exchange credentials",
-    )
+    ApiError::conflict("bot_running", "stop the bot before changing exchange credentials")
 }
 
 fn bot_is_active(snapshot: &UserSnapshot) -> bool {
-    snapshot
-        .bot
-        .as_ref()
-        .is_some_and(|b| b.state != BotState::Stopped)
+    snapshot.bot.as_ref().is_some_and(|b| b.state != BotState::Stopped)
 }
 
 // ---------------------------------------------------------------- credentials
@@ -61,25 +50,15 @@ struct CredentialsRequest {
     demo: bool,
 }
 
-pub async fn put_credentials(
-    state: &AppState,
-    req: Request,
-    _ctx: RequestContext,
-) -> HandlerResult {
+pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     let body: CredentialsRequest = parse_json(&req)?;
     if body.exchange != "bitget" {
-        return Err(ApiError::unprocessable(
-            "unsupported_exchange",
-            "only \"bitget\" is supported",
-        ));
+        return Err(ApiError::unprocessable("unsupported_exchange", "only \"bitget\" is supported"));
     }
-    let field_ok =
-        |v: &str| !v.trim().is_empty() && v.len() <= 256 && !v.chars().any(char::is_control);
+    let field_ok = |v: &str| !v.trim().is_empty() && v.len() <= 256 && !v.chars().any(char::is_control);
     if !field_ok(&body.api_key) || !field_ok(&body.api_secret) || !field_ok(&body.passphrase) {
-        return Err(ApiError::invalid_request(
-            "api_key, api_secret and passphrase must be non-empty and at most 256 characters",
-        ));
+        return Err(ApiError::invalid_request("api_key, api_secret and passphrase must be non-empty and at most 256 characters"));
     }
     if bot_is_active(&snapshot) {
         return Err(bot_running_conflict());
@@ -91,23 +70,11 @@ pub async fn put_credentials(
         demo: body.demo,
     };
     // One signed read proves the keys work and tells the position mode.
-    let position_mode = state
-        .bitget
-        .position_mode(&creds)
-        .await
-        .map_err(|e| match e {
-            crate::trading::exchange::ExchangeError::Unavailable(_)
-            | crate::trading::exchange::ExchangeError::CircuitOpen => exchange_error(e),
-            _ => ApiError::unprocessable(
-                "invalid_exchange_credentials",
-                "the exchange refused these credentials",
-            ),
-        })?;
-    let keys = state
-        .encryption_keys
-        .get()
-        .await
-        .map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let position_mode = state.bitget.position_mode(&creds).await.map_err(|e| match e {
+        crate::trading::exchange::ExchangeError::Unavailable(_) | crate::trading::exchange::ExchangeError::CircuitOpen => exchange_error(e),
+        _ => ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused these credentials"),
+    })?;
+    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let record = CredentialsRecord {
         exchange: ExchangeKind::Bitget,
         demo: creds.demo,
@@ -115,17 +82,11 @@ pub async fn put_credentials(
         position_mode,
         updated_at: now_rfc3339(),
     };
-    store(state)
-        .put_credentials(&caller.user_id, &record)
-        .await?;
+    store(state).put_credentials(&caller.user_id, &record).await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 
-pub async fn delete_credentials(
-    state: &AppState,
-    req: Request,
-    _ctx: RequestContext,
-) -> HandlerResult {
+pub async fn delete_credentials(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     if bot_is_active(&snapshot) {
         return Err(bot_running_conflict());
@@ -171,11 +132,7 @@ fn status_body(bot: Option<&BotRecord>, positions: &[Position]) -> serde_json::V
     })
 }
 
-async fn positions_of(
-    state: &AppState,
-    user_id: &str,
-    snapshot: &UserSnapshot,
-) -> Result<Vec<Position>, ApiError> {
+async fn positions_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<Vec<Position>, ApiError> {
     let exchange = exchange_for(state, user_id, snapshot, &[]).await?;
     exchange.positions().await.map_err(exchange_error)
 }
@@ -201,11 +158,7 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
     if halted_now {
         return Err(halted());
     }
-    let exchange_kind = if snapshot.credentials.is_some() {
-        ExchangeKind::Bitget
-    } else {
-        ExchangeKind::Paper
-    };
+    let exchange_kind = if snapshot.credentials.is_some() { ExchangeKind::Bitget } else { ExchangeKind::Paper };
     let mut current = snapshot.bot.clone();
     for _ in 0..3 {
         let (next, expected) = match &current {
@@ -214,16 +167,10 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
                 return json_response(StatusCode::OK, &status_body(Some(bot), &positions));
             }
             Some(bot) if bot.state == BotState::Running => {
-                return Err(ApiError::conflict(
-                    "bot_already_running",
-                    "the bot is running with other settings; stop it first",
-                ))
+                return Err(ApiError::conflict("bot_already_running", "the bot is running with other settings; stop it first"))
             }
             Some(bot) if bot.state == BotState::Stopping => {
-                return Err(ApiError::conflict(
-                    "bot_stopping",
-                    "the bot is still closing its positions; try again shortly",
-                ))
+                return Err(ApiError::conflict("bot_stopping", "the bot is still closing its positions; try again shortly"))
             }
             Some(bot) => (bot.version + 1, Some(bot.version)),
             None => (1, None),
@@ -244,29 +191,19 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
         // Someone else changed the bot meanwhile (another device): decide again on what is there now.
         current = store(state).bot(&caller.user_id).await?;
     }
-    Err(ApiError::conflict(
-        "conflict",
-        "the bot changed concurrently; try again",
-    ))
+    Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"))
 }
 
 pub async fn status(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     let positions = positions_of(state, &caller.user_id, &snapshot).await?;
-    json_response(
-        StatusCode::OK,
-        &status_body(snapshot.bot.as_ref(), &positions),
-    )
+    json_response(StatusCode::OK, &status_body(snapshot.bot.as_ref(), &positions))
 }
 
 /// Moves the bot to `stopping`, settles orders in flight, closes every open position with
 /// reduce-only orders, re-reads until flat, then `stopped`. Never reports stopped while a
 /// position is open; a failed close leaves the bot `stopping` for the guardian to finish.
-pub async fn stop_bot_for(
-    state: &AppState,
-    user_id: &str,
-    mut bot: BotRecord,
-) -> Result<(BotRecord, Vec<ClosedPosition>), ApiError> {
+pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -> Result<(BotRecord, Vec<ClosedPosition>), ApiError> {
     if bot.state == BotState::Running {
         let mut stopping = BotRecord {
             state: BotState::Stopping,
@@ -278,23 +215,13 @@ pub async fn stop_bot_for(
         if !store(state).put_bot(&stopping, Some(bot.version)).await? {
             match store(state).bot(user_id).await? {
                 Some(latest) if latest.state == BotState::Stopping => stopping = latest,
-                Some(latest) if latest.state == BotState::Stopped => {
-                    return Ok((latest, Vec::new()))
-                }
-                _ => {
-                    return Err(ApiError::conflict(
-                        "conflict",
-                        "the bot changed concurrently; try again",
-                    ))
-                }
+                Some(latest) if latest.state == BotState::Stopped => return Ok((latest, Vec::new())),
+                _ => return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again")),
             }
         }
         bot = stopping;
     }
-    let stop_id = bot
-        .stop_id
-        .clone()
-        .unwrap_or_else(|| format!("stop-v{}", bot.version));
+    let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
     let trading = store(state);
     let mut closed = Vec::new();
     for attempt in 0..4 {
@@ -303,64 +230,45 @@ pub async fn stop_bot_for(
         settle_pending_orders(state, exchange.as_ref(), user_id).await?;
         let positions = exchange.positions().await.map_err(exchange_error)?;
         if positions.is_empty() {
-            let stopped = BotRecord {
-                state: BotState::Stopped,
-                version: bot.version + 1,
-                updated_at: now_rfc3339(),
-                ..bot.clone()
-            };
+            if exchange.kind() != ExchangeKind::Paper {
+                trading.sync_live_positions(user_id, &snapshot.live_positions, &[]).await?;
+            }
+            let stopped = BotRecord { state: BotState::Stopped, version: bot.version + 1, updated_at: now_rfc3339(), ..bot.clone() };
             if trading.put_bot(&stopped, Some(bot.version)).await? {
                 return Ok((stopped, closed));
             }
-            return Err(ApiError::conflict(
-                "conflict",
-                "the bot changed concurrently; try again",
-            ));
+            return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"));
         }
         for position in &positions {
             // A position that survived one closing round gets a fresh client id for the next.
             let key = format!("{stop_id}-r{attempt}");
-            match close_position(
-                state,
-                exchange.as_ref(),
-                user_id,
-                position,
-                bot.config.leverage,
-                &key,
-                "bot_stop",
-            )
-            .await
-            {
+            match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
                 Ok(c) => closed.push(c),
                 Err(e) => {
                     tracing::error!(code = e.code(), symbol = %position.symbol, "closing a position during stop failed");
-                    return Err(ApiError::BadGateway { code: "close_failed", detail: format!("closing the {} position failed; the bot stays stopping and the guardian retries", position.symbol) });
+                    return Err(ApiError::BadGateway {
+                        code: "close_failed",
+                        detail: format!("closing the {} position failed; the bot stays stopping and the guardian retries", position.symbol),
+                    });
                 }
             }
         }
     }
-    Err(ApiError::BadGateway { code: "close_failed", detail: "positions are still open after closing; the bot stays stopping and the guardian retries".into() })
+    Err(ApiError::BadGateway {
+        code: "close_failed",
+        detail: "positions are still open after closing; the bot stays stopping and the guardian retries".into(),
+    })
 }
 
 /// Orders recorded but not confirmed (a submit racing this stop, a lost answer): ask the
 /// exchange what became of them before judging the positions.
-async fn settle_pending_orders(
-    state: &AppState,
-    exchange: &dyn Exchange,
-    user_id: &str,
-) -> Result<(), ApiError> {
+async fn settle_pending_orders(state: &AppState, exchange: &dyn Exchange, user_id: &str) -> Result<(), ApiError> {
     if exchange.kind() == ExchangeKind::Paper {
         return Ok(());
     }
     for order in store(state).pending_orders(user_id).await? {
-        if let Some(fill) = exchange
-            .find_order(&order.intent.symbol, &order.intent.client_order_id)
-            .await
-            .map_err(exchange_error)?
-        {
-            store(state)
-                .complete_order(user_id, &order.intent.client_order_id, &fill)
-                .await?;
+        if let Some(fill) = exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
+            store(state).complete_order(user_id, &order.intent.client_order_id, &fill).await?;
         }
     }
     Ok(())
@@ -369,15 +277,10 @@ async fn settle_pending_orders(
 pub async fn stop_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     let closed = match snapshot.bot.clone() {
-        Some(bot) if bot.state != BotState::Stopped => {
-            stop_bot_for(state, &caller.user_id, bot).await?.1
-        }
+        Some(bot) if bot.state != BotState::Stopped => stop_bot_for(state, &caller.user_id, bot).await?.1,
         _ => Vec::new(),
     };
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({"is_running": false, "state": BotState::Stopped, "closed_positions": closed}),
-    )
+    json_response(StatusCode::OK, &serde_json::json!({"is_running": false, "state": BotState::Stopped, "closed_positions": closed}))
 }
 
 // ---------------------------------------------------------------- orders
@@ -408,13 +311,7 @@ struct ValidSubmit {
     client_order_id: Option<String>,
 }
 
-fn order_body(
-    intent: &OrderIntent,
-    order_id: &str,
-    status: OrderStatus,
-    filled: Decimal,
-    avg_price: Option<Decimal>,
-) -> serde_json::Value {
+fn order_body(intent: &OrderIntent, order_id: &str, status: OrderStatus, filled: Decimal, avg_price: Option<Decimal>) -> serde_json::Value {
     serde_json::json!({
         "order_id": order_id,
         "client_order_id": intent.client_order_id,
@@ -429,13 +326,8 @@ fn order_body(
 }
 
 fn replay(record: &IdempotencyRecord) -> HandlerResult {
-    let status = StatusCode::from_u16(record.status.unwrap_or(500))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
-    };
+    let status = StatusCode::from_u16(record.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -459,10 +351,7 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     let Session { caller, snapshot } = session(state, &req).await?;
     let user_id = caller.user_id.as_str();
     let key = header_str(&req, "idempotency-key")
-        .ok_or_else(|| ApiError::BadRequest {
-            code: "idempotency_key_required",
-            detail: "send an Idempotency-Key header".into(),
-        })?
+        .ok_or_else(|| ApiError::BadRequest { code: "idempotency_key_required", detail: "send an Idempotency-Key header".into() })?
         .to_owned();
     if !idempotency::valid_key(&key) {
         return Err(ApiError::BadRequest {
@@ -471,15 +360,13 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         });
     }
     let raw: SubmitRequest = parse_json(&req)?;
-    let size = crate::trading::model::parse_decimal_value(&raw.size).ok_or_else(|| {
-        ApiError::unprocessable("invalid_size", "size must be a positive decimal number")
-    })?;
+    let size = crate::trading::model::parse_decimal_value(&raw.size)
+        .ok_or_else(|| ApiError::unprocessable("invalid_size", "size must be a positive decimal number"))?;
     let price = match &raw.price {
         serde_json::Value::Null => None,
         v => Some(
-            crate::trading::model::parse_decimal_value(v).ok_or_else(|| {
-                ApiError::unprocessable("invalid_price", "price must be a decimal number")
-            })?,
+            crate::trading::model::parse_decimal_value(v)
+                .ok_or_else(|| ApiError::unprocessable("invalid_price", "price must be a decimal number"))?,
         ),
     };
     let body = ValidSubmit {
@@ -492,15 +379,8 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         client_order_id: raw.client_order_id,
     };
     if let Some(id) = &body.client_order_id {
-        if id.is_empty()
-            || id.len() > 40
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(ApiError::invalid_request(
-                "client_order_id is 1–40 letters, digits, '-' or '_'",
-            ));
+        if id.is_empty() || id.len() > 40 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(ApiError::invalid_request("client_order_id is 1–40 letters, digits, '-' or '_'"));
         }
     }
     let symbol = body.symbol.trim().to_uppercase();
@@ -511,71 +391,38 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     let fingerprint = idempotency::fingerprint(&canonical);
     let table = state.config.table_name.as_str();
     let trading = store(state);
-    let (existing, halted_now) = tokio::join!(
-        idempotency::get(&state.dynamo, table, user_id, &key),
-        trading.kill_switch_on()
-    );
+    let (existing, halted_now) = tokio::join!(idempotency::get(&state.dynamo, table, user_id, &key), trading.kill_switch_on());
     if let Some(record) = existing? {
         return replay_or_resume(state, user_id, &key, record, &fingerprint, &snapshot).await;
     }
 
     let bot = snapshot.bot.clone();
     let bot_state = bot.as_ref().map(|b| b.state).unwrap_or(BotState::Stopped);
-    let allowed =
-        bot_state == BotState::Running || (body.reduce_only && bot_state == BotState::Stopping);
+    let allowed = bot_state == BotState::Running || (body.reduce_only && bot_state == BotState::Stopping);
     if halted_now? && !body.reduce_only {
         return Err(halted());
     }
-    let intent_id = body
-        .client_order_id
-        .clone()
-        .unwrap_or_else(|| client_order_id(&[user_id, "order", &key]));
+    let intent_id = body.client_order_id.clone().unwrap_or_else(|| client_order_id(&[user_id, "order", &key]));
     let record = idempotency::new_record(fingerprint, intent_id.clone());
     let key_ref = key.as_str();
     let refuse = |err: ApiError, record: IdempotencyRecord| async move {
         // A refusal is the key's answer too: replays get it again, not a fresh evaluation.
-        idempotency::put_completed(
-            &state.dynamo,
-            table,
-            user_id,
-            key_ref,
-            record,
-            err.status().as_u16(),
-            &problem_body(&err),
-        )
-        .await?;
+        idempotency::put_completed(&state.dynamo, table, user_id, key_ref, record, err.status().as_u16(), &problem_body(&err)).await?;
         Err::<Response<Body>, ApiError>(err)
     };
     let (Some(bot), true) = (bot, allowed) else {
-        return refuse(
-            ApiError::conflict("bot_not_running", "start the bot before submitting orders"),
-            record,
-        )
-        .await;
+        return refuse(ApiError::conflict("bot_not_running", "start the bot before submitting orders"), record).await;
     };
     let Some(spec) = contract(&symbol) else {
-        return refuse(
-            ApiError::unprocessable(
-                "unknown_symbol",
-                format!("{symbol} is not a supported contract"),
-            ),
-            record,
-        )
-        .await;
+        return refuse(ApiError::unprocessable("unknown_symbol", format!("{symbol} is not a supported contract")), record).await;
     };
     let exchange = exchange_for(state, user_id, &snapshot, std::slice::from_ref(&symbol)).await?;
     let view = exchange.account().await.map_err(exchange_error)?;
     let position = view.positions.iter().find(|p| p.symbol == symbol);
-    let mark = match crate::trading::service::marks(state, std::slice::from_ref(&symbol))
-        .await?
-        .get(&symbol)
-    {
+    let mark = match crate::trading::service::marks(state, std::slice::from_ref(&symbol)).await?.get(&symbol) {
         Some(m) => *m,
         None => {
-            return Err(ApiError::Unavailable {
-                code: "market_data_unavailable",
-                detail: format!("no mark price for {symbol} right now"),
-            })
+            return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") })
         }
     };
     let check = OrderCheck {
@@ -608,34 +455,19 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     if let Err(e) = record_order(state, user_id, &key, &record, &intent).await {
         return match e {
             RecordError::KeyTaken => {
-                let record = idempotency::get(&state.dynamo, table, user_id, &key)
-                    .await?
-                    .ok_or(ApiError::Internal)?;
-                replay_or_resume(
-                    state,
-                    user_id,
-                    &key,
-                    record,
-                    &canonical_fingerprint(&canonical),
-                    &snapshot,
-                )
-                .await
+                let record = idempotency::get(&state.dynamo, table, user_id, &key).await?.ok_or(ApiError::Internal)?;
+                replay_or_resume(state, user_id, &key, record, &canonical_fingerprint(&canonical), &snapshot).await
             }
-            RecordError::OrderIdTaken => Err(ApiError::conflict(
-                "duplicate_client_order_id",
-                "an order with this client_order_id exists already",
-            )),
+            RecordError::OrderIdTaken => {
+                Err(ApiError::conflict("duplicate_client_order_id", "an order with this client_order_id exists already"))
+            }
             RecordError::BotNotRunning => {
-                refuse(
-                    ApiError::conflict("bot_not_running", "start the bot before submitting orders"),
-                    record,
-                )
-                .await
+                refuse(ApiError::conflict("bot_not_running", "start the bot before submitting orders"), record).await
             }
             RecordError::Api(e) => Err(e),
         };
     }
-    send_recorded(state, exchange.as_ref(), user_id, &key, &intent).await
+    send_recorded(state, exchange.as_ref(), user_id, &key, &intent, &snapshot.live_positions).await
 }
 
 fn canonical_fingerprint(canonical: &serde_json::Value) -> String {
@@ -680,14 +512,8 @@ async fn record_order(
     let mut request = state
         .dynamo
         .transact_write_items()
-        .transact_items(
-            idempotency::put_item(table, user_id, key, record).map_err(RecordError::Api)?,
-        )
-        .transact_items(
-            aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                .put(put_order)
-                .build(),
-        );
+        .transact_items(idempotency::put_item(table, user_id, key, record).map_err(RecordError::Api)?)
+        .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put_order).build());
     if !intent.reduce_only {
         let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
             .table_name(table)
@@ -697,11 +523,7 @@ async fn record_order(
             .expression_attribute_values(":running", crate::dynamo::s("running"))
             .build()
             .map_err(|e| RecordError::Api(ApiError::internal("building check", e)))?;
-        request = request.transact_items(
-            aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                .condition_check(check)
-                .build(),
-        );
+        request = request.transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build());
     }
     match request.send().await {
         Ok(_) => Ok(()),
@@ -728,27 +550,23 @@ async fn send_recorded(
     user_id: &str,
     key: &str,
     intent: &OrderIntent,
+    known_live: &[crate::trading::store::LivePosition],
 ) -> HandlerResult {
     let table = state.config.table_name.as_str();
-    let guard = OrderGuard {
-        require_running_bot: !intent.reduce_only,
-    };
+    let guard = OrderGuard { require_running_bot: !intent.reduce_only };
     match exchange.place_order(intent, guard).await {
         Ok(fill) => {
             if exchange.kind() != ExchangeKind::Paper {
-                store(state)
-                    .complete_order(user_id, &intent.client_order_id, &fill)
-                    .await?;
+                store(state).complete_order(user_id, &intent.client_order_id, &fill).await?;
+                // Keep the store's mirror of the live account current, so the guardian's
+                // reconciliation only ever flags changes made outside this service.
+                match exchange.positions().await {
+                    Ok(actual) => drop(store(state).sync_live_positions(user_id, known_live, &actual).await),
+                    Err(e) => tracing::warn!(error = %e, "positions not re-read after a live fill; the guardian will reconcile"),
+                }
             }
-            let body = order_body(
-                intent,
-                &fill.order_id,
-                fill.status,
-                fill.filled_size,
-                fill.avg_price,
-            );
-            idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string())
-                .await?;
+            let body = order_body(intent, &fill.order_id, fill.status, fill.filled_size, fill.avg_price);
+            idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string()).await?;
             json_response(StatusCode::CREATED, &body)
         }
         Err(e) => {
@@ -762,18 +580,8 @@ async fn send_recorded(
                     fee: Decimal::ZERO,
                     realized_pnl: Decimal::ZERO,
                 };
-                store(state)
-                    .complete_order(user_id, &intent.client_order_id, &rejected)
-                    .await?;
-                idempotency::complete(
-                    &state.dynamo,
-                    table,
-                    user_id,
-                    key,
-                    err.status().as_u16(),
-                    &problem_body(&err),
-                )
-                .await?;
+                store(state).complete_order(user_id, &intent.client_order_id, &rejected).await?;
+                idempotency::complete(&state.dynamo, table, user_id, key, err.status().as_u16(), &problem_body(&err)).await?;
             }
             Err(err)
         }
@@ -789,10 +597,7 @@ async fn replay_or_resume(
     snapshot: &UserSnapshot,
 ) -> HandlerResult {
     if record.fingerprint != fingerprint {
-        return Err(ApiError::unprocessable(
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request",
-        ));
+        return Err(ApiError::unprocessable("idempotency_key_reused", "this Idempotency-Key was used with a different request"));
     }
     let table = state.config.table_name.as_str();
     let mut record = record;
@@ -805,66 +610,29 @@ async fn replay_or_resume(
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        record = idempotency::get(&state.dynamo, table, user_id, key)
-            .await?
-            .ok_or(ApiError::Internal)?;
+        record = idempotency::get(&state.dynamo, table, user_id, key).await?.ok_or(ApiError::Internal)?;
     }
     if record.completed {
         return replay(&record);
     }
     if chrono::Utc::now().timestamp_millis() - record.created_ms <= idempotency::STALE_AFTER_MS {
-        return Err(ApiError::conflict(
-            "request_in_progress",
-            "a request with this Idempotency-Key is still being processed",
-        ));
+        return Err(ApiError::conflict("request_in_progress", "a request with this Idempotency-Key is still being processed"));
     }
     // The first request died with the outcome unknown: find the order before anything is sent again.
-    let order = store(state)
-        .order(user_id, &record.client_order_id)
-        .await?
-        .ok_or(ApiError::Internal)?;
-    let exchange = exchange_for(
-        state,
-        user_id,
-        snapshot,
-        std::slice::from_ref(&order.intent.symbol),
-    )
-    .await?;
-    if let Some(fill) = order
-        .fill
-        .clone()
-        .filter(|f| f.status != OrderStatus::Pending)
-    {
-        let body = order_body(
-            &order.intent,
-            &fill.order_id,
-            fill.status,
-            fill.filled_size,
-            fill.avg_price,
-        );
+    let order = store(state).order(user_id, &record.client_order_id).await?.ok_or(ApiError::Internal)?;
+    let exchange = exchange_for(state, user_id, snapshot, std::slice::from_ref(&order.intent.symbol)).await?;
+    if let Some(fill) = order.fill.clone().filter(|f| f.status != OrderStatus::Pending) {
+        let body = order_body(&order.intent, &fill.order_id, fill.status, fill.filled_size, fill.avg_price);
         idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string()).await?;
         return json_response(StatusCode::CREATED, &body);
     }
-    match exchange
-        .find_order(&order.intent.symbol, &order.intent.client_order_id)
-        .await
-        .map_err(exchange_error)?
-    {
+    match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
         Some(fill) => {
-            store(state)
-                .complete_order(user_id, &order.intent.client_order_id, &fill)
-                .await?;
-            let body = order_body(
-                &order.intent,
-                &fill.order_id,
-                fill.status,
-                fill.filled_size,
-                fill.avg_price,
-            );
-            idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string())
-                .await?;
+            store(state).complete_order(user_id, &order.intent.client_order_id, &fill).await?;
+            let body = order_body(&order.intent, &fill.order_id, fill.status, fill.filled_size, fill.avg_price);
+            idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string()).await?;
             json_response(StatusCode::CREATED, &body)
         }
-        None => send_recorded(state, exchange.as_ref(), user_id, key, &order.intent).await,
+        None => send_recorded(state, exchange.as_ref(), user_id, key, &order.intent, &snapshot.live_positions).await,
     }
 }

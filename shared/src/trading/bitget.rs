@@ -5,10 +5,7 @@
 
 use crate::secrets::Secret;
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
-use crate::trading::model::{
-    AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position,
-    PositionSide, Side,
-};
+use crate::trading::model::{AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, PositionSide, Side};
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -45,22 +42,13 @@ impl BitgetCredentials {
 
 impl std::fmt::Debug for BitgetCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitgetCredentials")
-            .field("api_key", &"[redacted]")
-            .field("demo", &self.demo)
-            .finish()
+        f.debug_struct("BitgetCredentials").field("api_key", &"[redacted]").field("demo", &self.demo).finish()
     }
 }
 
-pub fn sign(
-    secret: &str,
-    timestamp: &str,
-    method: &str,
-    path_and_query: &str,
-    body: &str,
-) -> String {
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+pub fn sign(secret: &str, timestamp: &str, method: &str, path_and_query: &str, body: &str) -> String {
+    let mut mac =
+        <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(timestamp.as_bytes());
     mac.update(method.as_bytes());
     mac.update(path_and_query.as_bytes());
@@ -78,11 +66,7 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        CircuitBreaker {
-            threshold,
-            cooldown,
-            state: Mutex::new((0, None)),
-        }
+        CircuitBreaker { threshold, cooldown, state: Mutex::new((0, None)) }
     }
 
     pub fn allow(&self) -> bool {
@@ -125,11 +109,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 3,
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(2),
-        }
+        RetryPolicy { attempts: 3, base: Duration::from_millis(100), cap: Duration::from_secs(2) }
     }
 }
 
@@ -137,10 +117,7 @@ impl RetryPolicy {
     /// Full jitter: uniform in [0, min(cap, base × 2^attempt)].
     pub fn backoff(&self, attempt: u32) -> Duration {
         use rand::Rng;
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .min(self.cap);
+        let ceiling = self.base.saturating_mul(2u32.saturating_pow(attempt)).min(self.cap);
         Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64))
     }
 }
@@ -164,13 +141,8 @@ fn map_error_code(code: &str, message: &str) -> ExchangeError {
     match code {
         "40774" => ExchangeError::PositionModeMismatch,
         "43012" | "40762" => ExchangeError::InsufficientBalance,
-        "40006" | "40009" | "40011" | "40012" | "40037" | "40038" | "40014" => {
-            ExchangeError::InvalidCredentials
-        }
-        _ => ExchangeError::Rejected {
-            code: code.to_owned(),
-            message: message.chars().take(200).collect(),
-        },
+        "40006" | "40009" | "40011" | "40012" | "40037" | "40038" | "40014" => ExchangeError::InvalidCredentials,
+        _ => ExchangeError::Rejected { code: code.to_owned(), message: message.chars().take(200).collect() },
     }
 }
 
@@ -184,22 +156,11 @@ impl BitgetClient {
         }
     }
 
-    async fn attempt(
-        &self,
-        method: &str,
-        path: &str,
-        query: &str,
-        body: &str,
-        creds: Option<&BitgetCredentials>,
-    ) -> Attempt {
+    async fn attempt(&self, method: &str, path: &str, query: &str, body: &str, creds: Option<&BitgetCredentials>) -> Attempt {
         if !self.breaker.allow() {
             return Attempt::Fail(ExchangeError::CircuitOpen);
         }
-        let path_and_query = if query.is_empty() {
-            path.to_owned()
-        } else {
-            format!("{path}?{query}")
-        };
+        let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
         let url = format!("{}{}", self.base_url, path_and_query);
         let mut request = match method {
             "POST" => self.http.post(&url).body(body.to_owned()),
@@ -211,16 +172,7 @@ impl BitgetClient {
             let timestamp = chrono::Utc::now().timestamp_millis().to_string();
             request = request
                 .header("ACCESS-KEY", &c.api_key)
-                .header(
-                    "ACCESS-SIGN",
-                    sign(
-                        c.api_secret.expose(),
-                        &timestamp,
-                        method,
-                        &path_and_query,
-                        body,
-                    ),
-                )
+                .header("ACCESS-SIGN", sign(c.api_secret.expose(), &timestamp, method, &path_and_query, body))
                 .header("ACCESS-TIMESTAMP", timestamp)
                 .header("ACCESS-PASSPHRASE", c.passphrase.expose());
             if c.demo {
@@ -231,15 +183,8 @@ impl BitgetClient {
             Ok(r) => r,
             Err(e) => {
                 self.breaker.record(false);
-                let what = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "connection failed"
-                };
-                return Attempt::Retry(
-                    None,
-                    ExchangeError::Unavailable(format!("{what} calling {path}")),
-                );
+                let what = if e.is_timeout() { "timeout" } else { "connection failed" };
+                return Attempt::Retry(None, ExchangeError::Unavailable(format!("{what} calling {path}")));
             }
         };
         let status = response.status();
@@ -253,10 +198,7 @@ impl BitgetClient {
             Ok(t) => t,
             Err(_) => {
                 self.breaker.record(false);
-                return Attempt::Retry(
-                    None,
-                    ExchangeError::Unavailable(format!("timeout reading {path}")),
-                );
+                return Attempt::Retry(None, ExchangeError::Unavailable(format!("timeout reading {path}")));
             }
         };
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -271,35 +213,20 @@ impl BitgetClient {
         }
         if status.is_server_error() {
             self.breaker.record(false);
-            return Attempt::Retry(
-                retry_after,
-                ExchangeError::Unavailable(format!("{status} from {path}")),
-            );
+            return Attempt::Retry(retry_after, ExchangeError::Unavailable(format!("{status} from {path}")));
         }
         self.breaker.record(true);
         if status.as_u16() == 401 || status.as_u16() == 403 {
-            return Attempt::Fail(if code.is_empty() {
-                ExchangeError::InvalidCredentials
-            } else {
-                map_error_code(&code, &message)
-            });
+            return Attempt::Fail(if code.is_empty() { ExchangeError::InvalidCredentials } else { map_error_code(&code, &message) });
         }
         if code == "00000" {
             return Attempt::Done(json["data"].clone());
         }
-        Attempt::Fail(map_error_code(
-            if code.is_empty() { "unknown" } else { &code },
-            &message,
-        ))
+        Attempt::Fail(map_error_code(if code.is_empty() { "unknown" } else { &code }, &message))
     }
 
     /// A read: retried on 429, 5xx and timeouts with capped, fully jittered backoff.
-    pub async fn get(
-        &self,
-        path: &str,
-        query: &str,
-        creds: Option<&BitgetCredentials>,
-    ) -> Result<Value, ExchangeError> {
+    pub async fn get(&self, path: &str, query: &str, creds: Option<&BitgetCredentials>) -> Result<Value, ExchangeError> {
         let mut last = ExchangeError::Unavailable("no attempt".into());
         for attempt in 0..self.retry.attempts {
             match self.attempt("GET", path, query, "", creds).await {
@@ -308,11 +235,7 @@ impl BitgetClient {
                 Attempt::Retry(after, e) => {
                     last = e;
                     if attempt + 1 < self.retry.attempts {
-                        let wait = self
-                            .retry
-                            .backoff(attempt)
-                            .max(after.unwrap_or_default())
-                            .min(Duration::from_secs(5));
+                        let wait = self.retry.backoff(attempt).max(after.unwrap_or_default()).min(Duration::from_secs(5));
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -322,12 +245,7 @@ impl BitgetClient {
     }
 
     /// A write: one attempt. The caller decides what an unknown outcome means.
-    pub async fn post(
-        &self,
-        path: &str,
-        body: &Value,
-        creds: &BitgetCredentials,
-    ) -> Result<Value, ExchangeError> {
+    pub async fn post(&self, path: &str, body: &Value, creds: &BitgetCredentials) -> Result<Value, ExchangeError> {
         let body = body.to_string();
         match self.attempt("POST", path, "", &body, Some(creds)).await {
             Attempt::Done(v) => Ok(v),
@@ -336,38 +254,15 @@ impl BitgetClient {
     }
 
     /// Mark prices of every USDT-M contract in one public call.
-    pub async fn mark_prices(
-        &self,
-    ) -> Result<std::collections::HashMap<String, Decimal>, ExchangeError> {
-        let data = self
-            .get(
-                "/api/v2/mix/market/tickers",
-                &format!("productType={PRODUCT_TYPE}"),
-                None,
-            )
-            .await?;
-        Ok(data
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| Some((t["symbol"].as_str()?.to_owned(), dec(&t["markPrice"])?)))
-            .collect())
+    pub async fn mark_prices(&self) -> Result<std::collections::HashMap<String, Decimal>, ExchangeError> {
+        let data = self.get("/api/v2/mix/market/tickers", &format!("productType={PRODUCT_TYPE}"), None).await?;
+        Ok(data.as_array().into_iter().flatten().filter_map(|t| Some((t["symbol"].as_str()?.to_owned(), dec(&t["markPrice"])?))).collect())
     }
 
     /// One signed read, used to check credentials: the futures account, with its position mode.
     pub async fn position_mode(&self, creds: &BitgetCredentials) -> Result<String, ExchangeError> {
-        let data = self
-            .get(
-                "/api/v2/mix/account/accounts",
-                &format!("productType={PRODUCT_TYPE}"),
-                Some(creds),
-            )
-            .await?;
-        let mode = data
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|a| a["posMode"].as_str())
-            .unwrap_or("one_way_mode");
+        let data = self.get("/api/v2/mix/account/accounts", &format!("productType={PRODUCT_TYPE}"), Some(creds)).await?;
+        let mode = data.as_array().and_then(|a| a.first()).and_then(|a| a["posMode"].as_str()).unwrap_or("one_way_mode");
         Ok(mode.to_owned())
     }
 }
@@ -451,30 +346,14 @@ impl Exchange for BitgetExchange {
     }
 
     async fn account(&self) -> Result<AccountView, ExchangeError> {
-        let data = self
-            .client
-            .get(
-                "/api/v2/mix/account/accounts",
-                &format!("productType={PRODUCT_TYPE}"),
-                Some(&self.creds),
-            )
-            .await?;
-        let usdt = data
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["marginCoin"].as_str() == Some("USDT"))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let data = self.client.get("/api/v2/mix/account/accounts", &format!("productType={PRODUCT_TYPE}"), Some(&self.creds)).await?;
+        let usdt = data.as_array().into_iter().flatten().find(|a| a["marginCoin"].as_str() == Some("USDT")).cloned().unwrap_or(Value::Null);
         let positions = self.positions().await?;
         Ok(AccountView {
             exchange: ExchangeKind::Bitget,
-            equity: dec(&usdt["accountEquity"])
-                .or_else(|| dec(&usdt["usdtEquity"]))
-                .unwrap_or_default(),
+            equity: dec(&usdt["accountEquity"]).or_else(|| dec(&usdt["usdtEquity"])).unwrap_or_default(),
             available: dec(&usdt["available"]).unwrap_or_default(),
-            unrealized_pnl: dec(&usdt["unrealizedPL"])
-                .unwrap_or_else(|| positions.iter().map(|p| p.unrealized_pnl).sum()),
+            unrealized_pnl: dec(&usdt["unrealizedPL"]).unwrap_or_else(|| positions.iter().map(|p| p.unrealized_pnl).sum()),
             positions,
         })
     }
@@ -482,11 +361,7 @@ impl Exchange for BitgetExchange {
     async fn positions(&self) -> Result<Vec<Position>, ExchangeError> {
         let data = self
             .client
-            .get(
-                "/api/v2/mix/position/all-position",
-                &format!("productType={PRODUCT_TYPE}&marginCoin=USDT"),
-                Some(&self.creds),
-            )
+            .get("/api/v2/mix/position/all-position", &format!("productType={PRODUCT_TYPE}&marginCoin=USDT"), Some(&self.creds))
             .await?;
         Ok(data
             .as_array()
@@ -499,11 +374,7 @@ impl Exchange for BitgetExchange {
                 }
                 Some(Position {
                     symbol: p["symbol"].as_str()?.to_owned(),
-                    side: if p["holdSide"].as_str()? == "short" {
-                        PositionSide::Short
-                    } else {
-                        PositionSide::Long
-                    },
+                    side: if p["holdSide"].as_str()? == "short" { PositionSide::Short } else { PositionSide::Long },
                     size,
                     entry_price: dec(&p["openPriceAvg"]).unwrap_or_default(),
                     mark_price: dec(&p["markPrice"]).unwrap_or_default(),
@@ -513,65 +384,38 @@ impl Exchange for BitgetExchange {
             .collect())
     }
 
-    async fn place_order(
-        &self,
-        intent: &OrderIntent,
-        _guard: OrderGuard,
-    ) -> Result<OrderFill, ExchangeError> {
+    async fn place_order(&self, intent: &OrderIntent, _guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
         let body = self.order_body(intent);
         for attempt in 0..2 {
-            match self
-                .client
-                .post("/api/v2/mix/order/place-order", &body, &self.creds)
-                .await
-            {
+            match self.client.post("/api/v2/mix/order/place-order", &body, &self.creds).await {
                 Ok(_) => break,
                 // The outcome is unknown (timeout, 5xx, 429): look the order up before anything else.
                 Err(ExchangeError::Unavailable(why)) => {
                     tracing::warn!(client_oid = %intent.client_order_id, reason = %why, "order outcome unknown; looking it up");
-                    match self
-                        .find_order(&intent.symbol, &intent.client_order_id)
-                        .await?
-                    {
+                    match self.find_order(&intent.symbol, &intent.client_order_id).await? {
                         Some(fill) => return Ok(fill),
                         None if attempt == 0 => continue, // provably not placed: one resend, same clientOid
                         None => return Err(ExchangeError::Unavailable(why)),
                     }
                 }
-                Err(ExchangeError::Rejected { message, .. })
-                    if message.to_lowercase().contains("clientoid") =>
-                {
-                    break
-                }
+                Err(ExchangeError::Rejected { message, .. }) if message.to_lowercase().contains("clientoid") => break,
                 Err(e) => return Err(e),
             }
         }
         // Placed: read back its fill (a market order fills at once; a limit order may rest).
-        Ok(self
-            .find_order(&intent.symbol, &intent.client_order_id)
-            .await?
-            .unwrap_or(OrderFill {
-                order_id: String::new(),
-                status: OrderStatus::Pending,
-                filled_size: Decimal::ZERO,
-                avg_price: None,
-                fee: Decimal::ZERO,
-                realized_pnl: Decimal::ZERO,
-            }))
+        Ok(self.find_order(&intent.symbol, &intent.client_order_id).await?.unwrap_or(OrderFill {
+            order_id: String::new(),
+            status: OrderStatus::Pending,
+            filled_size: Decimal::ZERO,
+            avg_price: None,
+            fee: Decimal::ZERO,
+            realized_pnl: Decimal::ZERO,
+        }))
     }
 
-    async fn find_order(
-        &self,
-        symbol: &str,
-        client_order_id: &str,
-    ) -> Result<Option<OrderFill>, ExchangeError> {
-        let query =
-            format!("symbol={symbol}&productType={PRODUCT_TYPE}&clientOid={client_order_id}");
-        match self
-            .client
-            .get("/api/v2/mix/order/detail", &query, Some(&self.creds))
-            .await
-        {
+    async fn find_order(&self, symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError> {
+        let query = format!("symbol={symbol}&productType={PRODUCT_TYPE}&clientOid={client_order_id}");
+        match self.client.get("/api/v2/mix/order/detail", &query, Some(&self.creds)).await {
             Ok(d) if d.is_null() => Ok(None),
             Ok(d) => Ok(Some(OrderFill {
                 order_id: d["orderId"].as_str().unwrap_or_default().to_owned(),
@@ -595,26 +439,11 @@ mod tests {
     #[test]
     fn signatures_follow_bitgets_recipe() {
         // HMAC-SHA256("secret", "1700000000000GET/api/v2/mix/account/accounts?productType=USDT-FUTURES"), base64
-        let sig = sign(
-            "secret",
-            "1700000000000",
-            "GET",
-            "/api/v2/mix/account/accounts?productType=USDT-FUTURES",
-            "",
-        );
+        let sig = sign("secret", "1700000000000", "GET", "/api/v2/mix/account/accounts?productType=USDT-FUTURES", "");
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"secret").unwrap();
         mac.update(b"1700000000000GET/api/v2/mix/account/accounts?productType=USDT-FUTURES");
         assert_eq!(sig, STANDARD.encode(mac.finalize().into_bytes()));
-        assert_ne!(
-            sig,
-            sign(
-                "secret",
-                "1700000000001",
-                "GET",
-                "/api/v2/mix/account/accounts?productType=USDT-FUTURES",
-                ""
-            )
-        );
+        assert_ne!(sig, sign("secret", "1700000000001", "GET", "/api/v2/mix/account/accounts?productType=USDT-FUTURES", ""));
     }
 
     #[test]
@@ -634,11 +463,7 @@ mod tests {
 
     #[test]
     fn backoff_is_capped_and_jittered() {
-        let policy = RetryPolicy {
-            attempts: 5,
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(300),
-        };
+        let policy = RetryPolicy { attempts: 5, base: Duration::from_millis(100), cap: Duration::from_millis(300) };
         for attempt in 0..10 {
             assert!(policy.backoff(attempt) <= Duration::from_millis(300));
         }

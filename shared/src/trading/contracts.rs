@@ -69,9 +69,7 @@ pub fn parse_contracts(json: &str) -> Result<HashMap<String, ContractSpec>, Stri
 /// The embedded fixture, parsed once per execution environment.
 pub fn contracts() -> &'static HashMap<String, ContractSpec> {
     static SPECS: OnceLock<HashMap<String, ContractSpec>> = OnceLock::new();
-    SPECS.get_or_init(|| {
-        parse_contracts(include_str!("../../data/contracts.json")).unwrap_or_default()
-    })
+    SPECS.get_or_init(|| parse_contracts(include_str!("../../data/contracts.json")).unwrap_or_default())
 }
 
 pub fn contract(symbol: &str) -> Option<&'static ContractSpec> {
@@ -97,25 +95,9 @@ mod tests {
     #[test]
     fn the_fixture_has_btc_and_eth_with_bitget_specs() {
         let btc = contract("BTCUSDT").unwrap();
-        assert_eq!(
-            (
-                btc.min_size,
-                btc.size_step,
-                btc.price_tick,
-                btc.max_leverage
-            ),
-            (d("0.001"), d("0.001"), d("0.1"), 125)
-        );
+        assert_eq!((btc.min_size, btc.size_step, btc.price_tick, btc.max_leverage), (d("0.001"), d("0.001"), d("0.1"), 125));
         let eth = contract("ETHUSDT").unwrap();
-        assert_eq!(
-            (
-                eth.min_size,
-                eth.size_step,
-                eth.price_tick,
-                eth.max_leverage
-            ),
-            (d("0.01"), d("0.01"), d("0.01"), 100)
-        );
+        assert_eq!((eth.min_size, eth.size_step, eth.price_tick, eth.max_leverage), (d("0.01"), d("0.01"), d("0.01"), 100));
         assert_eq!(btc.min_notional, d("5"));
         assert_eq!(btc.taker_fee_rate, d("0.0006"));
     }

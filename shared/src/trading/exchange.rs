@@ -43,14 +43,6 @@ pub trait Exchange: Send + Sync {
     async fn positions(&self) -> Result<Vec<Position>, ExchangeError>;
     /// Sends an order that was recorded first. Never resends blind: an unknown outcome is looked
     /// up by client order id before any retry.
-    async fn place_order(
-        &self,
-        intent: &OrderIntent,
-        guard: OrderGuard,
-    ) -> Result<OrderFill, ExchangeError>;
-    async fn find_order(
-        &self,
-        symbol: &str,
-        client_order_id: &str,
-    ) -> Result<Option<OrderFill>, ExchangeError>;
+    async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError>;
+    async fn find_order(&self, symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError>;
 }

@@ -24,10 +24,7 @@ pub struct IdempotencyRecord {
 }
 
 pub fn valid_key(key: &str) -> bool {
-    (1..=64).contains(&key.len())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 pub fn fingerprint(canonical: &serde_json::Value) -> String {
@@ -61,17 +58,10 @@ pub fn put_item(
         .condition_expression("attribute_not_exists(PK)")
         .build()
         .map_err(|e| ApiError::internal("building put", e))?;
-    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
-        .put(put)
-        .build())
+    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
 }
 
-pub async fn get(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    user_id: &str,
-    key: &str,
-) -> Result<Option<IdempotencyRecord>, ApiError> {
+pub async fn get(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, ApiError> {
     let out = client
         .get_item()
         .table_name(table)
@@ -126,14 +116,7 @@ pub async fn put_completed(
     record.status = Some(status);
     record.body = Some(body.to_owned());
     let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
-    match client
-        .put_item()
-        .table_name(table)
-        .set_item(Some(item))
-        .condition_expression("attribute_not_exists(PK)")
-        .send()
-        .await
-    {
+    match client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await {
         Ok(_) => Ok(true),
         Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
         Err(e) => Err(db_error(e)),

@@ -9,21 +9,15 @@ use std::str::FromStr;
 /// never through a binary float.
 pub fn decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
-    parse_decimal_value(&value).ok_or_else(|| {
-        serde::de::Error::custom("expected a decimal number or a string holding one")
-    })
+    parse_decimal_value(&value).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
 }
 
-pub fn optional_decimal_input<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Decimal>, D::Error> {
+pub fn optional_decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     if value.is_null() {
         return Ok(None);
     }
-    parse_decimal_value(&value).map(Some).ok_or_else(|| {
-        serde::de::Error::custom("expected a decimal number or a string holding one")
-    })
+    parse_decimal_value(&value).map(Some).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
 }
 
 pub fn parse_decimal_value(value: &serde_json::Value) -> Option<Decimal> {
@@ -35,9 +29,7 @@ pub fn parse_decimal_value(value: &serde_json::Value) -> Option<Decimal> {
     if text.is_empty() || text.len() > 40 {
         return None;
     }
-    Decimal::from_str(&text)
-        .or_else(|_| Decimal::from_scientific(&text))
-        .ok()
+    Decimal::from_str(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,10 +190,7 @@ mod tests {
         let a = client_order_id(&["u1", "key-1"]);
         assert_eq!(a, client_order_id(&["u1", "key-1"]));
         assert_ne!(a, client_order_id(&["u1", "key-2"]));
-        assert_ne!(
-            client_order_id(&["u1k", "ey"]),
-            client_order_id(&["u1", "key"])
-        );
+        assert_ne!(client_order_id(&["u1k", "ey"]), client_order_id(&["u1", "key"]));
         assert!(a.len() <= 50);
     }
 }

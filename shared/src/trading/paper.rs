@@ -7,14 +7,10 @@ use crate::dynamo::{cancelled_conditions, n, s, to_item};
 use crate::keys;
 use crate::trading::contracts::contract;
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
-use crate::trading::model::{
-    AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, Side,
-};
+use crate::trading::model::{AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, Side};
 use crate::trading::store::{now_rfc3339, PaperAccount, PaperPosition, TradingStore, UserSnapshot};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use tokio::sync::Mutex;
@@ -51,19 +47,12 @@ pub fn apply_fill(
     let opening_side = intent.side.opens();
     // A reduce-only order fills only what it reduces.
     let size = if intent.reduce_only {
-        position
-            .filter(|p| p.side != opening_side)
-            .map(|p| intent.size.min(p.size))
-            .unwrap_or(Decimal::ZERO)
+        position.filter(|p| p.side != opening_side).map(|p| intent.size.min(p.size)).unwrap_or(Decimal::ZERO)
     } else {
         intent.size
     };
     let fee = (size * price * fee_rate).round_dp(8);
-    let mut account = PaperAccount {
-        balance: account.balance - fee,
-        realized_pnl: account.realized_pnl,
-        version: account.version + 1,
-    };
+    let mut account = PaperAccount { balance: account.balance - fee, realized_pnl: account.realized_pnl, version: account.version + 1 };
     let leverage = Decimal::from(intent.leverage.max(1));
     let next_version = position.map(|p| p.version + 1).unwrap_or(1);
     let mut realized = Decimal::ZERO;
@@ -153,36 +142,19 @@ impl PaperExchange {
         marks: HashMap<String, Decimal>,
         snapshot: UserSnapshot,
     ) -> Self {
-        PaperExchange {
-            client,
-            table,
-            user_id,
-            start_balance,
-            marks,
-            snapshot: Mutex::new(snapshot),
-        }
+        PaperExchange { client, table, user_id, start_balance, marks, snapshot: Mutex::new(snapshot) }
     }
 
     fn store(&self) -> TradingStore<'_> {
-        TradingStore {
-            client: &self.client,
-            table: &self.table,
-        }
+        TradingStore { client: &self.client, table: &self.table }
     }
 
     fn account_or_new(&self, snapshot: &UserSnapshot) -> PaperAccount {
-        snapshot.paper.clone().unwrap_or(PaperAccount {
-            balance: self.start_balance,
-            realized_pnl: Decimal::ZERO,
-            version: 0,
-        })
+        snapshot.paper.clone().unwrap_or(PaperAccount { balance: self.start_balance, realized_pnl: Decimal::ZERO, version: 0 })
     }
 
     fn mark(&self, symbol: &str) -> Result<Decimal, ExchangeError> {
-        self.marks
-            .get(symbol)
-            .copied()
-            .ok_or_else(|| ExchangeError::NoMarkPrice(symbol.to_owned()))
+        self.marks.get(symbol).copied().ok_or_else(|| ExchangeError::NoMarkPrice(symbol.to_owned()))
     }
 
     fn transaction(
@@ -194,27 +166,13 @@ impl PaperExchange {
         guard: OrderGuard,
     ) -> Result<Vec<TransactWriteItem>, ExchangeError> {
         let mut items = Vec::new();
-        let account_item = keys::with_key(
-            to_item(&outcome.account).map_err(store_err)?,
-            keys::paper_account(&self.user_id),
-        );
-        let account_condition = if before.version == 0 {
-            "attribute_not_exists(PK)"
-        } else {
-            "version = :v"
-        };
-        let mut put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(account_item))
-            .condition_expression(account_condition);
+        let account_item = keys::with_key(to_item(&outcome.account).map_err(store_err)?, keys::paper_account(&self.user_id));
+        let account_condition = if before.version == 0 { "attribute_not_exists(PK)" } else { "version = :v" };
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(account_item)).condition_expression(account_condition);
         if before.version != 0 {
             put = put.expression_attribute_values(":v", n(before.version));
         }
-        items.push(
-            TransactWriteItem::builder()
-                .put(put.build().map_err(store_err)?)
-                .build(),
-        );
+        items.push(TransactWriteItem::builder().put(put.build().map_err(store_err)?).build());
 
         let position_key = keys::paper_position(&self.user_id, &intent.symbol);
         let position_condition = |b: Option<&PaperPosition>| match b {
@@ -224,19 +182,13 @@ impl PaperExchange {
         let (condition, value) = position_condition(position_before);
         match &outcome.position {
             Some(p) => {
-                let item = keys::with_key(to_item(p).map_err(store_err)?, position_key);
-                let mut put = Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .condition_expression(condition);
+                let mut item = keys::with_key(to_item(p).map_err(store_err)?, position_key);
+                item.extend(keys::active_position_index(&self.user_id, &p.symbol));
+                let mut put = Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
                 if let Some(v) = value {
                     put = put.expression_attribute_values(":v", v);
                 }
-                items.push(
-                    TransactWriteItem::builder()
-                        .put(put.build().map_err(store_err)?)
-                        .build(),
-                );
+                items.push(TransactWriteItem::builder().put(put.build().map_err(store_err)?).build());
             }
             None => {
                 if let Some(v) = value {
@@ -245,11 +197,7 @@ impl PaperExchange {
                         .set_key(Some(position_key))
                         .condition_expression(condition)
                         .expression_attribute_values(":v", v);
-                    items.push(
-                        TransactWriteItem::builder()
-                            .delete(delete.build().map_err(store_err)?)
-                            .build(),
-                    );
+                    items.push(TransactWriteItem::builder().delete(delete.build().map_err(store_err)?).build());
                 }
             }
         }
@@ -260,14 +208,8 @@ impl PaperExchange {
             .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
             .condition_expression("#status = :pending")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(
-                ":status",
-                serde_dynamo::to_attribute_value(outcome.fill.status).map_err(store_err)?,
-            )
-            .expression_attribute_values(
-                ":fill",
-                serde_dynamo::to_attribute_value(&outcome.fill).map_err(store_err)?,
-            )
+            .expression_attribute_values(":status", serde_dynamo::to_attribute_value(outcome.fill.status).map_err(store_err)?)
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(&outcome.fill).map_err(store_err)?)
             .expression_attribute_values(":now", s(now_rfc3339()))
             .expression_attribute_values(":pending", s("pending"))
             .build()
@@ -316,21 +258,14 @@ impl Exchange for PaperExchange {
         self.positions_of(&snapshot)
     }
 
-    async fn place_order(
-        &self,
-        intent: &OrderIntent,
-        guard: OrderGuard,
-    ) -> Result<OrderFill, ExchangeError> {
-        let spec = contract(&intent.symbol).ok_or_else(|| ExchangeError::Rejected {
-            code: "unknown_symbol".into(),
-            message: intent.symbol.clone(),
-        })?;
+    async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
+        let spec = contract(&intent.symbol)
+            .ok_or_else(|| ExchangeError::Rejected { code: "unknown_symbol".into(), message: intent.symbol.clone() })?;
         let mark = self.mark(&intent.symbol)?;
         let price = match (intent.order_type, intent.price) {
             (OrderType::Market, _) => mark,
             (OrderType::Limit, Some(limit))
-                if (intent.side == Side::Buy && limit >= mark)
-                    || (intent.side == Side::Sell && limit <= mark) =>
+                if (intent.side == Side::Buy && limit >= mark) || (intent.side == Side::Sell && limit <= mark) =>
             {
                 mark
             }
@@ -344,45 +279,21 @@ impl Exchange for PaperExchange {
                     fee: Decimal::ZERO,
                     realized_pnl: Decimal::ZERO,
                 };
-                self.store()
-                    .complete_order(&self.user_id, &intent.client_order_id, &fill)
-                    .await
-                    .map_err(|e| store_err(e.code()))?;
+                self.store().complete_order(&self.user_id, &intent.client_order_id, &fill).await.map_err(|e| store_err(e.code()))?;
                 return Ok(fill);
             }
         };
         let mut snapshot = self.snapshot.lock().await;
         for attempt in 0..6 {
             if attempt > 0 {
-                *snapshot = self
-                    .store()
-                    .snapshot(&self.user_id)
-                    .await
-                    .map_err(|e| store_err(e.code()))?;
+                *snapshot = self.store().snapshot(&self.user_id).await.map_err(|e| store_err(e.code()))?;
             }
             let before = self.account_or_new(&snapshot);
-            let position_before = snapshot
-                .positions
-                .iter()
-                .find(|p| p.symbol == intent.symbol)
-                .cloned();
-            let outcome = apply_fill(
-                &before,
-                position_before.as_ref(),
-                intent,
-                price,
-                spec.taker_fee_rate,
-            );
-            let items =
-                self.transaction(&before, position_before.as_ref(), &outcome, intent, guard)?;
+            let position_before = snapshot.positions.iter().find(|p| p.symbol == intent.symbol).cloned();
+            let outcome = apply_fill(&before, position_before.as_ref(), intent, price, spec.taker_fee_rate);
+            let items = self.transaction(&before, position_before.as_ref(), &outcome, intent, guard)?;
             let order_index = items.len() - if guard.require_running_bot { 2 } else { 1 };
-            match self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await
-            {
+            match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
                 Ok(_) => {
                     snapshot.paper = Some(outcome.account.clone());
                     snapshot.positions.retain(|p| p.symbol != intent.symbol);
@@ -392,9 +303,7 @@ impl Exchange for PaperExchange {
                 Err(e) => {
                     let failed = cancelled_conditions(&e);
                     if failed.is_empty() {
-                        return Err(ExchangeError::Unavailable(
-                            aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
-                        ));
+                        return Err(ExchangeError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()));
                     }
                     if failed.get(order_index).copied().unwrap_or(false) {
                         // Already filled by an earlier try: report that fill, do nothing again.
@@ -411,32 +320,18 @@ impl Exchange for PaperExchange {
                 }
             }
         }
-        Err(ExchangeError::Unavailable(
-            "paper account too contended".into(),
-        ))
+        Err(ExchangeError::Unavailable("paper account too contended".into()))
     }
 
-    async fn find_order(
-        &self,
-        _symbol: &str,
-        client_order_id: &str,
-    ) -> Result<Option<OrderFill>, ExchangeError> {
-        let record = self
-            .store()
-            .order(&self.user_id, client_order_id)
-            .await
-            .map_err(|e| store_err(e.code()))?;
+    async fn find_order(&self, _symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError> {
+        let record = self.store().order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
         Ok(record.and_then(|r| r.fill))
     }
 }
 
 impl PaperExchange {
     fn positions_of(&self, snapshot: &UserSnapshot) -> Result<Vec<Position>, ExchangeError> {
-        snapshot
-            .positions
-            .iter()
-            .map(|p| Ok(position_view(p, self.mark(&p.symbol)?)))
-            .collect()
+        snapshot.positions.iter().map(|p| Ok(position_view(p, self.mark(&p.symbol)?))).collect()
     }
 }
 
@@ -461,55 +356,24 @@ mod tests {
         }
     }
     fn fresh() -> PaperAccount {
-        PaperAccount {
-            balance: d("10000"),
-            realized_pnl: Decimal::ZERO,
-            version: 0,
-        }
+        PaperAccount { balance: d("10000"), realized_pnl: Decimal::ZERO, version: 0 }
     }
 
     #[test]
     fn opening_charges_the_taker_fee_and_locks_margin() {
-        let out = apply_fill(
-            &fresh(),
-            None,
-            &intent(Side::Buy, "0.1", false),
-            d("65000"),
-            d("0.0006"),
-        );
+        let out = apply_fill(&fresh(), None, &intent(Side::Buy, "0.1", false), d("65000"), d("0.0006"));
         assert_eq!(out.fill.fee, d("3.9"));
         assert_eq!(out.account.balance, d("9996.1"));
         let p = out.position.unwrap();
-        assert_eq!(
-            (p.side, p.size, p.entry_price, p.margin),
-            (PositionSide::Long, d("0.1"), d("65000"), d("650"))
-        );
+        assert_eq!((p.side, p.size, p.entry_price, p.margin), (PositionSide::Long, d("0.1"), d("65000"), d("650")));
     }
 
     #[test]
     fn adding_averages_the_entry_and_closing_realizes_pnl() {
-        let a = apply_fill(
-            &fresh(),
-            None,
-            &intent(Side::Buy, "0.1", false),
-            d("60000"),
-            d("0.0006"),
-        );
-        let b = apply_fill(
-            &a.account,
-            a.position.as_ref(),
-            &intent(Side::Buy, "0.1", false),
-            d("62000"),
-            d("0.0006"),
-        );
+        let a = apply_fill(&fresh(), None, &intent(Side::Buy, "0.1", false), d("60000"), d("0.0006"));
+        let b = apply_fill(&a.account, a.position.as_ref(), &intent(Side::Buy, "0.1", false), d("62000"), d("0.0006"));
         assert_eq!(b.position.as_ref().unwrap().entry_price, d("61000"));
-        let c = apply_fill(
-            &b.account,
-            b.position.as_ref(),
-            &intent(Side::Sell, "0.2", true),
-            d("63000"),
-            d("0.0006"),
-        );
+        let c = apply_fill(&b.account, b.position.as_ref(), &intent(Side::Sell, "0.2", true), d("63000"), d("0.0006"));
         assert_eq!(c.fill.realized_pnl, d("400"));
         assert!(c.position.is_none());
         // 10000 - 3.6 - 3.72 - 7.56 + 400
@@ -519,48 +383,18 @@ mod tests {
 
     #[test]
     fn a_short_profits_when_the_price_falls() {
-        let a = apply_fill(
-            &fresh(),
-            None,
-            &intent(Side::Sell, "1", false),
-            d("3000"),
-            Decimal::ZERO,
-        );
-        let b = apply_fill(
-            &a.account,
-            a.position.as_ref(),
-            &intent(Side::Buy, "1", true),
-            d("2900"),
-            Decimal::ZERO,
-        );
+        let a = apply_fill(&fresh(), None, &intent(Side::Sell, "1", false), d("3000"), Decimal::ZERO);
+        let b = apply_fill(&a.account, a.position.as_ref(), &intent(Side::Buy, "1", true), d("2900"), Decimal::ZERO);
         assert_eq!(b.fill.realized_pnl, d("100"));
     }
 
     #[test]
     fn an_opposite_order_larger_than_the_position_flips_it_unless_reduce_only() {
-        let a = apply_fill(
-            &fresh(),
-            None,
-            &intent(Side::Buy, "0.1", false),
-            d("60000"),
-            Decimal::ZERO,
-        );
-        let flip = apply_fill(
-            &a.account,
-            a.position.as_ref(),
-            &intent(Side::Sell, "0.3", false),
-            d("60000"),
-            Decimal::ZERO,
-        );
+        let a = apply_fill(&fresh(), None, &intent(Side::Buy, "0.1", false), d("60000"), Decimal::ZERO);
+        let flip = apply_fill(&a.account, a.position.as_ref(), &intent(Side::Sell, "0.3", false), d("60000"), Decimal::ZERO);
         let p = flip.position.unwrap();
         assert_eq!((p.side, p.size), (PositionSide::Short, d("0.2")));
-        let reduce = apply_fill(
-            &a.account,
-            a.position.as_ref(),
-            &intent(Side::Sell, "0.3", true),
-            d("60000"),
-            Decimal::ZERO,
-        );
+        let reduce = apply_fill(&a.account, a.position.as_ref(), &intent(Side::Sell, "0.3", true), d("60000"), Decimal::ZERO);
         assert!(reduce.position.is_none());
         assert_eq!(reduce.fill.filled_size, d("0.1"));
     }

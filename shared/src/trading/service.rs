@@ -7,9 +7,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::trading::bitget::{BitgetCredentials, BitgetExchange};
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
-use crate::trading::model::{
-    client_order_id, OrderFill, OrderIntent, OrderStatus, OrderType, Position,
-};
+use crate::trading::model::{client_order_id, OrderFill, OrderIntent, OrderStatus, OrderType, Position};
 use crate::trading::paper::PaperExchange;
 use crate::trading::store::{TradingStore, UserSnapshot};
 use lambda_http::Request;
@@ -18,10 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 pub fn store(state: &AppState) -> TradingStore<'_> {
-    TradingStore {
-        client: &state.dynamo,
-        table: &state.config.table_name,
-    }
+    TradingStore { client: &state.dynamo, table: &state.config.table_name }
 }
 
 /// A verified caller and everything stored about them, in one round trip after the token check.
@@ -33,10 +28,7 @@ pub struct Session {
 pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiError> {
     let caller = authenticate(state, req).await?;
     let snapshot = store(state).snapshot(&caller.user_id).await?;
-    let profile = snapshot
-        .profile
-        .as_ref()
-        .ok_or_else(ApiError::invalid_token)?;
+    let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
     // Global logout: the "valid after" time arrives with the user's data, no extra round trip.
     if caller.revoked_by(profile.revoked_before_ms) {
         return Err(ApiError::invalid_token());
@@ -46,29 +38,23 @@ pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiErro
 
 pub fn exchange_error(err: ExchangeError) -> ApiError {
     match err {
-        ExchangeError::InvalidCredentials => ApiError::unprocessable(
-            "invalid_exchange_credentials",
-            "the exchange refused the stored credentials",
-        ),
-        ExchangeError::InsufficientBalance => ApiError::unprocessable(
-            "insufficient_margin",
-            "the exchange reports insufficient balance for this order",
-        ),
+        ExchangeError::InvalidCredentials => {
+            ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused the stored credentials")
+        }
+        ExchangeError::InsufficientBalance => {
+            ApiError::unprocessable("insufficient_margin", "the exchange reports insufficient balance for this order")
+        }
         ExchangeError::PositionModeMismatch => ApiError::unprocessable(
             "position_mode_mismatch",
             "the exchange account's position mode does not match; save the credentials again",
         ),
-        ExchangeError::Rejected { code, message } => ApiError::unprocessable(
-            "exchange_rejected",
-            format!("the exchange rejected the order ({code}): {message}"),
-        ),
-        ExchangeError::BotNotRunning => {
-            ApiError::conflict("bot_not_running", "start the bot before submitting orders")
+        ExchangeError::Rejected { code, message } => {
+            ApiError::unprocessable("exchange_rejected", format!("the exchange rejected the order ({code}): {message}"))
         }
-        ExchangeError::NoMarkPrice(symbol) => ApiError::Unavailable {
-            code: "market_data_unavailable",
-            detail: format!("no mark price for {symbol} right now"),
-        },
+        ExchangeError::BotNotRunning => ApiError::conflict("bot_not_running", "start the bot before submitting orders"),
+        ExchangeError::NoMarkPrice(symbol) => {
+            ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") }
+        }
         ExchangeError::CircuitOpen => ApiError::BadGateway {
             code: "exchange_unavailable",
             detail: "the exchange is failing; calls are paused for a short while".into(),
@@ -77,8 +63,7 @@ pub fn exchange_error(err: ExchangeError) -> ApiError {
             tracing::warn!(reason = %why, "exchange unavailable");
             ApiError::BadGateway {
                 code: "exchange_unavailable",
-                detail: "the exchange did not answer in time; the order's outcome is being checked"
-                    .into(),
+                detail: "the exchange did not answer in time; the order's outcome is being checked".into(),
             }
         }
         ExchangeError::Store(why) => ApiError::internal("paper exchange store", why),
@@ -87,10 +72,7 @@ pub fn exchange_error(err: ExchangeError) -> ApiError {
 
 /// Mark prices for `symbols`: from the table locally, from Bitget's public tickers in AWS
 /// (one call for every symbol).
-pub async fn marks(
-    state: &AppState,
-    symbols: &[String],
-) -> Result<HashMap<String, Decimal>, ApiError> {
+pub async fn marks(state: &AppState, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
     if symbols.is_empty() {
         return Ok(HashMap::new());
     }
@@ -98,10 +80,7 @@ pub async fn marks(
         MarketData::Store => store(state).stored_marks(symbols).await,
         MarketData::Bitget => {
             let all = state.bitget.mark_prices().await.map_err(exchange_error)?;
-            Ok(all
-                .into_iter()
-                .filter(|(s, _)| symbols.contains(s))
-                .collect())
+            Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
         }
     }
 }
@@ -111,11 +90,8 @@ pub fn decrypt_credentials(
     user_id: &str,
     ciphertext: &str,
 ) -> Result<BitgetCredentials, ApiError> {
-    let plain = state_keys
-        .decrypt(ciphertext, user_id.as_bytes())
-        .map_err(|e| ApiError::internal("decrypting exchange credentials", e))?;
-    serde_json::from_slice(&plain)
-        .map_err(|_| ApiError::internal("decoding exchange credentials", "malformed plaintext"))
+    let plain = state_keys.decrypt(ciphertext, user_id.as_bytes()).map_err(|e| ApiError::internal("decrypting exchange credentials", e))?;
+    serde_json::from_slice(&plain).map_err(|_| ApiError::internal("decoding exchange credentials", "malformed plaintext"))
 }
 
 /// The caller's exchange: Bitget when they saved credentials, the paper account otherwise.
@@ -126,23 +102,11 @@ pub async fn exchange_for(
     extra_symbols: &[String],
 ) -> Result<Box<dyn Exchange>, ApiError> {
     if let Some(record) = &snapshot.credentials {
-        let keys = state
-            .encryption_keys
-            .get()
-            .await
-            .map_err(|e| ApiError::internal("loading encryption keys", e))?;
+        let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
         let creds = decrypt_credentials(&keys, user_id, &record.ciphertext)?;
-        return Ok(Box::new(BitgetExchange {
-            client: state.bitget.clone(),
-            creds,
-            position_mode: record.position_mode.clone(),
-        }));
+        return Ok(Box::new(BitgetExchange { client: state.bitget.clone(), creds, position_mode: record.position_mode.clone() }));
     }
-    let mut symbols: Vec<String> = snapshot
-        .positions
-        .iter()
-        .map(|p| p.symbol.clone())
-        .collect();
+    let mut symbols: Vec<String> = snapshot.positions.iter().map(|p| p.symbol.clone()).collect();
     symbols.extend(extra_symbols.iter().cloned());
     symbols.sort();
     symbols.dedup();
@@ -193,42 +157,21 @@ pub async fn close_position(
         leverage,
     };
     let store = store(state);
-    let fill = if store
-        .record_pending_order(user_id, &intent, Some(reason))
-        .await?
-    {
-        exchange
-            .place_order(&intent, OrderGuard::default())
-            .await
-            .map_err(exchange_error)?
+    let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
+        exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?
     } else {
-        match store
-            .order(user_id, &intent.client_order_id)
-            .await?
-            .and_then(|o| o.fill)
-        {
+        match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {
             Some(fill) => fill,
             // Recorded by an earlier run that died before the exchange answered: ask the exchange.
-            None => match exchange
-                .find_order(&intent.symbol, &intent.client_order_id)
-                .await
-                .map_err(exchange_error)?
-            {
+            None => match exchange.find_order(&intent.symbol, &intent.client_order_id).await.map_err(exchange_error)? {
                 Some(fill) => fill,
-                None => exchange
-                    .place_order(&intent, OrderGuard::default())
-                    .await
-                    .map_err(exchange_error)?,
+                None => exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?,
             },
         }
     };
     // The paper exchange writes the order record inside its fill transaction.
-    if exchange.kind() != crate::trading::model::ExchangeKind::Paper
-        && fill.status != OrderStatus::Pending
-    {
-        store
-            .complete_order(user_id, &intent.client_order_id, &fill)
-            .await?;
+    if exchange.kind() != crate::trading::model::ExchangeKind::Paper && fill.status != OrderStatus::Pending {
+        store.complete_order(user_id, &intent.client_order_id, &fill).await?;
     }
     Ok(closed_from(position, &fill))
 }

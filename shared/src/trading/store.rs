@@ -89,6 +89,18 @@ pub struct OrderRecord {
     pub updated_at: String,
 }
 
+/// What the store last saw of a live position on the exchange: reconciliation compares it with
+/// the exchange (which is the truth), and the trailing stop keeps its high-water mark here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LivePosition {
+    pub symbol: String,
+    pub side: PositionSide,
+    pub size: Decimal,
+    pub entry_price: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_water: Option<Decimal>,
+}
+
 /// What a trading request knows about its caller after one Query.
 #[derive(Debug, Default, Clone)]
 pub struct UserSnapshot {
@@ -96,7 +108,15 @@ pub struct UserSnapshot {
     pub bot: Option<BotRecord>,
     pub paper: Option<PaperAccount>,
     pub positions: Vec<PaperPosition>,
+    pub live_positions: Vec<LivePosition>,
     pub credentials: Option<CredentialsRecord>,
+}
+
+fn side_name(side: PositionSide) -> &'static str {
+    match side {
+        PositionSide::Long => "long",
+        PositionSide::Short => "short",
+    }
 }
 
 pub fn now_rfc3339() -> String {
@@ -130,9 +150,7 @@ impl TradingStore<'_> {
                     "BOT" => snapshot.bot = Some(from_item(item)?),
                     "PAPER" => snapshot.paper = Some(from_item(item)?),
                     "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
-                    sk if sk.starts_with(keys::POSITION_PREFIX) => {
-                        snapshot.positions.push(from_item(item)?)
-                    }
+                    sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
                     _ => {}
                 }
             }
@@ -167,17 +185,11 @@ impl TradingStore<'_> {
             .send()
             .await
             .map_err(db_error)?;
-        Ok(out
-            .item
-            .and_then(|i| i.get("enabled").and_then(|v| v.as_bool().ok().copied()))
-            .unwrap_or(false))
+        Ok(out.item.and_then(|i| i.get("enabled").and_then(|v| v.as_bool().ok().copied())).unwrap_or(false))
     }
 
     /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
-    pub async fn stored_marks(
-        &self,
-        symbols: &[String],
-    ) -> Result<HashMap<String, Decimal>, ApiError> {
+    pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
         let mut marks = HashMap::new();
         for chunk in symbols.chunks(100) {
             let keys_and_attrs = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
@@ -187,24 +199,10 @@ impl TradingStore<'_> {
                 .map_err(|e| ApiError::internal("building batch get", e))?;
             let mut request = HashMap::from([(self.table.to_owned(), keys_and_attrs)]);
             for _ in 0..5 {
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(request.clone()))
-                    .send()
-                    .await
-                    .map_err(db_error)?;
-                for item in out
-                    .responses
-                    .unwrap_or_default()
-                    .remove(self.table)
-                    .unwrap_or_default()
-                {
+                let out = self.client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
+                for item in out.responses.unwrap_or_default().remove(self.table).unwrap_or_default() {
                     let symbol = item.get("symbol").and_then(|v| v.as_s().ok()).cloned();
-                    let price = item
-                        .get("price")
-                        .and_then(|v| v.as_s().ok())
-                        .and_then(|p| p.parse::<Decimal>().ok());
+                    let price = item.get("price").and_then(|v| v.as_s().ok()).and_then(|p| p.parse::<Decimal>().ok());
                     if let (Some(symbol), Some(price)) = (symbol, price) {
                         marks.insert(symbol, price);
                     }
@@ -218,6 +216,70 @@ impl TradingStore<'_> {
         Ok(marks)
     }
 
+    /// Makes the stored mirror of a live account equal to what the exchange reports; the
+    /// differences found (empty when the store was right).
+    pub async fn sync_live_positions(
+        &self,
+        user_id: &str,
+        known: &[LivePosition],
+        actual: &[crate::trading::model::Position],
+    ) -> Result<Vec<String>, ApiError> {
+        let mut differences = Vec::new();
+        for p in actual {
+            let mirror = known.iter().find(|k| k.symbol == p.symbol && k.side == p.side);
+            if mirror.is_some_and(|m| m.size == p.size && m.entry_price == p.entry_price) {
+                continue;
+            }
+            differences.push(match mirror {
+                Some(m) => format!("{} {} size {} → {}", p.symbol, side_name(p.side), m.size, p.size),
+                None => format!("{} {} {} unknown to the store", p.symbol, side_name(p.side), p.size),
+            });
+            let record = LivePosition {
+                symbol: p.symbol.clone(),
+                side: p.side,
+                size: p.size,
+                entry_price: p.entry_price,
+                high_water: mirror.and_then(|m| m.high_water),
+            };
+            let mut item = keys::with_key(to_item(&record)?, keys::live_position(user_id, &p.symbol, side_name(p.side)));
+            item.extend(keys::active_live_position_index(user_id, &p.symbol, side_name(p.side)));
+            self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map_err(db_error)?;
+        }
+        for k in known {
+            if !actual.iter().any(|p| p.symbol == k.symbol && p.side == k.side) {
+                differences.push(format!("{} {} {} gone at the exchange", k.symbol, side_name(k.side), k.size));
+                self.client
+                    .delete_item()
+                    .table_name(self.table)
+                    .set_key(Some(keys::live_position(user_id, &k.symbol, side_name(k.side))))
+                    .send()
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(differences)
+    }
+
+    pub async fn set_live_high_water(&self, user_id: &str, position: &LivePosition, mark: Decimal) -> Result<(), ApiError> {
+        let key = keys::live_position(user_id, &position.symbol, side_name(position.side));
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(key))
+            .update_expression("SET high_water = :mark")
+            .expression_attribute_values(":mark", s(mark.to_string()));
+        update = match position.high_water {
+            None => update.condition_expression("attribute_exists(PK) AND attribute_not_exists(high_water)"),
+            Some(old) => update.condition_expression("high_water = :old").expression_attribute_values(":old", s(old.to_string())),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
     /// Sets a stored mark price (`make price`; the paper exchange's market data locally).
     pub async fn set_mark(&self, symbol: &str, price: Decimal) -> Result<(), ApiError> {
         let item = keys::with_key(
@@ -228,40 +290,19 @@ impl TradingStore<'_> {
             ]),
             keys::mark_price(symbol),
         );
-        self.client
-            .put_item()
-            .table_name(self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
     }
 
     /// The operator's kill switch: on, it halts starts and risk-increasing orders.
     pub async fn set_kill_switch(&self, enabled: bool) -> Result<(), ApiError> {
         let item = keys::with_key(
-            HashMap::from([
-                ("enabled".to_owned(), AttributeValue::Bool(enabled)),
-                ("updated_at".to_owned(), s(now_rfc3339())),
-            ]),
+            HashMap::from([("enabled".to_owned(), AttributeValue::Bool(enabled)), ("updated_at".to_owned(), s(now_rfc3339()))]),
             keys::kill_switch(),
         );
-        self.client
-            .put_item()
-            .table_name(self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
     }
 
-    pub async fn order(
-        &self,
-        user_id: &str,
-        client_oid: &str,
-    ) -> Result<Option<OrderRecord>, ApiError> {
+    pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, ApiError> {
         let out = self
             .client
             .get_item()
@@ -275,12 +316,7 @@ impl TradingStore<'_> {
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
-    pub async fn record_pending_order(
-        &self,
-        user_id: &str,
-        intent: &OrderIntent,
-        reason: Option<&str>,
-    ) -> Result<bool, ApiError> {
+    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent, reason: Option<&str>) -> Result<bool, ApiError> {
         let now = now_rfc3339();
         let record = OrderRecord {
             user_id: user_id.to_owned(),
@@ -291,10 +327,7 @@ impl TradingStore<'_> {
             created_at: now.clone(),
             updated_at: now,
         };
-        let item = keys::with_key(
-            to_item(&record)?,
-            keys::order(user_id, &intent.client_order_id),
-        );
+        let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
         match self
             .client
             .put_item()
@@ -311,12 +344,7 @@ impl TradingStore<'_> {
     }
 
     /// Stores what the exchange answered for a recorded order.
-    pub async fn complete_order(
-        &self,
-        user_id: &str,
-        client_oid: &str,
-        fill: &OrderFill,
-    ) -> Result<(), ApiError> {
+    pub async fn complete_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<(), ApiError> {
         self.client
             .update_item()
             .table_name(self.table)
@@ -325,14 +353,9 @@ impl TradingStore<'_> {
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(
                 ":status",
-                serde_dynamo::to_attribute_value(fill.status)
-                    .map_err(|e| ApiError::internal("encoding", e))?,
+                serde_dynamo::to_attribute_value(fill.status).map_err(|e| ApiError::internal("encoding", e))?,
             )
-            .expression_attribute_values(
-                ":fill",
-                serde_dynamo::to_attribute_value(fill)
-                    .map_err(|e| ApiError::internal("encoding", e))?,
-            )
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(|e| ApiError::internal("encoding", e))?)
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await
@@ -355,27 +378,12 @@ impl TradingStore<'_> {
             .send()
             .await
             .map_err(db_error)?;
-        out.items
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_item)
-            .collect()
+        out.items.unwrap_or_default().into_iter().map(from_item).collect()
     }
 
-    pub async fn put_credentials(
-        &self,
-        user_id: &str,
-        record: &CredentialsRecord,
-    ) -> Result<(), ApiError> {
+    pub async fn put_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<(), ApiError> {
         let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
-        self.client
-            .put_item()
-            .table_name(self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
     }
 
     pub async fn delete_credentials(&self, user_id: &str) -> Result<(), ApiError> {
@@ -391,25 +399,15 @@ impl TradingStore<'_> {
 
     /// Writes a bot record if the stored one still has `expected_version` (None: must not exist).
     /// Running and stopping bots carry the active-bots index attributes; stopped ones do not.
-    pub async fn put_bot(
-        &self,
-        bot: &BotRecord,
-        expected_version: Option<u64>,
-    ) -> Result<bool, ApiError> {
+    pub async fn put_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<bool, ApiError> {
         let mut item: Item = keys::with_key(to_item(bot)?, keys::bot(&bot.user_id));
         if bot.state != BotState::Stopped {
             item.extend(keys::active_bot_index(&bot.user_id));
         }
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(self.table)
-            .set_item(Some(item));
+        let mut put = self.client.put_item().table_name(self.table).set_item(Some(item));
         put = match expected_version {
             None => put.condition_expression("attribute_not_exists(PK)"),
-            Some(v) => put
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
+            Some(v) => put.condition_expression("version = :v").expression_attribute_values(":v", n(v)),
         };
         match put.send().await {
             Ok(_) => Ok(true),
@@ -420,12 +418,7 @@ impl TradingStore<'_> {
 
     /// Moves a position's high-water mark to `mark`, only in the position's favour, and only if
     /// nobody moved it since we read it (a compare-and-set on the old value and the version).
-    pub async fn raise_high_water(
-        &self,
-        user_id: &str,
-        position: &PaperPosition,
-        mark: Decimal,
-    ) -> Result<(), ApiError> {
+    pub async fn raise_high_water(&self, user_id: &str, position: &PaperPosition, mark: Decimal) -> Result<(), ApiError> {
         let favourable = match (position.side, position.high_water) {
             (_, None) => true,
             (PositionSide::Long, Some(old)) => mark > old,
@@ -443,12 +436,10 @@ impl TradingStore<'_> {
             .expression_attribute_values(":mark", s(mark.to_string()))
             .expression_attribute_values(":v", n(position.version));
         update = match position.high_water {
-            None => {
-                update.condition_expression("version = :v AND attribute_not_exists(high_water)")
+            None => update.condition_expression("version = :v AND attribute_not_exists(high_water)"),
+            Some(old) => {
+                update.condition_expression("version = :v AND high_water = :old").expression_attribute_values(":old", s(old.to_string()))
             }
-            Some(old) => update
-                .condition_expression("version = :v AND high_water = :old")
-                .expression_attribute_values(":old", s(old.to_string())),
         };
         match update.send().await {
             Ok(_) => Ok(()),

@@ -36,9 +36,7 @@ impl TestResponse {
 }
 
 fn require_env(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| {
-        panic!("{key} is not set: run the tests through `make test`, which starts redis and moto")
-    })
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run the tests through `make test`, which starts redis and moto"))
 }
 
 pub fn test_config(overrides: &[(&str, String)]) -> Config {
@@ -50,13 +48,7 @@ pub fn test_config(overrides: &[(&str, String)]) -> Config {
         ("JWT_SECRET_ID".into(), format!("test/{id}/jwt")),
         ("ENCRYPTION_SECRET_ID".into(), format!("test/{id}/enc")),
         ("TELEGRAM_SECRET_ID".into(), format!("test/{id}/telegram")),
-        (
-            "OUTBOX_PATH".into(),
-            std::env::temp_dir()
-                .join(format!("outbox-{id}.jsonl"))
-                .display()
-                .to_string(),
-        ),
+        ("OUTBOX_PATH".into(), std::env::temp_dir().join(format!("outbox-{id}.jsonl")).display().to_string()),
         ("IP_RATE_LIMIT_PER_MINUTE".into(), "1000".into()),
         ("CORS_ALLOWED_ORIGINS".into(), "https://app.example".into()),
         ("EXCHANGE_TIMEOUT_MS".into(), "800".into()),
@@ -78,39 +70,21 @@ pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
     let config = test_config(overrides);
     let sdk = shared::aws::sdk_config().await;
     let template = include_str!("../../../template.yaml");
-    shared::devstack::create_table(
-        &aws_sdk_dynamodb::Client::new(&sdk),
-        &config.table_name,
-        template,
-    )
-    .await
-    .expect("create table");
-    shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config)
-        .await
-        .expect("seed secrets");
+    shared::devstack::create_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name, template).await.expect("create table");
+    shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await.expect("seed secrets");
     let outbox = config.outbox_path.clone();
     let state = AppState::new(config, &sdk).expect("state");
-    state
-        .warm(&[Need::Redis, Need::JwtKeys, Need::EncryptionKeys])
-        .await
-        .expect("warm");
+    state.warm(&[Need::Redis, Need::JwtKeys, Need::EncryptionKeys]).await.expect("warm");
     TestApp { state, outbox, sdk }
 }
 
 pub fn request(method: &str, path: &str, body: Option<serde_json::Value>) -> Request {
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(format!("https://api.example.com{path}"));
+    let mut builder = http::Request::builder().method(method).uri(format!("https://api.example.com{path}"));
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
     }
-    let body = body
-        .map(|b| Body::Text(b.to_string()))
-        .unwrap_or(Body::Empty);
-    builder
-        .body(body)
-        .expect("request")
-        .with_request_context(api_context("198.51.100.1"))
+    let body = body.map(|b| Body::Text(b.to_string())).unwrap_or(Body::Empty);
+    builder.body(body).expect("request").with_request_context(api_context("198.51.100.1"))
 }
 
 pub fn api_context(source_ip: &str) -> LambdaContext {
@@ -120,8 +94,7 @@ pub fn api_context(source_ip: &str) -> LambdaContext {
 }
 
 pub fn with_bearer(mut req: Request, token: &str) -> Request {
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
 
@@ -135,9 +108,7 @@ impl TestApp {
         F: FnOnce(&'a AppState, Request, RequestContext) -> Fut,
         Fut: Future<Output = Result<Response<Body>, ApiError>> + 'a,
     {
-        let response = serve(&self.state, req, handler)
-            .await
-            .expect("serve never fails");
+        let response = serve(&self.state, req, handler).await.expect("serve never fails");
         into_test_response(response)
     }
 
@@ -164,21 +135,12 @@ pub fn into_test_response(response: Response<Body>) -> TestResponse {
         _ => String::new(),
     };
     let body = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
-    TestResponse {
-        status,
-        headers,
-        body,
-        raw,
-    }
+    TestResponse { status, headers, body, raw }
 }
 
 /// A free loopback port for a server a test starts itself.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A redis-server of the test's own, to stop and restart.
@@ -189,10 +151,7 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub async fn start() -> Self {
-        let mut redis = OwnRedis {
-            port: free_port(),
-            child: None,
-        };
+        let mut redis = OwnRedis { port: free_port(), child: None };
         redis.restart().await;
         redis
     }
@@ -209,25 +168,13 @@ impl OwnRedis {
         self.stop();
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let child = std::process::Command::new(bin)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -243,6 +190,7 @@ impl Drop for OwnRedis {
 }
 
 pub mod fake_bitget;
+pub mod fake_telegram;
 
 /// Registers, verifies and logs in a fresh user; their access token.
 pub async fn access_token(app: &TestApp) -> String {
@@ -250,63 +198,30 @@ pub async fn access_token(app: &TestApp) -> String {
     let email = format!("trader-{}@example.com", uuid::Uuid::new_v4().simple());
     let password = "correct horse battery staple";
     let res = app
-        .call(
-            auth::register,
-            request(
-                "POST",
-                "/api/v1/auth/register",
-                Some(serde_json::json!({"email": email, "password": password})),
-            ),
-        )
+        .call(auth::register, request("POST", "/api/v1/auth/register", Some(serde_json::json!({"email": email, "password": password}))))
         .await;
     assert_eq!(res.status, 202, "{}", res.raw);
-    let code = app
-        .outbox()
-        .iter()
-        .rev()
-        .find(|m| m["to"] == email.as_str() && m["code"].is_string())
-        .expect("code mail")["code"]
+    let code = app.outbox().iter().rev().find(|m| m["to"] == email.as_str() && m["code"].is_string()).expect("code mail")["code"]
         .as_str()
         .unwrap()
         .to_owned();
     let res = app
-        .call(
-            auth::verify,
-            request(
-                "POST",
-                "/api/v1/auth/verify",
-                Some(serde_json::json!({"email": email, "verification_code": code})),
-            ),
-        )
+        .call(auth::verify, request("POST", "/api/v1/auth/verify", Some(serde_json::json!({"email": email, "verification_code": code}))))
         .await;
     assert_eq!(res.status, 200, "{}", res.raw);
-    let res = app
-        .call(
-            auth::login,
-            request(
-                "POST",
-                "/api/v1/auth/login",
-                Some(serde_json::json!({"email": email, "password": password})),
-            ),
-        )
-        .await;
+    let res =
+        app.call(auth::login, request("POST", "/api/v1/auth/login", Some(serde_json::json!({"email": email, "password": password})))).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     res.body["access_token"].as_str().unwrap().to_owned()
 }
 
 impl TestApp {
     pub fn trading(&self) -> shared::trading::store::TradingStore<'_> {
-        shared::trading::store::TradingStore {
-            client: &self.state.dynamo,
-            table: &self.state.config.table_name,
-        }
+        shared::trading::store::TradingStore { client: &self.state.dynamo, table: &self.state.config.table_name }
     }
 
     pub async fn set_mark(&self, symbol: &str, price: &str) {
-        self.trading()
-            .set_mark(symbol, price.parse().unwrap())
-            .await
-            .unwrap();
+        self.trading().set_mark(symbol, price.parse().unwrap()).await.unwrap();
     }
 
     /// Calls a protected route as the holder of `token`.
@@ -322,7 +237,6 @@ impl TestApp {
         F: FnOnce(&'a AppState, Request, RequestContext) -> Fut,
         Fut: Future<Output = Result<Response<Body>, ApiError>> + 'a,
     {
-        self.call(handler, with_bearer(request(method, path, body), token))
-            .await
+        self.call(handler, with_bearer(request(method, path, body), token)).await
     }
 }

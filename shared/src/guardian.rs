@@ -1,0 +1,558 @@
+//! The guardian: one scheduled run sweeps every running bot's positions for stop-loss,
+//! take-profit and trailing stops, finishes stops left half done, reconciles live accounts with
+//! the exchange, and raises health alerts on state changes.
+//!
+//! Cost follows the number of active bots, not of users: bots and their paper positions are read
+//! together from the sparse `ActiveBots` index in pages (one query per page), marks are fetched
+//! once per distinct symbol per run, and an order is sent only for a triggered position.
+
+use crate::alerts::{self, Transition};
+use crate::config::MarketData;
+use crate::dynamo::{db_error, from_item, Item};
+use crate::error::ApiError;
+use crate::handlers::health;
+use crate::keys;
+use crate::state::AppState;
+use crate::trading::model::{Position, PositionSide};
+use crate::trading::paper::{position_view, PaperExchange};
+use crate::trading::service::{close_position, exchange_for, marks, store};
+use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition};
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Index items per page.
+pub const PAGE_SIZE: i32 = 500;
+/// Users checked at once: bounded so the exchange's per-account limits (place-order 10/s,
+/// positions 5/s) and the table's capacity are respected.
+pub const CONCURRENCY: usize = 16;
+/// Stop starting new pages this long before the Lambda deadline.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClosedReport {
+    pub user_id: String,
+    pub symbol: String,
+    pub reason: String,
+    pub size: Decimal,
+    pub exit_price: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SweepError {
+    pub user_id: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SweepReport {
+    pub bots_checked: u32,
+    pub positions_checked: u32,
+    pub closed: Vec<ClosedReport>,
+    pub alerts_sent: u32,
+    pub errors: Vec<SweepError>,
+    pub duration_ms: u64,
+}
+
+/// Backend calls by kind, for the scale benchmark and the run's log line.
+#[derive(Debug, Default)]
+pub struct SweepStats {
+    pub index_queries: AtomicU32,
+    pub partition_queries: AtomicU32,
+    pub price_calls: AtomicU32,
+    pub symbols_priced: AtomicU32,
+    pub orders: AtomicU32,
+    pub exchange_position_calls: AtomicU32,
+}
+
+impl SweepStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU32| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "index_queries": g(&self.index_queries),
+            "partition_queries": g(&self.partition_queries),
+            "price_calls": g(&self.price_calls),
+            "symbols_priced": g(&self.symbols_priced),
+            "orders": g(&self.orders),
+            "exchange_position_calls": g(&self.exchange_position_calls),
+        })
+    }
+}
+
+/// Which exit a position has reached, if any. Percentages are of the entry price (2 = 2 %); the
+/// trailing stop arms once the best mark is beyond the entry and fires on a pullback from it.
+pub fn trigger(config: &BotConfig, side: PositionSide, entry: Decimal, mark: Decimal, high_water: Option<Decimal>) -> Option<&'static str> {
+    if entry <= Decimal::ZERO || mark <= Decimal::ZERO {
+        return None;
+    }
+    let hundred = Decimal::ONE_HUNDRED;
+    let gain_pct = (mark - entry) / entry * hundred * side.direction();
+    if -gain_pct >= config.stop_loss_pct {
+        return Some("stop_loss");
+    }
+    if config.take_profit_pct.is_some_and(|tp| gain_pct >= tp) {
+        return Some("take_profit");
+    }
+    if let Some(trail) = config.trailing_stop_pct {
+        let best = best_mark(side, high_water.unwrap_or(entry), mark);
+        let beyond_entry = (best - entry) * side.direction() > Decimal::ZERO;
+        let pullback_pct = (best - mark) / best * hundred * side.direction();
+        if beyond_entry && pullback_pct >= trail {
+            return Some("trailing_stop");
+        }
+    }
+    None
+}
+
+/// The better of two marks for a position: higher for a long, lower for a short.
+pub fn best_mark(side: PositionSide, a: Decimal, b: Decimal) -> Decimal {
+    match side {
+        PositionSide::Long => a.max(b),
+        PositionSide::Short => a.min(b),
+    }
+}
+
+#[derive(Default)]
+struct UserGroup {
+    bot: Option<BotRecord>,
+    paper: Vec<PaperPosition>,
+    live: Vec<LivePosition>,
+    last_key: Option<Item>,
+}
+
+fn index_key(item: &Item) -> Item {
+    [keys::PK, keys::SK, keys::GSI1_PK, keys::GSI1_SK].iter().filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect()
+}
+
+async fn load_cursor(state: &AppState) -> Result<Option<Item>, ApiError> {
+    let out = state
+        .dynamo
+        .get_item()
+        .table_name(&state.config.table_name)
+        .set_key(Some(keys::sweep_cursor()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(db_error)?;
+    Ok(out.item.and_then(|i| i.get("cursor").and_then(|c| c.as_m().ok()).cloned()))
+}
+
+async fn save_cursor(state: &AppState, cursor: Option<Item>) -> Result<(), ApiError> {
+    match cursor {
+        Some(c) => {
+            let item =
+                keys::with_key(Item::from([("cursor".to_owned(), aws_sdk_dynamodb::types::AttributeValue::M(c))]), keys::sweep_cursor());
+            state.dynamo.put_item().table_name(&state.config.table_name).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
+        }
+        None => state
+            .dynamo
+            .delete_item()
+            .table_name(&state.config.table_name)
+            .set_key(Some(keys::sweep_cursor()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(db_error),
+    }
+}
+
+struct Outcome {
+    positions: u32,
+    closed: Vec<ClosedReport>,
+    error: Option<String>,
+    alerts: u32,
+}
+
+/// The scheduled function's handler: one run within the invocation's deadline.
+pub async fn handle(
+    state: &AppState,
+    event: lambda_runtime::LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, lambda_runtime::Error> {
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let remaining = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+    // Without a deadline (a bare local invoke), allow a minute like the deployed function.
+    let remaining = if remaining.is_zero() { Duration::from_secs(60) } else { remaining };
+    let stats = SweepStats::default();
+    let report = sweep(state, Instant::now() + remaining, &stats).await;
+    Ok(serde_json::to_value(report)?)
+}
+
+/// One run. `deadline` is when the Lambda would be killed.
+pub async fn sweep(state: &AppState, deadline: Instant, stats: &SweepStats) -> SweepReport {
+    sweep_pages(state, deadline, stats, PAGE_SIZE).await
+}
+
+pub async fn sweep_pages(state: &AppState, deadline: Instant, stats: &SweepStats, page_size: i32) -> SweepReport {
+    let started = Instant::now();
+    let mut report = SweepReport::default();
+    let mut marks_cache: HashMap<String, Decimal> = HashMap::new();
+    let mut index_ok = true;
+    let mut prices_ok = true;
+    let mut live_seen = false;
+
+    // `resume`: every index item up to this key is done. `next_start`: where the next page starts.
+    let loaded = match load_cursor(state).await {
+        Ok(c) => c,
+        Err(_) => {
+            index_ok = false;
+            None
+        }
+    };
+    let mut resume = loaded.clone();
+    let mut pages = 0u32;
+    let mut next_start = loaded.clone();
+    let mut pending: BTreeMap<String, UserGroup> = BTreeMap::new();
+    while index_ok {
+        // At least one page per run, however late it started; then only while time is left.
+        if pages > 0 && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN {
+            tracing::warn!("deadline near: stopping; the next run goes on from here");
+            if resume != loaded {
+                let _ = save_cursor(state, resume.clone()).await;
+            }
+            break;
+        }
+        stats.index_queries.fetch_add(1, Ordering::Relaxed);
+        pages += 1;
+        let page = state
+            .dynamo
+            .query()
+            .table_name(&state.config.table_name)
+            .index_name(keys::GSI1_NAME)
+            .key_condition_expression("GSI1PK = :active")
+            .expression_attribute_values(":active", crate::dynamo::s(keys::ACTIVE_BOTS))
+            .limit(page_size)
+            .set_exclusive_start_key(next_start.clone())
+            .send()
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "active-bots index unreadable");
+                index_ok = false;
+                break;
+            }
+        };
+        for item in page.items.unwrap_or_default() {
+            let gsi_sk = item.get(keys::GSI1_SK).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let user_id = gsi_sk.split('#').next().unwrap_or_default().to_owned();
+            let sk = keys::sort_key(&item).unwrap_or_default().to_owned();
+            let key = index_key(&item);
+            let group = pending.entry(user_id).or_default();
+            group.last_key = Some(key);
+            let parsed = if sk == "BOT" {
+                from_item::<BotRecord>(item).map(|b| group.bot = Some(b))
+            } else if sk.starts_with(keys::POSITION_PREFIX) {
+                from_item::<PaperPosition>(item).map(|p| group.paper.push(p))
+            } else if sk.starts_with(keys::LIVE_POSITION_PREFIX) {
+                from_item::<LivePosition>(item).map(|p| group.live.push(p))
+            } else {
+                Ok(())
+            };
+            if parsed.is_err() {
+                tracing::error!(sort_key = %sk, "unreadable item in the active-bots index");
+            }
+        }
+        let more = page.last_evaluated_key.clone();
+        // The last user's items may continue on the next page: keep them for then.
+        let carry = if more.is_some() { pending.keys().next_back().cloned().and_then(|k| pending.remove_entry(&k)) } else { None };
+        let groups: Vec<(String, UserGroup)> = std::mem::take(&mut pending).into_iter().filter(|(_, g)| g.bot.is_some()).collect();
+        let processed_key = groups.iter().filter_map(|(_, g)| g.last_key.clone()).next_back();
+
+        // Marks for every paper symbol of this page not priced yet in this run: one call.
+        let mut missing: Vec<String> =
+            groups.iter().flat_map(|(_, g)| g.paper.iter().map(|p| p.symbol.clone())).filter(|s| !marks_cache.contains_key(s)).collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            stats.price_calls.fetch_add(1, Ordering::Relaxed);
+            stats.symbols_priced.fetch_add(missing.len() as u32, Ordering::Relaxed);
+            match marks(state, &missing).await {
+                Ok(found) => marks_cache.extend(found),
+                Err(_) => prices_ok = false,
+            }
+        }
+
+        report.bots_checked += groups.len() as u32;
+        live_seen |= groups.iter().any(|(_, g)| g.bot.as_ref().is_some_and(|b| b.exchange == crate::trading::model::ExchangeKind::Bitget));
+        let marks_ref = &marks_cache;
+        let outcomes: Vec<(String, Outcome)> = futures::stream::iter(groups)
+            .map(|(user_id, group)| async move {
+                let outcome = check_user(state, &user_id, group, marks_ref, stats).await;
+                (user_id, outcome)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (user_id, outcome) in outcomes {
+            report.positions_checked += outcome.positions;
+            report.closed.extend(outcome.closed);
+            report.alerts_sent += outcome.alerts;
+            if let Some(error) = outcome.error {
+                report.errors.push(SweepError { user_id, error });
+            }
+        }
+
+        if processed_key.is_some() {
+            resume = processed_key.clone();
+        }
+        match (more, processed_key) {
+            // The carried user is read again, whole, from right after the last user done.
+            (Some(_), Some(done)) => next_start = Some(done),
+            (Some(last), None) => {
+                next_start = Some(last);
+                pending.extend(carry);
+            }
+            (None, _) => {
+                if loaded.is_some() {
+                    let _ = save_cursor(state, None).await;
+                }
+                break;
+            }
+        }
+    }
+
+    report.alerts_sent += health_checks(state, index_ok, prices_ok, live_seen, &report).await;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        bots_checked = report.bots_checked,
+        positions_checked = report.positions_checked,
+        closed = report.closed.len(),
+        errors = report.errors.len(),
+        calls = %stats.snapshot(),
+        "sweep done"
+    );
+    report
+}
+
+async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &HashMap<String, Decimal>, stats: &SweepStats) -> Outcome {
+    let mut outcome = Outcome { positions: 0, closed: Vec::new(), error: None, alerts: 0 };
+    let Some(bot) = group.bot else { return outcome };
+    let result = match (bot.state, bot.exchange) {
+        (BotState::Stopping, _) => finish_stop(state, user_id, bot, stats, &mut outcome).await,
+        (BotState::Running, crate::trading::model::ExchangeKind::Paper) => {
+            check_paper(state, user_id, &bot, group.paper, marks, stats, &mut outcome).await
+        }
+        (BotState::Running, crate::trading::model::ExchangeKind::Bitget) => {
+            check_live(state, user_id, &bot, group.live, stats, &mut outcome).await
+        }
+        (BotState::Stopped, _) => Ok(()),
+    };
+    if let Err(e) = result {
+        outcome.error = Some(e.code().to_owned());
+    }
+    outcome
+}
+
+async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &SweepStats, outcome: &mut Outcome) -> Result<(), ApiError> {
+    stats.partition_queries.fetch_add(1, Ordering::Relaxed);
+    match crate::handlers::trading::stop_bot_for(state, user_id, bot).await {
+        Ok((_, closed)) => {
+            stats.orders.fetch_add(closed.len() as u32, Ordering::Relaxed);
+            outcome.closed.extend(closed.into_iter().map(|c| ClosedReport {
+                user_id: user_id.to_owned(),
+                symbol: c.symbol,
+                reason: "bot_stop".into(),
+                size: c.size,
+                exit_price: c.exit_price,
+            }));
+            Ok(())
+        }
+        Err(e) => {
+            if alerts::send(
+                state,
+                &format!("⚠️ Bot of user {user_id} is still stopping: closing its positions failed ({}). Retrying every minute.", e.code()),
+            )
+            .await
+            {
+                outcome.alerts += 1;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn check_paper(
+    state: &AppState,
+    user_id: &str,
+    bot: &BotRecord,
+    positions: Vec<PaperPosition>,
+    marks: &HashMap<String, Decimal>,
+    stats: &SweepStats,
+    outcome: &mut Outcome,
+) -> Result<(), ApiError> {
+    for position in positions {
+        let Some(mark) = marks.get(&position.symbol).copied() else {
+            return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: position.symbol.clone() });
+        };
+        outcome.positions += 1;
+        if bot.config.trailing_stop_pct.is_some() {
+            store(state).raise_high_water(user_id, &position, mark).await?;
+        }
+        let Some(reason) = trigger(&bot.config, position.side, position.entry_price, mark, position.high_water) else { continue };
+        // Only a triggered position costs a read of the account and an order.
+        stats.partition_queries.fetch_add(1, Ordering::Relaxed);
+        let snapshot = store(state).snapshot(user_id).await?;
+        let Some(current) = snapshot.positions.iter().find(|p| p.symbol == position.symbol && p.version == position.version).cloned()
+        else {
+            continue; // changed since the index was read; the next run judges it afresh
+        };
+        let exchange = PaperExchange::new(
+            state.dynamo.clone(),
+            state.config.table_name.clone(),
+            user_id.to_owned(),
+            state.config.paper_start_balance,
+            marks.clone(),
+            snapshot,
+        );
+        let view = position_view(&current, mark);
+        stats.orders.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{reason}-v{}", current.version);
+        let closed = close_position(state, &exchange, user_id, &view, bot.config.leverage, &key, reason).await?;
+        outcome.closed.push(ClosedReport {
+            user_id: user_id.to_owned(),
+            symbol: view.symbol,
+            reason: reason.to_owned(),
+            size: closed.size,
+            exit_price: closed.exit_price,
+        });
+    }
+    Ok(())
+}
+
+async fn check_live(
+    state: &AppState,
+    user_id: &str,
+    bot: &BotRecord,
+    mirrors: Vec<LivePosition>,
+    stats: &SweepStats,
+    outcome: &mut Outcome,
+) -> Result<(), ApiError> {
+    stats.partition_queries.fetch_add(1, Ordering::Relaxed);
+    let snapshot = store(state).snapshot(user_id).await?;
+    let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
+    stats.exchange_position_calls.fetch_add(1, Ordering::Relaxed);
+    let actual: Vec<Position> = exchange.positions().await.map_err(crate::trading::service::exchange_error)?;
+    // The exchange is the truth: correct the store, and say so.
+    let differences = store(state).sync_live_positions(user_id, &mirrors, &actual).await?;
+    if !differences.is_empty()
+        && alerts::send(state, &format!("🔁 Reconciled user {user_id} with Bitget: {}", differences.join("; "))).await
+    {
+        outcome.alerts += 1;
+    }
+    for position in actual {
+        outcome.positions += 1;
+        let mirror = mirrors.iter().find(|m| m.symbol == position.symbol && m.side == position.side);
+        let high_water = mirror.and_then(|m| m.high_water);
+        if let (Some(m), Some(_)) = (mirror, bot.config.trailing_stop_pct) {
+            let best = best_mark(position.side, high_water.unwrap_or(position.entry_price), position.mark_price);
+            if Some(best) != high_water {
+                store(state).set_live_high_water(user_id, m, best).await?;
+            }
+        }
+        let Some(reason) = trigger(&bot.config, position.side, position.entry_price, position.mark_price, high_water) else { continue };
+        stats.orders.fetch_add(1, Ordering::Relaxed);
+        // Derived from the position's identity and the trigger: overlapping runs and retries
+        // compute the same client order id, so the close happens once.
+        let key = format!("{reason}-{}-{}", position.entry_price.normalize(), position.size.normalize());
+        let closed = close_position(state, exchange.as_ref(), user_id, &position, bot.config.leverage, &key, reason).await?;
+        outcome.closed.push(ClosedReport {
+            user_id: user_id.to_owned(),
+            symbol: position.symbol.clone(),
+            reason: reason.to_owned(),
+            size: closed.size,
+            exit_price: closed.exit_price,
+        });
+    }
+    Ok(())
+}
+
+/// Probes each dependency and announces state changes only; the number of messages sent.
+async fn health_checks(state: &AppState, index_ok: bool, prices_ok: bool, live_seen: bool, report: &SweepReport) -> u32 {
+    let exchange_needed = live_seen || state.config.market_data == MarketData::Bitget;
+    let (dynamodb, redis, secrets, exchange) = tokio::join!(
+        async { index_ok && health::probe_dynamodb(state).await },
+        health::probe_redis(state),
+        async { state.telegram.get().await.is_ok() },
+        async {
+            if !exchange_needed {
+                return None;
+            }
+            Some(state.bitget.mark_prices().await.is_ok())
+        },
+    );
+    let mut checks = vec![
+        ("dynamodb", dynamodb),
+        ("redis", redis),
+        ("secrets", secrets),
+        ("market_data", prices_ok),
+        ("positions", report.errors.is_empty()),
+    ];
+    if let Some(ok) = exchange {
+        checks.push(("exchange", ok));
+    }
+    let mut sent = 0;
+    for (check, ok) in checks {
+        let message = match alerts::transition(state, check, ok).await {
+            Transition::Alert if check == "positions" => {
+                format!("🚨 guardian: {} bot(s) could not be checked this run", report.errors.len())
+            }
+            Transition::Alert => format!("🚨 guardian: {check} is failing"),
+            Transition::Recovery => format!("✅ guardian: {check} recovered"),
+            Transition::None => continue,
+        };
+        if alerts::send(state, &message).await {
+            sent += 1;
+        }
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+    fn config(tp: Option<&str>, trail: Option<&str>) -> BotConfig {
+        BotConfig {
+            symbol: "BTCUSDT".into(),
+            leverage: 10,
+            stop_loss_pct: d("2"),
+            take_profit_pct: tp.map(d),
+            trailing_stop_pct: trail.map(d),
+            max_position_notional: d("10000"),
+        }
+    }
+
+    #[test]
+    fn a_loss_reaching_the_stop_triggers_a_stop_loss_for_longs_and_shorts() {
+        let c = config(None, None);
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("98"), None), Some("stop_loss"));
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("98.01"), None), None);
+        assert_eq!(trigger(&c, PositionSide::Short, d("100"), d("102"), None), Some("stop_loss"));
+        assert_eq!(trigger(&c, PositionSide::Short, d("100"), d("98"), None), None);
+    }
+
+    #[test]
+    fn a_gain_reaching_the_target_takes_profit() {
+        let c = config(Some("4"), None);
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("104"), None), Some("take_profit"));
+        assert_eq!(trigger(&c, PositionSide::Short, d("100"), d("96"), None), Some("take_profit"));
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("103.9"), None), None);
+    }
+
+    #[test]
+    fn the_trailing_stop_arms_beyond_entry_and_fires_on_the_pullback() {
+        let c = config(None, Some("1"));
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("99.5"), None), None, "not armed below entry");
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("110"), Some(d("110"))), None);
+        assert_eq!(trigger(&c, PositionSide::Long, d("100"), d("108.9"), Some(d("110"))), Some("trailing_stop"));
+        assert_eq!(trigger(&c, PositionSide::Short, d("100"), d("91"), Some(d("90"))), Some("trailing_stop"));
+        assert_eq!(best_mark(PositionSide::Long, d("110"), d("105")), d("110"));
+        assert_eq!(best_mark(PositionSide::Short, d("90"), d("95")), d("90"));
+    }
+}

@@ -1,0 +1,266 @@
+//! The guardian against real redis, the moto server, a fake Bitget and a fake Telegram.
+
+mod common;
+
+use common::fake_bitget::{FakeBitget, Fault, KEY, PASSPHRASE, SECRET};
+use common::fake_telegram::FakeTelegram;
+use common::*;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use shared::guardian::{sweep, sweep_pages, SweepReport, SweepStats};
+use shared::handlers::trading as t;
+use std::time::{Duration, Instant};
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+async fn guardian_app(extra: &[(&str, String)]) -> (TestApp, FakeTelegram) {
+    let telegram = FakeTelegram::start().await;
+    let mut overrides = vec![("TELEGRAM_BASE_URL", telegram.url.clone())];
+    overrides.extend(extra.iter().cloned());
+    let app = spawn_app_with(&overrides).await;
+    app.set_mark("BTCUSDT", "65000").await;
+    app.set_mark("ETHUSDT", "3200").await;
+    (app, telegram)
+}
+
+async fn run(app: &TestApp) -> SweepReport {
+    sweep(&app.state, Instant::now() + Duration::from_secs(60), &SweepStats::default()).await
+}
+
+/// A user with a running paper bot holding a 0.1 BTC long opened at 65,000.
+async fn trader_with_long(app: &TestApp, config: Value) -> String {
+    let token = access_token(app).await;
+    let res = app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config)).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    let mut req = with_bearer(
+        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.1"}))),
+        &token,
+    );
+    req.headers_mut().insert("idempotency-key", uuid::Uuid::new_v4().to_string().parse().unwrap());
+    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+    token
+}
+
+fn config(extra: Value) -> Value {
+    let mut c = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "2", "max_position_notional": "20000"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+async fn status(app: &TestApp, token: &str) -> Value {
+    app.call_as(t::status, token, "GET", "/api/v1/bot/status", None).await.body
+}
+
+#[tokio::test]
+async fn a_price_below_the_stop_closes_the_position_and_the_bot_keeps_running() {
+    let (app, _tg) = guardian_app(&[]).await;
+    let token = trader_with_long(&app, config(json!({}))).await;
+    let quiet = run(&app).await;
+    assert!(quiet.closed.is_empty());
+    assert!(quiet.bots_checked >= 1 && quiet.positions_checked >= 1);
+
+    app.set_mark("BTCUSDT", "63700").await; // −2 %
+    let report = run(&app).await;
+    assert_eq!(report.closed.len(), 1, "{report:?}");
+    let closed = &report.closed[0];
+    assert_eq!(
+        (closed.reason.as_str(), closed.symbol.as_str(), closed.size, closed.exit_price),
+        ("stop_loss", "BTCUSDT", d("0.1"), Some(d("63700")))
+    );
+    let st = status(&app, &token).await;
+    assert_eq!((st["state"].clone(), st["positions"].clone()), (json!("running"), json!([])));
+    // The order records its reason and realized PnL.
+    let user = closed.user_id.clone();
+    let orders = app
+        .dynamo()
+        .query()
+        .table_name(&app.state.config.table_name)
+        .key_condition_expression("PK = :pk")
+        .expression_attribute_values(":pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("ORDERS#{user}")))
+        .send()
+        .await
+        .unwrap();
+    let close = orders.items().iter().find(|i| i.get("reason").is_some()).expect("the close order");
+    assert_eq!(close["reason"].as_s().unwrap(), "stop_loss");
+    assert_eq!(d(close["fill"].as_m().unwrap()["realized_pnl"].as_s().unwrap()), d("-130"));
+}
+
+#[tokio::test]
+async fn a_price_above_the_take_profit_closes_the_position() {
+    let (app, _tg) = guardian_app(&[]).await;
+    trader_with_long(&app, config(json!({"take_profit_pct": "3"}))).await;
+    app.set_mark("BTCUSDT", "66950").await; // +3 %
+    let report = run(&app).await;
+    assert_eq!(report.closed.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>(), vec!["take_profit"]);
+}
+
+#[tokio::test]
+async fn a_trailing_stop_follows_a_rise_and_closes_on_the_pullback() {
+    let (app, _tg) = guardian_app(&[]).await;
+    trader_with_long(&app, config(json!({"trailing_stop_pct": "1"}))).await;
+    for mark in ["66000", "68000", "67500"] {
+        app.set_mark("BTCUSDT", mark).await;
+        assert!(run(&app).await.closed.is_empty(), "no close at {mark}");
+    }
+    app.set_mark("BTCUSDT", "67300").await; // 1.03 % below the 68,000 high
+    let report = run(&app).await;
+    assert_eq!(report.closed.len(), 1, "{report:?}");
+    assert_eq!(report.closed[0].reason, "trailing_stop");
+}
+
+#[tokio::test]
+async fn two_runs_started_at_the_same_moment_close_once() {
+    let (app, _tg) = guardian_app(&[]).await;
+    let token = trader_with_long(&app, config(json!({}))).await;
+    app.set_mark("BTCUSDT", "60000").await;
+    let (a, b) = tokio::join!(run(&app), run(&app));
+    let closes: Vec<_> = a.closed.iter().chain(b.closed.iter()).collect();
+    assert!(!closes.is_empty());
+    let acct = app.call_as(t::account, &token, "GET", "/api/v1/account", None).await.body;
+    assert_eq!(acct["positions"], json!([]));
+    // Closed once: one loss of 0.1 × 5,000 and two fees, not two losses.
+    let equity: Decimal = acct["equity"].as_str().unwrap().parse().unwrap();
+    assert_eq!(equity, d("10000") - d("3.9") - d("500") - d("3.6"));
+}
+
+#[tokio::test]
+async fn bots_left_stopping_are_finished() {
+    let fake = FakeBitget::start().await;
+    let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    let token = access_token(&app).await;
+    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
+    assert_eq!(app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await.status, 204);
+    app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await;
+    let mut req = with_bearer(
+        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
+        &token,
+    );
+    req.headers_mut().insert("idempotency-key", "k1".parse().unwrap());
+    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+    fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
+    assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.code(), "close_failed");
+
+    let report = run(&app).await;
+    assert_eq!(report.closed.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>(), vec!["bot_stop"], "{report:?}");
+    assert_eq!(status(&app, &token).await["state"], "stopped");
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn an_exchange_timeout_after_accept_does_not_close_twice() {
+    let fake = FakeBitget::start().await;
+    let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    let token = access_token(&app).await;
+    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
+    app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await;
+    app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await;
+    let mut req = with_bearer(
+        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"}))),
+        &token,
+    );
+    req.headers_mut().insert("idempotency-key", "k1".parse().unwrap());
+    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+
+    fake.set_mark("BTCUSDT", "63000");
+    fake.fault("/api/v2/mix/order/place-order", Fault::AcceptThenTimeout);
+    let first = run(&app).await;
+    assert_eq!(first.closed.len(), 1, "{first:?}");
+    let second = run(&app).await;
+    assert!(second.closed.is_empty(), "{second:?}");
+    assert_eq!(fake.order_count(), 2, "one open, one close");
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+    assert_eq!(status(&app, &token).await["state"], "running");
+}
+
+#[tokio::test]
+async fn positions_opened_outside_the_service_are_reconciled_and_alerted() {
+    let fake = FakeBitget::start().await;
+    let (app, tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    let token = access_token(&app).await;
+    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
+    app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await;
+    app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await;
+    fake.set_position("ETHUSDT", "short", "0.5", "3200");
+    let report = run(&app).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(tg.messages().iter().any(|m| m.contains("Reconciled") && m.contains("ETHUSDT")), "{:?}", tg.messages());
+    let before = tg.messages().len();
+    run(&app).await;
+    assert!(!tg.messages()[before..].iter().any(|m| m.contains("Reconciled")), "reconciled once, not every minute");
+}
+
+#[tokio::test]
+async fn a_flapping_dependency_gives_one_alert_and_one_recovery() {
+    let (app, tg) = guardian_app(&[]).await;
+    trader_with_long(&app, config(json!({}))).await;
+    let mark_key = shared::keys::mark_price("BTCUSDT");
+    for _ in 0..3 {
+        app.dynamo().delete_item().table_name(&app.state.config.table_name).set_key(Some(mark_key.clone())).send().await.unwrap();
+        run(&app).await;
+        app.set_mark("BTCUSDT", "65000").await;
+        run(&app).await;
+    }
+    let about_positions: Vec<String> =
+        tg.messages().into_iter().filter(|m| m.contains("could not be checked") || m.contains("positions recovered")).collect();
+    assert_eq!(about_positions.len(), 2, "{:?}", tg.messages());
+    assert!(about_positions[0].contains("could not be checked"));
+    assert!(about_positions[1].contains("recovered"));
+}
+
+#[tokio::test]
+async fn telegram_down_does_not_break_the_sweep() {
+    let (app, tg) = guardian_app(&[]).await;
+    tg.set_down(true);
+    trader_with_long(&app, config(json!({}))).await;
+    app.dynamo()
+        .delete_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::mark_price("BTCUSDT")))
+        .send()
+        .await
+        .unwrap();
+    let report = run(&app).await;
+    assert_eq!(report.alerts_sent, 0);
+    assert_eq!(report.errors.len(), 1, "the bot that could not be checked is reported");
+    app.set_mark("BTCUSDT", "60000").await;
+    let report = run(&app).await;
+    assert_eq!(report.closed.len(), 1, "closing goes on without alerts: {report:?}");
+}
+
+#[tokio::test]
+async fn a_run_near_its_deadline_stops_and_the_next_goes_on_where_it_stopped() {
+    let (app, _tg) = guardian_app(&[]).await;
+    for _ in 0..3 {
+        trader_with_long(&app, config(json!({}))).await;
+    }
+    // A deadline a hair past the margin: one page (three index items: a bot, its position and
+    // the next bot), then a clean stop with the cursor after the first user.
+    let first =
+        sweep_pages(&app.state, Instant::now() + shared::guardian::DEADLINE_MARGIN + Duration::from_millis(2), &SweepStats::default(), 3)
+            .await;
+    assert_eq!(first.bots_checked, 1, "{first:?}");
+    let second = sweep_pages(&app.state, Instant::now() + Duration::from_secs(60), &SweepStats::default(), 3).await;
+    assert_eq!(first.bots_checked + second.bots_checked, 3, "every bot once: {first:?} {second:?}");
+    let third = sweep_pages(&app.state, Instant::now() + Duration::from_secs(60), &SweepStats::default(), 3).await;
+    assert_eq!(third.bots_checked, 3, "a full pass after the wrap-around");
+}
+
+#[tokio::test]
+async fn backend_calls_follow_pages_symbols_and_triggers() {
+    let (app, _tg) = guardian_app(&[]).await;
+    for _ in 0..4 {
+        trader_with_long(&app, config(json!({}))).await;
+    }
+    let stats = SweepStats::default();
+    let report = sweep(&app.state, Instant::now() + Duration::from_secs(60), &stats).await;
+    assert_eq!(report.bots_checked, 4);
+    let calls = stats.snapshot();
+    assert_eq!(calls["index_queries"], 1, "{calls}");
+    assert_eq!(calls["partition_queries"], 0, "no query per bot: {calls}");
+    assert_eq!(calls["price_calls"], 1, "{calls}");
+    assert_eq!(calls["orders"], 0);
+}

@@ -24,7 +24,7 @@ fmt:
 
 # sam build with the rust-cargolambda build method (cargo lambda + zig from .venv).
 build: install
-	sam build --template template.yaml --parallel --cached
+	sam build --template template.yaml --beta-features --no-cached
 
 bench: install
 	@infra/bench.sh
@@ -35,11 +35,22 @@ sweep:
 
 price:
 	@test -n "$(SYMBOL)" -a -n "$(PRICE)" || { echo "usage: make price SYMBOL=BTCUSDT PRICE=65000"; exit 2; }
-	@source .local/dev/env && cargo run -q --bin localstack -- set-price $(SYMBOL) $(PRICE)
+	@source .local/dev/env && cargo run -q --bin ops -- set-price $(SYMBOL) $(PRICE)
 
 kill-switch:
 	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make kill-switch STATE=on|off"; exit 2; }
-	@source .local/dev/env && cargo run -q --bin localstack -- kill-switch $(STATE)
+	@source .local/dev/env && cargo run -q --bin ops -- kill-switch $(STATE)
 
 clean:
 	rm -rf .local .aws-sam
+
+# The same operator commands against a deployed stack (AWS credentials from your environment).
+aws-init-secrets:
+	@infra/aws-ops.sh $(STACK) init-secrets
+
+aws-rotate-jwt-keys:
+	@infra/aws-ops.sh $(STACK) rotate-jwt-keys
+
+aws-kill-switch:
+	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make aws-kill-switch STACK=trading-bot-prod STATE=on|off"; exit 2; }
+	@infra/aws-ops.sh $(STACK) kill-switch $(STATE)

@@ -22,10 +22,10 @@ printf 'OUTBOX_PATH=%s\nIP_RATE_LIMIT_PER_MINUTE=1000\nCORS_ALLOWED_ORIGINS=%s\n
 # The operator commands (make price, make kill-switch, make sweep) read the same environment.
 printf 'export OUTBOX_PATH=%s\n' "$OUTBOX_PATH" >> "$state/env"
 cargo build --workspace
-cargo run -q --bin localstack -- create-table
-cargo run -q --bin localstack -- seed-secrets
-cargo run -q --bin localstack -- set-price BTCUSDT 65000 >/dev/null
-cargo run -q --bin localstack -- set-price ETHUSDT 3200 >/dev/null
+cargo run -q --bin ops -- create-table
+cargo run -q --bin ops -- seed-secrets
+cargo run -q --bin ops -- set-price BTCUSDT 65000 >/dev/null
+cargo run -q --bin ops -- set-price ETHUSDT 3200 >/dev/null
 cargo lambda watch -A 127.0.0.1 -P 9000 --env-file "$state/lambda.env" > "$state/lambda.log" 2>&1 &
 watch_pid=$!
 for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null && break; sleep 0.2; done

@@ -27,8 +27,8 @@ openapi-spec-validator docs/openapi.yaml
 echo "== replaying events/ through the function binaries (cargo lambda watch + invoke)"
 export TABLE_NAME="replay-$$" OUTBOX_PATH="$PWD/$state/outbox.jsonl" IP_RATE_LIMIT_PER_MINUTE=1000
 printf 'TABLE_NAME=%s\nOUTBOX_PATH=%s\nIP_RATE_LIMIT_PER_MINUTE=1000\n' "$TABLE_NAME" "$OUTBOX_PATH" >> "$state/lambda.env"
-cargo run -q --bin localstack -- create-table
-cargo run -q --bin localstack -- seed-secrets
+cargo run -q --bin ops -- create-table
+cargo run -q --bin ops -- seed-secrets
 infra/replay.sh "$state"
 echo "== summary"
 echo "cargo test: $passed passed, $failed failed"

@@ -110,6 +110,62 @@ pub async fn seed_secrets(client: &aws_sdk_secretsmanager::Client, config: &crat
     Ok(())
 }
 
+async fn get_secret(client: &aws_sdk_secretsmanager::Client, id: &str) -> Result<serde_json::Value, BoxError> {
+    let out = client
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
+    Ok(serde_json::from_str(out.secret_string().unwrap_or("{}"))?)
+}
+
+/// Adds a fresh Ed25519 signing key to the auth secret and keeps the `keep` newest keys: the new
+/// one signs at once, the older ones still verify tokens issued before, so nobody is logged out.
+/// Keep at least two and rotate less often than the token lifetime plus the secrets TTL.
+pub async fn rotate_jwt_keys(client: &aws_sdk_secretsmanager::Client, secret_id: &str, keep: usize) -> Result<String, BoxError> {
+    let mut secret = get_secret(client, secret_id).await?;
+    let now = chrono::Utc::now();
+    let kid = format!("{}-{}", now.format("%Y%m%d%H%M"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut keys: Vec<serde_json::Value> = secret["keys"].as_array().cloned().unwrap_or_default();
+    keys.push(crate::auth::tokens::generate_key_entry(&kid, now));
+    keys.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+    keys.truncate(keep.max(2));
+    secret["keys"] = serde_json::Value::Array(keys);
+    client
+        .put_secret_value()
+        .secret_id(secret_id)
+        .secret_string(secret.to_string())
+        .send()
+        .await
+        .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
+    Ok(kid)
+}
+
+/// After the first deploy: a JWT signing key and an encryption key where the template left the
+/// lists empty. Never replaces existing keys.
+pub async fn init_secrets(client: &aws_sdk_secretsmanager::Client, config: &crate::config::Config) -> Result<String, BoxError> {
+    let mut done = Vec::new();
+    let jwt = get_secret(client, &config.jwt_secret_id).await?;
+    if jwt["keys"].as_array().is_none_or(|k| k.is_empty()) {
+        rotate_jwt_keys(client, &config.jwt_secret_id, 3).await?;
+        done.push("JWT signing key created");
+    }
+    let enc = get_secret(client, &config.encryption_secret_id).await?;
+    if enc["keys"].as_array().is_none_or(|k| k.is_empty()) {
+        let value = crate::crypto::generate_key_secret(&format!("k{}", chrono::Utc::now().format("%Y%m%d")));
+        client
+            .put_secret_value()
+            .secret_id(&config.encryption_secret_id)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
+        done.push("encryption key created");
+    }
+    Ok(if done.is_empty() { "secrets already initialised".into() } else { done.join(", ") })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -81,6 +81,10 @@ impl AppState {
         Ok(state)
     }
 
+    pub fn trading_store(&self) -> crate::trading::store::TradingStore<'_> {
+        crate::trading::store::TradingStore { client: &self.dynamo, table: &self.config.table_name }
+    }
+
     pub async fn warm(&self, needs: &[Need]) -> Result<(), lambda_http::Error> {
         for need in needs {
             match need {

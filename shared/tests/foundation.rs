@@ -91,3 +91,46 @@ async fn redis_over_tls_works_with_the_ca_the_test_setup_generated() {
     let mut conn = shared::redis_conn::connection_manager(&untrusted).unwrap();
     assert!(redis::cmd("PING").query_async::<String>(&mut conn).await.is_err());
 }
+
+#[tokio::test]
+async fn rotating_the_jwt_keys_keeps_earlier_tokens_valid_and_signs_with_the_new_key() {
+    let app = spawn_app().await;
+    let before = app.state.jwt_keys.get().await.unwrap();
+    let claims = shared::auth::tokens::AccessClaims {
+        iss: app.state.config.jwt_issuer.clone(),
+        aud: app.state.config.jwt_audience.clone(),
+        sub: "user-1".into(),
+        exp: chrono::Utc::now().timestamp() + 600,
+        iat: chrono::Utc::now().timestamp(),
+        jti: uuid::Uuid::now_v7().to_string(),
+    };
+    let old_token = before.sign(&claims).unwrap();
+    let client = aws_sdk_secretsmanager::Client::new(&app.sdk);
+    let kid = shared::devstack::rotate_jwt_keys(&client, &app.state.config.jwt_secret_id, 3).await.unwrap();
+    app.state.jwt_keys.invalidate().await; // what the TTL does in a warm Lambda
+    let after = app.state.jwt_keys.get().await.unwrap();
+    assert_eq!(after.signing_kid(), kid);
+    assert_eq!(after.jwks()["keys"].as_array().unwrap().len(), 2);
+    assert!(after.verify(&old_token, &app.state.config.jwt_issuer, &app.state.config.jwt_audience).is_ok());
+}
+
+#[tokio::test]
+async fn init_secrets_fills_empty_key_lists_and_never_replaces_keys() {
+    let app = spawn_app().await;
+    let client = aws_sdk_secretsmanager::Client::new(&app.sdk);
+    let config = &app.state.config;
+    assert_eq!(shared::devstack::init_secrets(&client, config).await.unwrap(), "secrets already initialised");
+    client.put_secret_value().secret_id(&config.encryption_secret_id).secret_string(r#"{"keys":[]}"#).send().await.unwrap();
+    assert_eq!(shared::devstack::init_secrets(&client, config).await.unwrap(), "encryption key created");
+    app.state.encryption_keys.invalidate().await;
+    assert!(app.state.encryption_keys.get().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_missing_secret_fails_init_with_a_clear_error() {
+    let config = test_config(&[("JWT_SECRET_ID", "no/such/secret".into())]);
+    let sdk = shared::aws::sdk_config().await;
+    let state = shared::AppState::new(config, &sdk).unwrap();
+    let err = state.warm(&[shared::Need::JwtKeys]).await.err().expect("init must fail");
+    assert!(err.to_string().contains("no/such/secret"), "{err}");
+}

@@ -83,13 +83,19 @@ return {'ok', 0}
     )
 });
 
-/// Replaces the pending code (attempts reset): KEYS[1] = code key, ARGV = hash, user id, ttl.
+/// Replaces the pending code (attempts reset): KEYS[1] = code key, KEYS[2..3] = the email's send
+/// counters, ARGV = hash, user id, ttl, whether to count this send (registration's first mail)
+/// and the cooldown.
 static STORE_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', 0)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[5]))
+  if redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], 3600) end
+end
 return 1
 "#,
     )
@@ -104,6 +110,12 @@ fn lockout_key(email: &str) -> String {
 }
 fn code_key(email: &str) -> String {
     format!("vcode:{email}")
+}
+fn cooldown_key(email: &str) -> String {
+    format!("resend:cooldown:{email}")
+}
+fn hourly_key(email: &str) -> String {
+    format!("resend:hour:{email}")
 }
 
 type Outcome = (String, redis::Value);
@@ -187,8 +199,8 @@ impl Limits {
         let mut conn = redis.clone();
         let (tag, value): Outcome = SEND_RESERVATION
             .key(ip_key(route, ip))
-            .key(format!("resend:cooldown:{email}"))
-            .key(format!("resend:hour:{email}"))
+            .key(cooldown_key(email))
+            .key(hourly_key(email))
             .arg(self.ip_per_minute)
             .arg(RESEND_MAX_PER_HOUR)
             .arg(RESEND_COOLDOWN_SECS)
@@ -200,9 +212,28 @@ impl Limits {
         }
     }
 
-    pub async fn store_code(&self, redis: &ConnectionManager, email: &str, code_hash: &str, user_id: &str) -> Result<(), ApiError> {
+    /// Stores the pending code; `count_send` also starts the resend limits (a registration's
+    /// first mail), in the same step.
+    pub async fn store_code(
+        &self,
+        redis: &ConnectionManager,
+        email: &str,
+        code_hash: &str,
+        user_id: &str,
+        count_send: bool,
+    ) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        STORE_CODE.key(code_key(email)).arg(code_hash).arg(user_id).arg(CODE_TTL_SECS).invoke_async::<i64>(&mut conn).await?;
+        STORE_CODE
+            .key(code_key(email))
+            .key(cooldown_key(email))
+            .key(hourly_key(email))
+            .arg(code_hash)
+            .arg(user_id)
+            .arg(CODE_TTL_SECS)
+            .arg(if count_send { "1" } else { "0" })
+            .arg(RESEND_COOLDOWN_SECS)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
         Ok(())
     }
 }

@@ -40,10 +40,12 @@ async fn send_mail(state: &AppState, email: Email) {
     }
 }
 
-async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str) -> Result<(), ApiError> {
+async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool) -> Result<(), ApiError> {
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let code = new_code();
-    limits(state).store_code(&state.redis, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), &code), user_id).await?;
+    limits(state)
+        .store_code(&state.redis, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), &code), user_id, count_send)
+        .await?;
     let body = format!("Your verification code is {code}. It expires in 15 minutes. If you did not ask for it, ignore this mail.");
     let code = state.config.is_local().then_some(code);
     send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code }).await;
@@ -86,9 +88,8 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     let profile =
         Profile { id: user_id.clone(), email: email.to_string(), username, email_verified: false, created_at, revoked_before_ms: None };
     if users(state).create(email.as_str(), &creds, &profile).await? {
-        // The registration counts as the first send of the resend limits.
-        limits(state).reserve_send(&state.redis, &ctx.source_ip, "register-send", email.as_str()).await.ok();
-        send_code(state, &email, &user_id).await?;
+        // The registration's mail counts as the first send of the resend limits.
+        send_code(state, &email, &user_id, true).await?;
     } else {
         // Same answer as a new account; the owner hears about it instead of the caller.
         let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
@@ -136,7 +137,7 @@ pub async fn resend(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     limits(state).reserve_send(&state.redis, &ctx.source_ip, "resend", email.as_str()).await?;
     if let Some(creds) = users(state).credentials(email.as_str()).await? {
         if !creds.email_verified {
-            send_code(state, &email, &creds.user_id).await?;
+            send_code(state, &email, &creds.user_id, false).await?;
         }
     }
     verification_required()
@@ -195,8 +196,8 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     let Some(creds) = creds.filter(|_| verification.ok) else {
         return Err(invalid_credentials());
     };
-    limits.login_succeeded(&state.redis, email.as_str()).await?;
     if !creds.email_verified {
+        limits.login_succeeded(&state.redis, email.as_str()).await?;
         return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
     let refresh = RefreshToken::issue(&creds.user_id, &uuid::Uuid::new_v4().to_string(), now_ms());
@@ -208,7 +209,10 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         Ok::<_, ApiError>(())
     };
     let store = refresh_store(state);
-    let (started, rehashed) = tokio::join!(store.start_family(&refresh), rehash);
+    // The lockout reset, the new session and a rehash are independent: one round trip for all.
+    let (reset, started, rehashed) =
+        tokio::join!(limits.login_succeeded(&state.redis, email.as_str()), store.start_family(&refresh), rehash);
+    reset?;
     started?;
     if let Err(e) = rehashed {
         tracing::warn!(code = e.code(), "password rehash failed; will retry on the next login");

@@ -138,13 +138,11 @@ async fn positions_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) 
 }
 
 pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
-    let (session, body, halted_now) = {
-        let session = session(state, &req).await?;
-        let body: StartRequest = parse_json(&req)?;
-        let halted_now = store(state).kill_switch_on().await?;
-        (session, body, halted_now)
-    };
-    let Session { caller, snapshot } = session;
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    let body: StartRequest = parse_json(&req)?;
+    let trading = store(state);
+    let (snapshot, halted_now) = tokio::join!(crate::trading::service::load_snapshot(state, &caller), trading.kill_switch_on());
+    let (snapshot, halted_now) = (snapshot?, halted_now?);
     let symbol = body.symbol.trim().to_uppercase();
     let config = BotConfig {
         symbol: symbol.clone(),
@@ -348,7 +346,7 @@ fn problem_body(err: &ApiError) -> String {
 }
 
 pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
-    let Session { caller, snapshot } = session(state, &req).await?;
+    let caller = crate::auth::session::authenticate(state, &req).await?;
     let user_id = caller.user_id.as_str();
     let key = header_str(&req, "idempotency-key")
         .ok_or_else(|| ApiError::BadRequest { code: "idempotency_key_required", detail: "send an Idempotency-Key header".into() })?
@@ -391,7 +389,13 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     let fingerprint = idempotency::fingerprint(&canonical);
     let table = state.config.table_name.as_str();
     let trading = store(state);
-    let (existing, halted_now) = tokio::join!(idempotency::get(&state.dynamo, table, user_id, &key), trading.kill_switch_on());
+    // One round trip for all three reads.
+    let (snapshot, existing, halted_now) = tokio::join!(
+        crate::trading::service::load_snapshot(state, &caller),
+        idempotency::get(&state.dynamo, table, user_id, &key),
+        trading.kill_switch_on()
+    );
+    let snapshot = snapshot?;
     if let Some(record) = existing? {
         return replay_or_resume(state, user_id, &key, record, &fingerprint, &snapshot).await;
     }
@@ -419,11 +423,12 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     let exchange = exchange_for(state, user_id, &snapshot, std::slice::from_ref(&symbol)).await?;
     let view = exchange.account().await.map_err(exchange_error)?;
     let position = view.positions.iter().find(|p| p.symbol == symbol);
-    let mark = match crate::trading::service::marks(state, std::slice::from_ref(&symbol)).await?.get(&symbol) {
-        Some(m) => *m,
-        None => {
-            return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") })
-        }
+    let mark = match exchange.known_mark(&symbol) {
+        Some(m) => Some(m),
+        None => crate::trading::service::marks(state, std::slice::from_ref(&symbol)).await?.get(&symbol).copied(),
+    };
+    let Some(mark) = mark else {
+        return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") });
     };
     let check = OrderCheck {
         spec,

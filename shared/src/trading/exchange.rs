@@ -39,6 +39,10 @@ pub struct OrderGuard {
 #[async_trait]
 pub trait Exchange: Send + Sync {
     fn kind(&self) -> crate::trading::model::ExchangeKind;
+    /// The mark this exchange already holds for `symbol`, if any (saves a market-data call).
+    fn known_mark(&self, _symbol: &str) -> Option<rust_decimal::Decimal> {
+        None
+    }
     async fn account(&self) -> Result<AccountView, ExchangeError>;
     async fn positions(&self) -> Result<Vec<Position>, ExchangeError>;
     /// Sends an order that was recorded first. Never resends blind: an unknown outcome is looked

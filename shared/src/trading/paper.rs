@@ -237,6 +237,10 @@ impl Exchange for PaperExchange {
         ExchangeKind::Paper
     }
 
+    fn known_mark(&self, symbol: &str) -> Option<Decimal> {
+        self.marks.get(symbol).copied()
+    }
+
     async fn account(&self) -> Result<AccountView, ExchangeError> {
         let snapshot = self.snapshot.lock().await;
         let account = self.account_or_new(&snapshot);

@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 pub fn store(state: &AppState) -> TradingStore<'_> {
-    TradingStore { client: &state.dynamo, table: &state.config.table_name }
+    state.trading_store()
 }
 
 /// A verified caller and everything stored about them, in one round trip after the token check.
@@ -27,13 +27,19 @@ pub struct Session {
 
 pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiError> {
     let caller = authenticate(state, req).await?;
+    let snapshot = load_snapshot(state, &caller).await?;
+    Ok(Session { caller, snapshot })
+}
+
+/// The caller's partition, refused if a global logout came after their token was issued: the
+/// "valid after" time arrives with the user's data, no extra round trip.
+pub async fn load_snapshot(state: &AppState, caller: &Caller) -> Result<UserSnapshot, ApiError> {
     let snapshot = store(state).snapshot(&caller.user_id).await?;
     let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
-    // Global logout: the "valid after" time arrives with the user's data, no extra round trip.
     if caller.revoked_by(profile.revoked_before_ms) {
         return Err(ApiError::invalid_token());
     }
-    Ok(Session { caller, snapshot })
+    Ok(snapshot)
 }
 
 pub fn exchange_error(err: ExchangeError) -> ApiError {

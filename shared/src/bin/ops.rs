@@ -1,5 +1,7 @@
-//! Operator and developer commands against the configured stack (local emulator or AWS):
-//!   localstack create-table | seed-secrets | set-price SYMBOL PRICE | kill-switch on|off
+//! Operator and developer commands against the configured stack (the local emulator, or AWS with
+//! the default credential chain):
+//!   ops create-table | seed-secrets | set-price SYMBOL PRICE | kill-switch on|off
+//!   ops init-secrets | rotate-jwt-keys        (AWS: fill the secrets CloudFormation cannot make)
 
 use shared::config::Config;
 
@@ -15,6 +17,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let template = std::fs::read_to_string("template.yaml")?;
             shared::devstack::create_table(&dynamo, &config.table_name, &template).await?;
             println!("table {} ready", config.table_name);
+        }
+        ["init-secrets"] => {
+            let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+            let added = shared::devstack::init_secrets(&secrets, &config).await?;
+            println!("{added}");
+        }
+        ["rotate-jwt-keys"] => {
+            let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+            let kid = shared::devstack::rotate_jwt_keys(&secrets, &config.jwt_secret_id, 3).await?;
+            println!("new signing key {kid}; older keys stay published until they age out (3 kept)");
         }
         ["seed-secrets"] => {
             if !config.is_local() {
@@ -38,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         other => {
             return Err(
-                format!("unknown command {other:?}; try create-table, seed-secrets, set-price SYMBOL PRICE, kill-switch on|off").into()
+                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, kill-switch on|off").into()
             )
         }
     }

@@ -1,0 +1,34 @@
+//! Token sign/verify and Argon2id hash/verify, with no servers involved.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shared::auth::password;
+use shared::auth::tokens::{generate_key_entry, parse_jwt_keys, AccessClaims};
+
+fn tokens(c: &mut Criterion) {
+    let secret = serde_json::json!({"keys": [generate_key_entry("bench", chrono::Utc::now())]}).to_string();
+    let keys = parse_jwt_keys(&secret, false).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = AccessClaims {
+        iss: "https://issuer".into(),
+        aud: "api".into(),
+        sub: "user-1".into(),
+        exp: now + 900,
+        iat: now,
+        jti: uuid::Uuid::now_v7().to_string(),
+    };
+    let token = keys.sign(&claims).unwrap();
+    c.bench_function("access token sign (EdDSA)", |b| b.iter(|| keys.sign(&claims).unwrap()));
+    c.bench_function("access token verify (EdDSA)", |b| b.iter(|| keys.verify(&token, "https://issuer", "api").unwrap()));
+}
+
+fn argon2(c: &mut Criterion) {
+    let mut group = c.benchmark_group("argon2id m=19456 t=2 p=1");
+    group.sample_size(20);
+    let phc = password::hash_blocking("correct horse battery staple").unwrap();
+    group.bench_function("hash", |b| b.iter(|| password::hash_blocking("correct horse battery staple").unwrap()));
+    group.bench_function("verify", |b| b.iter(|| assert!(password::verify_blocking("correct horse battery staple", &phc).ok)));
+    group.finish();
+}
+
+criterion_group!(benches, tokens, argon2);
+criterion_main!(benches);

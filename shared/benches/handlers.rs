@@ -1,0 +1,89 @@
+//! Each handler's own time per request, in-process, against the local redis and moto servers
+//! (run through `make bench`, which starts them).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::json;
+use shared::handlers::{auth, health, trading};
+
+fn handlers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (app, token, email) = rt.block_on(async {
+        let app = spawn_app().await;
+        app.set_mark("BTCUSDT", "65000").await;
+        let token = access_token(&app).await;
+        let email = app.outbox().last().unwrap()["to"].as_str().unwrap().to_owned();
+        let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "50", "max_position_notional": "1000000"});
+        assert_eq!(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start)).await.status, 200);
+        (app, token, email)
+    });
+    let password = "correct horse battery staple";
+    let mut group = c.benchmark_group("handler");
+    group.sample_size(30);
+
+    group.bench_function("GET /api/v1/health", |b| {
+        b.to_async(&rt).iter(|| app.call(health::handle, request("GET", "/api/v1/health", None)))
+    });
+    group.bench_function("GET /.well-known/jwks.json", |b| {
+        b.to_async(&rt).iter(|| app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)))
+    });
+    group.bench_function("GET /api/v1/users/me", |b| {
+        b.to_async(&rt).iter(|| app.call_as(auth::me, &token, "GET", "/api/v1/users/me", None))
+    });
+    group.bench_function("POST /api/v1/auth/register", |b| {
+        b.to_async(&rt).iter(|| {
+            let body = json!({"email": format!("bench-{}@example.com", uuid::Uuid::new_v4().simple()), "password": password});
+            app.call(auth::register, request("POST", "/api/v1/auth/register", Some(body)))
+        })
+    });
+    group.bench_function("POST /api/v1/auth/login", |b| {
+        b.to_async(&rt).iter(|| async {
+            let res =
+                app.call(auth::login, request("POST", "/api/v1/auth/login", Some(json!({"email": email, "password": password})))).await;
+            assert_eq!(res.status, 200);
+        })
+    });
+    let refresh_token = std::sync::Mutex::new(rt.block_on(async {
+        let res = app.call(auth::login, request("POST", "/api/v1/auth/login", Some(json!({"email": email, "password": password})))).await;
+        res.body["refresh_token"].as_str().unwrap().to_owned()
+    }));
+    group.bench_function("POST /api/v1/auth/refresh", |b| {
+        b.to_async(&rt).iter(|| async {
+            let current = refresh_token.lock().unwrap().clone();
+            let res = app.call(auth::refresh, request("POST", "/api/v1/auth/refresh", Some(json!({"refresh_token": current})))).await;
+            assert_eq!(res.status, 200, "{}", res.raw);
+            *refresh_token.lock().unwrap() = res.body["refresh_token"].as_str().unwrap().to_owned();
+        })
+    });
+    group.bench_function("GET /api/v1/bot/status", |b| {
+        b.to_async(&rt).iter(|| app.call_as(trading::status, &token, "GET", "/api/v1/bot/status", None))
+    });
+    group.bench_function("GET /api/v1/account", |b| {
+        b.to_async(&rt).iter(|| app.call_as(trading::account, &token, "GET", "/api/v1/account", None))
+    });
+    let flip = std::sync::atomic::AtomicBool::new(false);
+    group.bench_function("POST /api/v1/order/submit (paper market order)", |b| {
+        b.to_async(&rt).iter(|| async {
+            // Alternate buy and sell so the position stays small.
+            let side = if flip.fetch_xor(true, std::sync::atomic::Ordering::Relaxed) { "sell" } else { "buy" };
+            let mut req = with_bearer(
+                request(
+                    "POST",
+                    "/api/v1/order/submit",
+                    Some(json!({"symbol": "BTCUSDT", "side": side, "type": "market", "size": "0.001"})),
+                ),
+                &token,
+            );
+            req.headers_mut().insert("idempotency-key", uuid::Uuid::new_v4().to_string().parse().unwrap());
+            let res = app.call(trading::submit_order, req).await;
+            assert_eq!(res.status, 201, "{}", res.raw);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, handlers);
+criterion_main!(benches);

@@ -131,6 +131,6 @@ async fn a_missing_secret_fails_init_with_a_clear_error() {
     let config = test_config(&[("JWT_SECRET_ID", "no/such/secret".into())]);
     let sdk = shared::aws::sdk_config().await;
     let state = shared::AppState::new(config, &sdk).unwrap();
-    let err = state.warm(&[shared::Need::JwtKeys]).await.err().expect("init must fail");
+    let err = state.warm(&[shared::Need::JwtKeys]).await.expect_err("init must fail");
     assert!(err.to_string().contains("no/such/secret"), "{err}");
 }

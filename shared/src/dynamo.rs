@@ -18,6 +18,29 @@ pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, ApiError> {
     serde_dynamo::from_item(item).map_err(|e| ApiError::internal("decoding a DynamoDB item", e))
 }
 
+/// One strongly consistent read of the item at `key`, decoded.
+pub async fn get_item<T: DeserializeOwned>(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: crate::keys::Key,
+) -> Result<Option<T>, ApiError> {
+    let out = client.get_item().table_name(table).set_key(Some(key)).consistent_read(true).send().await.map_err(db_error)?;
+    out.item.map(from_item).transpose()
+}
+
+/// A conditional write's outcome: `true` written, `false` its condition failed; other errors 503.
+pub fn written<O, E, R>(result: Result<O, SdkError<E, R>>) -> Result<bool, ApiError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(db_error(e)),
+    }
+}
+
 /// Was this SDK error a failed condition (on a single write or inside a transaction)?
 pub fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     match err {

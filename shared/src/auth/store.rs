@@ -1,6 +1,6 @@
 //! Users, credentials and refresh-token families in DynamoDB.
 
-use crate::dynamo::{self, db_error, from_item, n, s, to_item, Item};
+use crate::dynamo::{self, db_error, n, s, to_item, Item};
 use crate::error::ApiError;
 use crate::keys;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
@@ -56,37 +56,15 @@ impl UserStore<'_> {
             .transact_items(put(self.table, profile_item, "attribute_not_exists(PK)")?)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if dynamo::is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(db_error(e)),
-        }
+        crate::dynamo::written(result)
     }
 
     pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, ApiError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table)
-            .set_key(Some(keys::email(email)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(db_error)?;
-        out.item.map(from_item).transpose()
+        crate::dynamo::get_item(self.client, self.table, keys::email(email)).await
     }
 
     pub async fn profile(&self, user_id: &str) -> Result<Option<Profile>, ApiError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table)
-            .set_key(Some(keys::profile(user_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(db_error)?;
-        out.item.map(from_item).transpose()
+        crate::dynamo::get_item(self.client, self.table, keys::profile(user_id)).await
     }
 
     /// Marks both records verified, only if the email record still belongs to `user_id`.
@@ -110,11 +88,7 @@ impl UserStore<'_> {
             .transact_items(update(keys::profile(user_id), "id = :uid")?)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if dynamo::is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(db_error(e)),
-        }
+        crate::dynamo::written(result)
     }
 
     pub async fn update_password_hash(&self, email: &str, user_id: &str, hash: &str) -> Result<(), ApiError> {
@@ -335,37 +309,15 @@ impl RefreshStore<'_> {
             .transact_items(profile_check)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if dynamo::is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(db_error(e)),
-        }
+        crate::dynamo::written(result)
     }
 
     pub async fn token(&self, token: &RefreshToken) -> Result<Option<StoredRefreshToken>, ApiError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table)
-            .set_key(Some(keys::refresh_token(&token.hash())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(db_error)?;
-        out.item.map(from_item).transpose()
+        crate::dynamo::get_item(self.client, self.table, keys::refresh_token(&token.hash())).await
     }
 
     pub async fn family(&self, family_id: &str) -> Result<Option<Family>, ApiError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table)
-            .set_key(Some(keys::refresh_family(family_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(db_error)?;
-        out.item.map(from_item).transpose()
+        crate::dynamo::get_item(self.client, self.table, keys::refresh_family(family_id)).await
     }
 
     pub async fn revoke_family(&self, family_id: &str, user_id: &str, reason: &str) -> Result<(), ApiError> {

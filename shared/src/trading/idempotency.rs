@@ -1,7 +1,7 @@
 //! Idempotency records: `IDEMPOTENCY#<user>` / `<key>`, holding the request's fingerprint and,
 //! once known, the answer to replay. Kept 24 hours.
 
-use crate::dynamo::{db_error, from_item, n, s, to_item};
+use crate::dynamo::{db_error, n, s, to_item};
 use crate::error::ApiError;
 use crate::keys;
 use serde::{Deserialize, Serialize};
@@ -62,15 +62,7 @@ pub fn put_item(
 }
 
 pub async fn get(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, ApiError> {
-    let out = client
-        .get_item()
-        .table_name(table)
-        .set_key(Some(keys::idempotency(user_id, key)))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(db_error)?;
-    out.item.map(from_item).transpose()
+    crate::dynamo::get_item(client, table, keys::idempotency(user_id, key)).await
 }
 
 /// Stores the final answer (first writer wins).
@@ -116,9 +108,7 @@ pub async fn put_completed(
     record.status = Some(status);
     record.body = Some(body.to_owned());
     let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
-    match client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await {
-        Ok(_) => Ok(true),
-        Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
-        Err(e) => Err(db_error(e)),
-    }
+    crate::dynamo::written(
+        client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await,
+    )
 }

@@ -116,8 +116,8 @@ pub fn apply_fill(
             status: OrderStatus::Filled,
             filled_size: size,
             avg_price: Some(price),
-            fee,
-            realized_pnl: realized,
+            fee: fee.normalize(),
+            realized_pnl: realized.normalize(),
         },
     }
 }
@@ -129,7 +129,7 @@ pub fn position_view(p: &PaperPosition, mark: Decimal) -> Position {
         size: p.size,
         entry_price: p.entry_price,
         mark_price: mark,
-        unrealized_pnl: ((mark - p.entry_price) * p.size * p.side.direction()).round_dp(8),
+        unrealized_pnl: ((mark - p.entry_price) * p.size * p.side.direction()).round_dp(8).normalize(),
     }
 }
 
@@ -250,9 +250,9 @@ impl Exchange for PaperExchange {
         let equity = account.balance + unrealized;
         Ok(AccountView {
             exchange: ExchangeKind::Paper,
-            equity,
-            available: (equity - margin).max(Decimal::ZERO),
-            unrealized_pnl: unrealized,
+            equity: equity.normalize(),
+            available: (equity - margin).max(Decimal::ZERO).normalize(),
+            unrealized_pnl: unrealized.normalize(),
             positions,
         })
     }

@@ -163,16 +163,7 @@ impl TradingStore<'_> {
     }
 
     pub async fn bot(&self, user_id: &str) -> Result<Option<BotRecord>, ApiError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table)
-            .set_key(Some(keys::bot(user_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(db_error)?;
-        out.item.map(from_item).transpose()
+        crate::dynamo::get_item(self.client, self.table, keys::bot(user_id)).await
     }
 
     pub async fn kill_switch_on(&self) -> Result<bool, ApiError> {
@@ -303,16 +294,7 @@ impl TradingStore<'_> {
     }
 
     pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, ApiError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table)
-            .set_key(Some(keys::order(user_id, client_oid)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(db_error)?;
-        out.item.map(from_item).transpose()
+        crate::dynamo::get_item(self.client, self.table, keys::order(user_id, client_oid)).await
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
@@ -328,19 +310,15 @@ impl TradingStore<'_> {
             updated_at: now,
         };
         let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
-        match self
-            .client
-            .put_item()
-            .table_name(self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(db_error(e)),
-        }
+        crate::dynamo::written(
+            self.client
+                .put_item()
+                .table_name(self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(PK)")
+                .send()
+                .await,
+        )
     }
 
     /// Stores what the exchange answered for a recorded order.
@@ -409,11 +387,7 @@ impl TradingStore<'_> {
             None => put.condition_expression("attribute_not_exists(PK)"),
             Some(v) => put.condition_expression("version = :v").expression_attribute_values(":v", n(v)),
         };
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(db_error(e)),
-        }
+        crate::dynamo::written(put.send().await)
     }
 
     /// Moves a position's high-water mark to `mark`, only in the position's favour, and only if

@@ -29,6 +29,7 @@ export TABLE_NAME="replay-$$" OUTBOX_PATH="$PWD/$state/outbox.jsonl" IP_RATE_LIM
 printf 'TABLE_NAME=%s\nOUTBOX_PATH=%s\nIP_RATE_LIMIT_PER_MINUTE=1000\n' "$TABLE_NAME" "$OUTBOX_PATH" >> "$state/lambda.env"
 cargo run -q --bin ops -- create-table
 cargo run -q --bin ops -- seed-secrets
-infra/replay.sh "$state"
-echo "== summary"
-echo "cargo test: $passed passed, $failed failed"
+infra/replay.sh "$state" | tee "$state/replay.log"
+replayed=$(awk '/^events:/ {print $2}' "$state/replay.log")
+echo "== summary: cargo test $passed passed, $failed failed; events replayed $replayed"
+echo "tests: $((passed + replayed)) passed, $failed failed"

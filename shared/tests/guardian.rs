@@ -264,3 +264,11 @@ async fn backend_calls_follow_pages_symbols_and_triggers() {
     assert_eq!(calls["price_calls"], 1, "{calls}");
     assert_eq!(calls["orders"], 0);
 }
+
+#[tokio::test]
+async fn a_telegram_429_is_waited_out_and_the_alert_still_arrives() {
+    let (app, tg) = guardian_app(&[]).await;
+    tg.state.lock().unwrap().rate_limit_once = true;
+    assert!(shared::alerts::send(&app.state, "hello from the guardian").await);
+    assert_eq!(tg.messages(), vec!["hello from the guardian".to_owned()]);
+}

@@ -51,6 +51,15 @@ fn config(extra: Value) -> Value {
     c
 }
 
+/// A user with live Bitget keys (on the fake) and a running bot.
+async fn live_trader(app: &TestApp) -> String {
+    let token = access_token(app).await;
+    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
+    assert_eq!(app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await.status, 204);
+    assert_eq!(app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await.status, 200);
+    token
+}
+
 async fn status(app: &TestApp, token: &str) -> Value {
     app.call_as(t::status, token, "GET", "/api/v1/bot/status", None).await.body
 }
@@ -131,10 +140,7 @@ async fn two_runs_started_at_the_same_moment_close_once() {
 async fn bots_left_stopping_are_finished() {
     let fake = FakeBitget::start().await;
     let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
-    let token = access_token(&app).await;
-    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
-    assert_eq!(app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await.status, 204);
-    app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await;
+    let token = live_trader(&app).await;
     let mut req = with_bearer(
         request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
         &token,
@@ -154,10 +160,7 @@ async fn bots_left_stopping_are_finished() {
 async fn an_exchange_timeout_after_accept_does_not_close_twice() {
     let fake = FakeBitget::start().await;
     let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
-    let token = access_token(&app).await;
-    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
-    app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await;
-    app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await;
+    let token = live_trader(&app).await;
     let mut req = with_bearer(
         request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"}))),
         &token,
@@ -180,10 +183,7 @@ async fn an_exchange_timeout_after_accept_does_not_close_twice() {
 async fn positions_opened_outside_the_service_are_reconciled_and_alerted() {
     let fake = FakeBitget::start().await;
     let (app, tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
-    let token = access_token(&app).await;
-    let body = json!({"exchange": "bitget", "api_key": KEY, "api_secret": SECRET, "passphrase": PASSPHRASE});
-    app.call_as(t::put_credentials, &token, "PUT", "/api/v1/exchange/credentials", Some(body)).await;
-    app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config(json!({})))).await;
+    live_trader(&app).await;
     fake.set_position("ETHUSDT", "short", "0.5", "3200");
     let report = run(&app).await;
     assert!(report.errors.is_empty(), "{report:?}");

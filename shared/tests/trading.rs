@@ -136,7 +136,7 @@ async fn bot_settings_are_validated_on_start() {
 async fn orders_need_a_running_bot() {
     let app = paper_app().await;
     let token = access_token(&app).await;
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!((res.status, res.code()), (409, "bot_not_running"));
 }
 
@@ -188,7 +188,7 @@ async fn margin_beyond_the_balance_is_refused() {
     let mut config = bot_config();
     config["leverage"] = json!(1);
     start(&app, &token, config).await;
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!((res.status, res.code()), (422, "insufficient_margin"));
 }
 
@@ -210,7 +210,7 @@ async fn replaying_an_idempotency_key_returns_the_first_answer_and_sends_nothing
     let token = access_token(&app).await;
     start(&app, &token, bot_config()).await;
     let k = key();
-    let order = json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"});
+    let order = market_buy("0.01");
     let first = submit(&app, &token, &k, order.clone()).await;
     let again = submit(&app, &token, &k, order).await;
     assert_eq!((first.status, again.status), (201, 201));
@@ -219,17 +219,9 @@ async fn replaying_an_idempotency_key_returns_the_first_answer_and_sends_nothing
     let acct = account(&app, &token).await;
     assert_eq!(dv(&acct.body["positions"][0]["size"]), d("0.01"), "one order, not two");
 
-    let res = submit(&app, &token, &k, json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})).await;
+    let res = submit(&app, &token, &k, market_buy("0.02")).await;
     assert_eq!((res.status, res.code()), (422, "idempotency_key_reused"));
-    let res = app
-        .call_as(
-            t::submit_order,
-            &token,
-            "POST",
-            "/api/v1/order/submit",
-            Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})),
-        )
-        .await;
+    let res = app.call_as(t::submit_order, &token, "POST", "/api/v1/order/submit", Some(market_buy("0.01"))).await;
     assert_eq!((res.status, res.code()), (400, "idempotency_key_required"));
 }
 
@@ -239,7 +231,7 @@ async fn twenty_concurrent_submits_with_one_key_make_one_order() {
     let token = access_token(&app).await;
     start(&app, &token, bot_config()).await;
     let k = key();
-    let order = json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"});
+    let order = market_buy("0.01");
     let answers = join_all((0..20).map(|_| submit(&app, &token, &k, order.clone()))).await;
     assert!(answers.iter().all(|r| r.status == 201), "{:?}", answers.iter().map(|r| r.raw.clone()).collect::<Vec<_>>());
     assert!(answers.iter().all(|r| r.body == answers[0].body));
@@ -254,7 +246,7 @@ async fn two_users_never_see_or_touch_each_others_bot_positions_or_orders() {
     let bob = access_token(&app).await;
     start(&app, &alice, bot_config()).await;
     let k = key();
-    let order = json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"});
+    let order = market_buy("0.01");
     assert_eq!(submit(&app, &alice, &k, order.clone()).await.status, 201);
 
     let st = status(&app, &bob).await;
@@ -272,13 +264,10 @@ async fn the_kill_switch_halts_starts_and_new_risk_but_not_closing() {
     let app = paper_app().await;
     let token = access_token(&app).await;
     start(&app, &token, bot_config()).await;
-    assert_eq!(
-        submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})).await.status,
-        201
-    );
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
     app.trading().set_kill_switch(true).await.unwrap();
 
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!((res.status, res.code()), (503, "trading_halted"));
     let res =
         submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": "0.01", "reduce_only": true}))
@@ -297,14 +286,9 @@ async fn a_stop_racing_submits_never_leaves_a_position_behind_a_stopped_bot() {
     for _ in 0..3 {
         let token = access_token(&app).await;
         start(&app, &token, bot_config()).await;
-        assert_eq!(
-            submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await.status,
-            201
-        );
+        assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 201);
         let keys: Vec<String> = (0..6).map(|_| key()).collect();
-        let submits = join_all(
-            keys.iter().map(|k| submit(&app, &token, k, json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
-        );
+        let submits = join_all(keys.iter().map(|k| submit(&app, &token, k, market_buy("0.01"))));
         let (answers, stopped) = tokio::join!(submits, stop(&app, &token));
         assert_eq!(stopped.status, 200, "{}", stopped.raw);
         assert!(
@@ -347,6 +331,23 @@ async fn save_keys(app: &TestApp, token: &str, key: &str, secret: &str, demo: bo
     app.call_as(t::put_credentials, token, "PUT", "/api/v1/exchange/credentials", Some(body)).await
 }
 
+/// A user of a fresh app whose live Bitget keys (on `fake`) are saved; their bot started when asked.
+async fn live_trader(fake: &FakeBitget, start_bot: bool) -> (TestApp, String) {
+    let app = live_app(fake).await;
+    let token = access_token(&app).await;
+    let saved = save_keys(&app, &token, KEY, SECRET, false).await;
+    assert_eq!(saved.status, 204, "{}", saved.raw);
+    if start_bot {
+        let started = start(&app, &token, bot_config()).await;
+        assert_eq!(started.status, 200, "{}", started.raw);
+    }
+    (app, token)
+}
+
+fn market_buy(size: &str) -> Value {
+    json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": size})
+}
+
 #[tokio::test]
 async fn credentials_are_checked_then_stored_encrypted_and_never_returned() {
     let fake = FakeBitget::start().await;
@@ -372,11 +373,8 @@ async fn credentials_are_checked_then_stored_encrypted_and_never_returned() {
 #[tokio::test]
 async fn a_live_order_is_signed_placed_once_and_reported() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204);
-    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let (app, token) = live_trader(&fake, true).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(res.body["status"], "filled");
     assert_eq!(fake.order_count(), 1);
@@ -391,7 +389,7 @@ async fn demo_keys_are_sent_with_the_paptrading_header() {
     let token = access_token(&app).await;
     assert_eq!(save_keys(&app, &token, DEMO_KEY, SECRET, true).await.status, 204);
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(fake.rejected_signatures(), 0);
     assert_eq!(save_keys(&app, &token, DEMO_KEY, SECRET, false).await.code(), "bot_running", "keys stay while the bot runs");
@@ -403,12 +401,9 @@ async fn demo_keys_are_sent_with_the_paptrading_header() {
 #[tokio::test]
 async fn accept_then_timeout_makes_exactly_one_order() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
-    start(&app, &token, bot_config()).await;
+    let (app, token) = live_trader(&fake, true).await;
     fake.fault("/api/v2/mix/order/place-order", Fault::AcceptThenTimeout);
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!(res.status, 201, "the lookup by clientOid found the order: {}", res.raw);
     assert_eq!(fake.order_count(), 1);
     assert_eq!(fake.calls("/api/v2/mix/order/place-order"), 1, "never resent blind");
@@ -417,12 +412,9 @@ async fn accept_then_timeout_makes_exactly_one_order() {
 #[tokio::test]
 async fn a_timeout_before_accepting_is_looked_up_then_sent_once_more() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
-    start(&app, &token, bot_config()).await;
+    let (app, token) = live_trader(&fake, true).await;
     fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(fake.order_count(), 1);
     assert!(fake.calls("/api/v2/mix/order/detail") >= 1, "looked up before resending");
@@ -431,13 +423,10 @@ async fn a_timeout_before_accepting_is_looked_up_then_sent_once_more() {
 #[tokio::test]
 async fn exchange_errors_map_to_clear_answers() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
-    start(&app, &token, bot_config()).await;
+    let (app, token) = live_trader(&fake, true).await;
     for (code, expected) in [("40774", "position_mode_mismatch"), ("43012", "insufficient_margin")] {
         fake.fault("/api/v2/mix/order/place-order", Fault::Code(code));
-        let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+        let res = submit(&app, &token, &key(), market_buy("0.01")).await;
         assert_eq!((res.status, res.code()), (422, expected), "{}", res.raw);
     }
     assert_eq!(fake.order_count(), 0);
@@ -446,9 +435,7 @@ async fn exchange_errors_map_to_clear_answers() {
 #[tokio::test]
 async fn reads_retry_through_429_and_server_errors() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
+    let (app, token) = live_trader(&fake, false).await;
     fake.fault("/api/v2/mix/position/all-position", Fault::TooManyRequests);
     fake.fault("/api/v2/mix/position/all-position", Fault::ServerError);
     let res = account(&app, &token).await;
@@ -459,9 +446,7 @@ async fn reads_retry_through_429_and_server_errors() {
 #[tokio::test]
 async fn the_circuit_breaker_stops_hammering_a_failing_exchange() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
+    let (app, token) = live_trader(&fake, false).await;
     for _ in 0..12 {
         fake.fault("/api/v2/mix/account/accounts", Fault::ServerError);
     }
@@ -480,11 +465,8 @@ async fn the_circuit_breaker_stops_hammering_a_failing_exchange() {
 async fn stop_flattens_a_live_hedge_mode_account_with_close_orders() {
     let fake = FakeBitget::start().await;
     fake.set_pos_mode("hedge_mode");
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
-    start(&app, &token, bot_config()).await;
-    let res = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.02"})).await;
+    let (app, token) = live_trader(&fake, true).await;
+    let res = submit(&app, &token, &key(), market_buy("0.02")).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     fake.set_mark("BTCUSDT", "66000");
     let res = stop(&app, &token).await;
@@ -497,11 +479,8 @@ async fn stop_flattens_a_live_hedge_mode_account_with_close_orders() {
 #[tokio::test]
 async fn a_failed_close_answers_502_and_leaves_the_bot_stopping() {
     let fake = FakeBitget::start().await;
-    let app = live_app(&fake).await;
-    let token = access_token(&app).await;
-    save_keys(&app, &token, KEY, SECRET, false).await;
-    start(&app, &token, bot_config()).await;
-    submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"})).await;
+    let (app, token) = live_trader(&fake, true).await;
+    submit(&app, &token, &key(), market_buy("0.01")).await;
     fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
     let res = stop(&app, &token).await;
     assert_eq!((res.status, res.code()), (502, "close_failed"), "{}", res.raw);

@@ -607,7 +607,7 @@ async fn replay_or_resume(
     let table = state.config.table_name.as_str();
     let mut record = record;
     // A twin request is probably finishing right now: wait a little for its answer.
-    for _ in 0..30 {
+    for _ in 0..60 {
         if record.completed {
             return replay(&record);
         }

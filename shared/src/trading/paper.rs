@@ -288,7 +288,7 @@ impl Exchange for PaperExchange {
             }
         };
         let mut snapshot = self.snapshot.lock().await;
-        for attempt in 0..6 {
+        for attempt in 0..12u64 {
             if attempt > 0 {
                 *snapshot = self.store().snapshot(&self.user_id).await.map_err(|e| store_err(e.code()))?;
             }
@@ -320,7 +320,7 @@ impl Exchange for PaperExchange {
                         return Err(ExchangeError::BotNotRunning);
                     }
                     // Another order of this user moved the account: read again and retry.
-                    tokio::time::sleep(std::time::Duration::from_millis(10 + 15 * attempt)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (10 + 20 * attempt.min(5)))).await;
                 }
             }
         }

@@ -102,15 +102,6 @@ impl ApiError {
     }
 }
 
-/// Logs a failed backend call and answers 503: a store that is down is not the client's fault and
-/// not a bug, so it is not a 500.
-pub fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> ApiError {
-    move |cause| {
-        tracing::error!(error = %cause, dependency = what, "backend call failed");
-        ApiError::dependency_unavailable(what)
-    }
-}
-
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
         tracing::error!(error = %e, dependency = "redis", "redis call failed");

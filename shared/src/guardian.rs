@@ -15,7 +15,7 @@ use crate::keys;
 use crate::state::AppState;
 use crate::trading::model::{Position, PositionSide};
 use crate::trading::paper::{position_view, PaperExchange};
-use crate::trading::service::{close_position, exchange_for, marks, store};
+use crate::trading::service::{close_position, exchange_for, marks};
 use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition};
 use futures::StreamExt;
 use rust_decimal::Decimal;
@@ -389,12 +389,12 @@ async fn check_paper(
         };
         outcome.positions += 1;
         if bot.config.trailing_stop_pct.is_some() {
-            store(state).raise_high_water(user_id, &position, mark).await?;
+            state.trading_store().raise_high_water(user_id, &position, mark).await?;
         }
         let Some(reason) = trigger(&bot.config, position.side, position.entry_price, mark, position.high_water) else { continue };
         // Only a triggered position costs a read of the account and an order.
         stats.partition_queries.fetch_add(1, Ordering::Relaxed);
-        let snapshot = store(state).snapshot(user_id).await?;
+        let snapshot = state.trading_store().snapshot(user_id).await?;
         let Some(current) = snapshot.positions.iter().find(|p| p.symbol == position.symbol && p.version == position.version).cloned()
         else {
             continue; // changed since the index was read; the next run judges it afresh
@@ -431,12 +431,12 @@ async fn check_live(
     outcome: &mut Outcome,
 ) -> Result<(), ApiError> {
     stats.partition_queries.fetch_add(1, Ordering::Relaxed);
-    let snapshot = store(state).snapshot(user_id).await?;
+    let snapshot = state.trading_store().snapshot(user_id).await?;
     let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
     stats.exchange_position_calls.fetch_add(1, Ordering::Relaxed);
     let actual: Vec<Position> = exchange.positions().await.map_err(crate::trading::service::exchange_error)?;
     // The exchange is the truth: correct the store, and say so.
-    let differences = store(state).sync_live_positions(user_id, &mirrors, &actual).await?;
+    let differences = state.trading_store().sync_live_positions(user_id, &mirrors, &actual).await?;
     if !differences.is_empty()
         && alerts::send(state, &format!("🔁 Reconciled user {user_id} with Bitget: {}", differences.join("; "))).await
     {
@@ -449,7 +449,7 @@ async fn check_live(
         if let (Some(m), Some(_)) = (mirror, bot.config.trailing_stop_pct) {
             let best = best_mark(position.side, high_water.unwrap_or(position.entry_price), position.mark_price);
             if Some(best) != high_water {
-                store(state).set_live_high_water(user_id, m, best).await?;
+                state.trading_store().set_live_high_water(user_id, m, best).await?;
             }
         }
         let Some(reason) = trigger(&bot.config, position.side, position.entry_price, position.mark_price, high_water) else { continue };

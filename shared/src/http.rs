@@ -79,20 +79,26 @@ pub fn empty_response(status: StatusCode) -> Result<Response<Body>, ApiError> {
     Response::builder().status(status).body(Body::Empty).map_err(|e| ApiError::internal("building response", e))
 }
 
-pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
+/// The RFC 9457 members of an error; `problem_response` adds the request id.
+pub fn problem_body(err: &ApiError) -> serde_json::Value {
     let status = err.status();
     let detail = match err {
         ApiError::Internal => "an unexpected error occurred; quote the request id if you report it".to_owned(),
         other => other.to_string(),
     };
-    let body = serde_json::json!({
+    serde_json::json!({
         "type": format!("urn:trading-bot:problem:{}", err.code()),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
         "code": err.code(),
-        "request_id": request_id,
-    });
+    })
+}
+
+pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
+    let status = err.status();
+    let mut body = problem_body(err);
+    body["request_id"] = request_id.into();
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -12,7 +12,7 @@ use crate::trading::model::{
     client_order_id, decimal_input, optional_decimal_input, ExchangeKind, OrderIntent, OrderStatus, OrderType, Position, Side,
 };
 use crate::trading::risk::{check_bot_config, check_order, OrderCheck};
-use crate::trading::service::{close_position, exchange_error, exchange_for, session, store, ClosedPosition, Session};
+use crate::trading::service::{close_position, exchange_error, exchange_for, session, ClosedPosition, Session};
 use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, CredentialsRecord, UserSnapshot};
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
@@ -82,7 +82,7 @@ pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContex
         position_mode,
         updated_at: now_rfc3339(),
     };
-    store(state).put_credentials(&caller.user_id, &record).await?;
+    state.trading_store().put_credentials(&caller.user_id, &record).await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 
@@ -91,7 +91,7 @@ pub async fn delete_credentials(state: &AppState, req: Request, _ctx: RequestCon
     if bot_is_active(&snapshot) {
         return Err(bot_running_conflict());
     }
-    store(state).delete_credentials(&caller.user_id).await?;
+    state.trading_store().delete_credentials(&caller.user_id).await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 
@@ -140,7 +140,7 @@ async fn positions_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) 
 pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let body: StartRequest = parse_json(&req)?;
-    let trading = store(state);
+    let trading = state.trading_store();
     let (snapshot, halted_now) = tokio::join!(crate::trading::service::load_snapshot(state, &caller), trading.kill_switch_on());
     let (snapshot, halted_now) = (snapshot?, halted_now?);
     let symbol = body.symbol.trim().to_uppercase();
@@ -182,12 +182,12 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
             updated_at: now_rfc3339(),
             stop_id: None,
         };
-        if store(state).put_bot(&record, expected).await? {
+        if state.trading_store().put_bot(&record, expected).await? {
             let positions = positions_of(state, &caller.user_id, &snapshot).await?;
             return json_response(StatusCode::OK, &status_body(Some(&record), &positions));
         }
         // Someone else changed the bot meanwhile (another device): decide again on what is there now.
-        current = store(state).bot(&caller.user_id).await?;
+        current = state.trading_store().bot(&caller.user_id).await?;
     }
     Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"))
 }
@@ -210,8 +210,8 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
             updated_at: now_rfc3339(),
             ..bot.clone()
         };
-        if !store(state).put_bot(&stopping, Some(bot.version)).await? {
-            match store(state).bot(user_id).await? {
+        if !state.trading_store().put_bot(&stopping, Some(bot.version)).await? {
+            match state.trading_store().bot(user_id).await? {
                 Some(latest) if latest.state == BotState::Stopping => stopping = latest,
                 Some(latest) if latest.state == BotState::Stopped => return Ok((latest, Vec::new())),
                 _ => return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again")),
@@ -220,7 +220,7 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
         bot = stopping;
     }
     let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
-    let trading = store(state);
+    let trading = state.trading_store();
     let mut closed = Vec::new();
     for attempt in 0..4 {
         let snapshot = trading.snapshot(user_id).await?;
@@ -264,9 +264,9 @@ async fn settle_pending_orders(state: &AppState, exchange: &dyn Exchange, user_i
     if exchange.kind() == ExchangeKind::Paper {
         return Ok(());
     }
-    for order in store(state).pending_orders(user_id).await? {
+    for order in state.trading_store().pending_orders(user_id).await? {
         if let Some(fill) = exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
-            store(state).complete_order(user_id, &order.intent.client_order_id, &fill).await?;
+            state.trading_store().complete_order(user_id, &order.intent.client_order_id, &fill).await?;
         }
     }
     Ok(())
@@ -334,17 +334,6 @@ fn replay(record: &IdempotencyRecord) -> HandlerResult {
         .map_err(|e| ApiError::internal("building replay", e))
 }
 
-fn problem_body(err: &ApiError) -> String {
-    serde_json::json!({
-        "type": format!("urn:trading-bot:problem:{}", err.code()),
-        "title": err.status().canonical_reason().unwrap_or("Error"),
-        "status": err.status().as_u16(),
-        "detail": err.to_string(),
-        "code": err.code(),
-    })
-    .to_string()
-}
-
 pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let user_id = caller.user_id.as_str();
@@ -388,7 +377,7 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     });
     let fingerprint = idempotency::fingerprint(&canonical);
     let table = state.config.table_name.as_str();
-    let trading = store(state);
+    let trading = state.trading_store();
     // One round trip for all three reads.
     let (snapshot, existing, halted_now) = tokio::join!(
         crate::trading::service::load_snapshot(state, &caller),
@@ -411,7 +400,16 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     let key_ref = key.as_str();
     let refuse = |err: ApiError, record: IdempotencyRecord| async move {
         // A refusal is the key's answer too: replays get it again, not a fresh evaluation.
-        idempotency::put_completed(&state.dynamo, table, user_id, key_ref, record, err.status().as_u16(), &problem_body(&err)).await?;
+        idempotency::put_completed(
+            &state.dynamo,
+            table,
+            user_id,
+            key_ref,
+            record,
+            err.status().as_u16(),
+            &crate::http::problem_body(&err).to_string(),
+        )
+        .await?;
         Err::<Response<Body>, ApiError>(err)
     };
     let (Some(bot), true) = (bot, allowed) else {
@@ -460,8 +458,8 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     if let Err(e) = record_order(state, user_id, &key, &record, &intent).await {
         return match e {
             RecordError::KeyTaken => {
-                let record = idempotency::get(&state.dynamo, table, user_id, &key).await?.ok_or(ApiError::Internal)?;
-                replay_or_resume(state, user_id, &key, record, &canonical_fingerprint(&canonical), &snapshot).await
+                let stored = idempotency::get(&state.dynamo, table, user_id, &key).await?.ok_or(ApiError::Internal)?;
+                replay_or_resume(state, user_id, &key, stored, &record.fingerprint, &snapshot).await
             }
             RecordError::OrderIdTaken => {
                 Err(ApiError::conflict("duplicate_client_order_id", "an order with this client_order_id exists already"))
@@ -473,10 +471,6 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         };
     }
     send_recorded(state, exchange.as_ref(), user_id, &key, &intent, &snapshot.live_positions).await
-}
-
-fn canonical_fingerprint(canonical: &serde_json::Value) -> String {
-    idempotency::fingerprint(canonical)
 }
 
 enum RecordError {
@@ -562,11 +556,11 @@ async fn send_recorded(
     match exchange.place_order(intent, guard).await {
         Ok(fill) => {
             if exchange.kind() != ExchangeKind::Paper {
-                store(state).complete_order(user_id, &intent.client_order_id, &fill).await?;
+                state.trading_store().complete_order(user_id, &intent.client_order_id, &fill).await?;
                 // Keep the store's mirror of the live account current, so the guardian's
                 // reconciliation only ever flags changes made outside this service.
                 match exchange.positions().await {
-                    Ok(actual) => drop(store(state).sync_live_positions(user_id, known_live, &actual).await),
+                    Ok(actual) => drop(state.trading_store().sync_live_positions(user_id, known_live, &actual).await),
                     Err(e) => tracing::warn!(error = %e, "positions not re-read after a live fill; the guardian will reconcile"),
                 }
             }
@@ -585,8 +579,16 @@ async fn send_recorded(
                     fee: Decimal::ZERO,
                     realized_pnl: Decimal::ZERO,
                 };
-                store(state).complete_order(user_id, &intent.client_order_id, &rejected).await?;
-                idempotency::complete(&state.dynamo, table, user_id, key, err.status().as_u16(), &problem_body(&err)).await?;
+                state.trading_store().complete_order(user_id, &intent.client_order_id, &rejected).await?;
+                idempotency::complete(
+                    &state.dynamo,
+                    table,
+                    user_id,
+                    key,
+                    err.status().as_u16(),
+                    &crate::http::problem_body(&err).to_string(),
+                )
+                .await?;
             }
             Err(err)
         }
@@ -624,7 +626,7 @@ async fn replay_or_resume(
         return Err(ApiError::conflict("request_in_progress", "a request with this Idempotency-Key is still being processed"));
     }
     // The first request died with the outcome unknown: find the order before anything is sent again.
-    let order = store(state).order(user_id, &record.client_order_id).await?.ok_or(ApiError::Internal)?;
+    let order = state.trading_store().order(user_id, &record.client_order_id).await?.ok_or(ApiError::Internal)?;
     let exchange = exchange_for(state, user_id, snapshot, std::slice::from_ref(&order.intent.symbol)).await?;
     if let Some(fill) = order.fill.clone().filter(|f| f.status != OrderStatus::Pending) {
         let body = order_body(&order.intent, &fill.order_id, fill.status, fill.filled_size, fill.avg_price);
@@ -633,7 +635,7 @@ async fn replay_or_resume(
     }
     match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
         Some(fill) => {
-            store(state).complete_order(user_id, &order.intent.client_order_id, &fill).await?;
+            state.trading_store().complete_order(user_id, &order.intent.client_order_id, &fill).await?;
             let body = order_body(&order.intent, &fill.order_id, fill.status, fill.filled_size, fill.avg_price);
             idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string()).await?;
             json_response(StatusCode::CREATED, &body)

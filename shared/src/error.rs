@@ -103,8 +103,45 @@ impl ApiError {
 }
 
 impl From<redis::RedisError> for ApiError {
+    /// Redis being away (I/O, timeouts, a cluster that is down or moving slots, a server still
+    /// loading) is a 503 worth retrying. Anything else the server refuses (`CROSSSLOT`, a script
+    /// error, an unexpected reply) is a bug here, not an outage: a 500 whose cause is logged.
     fn from(e: redis::RedisError) -> Self {
-        tracing::error!(error = %e, dependency = "redis", "redis call failed");
-        ApiError::dependency_unavailable("redis")
+        use redis::{ErrorKind, ServerErrorKind};
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly)
+                    | ErrorKind::AuthenticationFailed
+            );
+        if unavailable {
+            tracing::error!(error = %e, dependency = "redis", "redis unavailable");
+            ApiError::dependency_unavailable("redis")
+        } else {
+            ApiError::internal("redis refused the command", e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn a_cross_slot_refusal_is_a_bug_not_an_outage() {
+        let e = RedisError::from((ErrorKind::Server(ServerErrorKind::CrossSlot), "Keys in request don't hash to the same slot"));
+        assert_eq!(ApiError::from(e).code(), "internal_error");
+    }
+
+    #[test]
+    fn redis_being_away_is_a_retryable_503() {
+        let io = RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        assert_eq!(ApiError::from(io).code(), "dependency_unavailable");
+        let down = RedisError::from((ErrorKind::Server(ServerErrorKind::ClusterDown), "The cluster is down"));
+        assert_eq!(ApiError::from(down).code(), "dependency_unavailable");
     }
 }

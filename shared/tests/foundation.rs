@@ -134,3 +134,47 @@ async fn a_missing_secret_fails_init_with_a_clear_error() {
     let err = state.warm(&[shared::Need::JwtKeys]).await.expect_err("init must fail");
     assert!(err.to_string().contains("no/such/secret"), "{err}");
 }
+
+/// What the node says about cluster mode, over a plain connection.
+async fn cluster_info(url: &str, ca: Option<String>) -> String {
+    let config = test_config(&[("REDIS_URL", url.to_owned())]);
+    let config = shared::config::Config { redis_ca_file: ca.map(Into::into), ..config };
+    let mut conn = shared::redis_conn::connection_manager(&config).unwrap();
+    redis::cmd("INFO").arg("cluster").query_async(&mut conn).await.expect("INFO cluster")
+}
+
+#[tokio::test]
+async fn the_local_redis_runs_in_cluster_mode_like_elasticache_serverless() {
+    let plain = cluster_info(&std::env::var("REDIS_URL").unwrap(), None).await;
+    assert!(plain.contains("cluster_enabled:1"), "{plain}");
+    let tls = cluster_info(
+        &std::env::var("TEST_REDIS_TLS_URL").expect("make test starts a TLS redis"),
+        Some(std::env::var("TEST_REDIS_CA_FILE").expect("make test generates a CA")),
+    )
+    .await;
+    assert!(tls.contains("cluster_enabled:1"), "{tls}");
+}
+
+#[tokio::test]
+async fn every_auth_script_keeps_its_keys_in_one_hash_slot() {
+    let config = test_config(&[]);
+    let mut conn = shared::redis_conn::connection_manager(&config).unwrap();
+    // Braces are legal in a local part and would otherwise pick the hash tag themselves.
+    for email in ["alice@example.com", "{a}@example.com", "}{@example.com", "a{}b@example.com", "x{y}z@example.com"] {
+        let keys = shared::auth::limits::EmailKeys::new(email);
+        for (script, script_keys) in keys.script_keys() {
+            let mut slots = std::collections::BTreeSet::new();
+            for key in &script_keys {
+                let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut conn).await.unwrap();
+                slots.insert(slot);
+            }
+            assert_eq!(slots.len(), 1, "{script} for {email:?} spans slots {slots:?}: {script_keys:?}");
+        }
+    }
+    // And the keys of two addresses are not forced into one slot.
+    let a = shared::auth::limits::EmailKeys::new("alice@example.com").lockout;
+    let b = shared::auth::limits::EmailKeys::new("bob@example.com").lockout;
+    let slot_a: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(a).query_async(&mut conn).await.unwrap();
+    let slot_b: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(b).query_async(&mut conn).await.unwrap();
+    assert_ne!(slot_a, slot_b);
+}

@@ -1,9 +1,13 @@
-//! Every counter of the auth routes, each decided in one atomic Redis script: the per-address
-//! rate limit runs first inside each script, so a route pays one round trip for both.
+//! Every counter of the auth routes. Redis runs in cluster mode (as ElastiCache Serverless
+//! presents itself), so every script touches keys of one hash slot only: the per-address rate
+//! limit is its own step, and everything about one email address shares the hash tag
+//! `{<digest of the address>}`. Each decision (a login ticket, a code check, a send reservation)
+//! is still one atomic script.
 
 use crate::error::ApiError;
 use redis::aio::ConnectionManager;
 use redis::Script;
+use sha2::Digest;
 use std::sync::LazyLock;
 
 pub const CODE_TTL_SECS: u64 = 15 * 60;
@@ -15,69 +19,68 @@ pub const LOCKOUT_BASE_SECS: u64 = 60;
 pub const LOCKOUT_MAX_SECS: u64 = 15 * 60;
 
 /// KEYS[1] = the address's counter for this route and minute, ARGV[1] = its limit.
-const IP_PRELUDE: &str = r#"
+static IP_LIMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local hits = redis.call('INCR', KEYS[1])
 if hits == 1 then redis.call('EXPIRE', KEYS[1], 60) end
 if hits > tonumber(ARGV[1]) then return {'ip_limited', redis.call('TTL', KEYS[1])} end
-"#;
+return {'ok', 0}
+"#,
+    )
+});
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{IP_PRELUDE}\n{body}"))
-}
-
-static IP_ONLY: LazyLock<Script> = LazyLock::new(|| script("return {'ok', 0}"));
-
-/// KEYS[2] = the account's lockout hash, ARGV[2] = now (unix seconds), ARGV[3..5] = threshold,
+/// KEYS[1] = the account's lockout hash, ARGV[1] = now (unix seconds), ARGV[2..4] = threshold,
 /// base and cap. Each attempt takes a ticket *before* the password is checked, so parallel
 /// guesses cannot all slip in under the limit; the ticket that reaches the threshold sets the lock
 /// at once, and a success deletes the hash.
 static LOGIN: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    Script::new(
         r#"
-local now = tonumber(ARGV[2])
-local lock_until = tonumber(redis.call('HGET', KEYS[2], 'lock_until') or '0')
+local now = tonumber(ARGV[1])
+local lock_until = tonumber(redis.call('HGET', KEYS[1], 'lock_until') or '0')
 if lock_until > now then return {'locked', lock_until - now} end
-local fails = redis.call('HINCRBY', KEYS[2], 'fails', 1)
-local threshold = tonumber(ARGV[3])
+local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+local threshold = tonumber(ARGV[2])
 if fails >= threshold then
-  local secs = math.min(tonumber(ARGV[4]) * (2 ^ (fails - threshold)), tonumber(ARGV[5]))
-  redis.call('HSET', KEYS[2], 'lock_until', now + secs)
+  local secs = math.min(tonumber(ARGV[3]) * (2 ^ (fails - threshold)), tonumber(ARGV[4]))
+  redis.call('HSET', KEYS[1], 'lock_until', now + secs)
 end
-redis.call('EXPIRE', KEYS[2], 86400)
+redis.call('EXPIRE', KEYS[1], 86400)
 return {'ok', fails}
 "#,
     )
 });
 
-/// KEYS[2] = the pending code hash, ARGV[2] = the presented code's hash, ARGV[3] = attempt cap.
+/// KEYS[1] = the pending code hash, ARGV[1] = the presented code's hash, ARGV[2] = attempt cap.
 /// The code is consumed by the same step that compares it: one success however many race.
 static VERIFY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    Script::new(
         r#"
-local stored = redis.call('HGET', KEYS[2], 'hash')
+local stored = redis.call('HGET', KEYS[1], 'hash')
 if not stored then return {'no_code', 0} end
-if stored == ARGV[2] then
-  local user_id = redis.call('HGET', KEYS[2], 'user_id')
-  redis.call('DEL', KEYS[2])
+if stored == ARGV[1] then
+  local user_id = redis.call('HGET', KEYS[1], 'user_id')
+  redis.call('DEL', KEYS[1])
   return {'ok', user_id}
 end
-local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-if attempts >= tonumber(ARGV[3]) then redis.call('DEL', KEYS[2]) end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return {'invalid', attempts}
 "#,
     )
 });
 
-/// KEYS[2] = the email's cooldown key, KEYS[3] = its hourly counter. Reserves one send.
+/// KEYS[1] = the email's cooldown key, KEYS[2] = its hourly counter. Reserves one send.
 static SEND_RESERVATION: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    Script::new(
         r#"
-local cooldown = redis.call('TTL', KEYS[2])
+local cooldown = redis.call('TTL', KEYS[1])
 if cooldown > 0 then return {'cooldown', cooldown} end
-local sent = tonumber(redis.call('GET', KEYS[3]) or '0')
-if sent >= tonumber(ARGV[2]) then return {'hourly', redis.call('TTL', KEYS[3])} end
-redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[3]))
-if redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], 3600) end
+local sent = tonumber(redis.call('GET', KEYS[2]) or '0')
+if sent >= tonumber(ARGV[1]) then return {'hourly', redis.call('TTL', KEYS[2])} end
+redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], 3600) end
 return {'ok', 0}
 "#,
     )
@@ -101,21 +104,38 @@ return 1
     )
 });
 
+/// The per-address counter of one route for the current minute (one key, no tag needed).
 fn ip_key(route: &str, ip: &str) -> String {
     let minute = chrono::Utc::now().timestamp() / 60;
     format!("rl:{route}:{ip}:{minute}")
 }
-fn lockout_key(email: &str) -> String {
-    format!("lockout:{email}")
+
+/// The keys about one email address. They share one hash tag, a digest of the address, so they
+/// sit in one slot whatever characters the address holds (`{` and `}` are legal in a local
+/// part), and no address appears in a Redis key.
+pub struct EmailKeys {
+    pub lockout: String,
+    pub code: String,
+    pub cooldown: String,
+    pub hourly: String,
 }
-fn code_key(email: &str) -> String {
-    format!("vcode:{email}")
-}
-fn cooldown_key(email: &str) -> String {
-    format!("resend:cooldown:{email}")
-}
-fn hourly_key(email: &str) -> String {
-    format!("resend:hour:{email}")
+
+impl EmailKeys {
+    pub fn new(email: &str) -> Self {
+        let digest = hex::encode(&sha2::Sha256::digest(email.as_bytes())[..16]);
+        let tagged = |what: &str| format!("auth:{{{digest}}}:{what}");
+        EmailKeys { lockout: tagged("lockout"), code: tagged("vcode"), cooldown: tagged("resend:cooldown"), hourly: tagged("resend:hour") }
+    }
+
+    /// The keys each script is given, in order: what the one-slot test checks.
+    pub fn script_keys(&self) -> [(&'static str, Vec<&str>); 4] {
+        [
+            ("login", vec![&self.lockout]),
+            ("verify", vec![&self.code]),
+            ("send_reservation", vec![&self.cooldown, &self.hourly]),
+            ("store_code", vec![&self.code, &self.cooldown, &self.hourly]),
+        ]
+    }
 }
 
 type Outcome = (String, redis::Value);
@@ -136,10 +156,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Only the per-address limit, for routes with no counter of their own.
+    /// The per-address limit of `route`. Every route takes it first, as its own step: it cannot
+    /// share a script with the per-email keys, which live in another slot.
     pub async fn check_ip(&self, redis: &ConnectionManager, route: &str, ip: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        let (tag, value): Outcome = IP_ONLY.key(ip_key(route, ip)).arg(self.ip_per_minute).invoke_async(&mut conn).await?;
+        let (tag, value): Outcome = IP_LIMIT.key(ip_key(route, ip)).arg(self.ip_per_minute).invoke_async(&mut conn).await?;
         match tag.as_str() {
             "ok" => Ok(()),
             _ => Err(ip_limited(&value)),
@@ -148,11 +169,10 @@ impl Limits {
 
     /// Takes a login ticket for `email`: refused with 429 while the account is locked.
     pub async fn login_attempt(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
+        self.check_ip(redis, "login", ip).await?;
         let mut conn = redis.clone();
         let (tag, value): Outcome = LOGIN
-            .key(ip_key("login", ip))
-            .key(lockout_key(email))
-            .arg(self.ip_per_minute)
+            .key(EmailKeys::new(email).lockout)
             .arg(chrono::Utc::now().timestamp())
             .arg(LOCKOUT_THRESHOLD)
             .arg(LOCKOUT_BASE_SECS)
@@ -161,47 +181,40 @@ impl Limits {
             .await?;
         match tag.as_str() {
             "ok" => Ok(()),
-            "locked" => Err(ApiError::TooManyRequests {
+            _ => Err(ApiError::TooManyRequests {
                 code: "account_locked",
                 detail: "too many failed sign-in attempts; try again later",
                 retry_after_secs: as_u64(&value),
             }),
-            _ => Err(ip_limited(&value)),
         }
     }
 
     pub async fn login_succeeded(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        redis::cmd("DEL").arg(lockout_key(email)).query_async::<()>(&mut conn).await?;
+        redis::cmd("DEL").arg(EmailKeys::new(email).lockout).query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
     /// Consumes the pending code if `code_hash` matches; the user id it was issued for.
     pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, code_hash: &str) -> Result<String, ApiError> {
+        self.check_ip(redis, "verify", ip).await?;
         let mut conn = redis.clone();
-        let (tag, value): Outcome = VERIFY
-            .key(ip_key("verify", ip))
-            .key(code_key(email))
-            .arg(self.ip_per_minute)
-            .arg(code_hash)
-            .arg(CODE_MAX_ATTEMPTS)
-            .invoke_async(&mut conn)
-            .await?;
+        let (tag, value): Outcome =
+            VERIFY.key(EmailKeys::new(email).code).arg(code_hash).arg(CODE_MAX_ATTEMPTS).invoke_async(&mut conn).await?;
         match (tag.as_str(), value) {
             ("ok", redis::Value::BulkString(user_id)) => String::from_utf8(user_id).map_err(|e| ApiError::internal("code owner", e)),
-            ("ip_limited", v) => Err(ip_limited(&v)),
             _ => Err(ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() }),
         }
     }
 
     /// Reserves one verification mail for `email` (60 s apart, 5 an hour).
     pub async fn reserve_send(&self, redis: &ConnectionManager, ip: &str, route: &str, email: &str) -> Result<(), ApiError> {
+        self.check_ip(redis, route, ip).await?;
+        let keys = EmailKeys::new(email);
         let mut conn = redis.clone();
         let (tag, value): Outcome = SEND_RESERVATION
-            .key(ip_key(route, ip))
-            .key(cooldown_key(email))
-            .key(hourly_key(email))
-            .arg(self.ip_per_minute)
+            .key(&keys.cooldown)
+            .key(&keys.hourly)
             .arg(RESEND_MAX_PER_HOUR)
             .arg(RESEND_COOLDOWN_SECS)
             .invoke_async(&mut conn)
@@ -222,11 +235,12 @@ impl Limits {
         user_id: &str,
         count_send: bool,
     ) -> Result<(), ApiError> {
+        let keys = EmailKeys::new(email);
         let mut conn = redis.clone();
         STORE_CODE
-            .key(code_key(email))
-            .key(cooldown_key(email))
-            .key(hourly_key(email))
+            .key(&keys.code)
+            .key(&keys.cooldown)
+            .key(&keys.hourly)
             .arg(code_hash)
             .arg(user_id)
             .arg(CODE_TTL_SECS)

@@ -36,7 +36,8 @@ impl TestResponse {
 }
 
 fn require_env(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run the tests through `make test`, which starts redis and moto"))
+    std::env::var(key)
+        .unwrap_or_else(|_| panic!("{key} is not set: run the tests through `make test`, which starts redis, DynamoDB Local and moto"))
 }
 
 pub fn test_config(overrides: &[(&str, String)]) -> Config {
@@ -67,6 +68,8 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
     require_env("AWS_ENDPOINT_URL");
+    // DynamoDB is AWS's own engine (DynamoDB Local), never moto's re-implementation.
+    require_env("AWS_ENDPOINT_URL_DYNAMODB");
     let config = test_config(overrides);
     let sdk = shared::aws::sdk_config().await;
     let template = include_str!("../../../template.yaml");
@@ -167,20 +170,33 @@ impl OwnRedis {
     pub async fn restart(&mut self) {
         self.stop();
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        // Cluster mode, one node owning every slot, as in `make test` and on ElastiCache
+        // Serverless; the node file survives a restart like the node's identity does.
+        let nodes = std::env::temp_dir().join(format!("test-redis-nodes-{}.conf", self.port));
         let child = std::process::Command::new(bin)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", &nodes.display().to_string()])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+        for _ in 0..200 {
+            if cluster_is_ok(&self.url()).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("redis-server did not start on {}", self.port);
+        panic!("redis-server on {} did not reach cluster_state:ok", self.port);
     }
+}
+
+/// Gives the node every slot (a no-op once it has them) and says whether the cluster is up.
+async fn cluster_is_ok(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
+    let _ = redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383).query_async::<()>(&mut conn).await;
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.unwrap_or_default();
+    info.contains("cluster_state:ok")
 }
 
 impl Drop for OwnRedis {

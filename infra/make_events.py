@@ -6,6 +6,7 @@ that serves it. Bodies are realistic requests; replayed against a fresh stack mo
 with a 4xx (no such user, no token), which is what `make test` expects of a replay: any answer
 that is not a 5xx and not an invocation error.
 """
+import base64
 import json
 import pathlib
 
@@ -44,6 +45,14 @@ def event(method, path, body=None, headers=None):
     return e
 
 
+def non_utf8(e):
+    """The same request with a base64 body that is not UTF-8 (a client sending Latin-1, say)."""
+    e = json.loads(json.dumps(e))
+    e["isBase64Encoded"] = True
+    e["body"] = base64.b64encode(b'{"email": "caf\xe9@example.com", "password": "\xff\xfe"}').decode()
+    return e
+
+
 def bearer():
     return {"authorization": f"Bearer {SAMPLE_TOKEN}"}
 
@@ -66,6 +75,8 @@ SAMPLES = {
     "bot-status": event("GET", "/api/v1/bot/status", headers=bearer()),
     "order-submit": event("POST", "/api/v1/order/submit", {"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}, {**bearer(), "idempotency-key": "3f0c2a9e-order-1"}),
 }
+# One JSON route also replays with a body that is not UTF-8: answered 400 `invalid_json`.
+SAMPLES["login.non-utf8"] = non_utf8(SAMPLES["login"])
 
 if __name__ == "__main__":
     EVENTS.mkdir(exist_ok=True)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# `make test`: a private stack on free ports, every cargo test against it, the template linted,
-# every sample event replayed through its real function binary; everything torn down on exit.
+# `make test`: a private stack on free ports (cluster-mode redis, DynamoDB Local, moto), every cargo
+# test against it, the template linted, then the functions served through `cargo lambda watch`:
+# every sample event replayed through its real binary and the OpenAPI document checked against the
+# served API by schemathesis; the Bitget double checked by ccxt's own client. Torn down on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 state=.local/test-$$
 cleanup() {
   [ -n "${watch_pid:-}" ] && kill "$watch_pid" 2>/dev/null || true
+  [ -n "${double_pid:-}" ] && kill "$double_pid" 2>/dev/null || true
   infra/stack.sh down "$state"
   rm -rf "$state"
 }
@@ -24,12 +27,35 @@ cfn-lint template.yaml
 sam validate --lint --template template.yaml --region us-east-1
 openapi-spec-validator docs/openapi.yaml
 
-echo "== replaying events/ through the function binaries (cargo lambda watch + invoke)"
-export TABLE_NAME="replay-$$" OUTBOX_PATH="$PWD/$state/outbox.jsonl" IP_RATE_LIMIT_PER_MINUTE=1000
-printf 'TABLE_NAME=%s\nOUTBOX_PATH=%s\nIP_RATE_LIMIT_PER_MINUTE=1000\n' "$TABLE_NAME" "$OUTBOX_PATH" >> "$state/lambda.env"
+echo "== the Bitget double, checked by ccxt's own bitget client"
+cargo build -q --locked -p doubles --bin bitget-double -p shared --example bitget_read
+double_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+target/debug/bitget-double --port "$double_port" > "$state/bitget-double.log" 2>&1 &
+double_pid=$!
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/"$double_port") 2>/dev/null && break; sleep 0.1; done
+# The double's test keys (doubles::bitget::KEY, SECRET, PASSPHRASE).
+BITGET_URL=http://127.0.0.1:$double_port BITGET_KEY=bg_test_key BITGET_SECRET=bg_test_secret \
+  BITGET_PASSPHRASE="bg test passphrase" PROJECT_READER=target/debug/examples/bitget_read \
+  python infra/ccxt_check.py | tee "$state/ccxt.log"
+ccxt_passed=$(grep -c '^ok ' "$state/ccxt.log" || true)
+
+echo "== serving every function (cargo lambda watch)"
+export TABLE_NAME="served-$$" OUTBOX_PATH="$PWD/$state/outbox.jsonl" IP_RATE_LIMIT_PER_MINUTE=100000
+printf 'TABLE_NAME=%s\nOUTBOX_PATH=%s\nIP_RATE_LIMIT_PER_MINUTE=%s\n' "$TABLE_NAME" "$OUTBOX_PATH" "$IP_RATE_LIMIT_PER_MINUTE" >> "$state/lambda.env"
 cargo run -q --bin ops -- create-table
 cargo run -q --bin ops -- seed-secrets
-infra/replay.sh "$state" | tee "$state/replay.log"
+cargo build -q --locked --workspace --bins
+api_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cargo lambda watch -A 127.0.0.1 -P "$api_port" --ignore-changes --env-file "$state/lambda.env" > "$state/watch.log" 2>&1 &
+watch_pid=$!
+for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/"$api_port") 2>/dev/null && break; sleep 0.2; done
+
+echo "== replaying events/ through the function binaries (cargo lambda invoke)"
+infra/replay.sh "$api_port" | tee "$state/replay.log"
 replayed=$(awk '/^events:/ {print $2}' "$state/replay.log")
-echo "== summary: cargo test $passed passed, $failed failed; events replayed $replayed"
-echo "tests: $((passed + replayed)) passed, $failed failed"
+
+echo "== OpenAPI conformance: schemathesis --checks all against the served API"
+python infra/conformance.py "http://127.0.0.1:$api_port" | tee "$state/conformance.log"
+
+echo "== summary: cargo test $passed passed, $failed failed; ccxt checks $ccxt_passed; events replayed $replayed; schemathesis clean"
+echo "tests: $((passed + ccxt_passed + replayed)) passed, $failed failed"

@@ -178,3 +178,12 @@ async fn every_auth_script_keeps_its_keys_in_one_hash_slot() {
     let slot_b: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(b).query_async(&mut conn).await.unwrap();
     assert_ne!(slot_a, slot_b);
 }
+
+#[tokio::test]
+async fn a_base64_body_that_is_not_utf8_is_answered_400_invalid_json() {
+    let app = spawn_app().await;
+    let req = lambda_http::request::from_str(include_str!("../../events/login.non-utf8.json")).expect("event parses");
+    let res = app.call(shared::handlers::auth::login, req).await;
+    assert_eq!((res.status, res.code()), (400, "invalid_json"), "{}", res.raw);
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+}

@@ -473,7 +473,8 @@ async fn stop_flattens_a_live_hedge_mode_account_with_close_orders() {
     assert_eq!(res.status, 200, "{}", res.raw);
     assert_eq!(dv(&res.body["closed_positions"][0]["size"]), d("0.02"));
     assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
-    assert_eq!(status(&app, &token).await.body["state"], "stopped");
+    let st = status(&app, &token).await;
+    assert_eq!(st.body["state"], "stopped", "{}", st.raw);
 }
 
 #[tokio::test]

@@ -70,7 +70,8 @@ pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContex
         demo: body.demo,
     };
     // One signed read proves the keys work and tells the position mode.
-    let position_mode = state.bitget.position_mode(&creds).await.map_err(|e| match e {
+    let probe_symbol = snapshot.bot.as_ref().map(|b| b.config.symbol.as_str()).unwrap_or("BTCUSDT");
+    let position_mode = state.bitget.position_mode(&creds, probe_symbol).await.map_err(|e| match e {
         crate::trading::exchange::ExchangeError::Unavailable(_) | crate::trading::exchange::ExchangeError::CircuitOpen => exchange_error(e),
         _ => ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused these credentials"),
     })?;

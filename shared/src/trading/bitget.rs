@@ -56,6 +56,54 @@ pub fn sign(secret: &str, timestamp: &str, method: &str, path_and_query: &str, b
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// Bitget's documented request limits per account and endpoint, per second.
+pub fn requests_per_second(path: &str) -> usize {
+    match path {
+        "/api/v2/mix/position/all-position"
+        | "/api/v2/mix/account/set-leverage"
+        | "/api/v2/mix/account/set-margin-mode"
+        | "/api/v2/mix/account/set-position-mode" => 5,
+        "/api/v2/mix/market/tickers" | "/api/v2/mix/market/contracts" | "/api/v2/mix/market/symbol-price" => 20,
+        _ => 10,
+    }
+}
+
+/// Paces this environment's calls so that it never exceeds Bitget's per-account limits itself
+/// (as ccxt's `enableRateLimit` does): a sliding one-second window per (account, endpoint).
+#[derive(Default)]
+pub struct RateGate {
+    windows: Mutex<std::collections::HashMap<(String, &'static str), std::collections::VecDeque<Instant>>>,
+}
+
+impl RateGate {
+    /// How long to wait before the next call of `account` to `path` (zero: go, and it is counted).
+    fn reserve(&self, account: &str, path: &'static str) -> Duration {
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let window = windows.entry((account.to_owned(), path)).or_default();
+        while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+            window.pop_front();
+        }
+        match window.front() {
+            Some(oldest) if window.len() >= requests_per_second(path) => Duration::from_secs(1) - now.duration_since(*oldest),
+            _ => {
+                window.push_back(now);
+                Duration::ZERO
+            }
+        }
+    }
+
+    pub async fn acquire(&self, account: &str, path: &'static str) {
+        loop {
+            let wait = self.reserve(account, path);
+            if wait.is_zero() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Opens after `threshold` consecutive failures and refuses calls for `cooldown`; then lets one
 /// trial call through (half-open) and closes again on its success.
 pub struct CircuitBreaker {
@@ -128,6 +176,7 @@ pub struct BitgetClient {
     pub base_url: String,
     pub breaker: Arc<CircuitBreaker>,
     pub retry: RetryPolicy,
+    pub gate: Arc<RateGate>,
 }
 
 enum Attempt {
@@ -153,10 +202,12 @@ impl BitgetClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             breaker: Arc::new(CircuitBreaker::new(5, Duration::from_secs(30))),
             retry: RetryPolicy::default(),
+            gate: Arc::new(RateGate::default()),
         }
     }
 
-    async fn attempt(&self, method: &str, path: &str, query: &str, body: &str, creds: Option<&BitgetCredentials>) -> Attempt {
+    async fn attempt(&self, method: &str, path: &'static str, query: &str, body: &str, creds: Option<&BitgetCredentials>) -> Attempt {
+        self.gate.acquire(creds.map(|c| c.api_key.as_str()).unwrap_or("public"), path).await;
         if !self.breaker.allow() {
             return Attempt::Fail(ExchangeError::CircuitOpen);
         }
@@ -226,7 +277,7 @@ impl BitgetClient {
     }
 
     /// A read: retried on 429, 5xx and timeouts with capped, fully jittered backoff.
-    pub async fn get(&self, path: &str, query: &str, creds: Option<&BitgetCredentials>) -> Result<Value, ExchangeError> {
+    pub async fn get(&self, path: &'static str, query: &str, creds: Option<&BitgetCredentials>) -> Result<Value, ExchangeError> {
         let mut last = ExchangeError::Unavailable("no attempt".into());
         for attempt in 0..self.retry.attempts {
             match self.attempt("GET", path, query, "", creds).await {
@@ -245,7 +296,7 @@ impl BitgetClient {
     }
 
     /// A write: one attempt. The caller decides what an unknown outcome means.
-    pub async fn post(&self, path: &str, body: &Value, creds: &BitgetCredentials) -> Result<Value, ExchangeError> {
+    pub async fn post(&self, path: &'static str, body: &Value, creds: &BitgetCredentials) -> Result<Value, ExchangeError> {
         let body = body.to_string();
         match self.attempt("POST", path, "", &body, Some(creds)).await {
             Attempt::Done(v) => Ok(v),
@@ -259,11 +310,16 @@ impl BitgetClient {
         Ok(data.as_array().into_iter().flatten().filter_map(|t| Some((t["symbol"].as_str()?.to_owned(), dec(&t["markPrice"])?))).collect())
     }
 
-    /// One signed read, used to check credentials: the futures account, with its position mode.
-    pub async fn position_mode(&self, creds: &BitgetCredentials) -> Result<String, ExchangeError> {
-        let data = self.get("/api/v2/mix/account/accounts", &format!("productType={PRODUCT_TYPE}"), Some(creds)).await?;
-        let mode = data.as_array().and_then(|a| a.first()).and_then(|a| a["posMode"].as_str()).unwrap_or("one_way_mode");
-        Ok(mode.to_owned())
+    /// One signed read, used to check credentials: the account's position mode. Only the
+    /// single-account endpoint carries `posMode` (the account list does not); the mode is the
+    /// same for every symbol of the product type, so `symbol` is any contract.
+    pub async fn position_mode(&self, creds: &BitgetCredentials, symbol: &str) -> Result<String, ExchangeError> {
+        let query = format!("symbol={symbol}&productType={PRODUCT_TYPE}&marginCoin=USDT");
+        let data = self.get("/api/v2/mix/account/account", &query, Some(creds)).await?;
+        match data["posMode"].as_str() {
+            Some(mode @ ("one_way_mode" | "hedge_mode")) => Ok(mode.to_owned()),
+            other => Err(ExchangeError::Rejected { code: "posMode".into(), message: format!("unexpected position mode {other:?}") }),
+        }
     }
 }
 
@@ -459,6 +515,18 @@ mod tests {
         assert!(!breaker.allow(), "only one");
         breaker.record(true);
         assert!(breaker.allow());
+    }
+
+    #[test]
+    fn calls_are_paced_to_bitgets_limit_per_account_and_endpoint() {
+        let gate = RateGate::default();
+        let path = "/api/v2/mix/position/all-position";
+        for _ in 0..5 {
+            assert_eq!(gate.reserve("key-a", path), Duration::ZERO);
+        }
+        assert!(gate.reserve("key-a", path) > Duration::ZERO, "a sixth call within the second waits");
+        assert_eq!(gate.reserve("key-b", path), Duration::ZERO, "another account is not slowed");
+        assert_eq!(gate.reserve("key-a", "/api/v2/mix/order/detail"), Duration::ZERO, "another endpoint is not slowed");
     }
 
     #[test]

@@ -205,8 +205,11 @@ impl Drop for OwnRedis {
     }
 }
 
-pub mod fake_bitget;
-pub mod fake_telegram;
+// Every test binary compiles this module; not each of them uses both doubles.
+#[allow(unused_imports)]
+pub use doubles::bitget as fake_bitget;
+#[allow(unused_imports)]
+pub use doubles::telegram as fake_telegram;
 
 /// Registers, verifies and logs in a fresh user; their access token.
 pub async fn access_token(app: &TestApp) -> String {

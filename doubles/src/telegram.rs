@@ -1,6 +1,5 @@
 //! A local fake of the Telegram Bot API's `sendMessage`: records messages, can be down or answer
 //! 429 with `retry_after` like the real one.
-#![allow(dead_code)]
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

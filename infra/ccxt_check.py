@@ -201,6 +201,16 @@ def check_set_leverage():
     expect(str(d.get('crossMarginLeverage') or d.get('longLeverage')) == str(LEVERAGE), 'leverage not applied: %r' % d)
 
 
+def check_single_account_endpoint():
+    # GET /api/v2/mix/account/account: the endpoint the project reads the position mode from.
+    lev = C.ex.fetch_leverage(SYMBOL)
+    expect(lev['longLeverage'] == LEVERAGE and lev['shortLeverage'] == LEVERAGE, 'leverage %r' % lev)
+    mm = C.ex.fetch_margin_mode(SYMBOL)
+    expect(mm['marginMode'] == 'cross', 'margin mode %r' % mm)
+    expect(lev['info'].get('posMode') == 'one_way_mode', 'posMode %r' % lev['info'].get('posMode'))
+    expect(project('position-mode', C.market['id']) == 'one_way_mode', 'the project does not read the one-way mode')
+
+
 def check_set_leverage_out_of_range():
     too_high = int(C.market['limits']['leverage']['max']) + 1
     expect_error(lambda: C.ex.set_leverage(too_high, SYMBOL), ccxt.ExchangeError, 'set_leverage(%d)' % too_high)
@@ -347,6 +357,7 @@ CHECKS = [
     check_set_position_mode_one_way,
     check_set_margin_mode_cross,
     check_set_leverage,
+    check_single_account_endpoint,
     check_set_leverage_out_of_range,
     check_fetch_unknown_order,
     check_below_min_notional_rejected,

@@ -11,6 +11,7 @@ cleanup() {
   trap - EXIT INT TERM
   [ -n "${sweeper_pid:-}" ] && kill "$sweeper_pid" 2>/dev/null || true
   [ -n "${watch_pid:-}" ] && kill "$watch_pid" 2>/dev/null || true
+  [ -n "${double_pid:-}" ] && kill "$double_pid" 2>/dev/null || true
   infra/stack.sh down "$state"
   echo "local stack stopped"
 }
@@ -22,6 +23,11 @@ printf 'OUTBOX_PATH=%s\nIP_RATE_LIMIT_PER_MINUTE=1000\nCORS_ALLOWED_ORIGINS=%s\n
 # The operator commands (make price, make kill-switch, make sweep) read the same environment.
 printf 'export OUTBOX_PATH=%s\n' "$OUTBOX_PATH" >> "$state/env"
 cargo build --workspace
+# Live mode against the Bitget double (keys below), so nothing real is ever called from here.
+double_port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+target/debug/bitget-double --port "$double_port" > "$state/bitget-double.log" 2>&1 &
+double_pid=$!
+printf 'BITGET_BASE_URL=http://127.0.0.1:%s\n' "$double_port" >> "$state/lambda.env"
 cargo run -q --bin ops -- create-table
 cargo run -q --bin ops -- seed-secrets
 cargo run -q --bin ops -- set-price BTCUSDT 65000 >/dev/null
@@ -39,6 +45,7 @@ cat <<INFO
   Lambda logs  $state/lambda.log
   Guardian     invoked every 60 s, answers in $state/sweep.log
   Mail outbox  $OUTBOX_PATH
+  Bitget       double at http://127.0.0.1:$double_port (keys: bg_test_key / bg_test_secret / "bg test passphrase")
   Redis        $REDIS_URL (cluster mode)   DynamoDB Local  $AWS_ENDPOINT_URL_DYNAMODB   Secrets/SES (moto)  $AWS_ENDPOINT_URL
   Ctrl-C stops everything.
 

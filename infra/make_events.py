@@ -78,6 +78,9 @@ SAMPLES = {
 # One JSON route also replays with a body that is not UTF-8: answered 400 `invalid_json`.
 SAMPLES["login.non-utf8"] = non_utf8(SAMPLES["login"])
 
+# What EventBridge Scheduler sends the guardian for one shard (the schedule's Input, verbatim).
+SAMPLES["sweep.shard-3"] = {"shard": 3}
+
 if __name__ == "__main__":
     EVENTS.mkdir(exist_ok=True)
     for name, sample in SAMPLES.items():

@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 port=${1:?port of cargo lambda watch}
 fail=0; count=0
 for event in events/*.json; do
-  name=$(basename "$event" .json); function=${name%%.*}; [ "$name" = schedule ] && function=sweep
+  name=$(basename "$event" .json); function=${name%%.*}; [ "$function" = schedule ] && function=sweep
   out=$(cargo lambda invoke "$function" --data-file "$event" --invoke-port "$port" --invoke-address 127.0.0.1 2>&1) || {
-    echo "FAIL $event: invoke failed: $out"; fail=$((fail+1)); continue; }
+    echo "FAIL $event: invoke failed: $out"; fail=$((fail+1)); count=$((count+1)); continue; }
   status=$(printf '%s' "$out" | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); print(d.get("statusCode", "-"))' 2>/dev/null || echo "?")
   code=$(printf '%s' "$out" | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); print(json.loads(d.get("body") or "{}").get("code", "-"))' 2>/dev/null || echo "?")
   if [[ $name == *.non-utf8 ]] && [ "$status/$code" != "400/invalid_json" ]; then

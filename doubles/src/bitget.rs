@@ -3,8 +3,8 @@
 //!
 //! - every private call's HMAC signature, its 30 s timestamp window, the passphrase and the demo
 //!   header (`paptrading: 1` for demo keys, never for live ones);
-//! - per-key rate limits per endpoint (place-order and cancel-order 10/s, reads 20/s), answered
-//!   429 with code `429`;
+//! - rate limits per key and endpoint (5/s for all-position and the set-* calls, 10/s for the
+//!   others) and 20/s for the public market endpoints, answered 429 with code `429`;
 //! - `posMode` only on the single-account endpoint (`GET /api/v2/mix/account/account`), never on
 //!   the account list;
 //! - leverage and margin mode per symbol (`set-leverage`, `set-margin-mode`), the position mode
@@ -43,6 +43,8 @@ pub enum Fault {
     ServerError,
     /// A business error code, e.g. "40774" or "43012".
     Code(&'static str),
+    /// A business error code with its message.
+    Refuse(&'static str, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +247,7 @@ pub mod codes {
 /// Requests per second per key, by endpoint (Bitget's documented frequency limits).
 fn rate_limit(path: &str) -> usize {
     match path {
+        p if p.starts_with("/api/v2/mix/market/") => 20,
         "/api/v2/mix/account/set-leverage"
         | "/api/v2/mix/account/set-margin-mode"
         | "/api/v2/mix/account/set-position-mode"
@@ -482,6 +485,7 @@ async fn handle(State(shared): State<Arc<Mutex<FakeState>>>, method: Method, uri
         Some(Fault::TooManyRequests) => return err(StatusCode::TOO_MANY_REQUESTS, "429", "Too Many Requests"),
         Some(Fault::ServerError) => return err(StatusCode::INTERNAL_SERVER_ERROR, "50000", "internal error"),
         Some(Fault::Code(code)) => return bad(code, "scripted error"),
+        Some(Fault::Refuse(code, message)) => return bad(code, message),
         _ => {}
     }
     let accept_then_timeout = matches!(fault, Some(Fault::AcceptThenTimeout));
@@ -505,6 +509,10 @@ fn product_type_ok(value: Option<&str>) -> bool {
 
 fn route(state: &mut FakeState, method: &Method, uri: &Uri, headers: &HeaderMap, path: &str, body: &str) -> Response {
     let q = query(uri);
+    let public = matches!(path, "/api/v2/public/time") || path.starts_with("/api/v2/mix/market/");
+    if public && !within_rate_limit(state, "public", path) {
+        return err(StatusCode::TOO_MANY_REQUESTS, "429", "Too Many Requests");
+    }
     match (method.as_str(), path) {
         ("GET", "/api/v2/public/time") => ok(json!({"serverTime": now_ms().to_string()})),
         ("GET", "/api/v2/mix/market/tickers") => {
@@ -613,21 +621,30 @@ fn private(state: &mut FakeState, method: &str, path: &str, q: &HashMap<String, 
             ok(Value::Array(position_views(state, None)))
         }
         ("GET", "/api/v2/mix/position/single-position") => match q.get("symbol") {
+            _ if !product_type_ok(q.get("productType").map(String::as_str)) => {
+                bad(codes::PARAMETER_VERIFICATION, "productType is required")
+            }
             Some(symbol) if state.contracts.contains_key(symbol) => ok(Value::Array(position_views(state, Some(symbol)))),
             _ => bad(codes::SYMBOL_NOT_FOUND, "Parameter symbol does not exist"),
         },
         ("GET", "/api/v2/mix/order/detail") => {
+            if !product_type_ok(q.get("productType").map(String::as_str)) || q.get("symbol").is_none() {
+                return bad(codes::PARAMETER_VERIFICATION, "symbol and productType are required");
+            }
             let found = match (q.get("clientOid"), q.get("orderId")) {
                 (Some(c), _) => state.orders.get(c),
                 (None, Some(id)) => state.orders.values().find(|o| &o.order_id == id),
                 (None, None) => return bad(codes::PARAMETER_VERIFICATION, "orderId or clientOid is required"),
             };
-            match found.filter(|o| q.get("symbol").is_none_or(|s| *s == o.symbol)) {
+            match found.filter(|o| q.get("symbol").is_some_and(|s| *s == o.symbol)) {
                 Some(order) => ok(order.view(&state.pos_mode)),
                 None => bad(codes::ORDER_NOT_FOUND, "The data of the order cannot be found"),
             }
         }
         ("GET", "/api/v2/mix/order/orders-pending") => {
+            if !product_type_ok(q.get("productType").map(String::as_str)) {
+                return bad(codes::PARAMETER_VERIFICATION, "productType is required");
+            }
             let mut list: Vec<&Order> =
                 state.orders.values().filter(|o| o.state == "live" && q.get("symbol").is_none_or(|s| *s == o.symbol)).collect();
             list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.order_id.cmp(&a.order_id)));
@@ -899,7 +916,9 @@ fn place(state: &mut FakeState, order: &Value) -> Response {
         if held.is_zero() {
             return bad(codes::NO_POSITION_TO_CLOSE, "No position to close");
         }
-        if size > free {
+        // One-way mode nets: an ordinary order larger than the opposite position closes it and
+        // opens the rest the other way. Only a reduce-only order is held to what can be closed.
+        if size > free && (reduce_only || hedge) {
             return bad(codes::INSUFFICIENT_BALANCE, "The close size exceeds the position available to close");
         }
     }
@@ -983,6 +1002,21 @@ fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decim
     };
     position.fees += fee;
     state.balance += realized - fee;
+    // One-way netting: what the close did not use opens a position the other way.
+    let rest = order.size - size;
+    let nets = !opening && order.trade_side.is_none() && !order.reduce_only && rest > Decimal::ZERO;
+    if nets {
+        let other = if hold == "long" { "short" } else { "long" };
+        let flipped = state.positions.entry((order.symbol.clone(), other.to_owned())).or_insert(Position {
+            size: Decimal::ZERO,
+            entry: price,
+            realized: Decimal::ZERO,
+            fees: Decimal::ZERO,
+        });
+        flipped.entry = price;
+        flipped.size += rest;
+    }
+    let size = if nets { order.size } else { size };
     if let Some(o) = state.orders.get_mut(client_oid) {
         o.filled = size;
         o.price_avg = Some(price);

@@ -1,4 +1,5 @@
-//! Each handler's own time per request, in-process, against the local redis and moto servers
+//! Each handler's own time per request, in-process, against the local stack (cluster-mode redis,
+//! DynamoDB Local, moto for secrets)
 //! (run through `make bench`, which starts them).
 
 #[path = "../tests/common/mod.rs"]

@@ -174,6 +174,78 @@ pub async fn init_secrets(client: &aws_sdk_secretsmanager::Client, config: &crat
     Ok(if done.is_empty() { "secrets already initialised".into() } else { done.join(", ") })
 }
 
+/// A running paper bot holding one open long, as the guardian's index holds them: for the scale
+/// benchmark and the guardian tests that need many bots in chosen shards without the HTTP path.
+pub fn running_paper_bot(
+    user_id: &str,
+    symbol: &str,
+    size: rust_decimal::Decimal,
+    entry: rust_decimal::Decimal,
+    stop_loss_pct: rust_decimal::Decimal,
+) -> Result<Vec<crate::dynamo::Item>, BoxError> {
+    use crate::trading::model::{ExchangeKind, PositionSide};
+    use crate::trading::store::{BotConfig, BotRecord, BotState, PaperPosition};
+    let leverage = 5;
+    let bot = BotRecord {
+        user_id: user_id.to_owned(),
+        state: BotState::Running,
+        config: BotConfig {
+            symbol: symbol.into(),
+            leverage,
+            stop_loss_pct,
+            take_profit_pct: Some(rust_decimal::Decimal::from(50)),
+            trailing_stop_pct: None,
+            max_position_notional: rust_decimal::Decimal::from(100_000),
+        },
+        version: 1,
+        exchange: ExchangeKind::Paper,
+        updated_at: chrono::Utc::now().to_rfc3339(),
+        stop_id: None,
+    };
+    let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(&bot)?, crate::keys::bot(user_id));
+    bot_item.extend(crate::keys::active_bot_index(user_id));
+    let position = PaperPosition {
+        symbol: symbol.into(),
+        side: PositionSide::Long,
+        size,
+        entry_price: entry,
+        leverage,
+        margin: size * entry / rust_decimal::Decimal::from(leverage),
+        version: 1,
+        high_water: None,
+    };
+    let mut position_item = crate::keys::with_key(serde_dynamo::to_item(&position)?, crate::keys::paper_position(user_id, symbol));
+    position_item.extend(crate::keys::active_position_index(user_id, symbol));
+    Ok(vec![bot_item, position_item])
+}
+
+/// Writes items in batches of 25, eight batches at a time, until DynamoDB has taken them all.
+pub async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: Vec<crate::dynamo::Item>) -> Result<(), BoxError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    use futures::StreamExt;
+    let batches = items.chunks(25).map(|chunk| {
+        let requests: Result<Vec<WriteRequest>, BoxError> = chunk
+            .iter()
+            .map(|item| Ok(WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item.clone())).build()?).build()))
+            .collect();
+        async move {
+            let mut pending = std::collections::HashMap::from([(table.to_owned(), requests?)]);
+            while !pending.is_empty() {
+                let out = client
+                    .batch_write_item()
+                    .set_request_items(Some(pending.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+                pending = out.unprocessed_items.unwrap_or_default().into_iter().filter(|(_, v)| !v.is_empty()).collect();
+            }
+            Ok::<_, BoxError>(())
+        }
+    });
+    let results: Vec<Result<(), BoxError>> = futures::stream::iter(batches).buffer_unordered(8).collect().await;
+    results.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -103,19 +103,25 @@ impl ApiError {
 }
 
 impl From<redis::RedisError> for ApiError {
-    /// Redis being away (I/O, timeouts, a cluster that is down or moving slots, a server still
-    /// loading) is a 503 worth retrying. Anything else the server refuses (`CROSSSLOT`, a script
-    /// error, an unexpected reply) is a bug here, not an outage: a 500 whose cause is logged.
+    /// Redis being away (I/O, timeouts, a cluster that is down, a server still loading) is a 503
+    /// worth retrying. Anything else the server refuses (`CROSSSLOT`, `MOVED`, a script error, an
+    /// unexpected reply) is a bug here, not an outage: a 500 whose cause is logged.
     fn from(e: redis::RedisError) -> Self {
         use redis::{ErrorKind, ServerErrorKind};
+        // MOVED/ASK would mean the endpoint is not the routing proxy this client expects (it is
+        // not cluster-aware): a retry cannot fix that, so it is a bug too.
         let unavailable = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
-            || e.is_cluster_error()
             || matches!(
                 e.kind(),
-                ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly)
-                    | ErrorKind::AuthenticationFailed
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                ) | ErrorKind::AuthenticationFailed
             );
         if unavailable {
             tracing::error!(error = %e, dependency = "redis", "redis unavailable");
@@ -143,5 +149,7 @@ mod tests {
         assert_eq!(ApiError::from(io).code(), "dependency_unavailable");
         let down = RedisError::from((ErrorKind::Server(ServerErrorKind::ClusterDown), "The cluster is down"));
         assert_eq!(ApiError::from(down).code(), "dependency_unavailable");
+        let moved = RedisError::from((ErrorKind::Server(ServerErrorKind::Moved), "MOVED 3999 127.0.0.1:6381"));
+        assert_eq!(ApiError::from(moved).code(), "internal_error", "a redirect this client cannot follow is a setup bug");
     }
 }

@@ -127,12 +127,12 @@ fn index_key(item: &Item) -> Item {
     [keys::PK, keys::SK, keys::GSI1_PK, keys::GSI1_SK].iter().filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect()
 }
 
-async fn load_cursor(state: &AppState) -> Result<Option<Item>, ApiError> {
+async fn load_cursor(state: &AppState, cursor_key: &keys::Key) -> Result<Option<Item>, ApiError> {
     let out = state
         .dynamo
         .get_item()
         .table_name(&state.config.table_name)
-        .set_key(Some(keys::sweep_cursor()))
+        .set_key(Some(cursor_key.clone()))
         .consistent_read(true)
         .send()
         .await
@@ -140,18 +140,18 @@ async fn load_cursor(state: &AppState) -> Result<Option<Item>, ApiError> {
     Ok(out.item.and_then(|i| i.get("cursor").and_then(|c| c.as_m().ok()).cloned()))
 }
 
-async fn save_cursor(state: &AppState, cursor: Option<Item>) -> Result<(), ApiError> {
+async fn save_cursor(state: &AppState, cursor_key: &keys::Key, cursor: Option<Item>) -> Result<(), ApiError> {
     match cursor {
         Some(c) => {
             let item =
-                keys::with_key(Item::from([("cursor".to_owned(), aws_sdk_dynamodb::types::AttributeValue::M(c))]), keys::sweep_cursor());
+                keys::with_key(Item::from([("cursor".to_owned(), aws_sdk_dynamodb::types::AttributeValue::M(c))]), cursor_key.clone());
             state.dynamo.put_item().table_name(&state.config.table_name).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
         }
         None => state
             .dynamo
             .delete_item()
             .table_name(&state.config.table_name)
-            .set_key(Some(keys::sweep_cursor()))
+            .set_key(Some(cursor_key.clone()))
             .send()
             .await
             .map(|_| ())
@@ -166,53 +166,111 @@ struct Outcome {
     alerts: u32,
 }
 
+/// What one run learnt about its dependencies, for the health checks at its end.
+#[derive(Clone, Copy)]
+struct RunHealth {
+    index_ok: bool,
+    prices_ok: bool,
+    live_seen: bool,
+}
+
+/// Which guardian shards an invocation sweeps: the scheduled invocations carry `{"shard": n}`
+/// (one schedule per shard); an event without one (a bare local invoke, `make sweep`) sweeps
+/// every shard in turn.
+pub fn shards_of_event(payload: &serde_json::Value) -> Result<Vec<u16>, String> {
+    match payload.get("shard") {
+        None | Some(serde_json::Value::Null) => Ok((0..keys::GUARDIAN_SHARDS).collect()),
+        Some(v) => match v.as_u64() {
+            Some(n) if n < u64::from(keys::GUARDIAN_SHARDS) => Ok(vec![n as u16]),
+            _ => Err(format!("shard must be an integer below {}, got {v}", keys::GUARDIAN_SHARDS)),
+        },
+    }
+}
+
 /// The scheduled function's handler: one run within the invocation's deadline.
 pub async fn handle(
     state: &AppState,
     event: lambda_runtime::LambdaEvent<serde_json::Value>,
 ) -> Result<serde_json::Value, lambda_runtime::Error> {
+    let shards = shards_of_event(&event.payload)?;
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let remaining = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
     // Without a deadline (a bare local invoke), allow a minute like the deployed function.
     let remaining = if remaining.is_zero() { Duration::from_secs(60) } else { remaining };
     let stats = SweepStats::default();
-    let report = sweep(state, Instant::now() + remaining, &stats).await;
+    let report = sweep_shards(state, &shards, Instant::now() + remaining, &stats, PAGE_SIZE).await;
     Ok(serde_json::to_value(report)?)
 }
 
-/// One run. `deadline` is when the Lambda would be killed.
+/// One run over every shard. `deadline` is when the Lambda would be killed.
 pub async fn sweep(state: &AppState, deadline: Instant, stats: &SweepStats) -> SweepReport {
-    sweep_pages(state, deadline, stats, PAGE_SIZE).await
+    let all: Vec<u16> = (0..keys::GUARDIAN_SHARDS).collect();
+    sweep_shards(state, &all, deadline, stats, PAGE_SIZE).await
 }
 
-pub async fn sweep_pages(state: &AppState, deadline: Instant, stats: &SweepStats, page_size: i32) -> SweepReport {
+/// One run over `shards`, in pages of `page_size` index items, then the health checks.
+pub async fn sweep_shards(state: &AppState, shards: &[u16], deadline: Instant, stats: &SweepStats, page_size: i32) -> SweepReport {
     let started = Instant::now();
     let mut report = SweepReport::default();
     let mut marks_cache: HashMap<String, Decimal> = HashMap::new();
-    let mut index_ok = true;
-    let mut prices_ok = true;
-    let mut live_seen = false;
+    let mut health = RunHealth { index_ok: true, prices_ok: true, live_seen: false };
+    for &shard in shards {
+        for (partition, cursor_key) in keys::guardian_partitions(shard) {
+            let scope = Scope { partition: &partition, cursor_key: &cursor_key, deadline, page_size };
+            sweep_partition(state, scope, stats, &mut report, &mut marks_cache, &mut health).await;
+        }
+    }
+    report.alerts_sent += health_checks(state, shards, &health, &report).await;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        shards = ?shards,
+        bots_checked = report.bots_checked,
+        positions_checked = report.positions_checked,
+        closed = report.closed.len(),
+        errors = report.errors.len(),
+        calls = %stats.snapshot(),
+        "sweep done"
+    );
+    report
+}
 
+/// One index partition of a run: where it is, where its cursor is kept, and its limits.
+struct Scope<'a> {
+    partition: &'a str,
+    cursor_key: &'a keys::Key,
+    deadline: Instant,
+    page_size: i32,
+}
+
+async fn sweep_partition(
+    state: &AppState,
+    scope: Scope<'_>,
+    stats: &SweepStats,
+    report: &mut SweepReport,
+    marks_cache: &mut HashMap<String, Decimal>,
+    health: &mut RunHealth,
+) {
+    let Scope { partition, cursor_key, deadline, page_size } = scope;
     // `resume`: every index item up to this key is done. `next_start`: where the next page starts.
-    let loaded = match load_cursor(state).await {
+    let loaded = match load_cursor(state, cursor_key).await {
         Ok(c) => c,
         Err(_) => {
-            index_ok = false;
-            None
+            health.index_ok = false;
+            return;
         }
     };
     let mut resume = loaded.clone();
-    let mut pages = 0u32;
     let mut next_start = loaded.clone();
     let mut pending: BTreeMap<String, UserGroup> = BTreeMap::new();
-    while index_ok {
-        // At least one page per run, however late it started; then only while time is left.
+    let mut pages = 0u32;
+    loop {
+        // At least one page per shard, however late it started; then only while time is left.
         if pages > 0 && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN {
-            tracing::warn!("deadline near: stopping; the next run goes on from here");
+            tracing::warn!(partition, "deadline near: stopping; the next run goes on from here");
             if resume != loaded {
-                let _ = save_cursor(state, resume.clone()).await;
+                let _ = save_cursor(state, cursor_key, resume.clone()).await;
             }
-            break;
+            return;
         }
         stats.index_queries.fetch_add(1, Ordering::Relaxed);
         pages += 1;
@@ -222,7 +280,7 @@ pub async fn sweep_pages(state: &AppState, deadline: Instant, stats: &SweepStats
             .table_name(&state.config.table_name)
             .index_name(keys::GSI1_NAME)
             .key_condition_expression("GSI1PK = :active")
-            .expression_attribute_values(":active", crate::dynamo::s(keys::ACTIVE_BOTS))
+            .expression_attribute_values(":active", crate::dynamo::s(partition))
             .limit(page_size)
             .set_exclusive_start_key(next_start.clone())
             .send()
@@ -230,9 +288,9 @@ pub async fn sweep_pages(state: &AppState, deadline: Instant, stats: &SweepStats
         let page = match page {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "active-bots index unreadable");
-                index_ok = false;
-                break;
+                tracing::error!(partition, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "active-bots index unreadable");
+                health.index_ok = false;
+                return;
             }
         };
         for item in page.items.unwrap_or_default() {
@@ -271,13 +329,14 @@ pub async fn sweep_pages(state: &AppState, deadline: Instant, stats: &SweepStats
             stats.symbols_priced.fetch_add(missing.len() as u32, Ordering::Relaxed);
             match marks(state, &missing).await {
                 Ok(found) => marks_cache.extend(found),
-                Err(_) => prices_ok = false,
+                Err(_) => health.prices_ok = false,
             }
         }
 
         report.bots_checked += groups.len() as u32;
-        live_seen |= groups.iter().any(|(_, g)| g.bot.as_ref().is_some_and(|b| b.exchange == crate::trading::model::ExchangeKind::Bitget));
-        let marks_ref = &marks_cache;
+        health.live_seen |=
+            groups.iter().any(|(_, g)| g.bot.as_ref().is_some_and(|b| b.exchange == crate::trading::model::ExchangeKind::Bitget));
+        let marks_ref = &*marks_cache;
         let outcomes: Vec<(String, Outcome)> = futures::stream::iter(groups)
             .map(|(user_id, group)| async move {
                 let outcome = check_user(state, &user_id, group, marks_ref, stats).await;
@@ -307,24 +366,12 @@ pub async fn sweep_pages(state: &AppState, deadline: Instant, stats: &SweepStats
             }
             (None, _) => {
                 if loaded.is_some() {
-                    let _ = save_cursor(state, None).await;
+                    let _ = save_cursor(state, cursor_key, None).await;
                 }
-                break;
+                return;
             }
         }
     }
-
-    report.alerts_sent += health_checks(state, index_ok, prices_ok, live_seen, &report).await;
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
-        bots_checked = report.bots_checked,
-        positions_checked = report.positions_checked,
-        closed = report.closed.len(),
-        errors = report.errors.len(),
-        calls = %stats.snapshot(),
-        "sweep done"
-    );
-    report
 }
 
 async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &HashMap<String, Decimal>, stats: &SweepStats) -> Outcome {
@@ -469,34 +516,51 @@ async fn check_live(
     Ok(())
 }
 
-/// Probes each dependency and announces state changes only; the number of messages sent.
-async fn health_checks(state: &AppState, index_ok: bool, prices_ok: bool, live_seen: bool, report: &SweepReport) -> u32 {
-    let exchange_needed = live_seen || state.config.market_data == MarketData::Bitget;
-    let (dynamodb, redis, secrets, exchange) = tokio::join!(
-        async { index_ok && health::probe_dynamodb(state).await },
-        health::probe_redis(state),
-        async { state.telegram.get().await.is_ok() },
-        async {
-            if !exchange_needed {
-                return None;
-            }
-            Some(state.bitget.mark_prices().await.is_ok())
-        },
-    );
-    let mut checks = vec![
-        ("dynamodb", dynamodb),
-        ("redis", redis),
-        ("secrets", secrets),
-        ("market_data", prices_ok),
-        ("positions", report.errors.is_empty()),
-    ];
-    if let Some(ok) = exchange {
-        checks.push(("exchange", ok));
+/// The run's health checks, announced once per transition. A run over one shard (the deployed
+/// fan-out) owns one check of its own, `positions@03`: could it read its index and prices and
+/// check every bot. The checks of shared dependencies (DynamoDB, Redis, secrets, market data, the
+/// exchange) belong to the run that includes shard 0, so one outage does not page eight times.
+/// Returns the number of messages sent.
+async fn health_checks(state: &AppState, shards: &[u16], health: &RunHealth, report: &SweepReport) -> u32 {
+    let RunHealth { index_ok, prices_ok, live_seen } = *health;
+    let scope = match shards {
+        [one] => format!("@{one:02}"),
+        _ => String::new(),
+    };
+    let owns_shared = shards.contains(&0);
+    // The run that owns the shared checks reports an unreadable index or prices under them.
+    let positions_ok = report.errors.is_empty() && (owns_shared || (index_ok && prices_ok));
+    let mut checks = vec![(format!("positions{scope}"), positions_ok)];
+    if owns_shared {
+        let exchange_needed = live_seen || state.config.market_data == MarketData::Bitget;
+        let (dynamodb, redis, secrets, exchange) = tokio::join!(
+            async { index_ok && health::probe_dynamodb(state).await },
+            health::probe_redis(state),
+            async { state.telegram.get().await.is_ok() },
+            async {
+                if !exchange_needed {
+                    return None;
+                }
+                Some(state.bitget.mark_prices().await.is_ok())
+            },
+        );
+        checks.extend([
+            ("dynamodb".to_owned(), dynamodb),
+            ("redis".to_owned(), redis),
+            ("secrets".to_owned(), secrets),
+            ("market_data".to_owned(), prices_ok),
+        ]);
+        if let Some(ok) = exchange {
+            checks.push(("exchange".to_owned(), ok));
+        }
     }
     let mut sent = 0;
     for (check, ok) in checks {
-        let message = match alerts::transition(state, check, ok).await {
-            Transition::Alert if check == "positions" => {
+        let message = match alerts::transition(state, &check, ok).await {
+            Transition::Alert if check.starts_with("positions") && report.errors.is_empty() => {
+                format!("🚨 guardian: the bots of {check} could not be read (index or prices)")
+            }
+            Transition::Alert if check.starts_with("positions") => {
                 format!("🚨 guardian: {} bot(s) could not be checked this run", report.errors.len())
             }
             Transition::Alert => format!("🚨 guardian: {check} is failing"),
@@ -526,6 +590,16 @@ mod tests {
             trailing_stop_pct: trail.map(d),
             max_position_notional: d("10000"),
         }
+    }
+
+    #[test]
+    fn a_scheduled_event_names_its_shard_and_a_bare_one_sweeps_them_all() {
+        use serde_json::json;
+        assert_eq!(super::shards_of_event(&json!({"shard": 3})), Ok(vec![3]));
+        assert_eq!(super::shards_of_event(&json!({"detail": {}})).map(|s| s.len()), Ok(usize::from(crate::keys::GUARDIAN_SHARDS)));
+        assert!(super::shards_of_event(&json!({"shard": crate::keys::GUARDIAN_SHARDS})).is_err());
+        assert!(super::shards_of_event(&json!({"shard": "2"})).is_err());
+        assert!(super::shards_of_event(&json!({"shard": -1})).is_err());
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! |---------------------|-------------------------|--------------------|---------------------------|
 //! | login by email      | `EMAIL#<email>`         | `EMAIL`            |                           |
 //! | user profile        | `USER#<id>`             | `PROFILE`          |                           |
-//! | bot                 | `USER#<id>`             | `BOT`              | `ACTIVE_BOTS` / `<id>` while running or stopping |
+//! | bot                 | `USER#<id>`             | `BOT`              | `ACTIVE_BOTS#<shard>` / `<id>` while running or stopping |
 //! | paper account       | `USER#<id>`             | `PAPER`            |                           |
-//! | paper position      | `USER#<id>`             | `POS#<symbol>`     | `ACTIVE_BOTS` / `<id>#POS#<symbol>` |
-//! | live position mirror| `USER#<id>`             | `LIVEPOS#<symbol>#<side>` | `ACTIVE_BOTS` / `<id>#LIVEPOS#<symbol>#<side>` |
+//! | paper position      | `USER#<id>`             | `POS#<symbol>`     | `ACTIVE_BOTS#<shard>` / `<id>#POS#<symbol>` |
+//! | live position mirror| `USER#<id>`             | `LIVEPOS#<symbol>#<side>` | `ACTIVE_BOTS#<shard>` / `<id>#LIVEPOS#<symbol>#<side>` |
 //! | exchange credential | `USER#<id>`             | `CREDENTIALS`      |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
@@ -15,9 +15,14 @@
 //! | refresh family      | `FAMILY#<family id>`    | `FAMILY`           |                           |
 //! | mark price          | `MARK#<symbol>`         | `MARK`             |                           |
 //! | operator flags      | `CONFIG`                | `KILL_SWITCH`      |                           |
+//! | guardian cursor     | `CONFIG`                | `SWEEP_CURSOR#<shard>` |                       |
 //!
 //! Everything a trading request needs about one user lives in the `USER#<id>` partition, so one
 //! strongly consistent Query reads it in a single round trip.
+//!
+//! The guardian's index is split into `GUARDIAN_SHARDS` partitions by a hash of the user id: one
+//! scheduled invocation per shard, so no run holds more than 1/N of the bots, and no index
+//! partition takes more than 1/N of the writes.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
@@ -29,6 +34,39 @@ pub const GSI1_PK: &str = "GSI1PK";
 pub const GSI1_SK: &str = "GSI1SK";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 pub const ACTIVE_BOTS: &str = "ACTIVE_BOTS";
+/// Shards of the guardian's index; `template.yaml` schedules one invocation per shard (a test
+/// checks). Never change it without re-indexing: the shard is the user id's hash modulo this
+/// number, so a new count would put a user's next position in another partition than their bot.
+pub const GUARDIAN_SHARDS: u16 = 8;
+
+/// The shard of a user's bot and positions: FNV-1a of the user id, stable across releases.
+pub fn guardian_shard(user_id: &str) -> u16 {
+    let hash = user_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (hash % u64::from(GUARDIAN_SHARDS)) as u16
+}
+
+/// The index partition of one guardian shard.
+pub fn active_bots_partition(shard: u16) -> String {
+    format!("{ACTIVE_BOTS}#{shard:02}")
+}
+
+/// The index partitions one guardian shard sweeps, each with its cursor item. Items written
+/// before the index was sharded (`ACTIVE_BOTS`, cursor `SWEEP_CURSOR`) are swept with shard 0
+/// until none is left: the next write of a bot or position moves it into its shard.
+pub fn guardian_partitions(shard: u16) -> Vec<(String, Key)> {
+    let mut partitions = vec![(active_bots_partition(shard), sweep_cursor(shard))];
+    if shard == 0 {
+        partitions.push((ACTIVE_BOTS.to_owned(), key("CONFIG".to_owned(), "SWEEP_CURSOR")));
+    }
+    partitions
+}
+
+fn active_index(user_id: &str, sort_key: String) -> [(String, AttributeValue); 2] {
+    [
+        (GSI1_PK.to_owned(), AttributeValue::S(active_bots_partition(guardian_shard(user_id)))),
+        (GSI1_SK.to_owned(), AttributeValue::S(sort_key)),
+    ]
+}
 
 pub type Key = HashMap<String, AttributeValue>;
 
@@ -60,13 +98,10 @@ pub fn live_position(user_id: &str, symbol: &str, side: &str) -> Key {
     key(user_partition(user_id), format!("{LIVE_POSITION_PREFIX}{symbol}#{side}"))
 }
 pub fn active_live_position_index(user_id: &str, symbol: &str, side: &str) -> [(String, AttributeValue); 2] {
-    [
-        (GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())),
-        (GSI1_SK.to_owned(), AttributeValue::S(format!("{user_id}#LIVEPOS#{symbol}#{side}"))),
-    ]
+    active_index(user_id, format!("{user_id}#LIVEPOS#{symbol}#{side}"))
 }
-pub fn sweep_cursor() -> Key {
-    key("CONFIG".to_owned(), "SWEEP_CURSOR")
+pub fn sweep_cursor(shard: u16) -> Key {
+    key("CONFIG".to_owned(), format!("SWEEP_CURSOR#{shard:02}"))
 }
 pub fn credentials(user_id: &str) -> Key {
     key(user_partition(user_id), "CREDENTIALS")
@@ -100,20 +135,42 @@ pub fn sort_key(item: &HashMap<String, AttributeValue>) -> Option<&str> {
 
 /// The GSI attributes that put a bot into the active-bots index.
 pub fn active_bot_index(user_id: &str) -> [(String, AttributeValue); 2] {
-    [(GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())), (GSI1_SK.to_owned(), AttributeValue::S(user_id.to_owned()))]
+    active_index(user_id, user_id.to_owned())
 }
 
 /// Open positions sit in the same index right after their bot (`<user>` < `<user>#POS#…`), so a
 /// guardian page holds bots with their positions and costs no query per bot.
 pub fn active_position_index(user_id: &str, symbol: &str) -> [(String, AttributeValue); 2] {
-    [
-        (GSI1_PK.to_owned(), AttributeValue::S(ACTIVE_BOTS.to_owned())),
-        (GSI1_SK.to_owned(), AttributeValue::S(format!("{user_id}#POS#{symbol}"))),
-    ]
+    active_index(user_id, format!("{user_id}#POS#{symbol}"))
 }
 
 /// Merges a key into an item about to be written.
 pub fn with_key(mut item: HashMap<String, AttributeValue>, key: Key) -> HashMap<String, AttributeValue> {
     item.extend(key);
     item
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_spread_over_every_guardian_shard_and_keep_theirs() {
+        let mut counts = [0u32; GUARDIAN_SHARDS as usize];
+        for i in 0..8000 {
+            counts[guardian_shard(&format!("user-{i}")) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        // Stable across releases: a bot must stay in the shard its index items were written to.
+        assert_eq!(guardian_shard("5d3c1a2e-0000-4000-8000-000000000000"), 1);
+        assert_eq!(active_bots_partition(3), "ACTIVE_BOTS#03");
+    }
+
+    #[test]
+    fn a_bot_and_its_positions_share_one_shard() {
+        let user = "a1b2c3";
+        let pk = |item: [(String, AttributeValue); 2]| item[0].1.clone();
+        assert_eq!(pk(active_bot_index(user)), pk(active_position_index(user, "BTCUSDT")));
+        assert_eq!(pk(active_bot_index(user)), pk(active_live_position_index(user, "BTCUSDT", "long")));
+    }
 }

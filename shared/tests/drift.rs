@@ -160,3 +160,33 @@ fn every_policy_names_only_declared_resources_and_never_a_wildcard() {
         }
     }
 }
+
+#[test]
+fn the_guardian_is_scheduled_once_per_shard_of_its_index() {
+    let t = template();
+    let sweep = template_functions(&t).into_iter().find(|(name, _)| name == "SweepFunction").map(|(_, f)| f).expect("the sweep function");
+    let events = sweep["Properties"]["Events"].as_mapping().expect("sweep events");
+    let mut shards: Vec<u64> = events
+        .values()
+        .filter(|e| e["Type"].as_str() == Some("ScheduleV2"))
+        .map(|e| {
+            let input: serde_json::Value = serde_json::from_str(e["Properties"]["Input"].as_str().expect("an Input per schedule")).unwrap();
+            assert_eq!(e["Properties"]["ScheduleExpression"].as_str(), Some("rate(1 minute)"));
+            input["shard"].as_u64().expect("a shard number")
+        })
+        .collect();
+    shards.sort();
+    let expected: Vec<u64> = (0..u64::from(shared::keys::GUARDIAN_SHARDS)).collect();
+    assert_eq!(shards, expected, "one schedule per shard, each shard once");
+    assert_eq!(sweep["Properties"]["ReservedConcurrentExecutions"].as_u64(), Some(u64::from(shared::keys::GUARDIAN_SHARDS)));
+}
+
+#[test]
+fn the_contract_fixture_agrees_with_the_contracts_the_bitget_double_serves() {
+    let ours: serde_json::Value = serde_json::from_str(&read("shared/data/contracts.json")).unwrap();
+    let double: serde_json::Value = serde_json::from_str(&read("doubles/data/contracts.json")).unwrap();
+    for contract in ours["data"].as_array().unwrap() {
+        let served = double["data"].as_array().unwrap().iter().find(|c| c["symbol"] == contract["symbol"]);
+        assert_eq!(served, Some(contract), "{} differs between the fixture and the double", contract["symbol"]);
+    }
+}

@@ -7,7 +7,7 @@ use common::fake_telegram::FakeTelegram;
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use shared::guardian::{sweep, sweep_pages, SweepReport, SweepStats};
+use shared::guardian::{sweep, sweep_shards, SweepReport, SweepStats};
 use shared::handlers::trading as t;
 use std::time::{Duration, Instant};
 
@@ -231,22 +231,57 @@ async fn telegram_down_does_not_break_the_sweep() {
     assert_eq!(report.closed.len(), 1, "closing goes on without alerts: {report:?}");
 }
 
+/// `count` running paper bots whose users fall into guardian shard `shard`, written straight into
+/// the table as the bot-start and order paths write them.
+async fn bots_in_shard(app: &TestApp, shard: u16, count: usize) -> Vec<String> {
+    let mut users = Vec::new();
+    let mut items = Vec::new();
+    while users.len() < count {
+        let user = uuid::Uuid::new_v4().to_string();
+        if shared::keys::guardian_shard(&user) != shard {
+            continue;
+        }
+        items.extend(shared::devstack::running_paper_bot(&user, "BTCUSDT", d("0.1"), d("65000"), d("2")).unwrap());
+        users.push(user);
+    }
+    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    users
+}
+
 #[tokio::test]
 async fn a_run_near_its_deadline_stops_and_the_next_goes_on_where_it_stopped() {
     let (app, _tg) = guardian_app(&[]).await;
-    for _ in 0..3 {
-        trader_with_long(&app, config(json!({}))).await;
-    }
+    let shard = 5;
+    bots_in_shard(&app, shard, 3).await;
+    let stats = SweepStats::default();
+    let run_shard = |deadline| sweep_shards(&app.state, std::slice::from_ref(&shard), deadline, &stats, 3);
     // A deadline a hair past the margin: one page (three index items: a bot, its position and
     // the next bot), then a clean stop with the cursor after the first user.
-    let first =
-        sweep_pages(&app.state, Instant::now() + shared::guardian::DEADLINE_MARGIN + Duration::from_millis(2), &SweepStats::default(), 3)
-            .await;
+    let first = run_shard(Instant::now() + shared::guardian::DEADLINE_MARGIN + Duration::from_millis(2)).await;
     assert_eq!(first.bots_checked, 1, "{first:?}");
-    let second = sweep_pages(&app.state, Instant::now() + Duration::from_secs(60), &SweepStats::default(), 3).await;
+    let second = run_shard(Instant::now() + Duration::from_secs(60)).await;
     assert_eq!(first.bots_checked + second.bots_checked, 3, "every bot once: {first:?} {second:?}");
-    let third = sweep_pages(&app.state, Instant::now() + Duration::from_secs(60), &SweepStats::default(), 3).await;
+    let third = run_shard(Instant::now() + Duration::from_secs(60)).await;
     assert_eq!(third.bots_checked, 3, "a full pass after the wrap-around");
+}
+
+#[tokio::test]
+async fn each_shard_run_checks_only_its_own_bots_and_together_they_check_every_bot_once() {
+    let (app, _tg) = guardian_app(&[]).await;
+    let shards: Vec<u16> = (0..shared::keys::GUARDIAN_SHARDS).collect();
+    for &shard in &shards {
+        bots_in_shard(&app, shard, usize::from(shard % 3) + 1).await;
+    }
+    let mut total = 0;
+    for &shard in &shards {
+        let report = sweep_shards(&app.state, &[shard], Instant::now() + Duration::from_secs(60), &SweepStats::default(), 500).await;
+        assert_eq!(report.bots_checked, u32::from(shard % 3) + 1, "shard {shard}: {report:?}");
+        total += report.bots_checked;
+    }
+    assert_eq!(total, shards.iter().map(|s| u32::from(s % 3) + 1).sum::<u32>());
+    // A second round of the fan-out checks the same bots again: no shard's cursor was left behind.
+    let again = sweep(&app.state, Instant::now() + Duration::from_secs(60), &SweepStats::default()).await;
+    assert_eq!(again.bots_checked, total);
 }
 
 #[tokio::test]
@@ -259,7 +294,8 @@ async fn backend_calls_follow_pages_symbols_and_triggers() {
     let report = sweep(&app.state, Instant::now() + Duration::from_secs(60), &stats).await;
     assert_eq!(report.bots_checked, 4);
     let calls = stats.snapshot();
-    assert_eq!(calls["index_queries"], 1, "{calls}");
+    // One page per shard, and one for the partition of items indexed before sharding.
+    assert_eq!(calls["index_queries"], u64::from(shared::keys::GUARDIAN_SHARDS) + 1, "{calls}");
     assert_eq!(calls["partition_queries"], 0, "no query per bot: {calls}");
     assert_eq!(calls["price_calls"], 1, "{calls}");
     assert_eq!(calls["orders"], 0);
@@ -271,4 +307,21 @@ async fn a_telegram_429_is_waited_out_and_the_alert_still_arrives() {
     tg.state.lock().unwrap().rate_limit_once = true;
     assert!(shared::alerts::send(&app.state, "hello from the guardian").await);
     assert_eq!(tg.messages(), vec!["hello from the guardian".to_owned()]);
+}
+
+#[tokio::test]
+async fn bots_indexed_before_sharding_are_still_guarded_by_shard_zero() {
+    let (app, _tg) = guardian_app(&[]).await;
+    let user = uuid::Uuid::new_v4().to_string();
+    // As written before the index had shards: one partition, `ACTIVE_BOTS`, 5 % under water.
+    let mut items = shared::devstack::running_paper_bot(&user, "BTCUSDT", d("0.1"), d("68500"), d("2")).unwrap();
+    for item in &mut items {
+        item.insert(shared::keys::GSI1_PK.into(), aws_sdk_dynamodb::types::AttributeValue::S(shared::keys::ACTIVE_BOTS.into()));
+    }
+    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    let other = sweep_shards(&app.state, &[1], Instant::now() + Duration::from_secs(60), &SweepStats::default(), 500).await;
+    assert_eq!(other.bots_checked, 0);
+    let zero = sweep_shards(&app.state, &[0], Instant::now() + Duration::from_secs(60), &SweepStats::default(), 500).await;
+    assert_eq!(zero.bots_checked, 1, "{zero:?}");
+    assert_eq!(zero.closed.len(), 1, "the legacy bot's stop-loss still fires: {zero:?}");
 }

@@ -492,3 +492,29 @@ async fn a_failed_close_answers_502_and_leaves_the_bot_stopping() {
     assert_eq!(res.status, 200, "{}", res.raw);
     assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
 }
+
+#[tokio::test]
+async fn a_refusal_that_mentions_client_oid_is_a_refusal_not_a_placed_order() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    // Any code other than Bitget's duplicate-clientOid code is a refusal, whatever its text says.
+    fake.fault("/api/v2/mix/order/place-order", Fault::Refuse("40017", "Parameter clientOid format error"));
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
+    assert_eq!((res.status, res.code()), (422, "exchange_rejected"), "{}", res.raw);
+    assert_eq!(fake.order_count(), 0);
+}
+
+#[tokio::test]
+async fn bitgets_duplicate_client_oid_code_reads_back_the_order_already_placed() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    // The first attempt was placed, but its answer was lost and the outcome looked unknown: the
+    // resend meets 40786, and the order that exists is read back instead of reported missing.
+    fake.fault("/api/v2/mix/order/place-order", Fault::AcceptThenTimeout);
+    fake.fault("/api/v2/mix/order/detail", Fault::Code("40109"));
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
+    assert_eq!(res.status, 201, "{}", res.raw);
+    assert_eq!(res.body["status"], "filled", "{}", res.raw);
+    assert_eq!(fake.order_count(), 1, "one order, never two");
+    assert_eq!(fake.calls("/api/v2/mix/order/place-order"), 2, "the resend met the duplicate code");
+}

@@ -56,7 +56,7 @@ pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContex
     if body.exchange != "bitget" {
         return Err(ApiError::unprocessable("unsupported_exchange", "only \"bitget\" is supported"));
     }
-    let field_ok = |v: &str| !v.trim().is_empty() && v.len() <= 256 && !v.chars().any(char::is_control);
+    let field_ok = |v: &str| !v.trim().is_empty() && v.chars().count() <= 256 && !v.chars().any(char::is_control);
     if !field_ok(&body.api_key) || !field_ok(&body.api_secret) || !field_ok(&body.passphrase) {
         return Err(ApiError::invalid_request("api_key, api_secret and passphrase must be non-empty and at most 256 characters"));
     }
@@ -111,6 +111,7 @@ pub async fn account(state: &AppState, req: Request, _ctx: RequestContext) -> Ha
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     symbol: String,
+    #[serde(deserialize_with = "crate::trading::model::whole_number_input")]
     leverage: u32,
     #[serde(deserialize_with = "decimal_input")]
     stop_loss_pct: Decimal,

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const PRODUCT_TYPE: &str = "USDT-FUTURES";
+/// Bitget's error code for a `clientOid` it has seen before.
+pub const DUPLICATE_CLIENT_OID: &str = "40786";
 
 #[derive(Clone, serde::Deserialize)]
 pub struct BitgetCredentials {
@@ -454,7 +456,8 @@ impl Exchange for BitgetExchange {
                         None => return Err(ExchangeError::Unavailable(why)),
                     }
                 }
-                Err(ExchangeError::Rejected { message, .. }) if message.to_lowercase().contains("clientoid") => break,
+                // Bitget's "duplicate clientOid": an earlier attempt was placed; read it back.
+                Err(ExchangeError::Rejected { code, .. }) if code == DUPLICATE_CLIENT_OID => break,
                 Err(e) => return Err(e),
             }
         }

@@ -20,6 +20,16 @@ pub fn optional_decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<
     parse_decimal_value(&value).map(Some).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
 }
 
+/// A whole number as JSON Schema sees one: `5` or `5.0` (a number whose fraction is zero).
+pub fn whole_number_input<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let whole = match &value {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    };
+    whole.and_then(|w| u32::try_from(w).ok()).ok_or_else(|| serde::de::Error::custom("expected a whole number"))
+}
+
 pub fn parse_decimal_value(value: &serde_json::Value) -> Option<Decimal> {
     let text = match value {
         serde_json::Value::String(s) => s.trim().to_owned(),
@@ -171,6 +181,22 @@ mod tests {
     struct Probe {
         #[serde(deserialize_with = "decimal_input")]
         v: Decimal,
+    }
+
+    #[test]
+    fn a_whole_number_may_carry_a_zero_fraction_but_nothing_else() {
+        #[derive(Deserialize)]
+        struct W {
+            #[serde(deserialize_with = "super::whole_number_input")]
+            n: u32,
+        }
+        let n = |json: &str| serde_json::from_str::<W>(json).map(|w| w.n).ok();
+        assert_eq!(n(r#"{"n": 67}"#), Some(67));
+        assert_eq!(n(r#"{"n": 67.0}"#), Some(67));
+        assert_eq!(n(r#"{"n": 67.5}"#), None);
+        assert_eq!(n(r#"{"n": -1}"#), None);
+        assert_eq!(n(r#"{"n": 1e20}"#), None);
+        assert_eq!(n(r#"{"n": "67"}"#), None);
     }
 
     #[test]

@@ -149,12 +149,14 @@ pub fn free_port() -> u16 {
 /// A redis-server of the test's own, to stop and restart.
 pub struct OwnRedis {
     pub port: u16,
+    /// The cluster bus port (redis' default, port + 10000, may be taken by another server).
+    bus_port: u16,
     child: Option<std::process::Child>,
 }
 
 impl OwnRedis {
     pub async fn start() -> Self {
-        let mut redis = OwnRedis { port: free_port(), child: None };
+        let mut redis = OwnRedis { port: free_port(), bus_port: free_port(), child: None };
         redis.restart().await;
         redis
     }
@@ -175,7 +177,8 @@ impl OwnRedis {
         let nodes = std::env::temp_dir().join(format!("test-redis-nodes-{}.conf", self.port));
         let child = std::process::Command::new(bin)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", &nodes.display().to_string()])
+            .args(["--cluster-enabled", "yes", "--cluster-port", &self.bus_port.to_string()])
+            .args(["--cluster-config-file", &nodes.display().to_string()])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");
@@ -202,6 +205,7 @@ async fn cluster_is_ok(url: &str) -> bool {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("test-redis-nodes-{}.conf", self.port)));
     }
 }
 

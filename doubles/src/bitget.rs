@@ -98,6 +98,27 @@ pub struct Position {
     pub entry: Decimal,
     pub realized: Decimal,
     pub fees: Decimal,
+    /// When it opened from flat (`cTime`); a position that went flat and reopened is a new one.
+    pub opened_ms: i64,
+}
+
+impl Position {
+    fn opened_at(price: Decimal) -> Position {
+        Position { size: Decimal::ZERO, entry: price, realized: Decimal::ZERO, fees: Decimal::ZERO, opened_ms: next_creation_ms() }
+    }
+}
+
+/// Creation times strictly increase, as two positions opened within one millisecond still differ.
+fn next_creation_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let previous = LAST.fetch_max(now, Ordering::SeqCst);
+    if previous >= now {
+        LAST.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        now
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -335,12 +356,7 @@ impl FakeBitget {
         fill_crossed(&mut state);
     }
     pub fn set_position(&self, symbol: &str, side: &str, size: &str, entry: &str) {
-        let position = Position {
-            size: size.parse().unwrap_or_default(),
-            entry: entry.parse().unwrap_or_default(),
-            realized: Decimal::ZERO,
-            fees: Decimal::ZERO,
-        };
+        let position = Position { size: size.parse().unwrap_or_default(), ..Position::opened_at(entry.parse().unwrap_or_default()) };
         self.lock().positions.insert((symbol.into(), side.into()), position);
     }
     pub fn position(&self, symbol: &str, side: &str) -> Decimal {
@@ -742,7 +758,7 @@ fn position_views(state: &FakeState, symbol: Option<&str>) -> Vec<Value> {
                 "assetMode": "single",
                 "uTime": now_ms().to_string(),
                 "autoMargin": "off",
-                "cTime": now_ms().to_string(),
+                "cTime": p.opened_ms.to_string(),
             })
         })
         .collect()
@@ -977,12 +993,11 @@ fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decim
         h => h,
     };
     let opening = !order.closing;
-    let position = state.positions.entry((order.symbol.clone(), hold.to_owned())).or_insert(Position {
-        size: Decimal::ZERO,
-        entry: price,
-        realized: Decimal::ZERO,
-        fees: Decimal::ZERO,
-    });
+    let position = state.positions.entry((order.symbol.clone(), hold.to_owned())).or_insert_with(|| Position::opened_at(price));
+    if position.size.is_zero() {
+        // Flat again since it was last open: this is a new position.
+        *position = Position::opened_at(price);
+    }
     let fee = order.size * price * fee_rate;
     let mut realized = Decimal::ZERO;
     let size = if opening {
@@ -1007,12 +1022,10 @@ fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decim
     let nets = !opening && order.trade_side.is_none() && !order.reduce_only && rest > Decimal::ZERO;
     if nets {
         let other = if hold == "long" { "short" } else { "long" };
-        let flipped = state.positions.entry((order.symbol.clone(), other.to_owned())).or_insert(Position {
-            size: Decimal::ZERO,
-            entry: price,
-            realized: Decimal::ZERO,
-            fees: Decimal::ZERO,
-        });
+        let flipped = state.positions.entry((order.symbol.clone(), other.to_owned())).or_insert_with(|| Position::opened_at(price));
+        if flipped.size.is_zero() {
+            *flipped = Position::opened_at(price);
+        }
         flipped.entry = price;
         flipped.size += rest;
     }

@@ -213,6 +213,7 @@ pub fn running_paper_bot(
         margin: size * entry / rust_decimal::Decimal::from(leverage),
         version: 1,
         high_water: None,
+        position_id: format!("seed-{user_id}"),
     };
     let mut position_item = crate::keys::with_key(serde_dynamo::to_item(&position)?, crate::keys::paper_position(user_id, symbol));
     position_item.extend(crate::keys::active_position_index(user_id, symbol));

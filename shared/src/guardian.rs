@@ -456,7 +456,9 @@ async fn check_paper(
         );
         let view = position_view(&current, mark);
         stats.orders.fetch_add(1, Ordering::Relaxed);
-        let key = format!("{reason}-v{}", current.version);
+        // The position's instance and the trigger: overlapping runs and retries compute the same
+        // client order id, and the next position (another instance) gets its own.
+        let key = format!("{reason}-{}", current.instance());
         let closed = close_position(state, &exchange, user_id, &view, bot.config.leverage, &key, reason).await?;
         outcome.closed.push(ClosedReport {
             user_id: user_id.to_owned(),
@@ -491,7 +493,7 @@ async fn check_live(
     }
     for position in actual {
         outcome.positions += 1;
-        let mirror = mirrors.iter().find(|m| m.symbol == position.symbol && m.side == position.side);
+        let mirror = mirrors.iter().find(|m| m.mirrors(&position));
         let high_water = mirror.and_then(|m| m.high_water);
         if let (Some(m), Some(_)) = (mirror, bot.config.trailing_stop_pct) {
             let best = best_mark(position.side, high_water.unwrap_or(position.entry_price), position.mark_price);
@@ -501,9 +503,10 @@ async fn check_live(
         }
         let Some(reason) = trigger(&bot.config, position.side, position.entry_price, position.mark_price, high_water) else { continue };
         stats.orders.fetch_add(1, Ordering::Relaxed);
-        // Derived from the position's identity and the trigger: overlapping runs and retries
-        // compute the same client order id, so the close happens once.
-        let key = format!("{reason}-{}-{}", position.entry_price.normalize(), position.size.normalize());
+        // Derived from the position's instance (its creation time at Bitget) and the trigger:
+        // overlapping runs and retries compute the same client order id, so the close happens
+        // once, and a later position with the same entry and size is another instance.
+        let key = format!("{reason}-{}", position.instance);
         let closed = close_position(state, exchange.as_ref(), user_id, &position, bot.config.leverage, &key, reason).await?;
         outcome.closed.push(ClosedReport {
             user_id: user_id.to_owned(),

@@ -240,8 +240,9 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
             return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"));
         }
         for position in &positions {
-            // A position that survived one closing round gets a fresh client id for the next.
-            let key = format!("{stop_id}-r{attempt}");
+            // A position that survived one closing round gets a fresh client id for the next, and
+            // a position that reappeared is another instance with ids of its own.
+            let key = format!("{stop_id}-{}-r{attempt}", position.instance);
             match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
                 Ok(c) => closed.push(c),
                 Err(e) => {

@@ -437,6 +437,8 @@ impl Exchange for BitgetExchange {
                     entry_price: dec(&p["openPriceAvg"]).unwrap_or_default(),
                     mark_price: dec(&p["markPrice"]).unwrap_or_default(),
                     unrealized_pnl: dec(&p["unrealizedPL"]).unwrap_or_default(),
+                    // Bitget's creation time of the position: a new one after it went flat.
+                    instance: format!("c{}", p["cTime"].as_str().unwrap_or_default()),
                 })
             })
             .collect())

@@ -137,6 +137,11 @@ pub struct Position {
     pub entry_price: Decimal,
     pub mark_price: Decimal,
     pub unrealized_pnl: Decimal,
+    /// Names this position from the moment it opened from flat until it is flat again: a later
+    /// position of the same symbol and side is another instance, so its closes get other client
+    /// order ids. Paper: the opening order's client id. Bitget: the position's creation time.
+    #[serde(skip)]
+    pub instance: String,
 }
 
 impl Position {

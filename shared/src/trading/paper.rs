@@ -89,6 +89,7 @@ pub fn apply_fill(
                     margin: (flip * price / leverage).round_dp(8),
                     version: next_version,
                     high_water: None,
+                    position_id: intent.client_order_id.clone(),
                 })
             } else {
                 None
@@ -104,6 +105,7 @@ pub fn apply_fill(
             margin: (size * price / leverage).round_dp(8),
             version: next_version,
             high_water: None,
+            position_id: intent.client_order_id.clone(),
         }),
     };
     account.balance += realized;
@@ -130,6 +132,7 @@ pub fn position_view(p: &PaperPosition, mark: Decimal) -> Position {
         entry_price: p.entry_price,
         mark_price: mark,
         unrealized_pnl: ((mark - p.entry_price) * p.size * p.side.direction()).round_dp(8).normalize(),
+        instance: p.instance(),
     }
 }
 

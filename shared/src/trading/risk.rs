@@ -180,6 +180,7 @@ mod tests {
             entry_price: d("60000"),
             mark_price: d("65000"),
             unrealized_pnl: d("50"),
+            instance: "c1".into(),
         };
         assert_eq!(code(check(Side::Sell, "0.01", None, true, Some(&long))), "ok");
         assert_eq!(code(check(Side::Sell, "0.02", None, true, Some(&long))), "reduce_only_exceeds_position");

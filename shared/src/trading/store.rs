@@ -63,6 +63,21 @@ pub struct PaperPosition {
     /// stop's reference. It only ever moves in the position's favour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_water: Option<Decimal>,
+    /// The client id of the order that opened it from flat: the position's instance.
+    #[serde(default)]
+    pub position_id: String,
+}
+
+impl PaperPosition {
+    /// The instance name of this position; positions stored before instances existed get one
+    /// derived from what they were opened with, the same for every reader.
+    pub fn instance(&self) -> String {
+        if self.position_id.is_empty() {
+            format!("legacy-{}-{}", self.entry_price.normalize(), self.size.normalize())
+        } else {
+            self.position_id.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +114,18 @@ pub struct LivePosition {
     pub entry_price: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_water: Option<Decimal>,
+    /// The exchange position this mirrors (its instance): a position that went flat and opened
+    /// again is another one, and inherits nothing (no trailing high) from this mirror.
+    #[serde(default)]
+    pub instance: String,
+}
+
+impl LivePosition {
+    /// Whether this mirror describes `position` (the same instance, or a mirror stored before
+    /// instances were recorded).
+    pub fn mirrors(&self, position: &crate::trading::model::Position) -> bool {
+        self.symbol == position.symbol && self.side == position.side && (self.instance.is_empty() || self.instance == position.instance)
+    }
 }
 
 /// What a trading request knows about its caller after one Query.
@@ -151,6 +178,7 @@ impl TradingStore<'_> {
                     "PAPER" => snapshot.paper = Some(from_item(item)?),
                     "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
                     sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
+                    sk if sk.starts_with(keys::LIVE_POSITION_PREFIX) => snapshot.live_positions.push(from_item(item)?),
                     _ => {}
                 }
             }
@@ -217,20 +245,24 @@ impl TradingStore<'_> {
     ) -> Result<Vec<String>, ApiError> {
         let mut differences = Vec::new();
         for p in actual {
-            let mirror = known.iter().find(|k| k.symbol == p.symbol && k.side == p.side);
-            if mirror.is_some_and(|m| m.size == p.size && m.entry_price == p.entry_price) {
+            let slot = known.iter().find(|k| k.symbol == p.symbol && k.side == p.side);
+            let mirror = slot.filter(|m| m.mirrors(p));
+            if mirror.is_some_and(|m| m.size == p.size && m.entry_price == p.entry_price && m.instance == p.instance) {
                 continue;
             }
-            differences.push(match mirror {
-                Some(m) => format!("{} {} size {} → {}", p.symbol, side_name(p.side), m.size, p.size),
-                None => format!("{} {} {} unknown to the store", p.symbol, side_name(p.side), p.size),
+            differences.push(match (slot, mirror) {
+                (_, Some(m)) => format!("{} {} size {} → {}", p.symbol, side_name(p.side), m.size, p.size),
+                (Some(_), None) => format!("{} {} {} opened again", p.symbol, side_name(p.side), p.size),
+                (None, None) => format!("{} {} {} unknown to the store", p.symbol, side_name(p.side), p.size),
             });
             let record = LivePosition {
                 symbol: p.symbol.clone(),
                 side: p.side,
                 size: p.size,
                 entry_price: p.entry_price,
+                // The trailing high belongs to the instance it was seen on.
                 high_water: mirror.and_then(|m| m.high_water),
+                instance: p.instance.clone(),
             };
             let mut item = keys::with_key(to_item(&record)?, keys::live_position(user_id, &p.symbol, side_name(p.side)));
             item.extend(keys::active_live_position_index(user_id, &p.symbol, side_name(p.side)));

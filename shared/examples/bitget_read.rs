@@ -35,7 +35,9 @@ async fn main() -> Result<(), BoxError> {
         "position-mode" => serde_json::json!(client.position_mode(&creds, arg(2)?).await?),
         _ => {
             let position_mode = client.position_mode(&creds, "BTCUSDT").await?;
-            let exchange = BitgetExchange { client: client.clone(), creds, position_mode };
+            // Crossed, as ccxt's orders are in the check.
+            let margin_mode = shared::trading::model::MarginMode::Crossed;
+            let exchange = BitgetExchange { client: client.clone(), creds, position_mode, margin_mode };
             match command {
                 "account" => serde_json::to_value(exchange.account().await?)?,
                 "positions" => serde_json::to_value(exchange.positions().await?)?,

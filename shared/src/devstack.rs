@@ -196,6 +196,7 @@ pub fn running_paper_bot(
             take_profit_pct: Some(rust_decimal::Decimal::from(50)),
             trailing_stop_pct: None,
             max_position_notional: rust_decimal::Decimal::from(100_000),
+            margin_mode: Default::default(),
         },
         version: 1,
         exchange: ExchangeKind::Paper,

@@ -592,6 +592,7 @@ mod tests {
             take_profit_pct: tp.map(d),
             trailing_stop_pct: trail.map(d),
             max_position_notional: d("10000"),
+            margin_mode: Default::default(),
         }
     }
 

@@ -165,7 +165,7 @@ async fn every_risk_rule_refuses_with_its_own_code_and_nothing_is_sent() {
         (order(json!("0.2"), json!({})), "max_position_notional_exceeded"),
         (order(json!("0.01"), json!({"type": "limit"})), "invalid_price"),
         (order(json!("0.01"), json!({"type": "limit", "price": "64000.05"})), "invalid_price_tick"),
-        (order(json!("0.01"), json!({"type": "limit", "price": "60000"})), "price_out_of_band"),
+        (order(json!("0.01"), json!({"type": "limit", "price": "68300"})), "price_out_of_band"),
         (order(json!("0.01"), json!({"side": "sell", "reduce_only": true})), "reduce_only_exceeds_position"),
     ];
     for (body, code) in cases {
@@ -517,4 +517,51 @@ async fn bitgets_duplicate_client_oid_code_reads_back_the_order_already_placed()
     assert_eq!(res.body["status"], "filled", "{}", res.raw);
     assert_eq!(fake.order_count(), 1, "one order, never two");
     assert_eq!(fake.calls("/api/v2/mix/order/place-order"), 2, "the resend met the duplicate code");
+}
+
+#[tokio::test]
+async fn starting_a_live_bot_sets_its_leverage_and_margin_mode_on_the_exchange() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, false).await;
+    let mut config = bot_config();
+    config["leverage"] = json!(3);
+    let res = start(&app, &token, config.clone()).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!((fake.leverage("BTCUSDT"), fake.margin_mode("BTCUSDT").as_str()), (3, "isolated"), "isolated by default");
+    assert_eq!(res.body["config"]["margin_mode"], "isolated");
+    // Orders then carry the bot's margin mode.
+    let order = submit(&app, &token, &key(), market_buy("0.01")).await;
+    assert_eq!(order.status, 201, "{}", order.raw);
+    assert_eq!(fake.order(order.body["client_order_id"].as_str().unwrap()).unwrap().margin_mode, "isolated");
+}
+
+#[tokio::test]
+async fn the_exchange_refusing_the_leverage_or_not_answering_keeps_the_bot_stopped() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, false).await;
+    fake.fault("/api/v2/mix/account/set-leverage", Fault::Code("40797"));
+    let res = start(&app, &token, bot_config()).await;
+    assert_eq!((res.status, res.code()), (422, "leverage_refused"), "{}", res.raw);
+    fake.fault("/api/v2/mix/account/set-margin-mode", Fault::ServerError);
+    let res = start(&app, &token, bot_config()).await;
+    assert_eq!((res.status, res.code()), (502, "exchange_unavailable"), "{}", res.raw);
+    assert_eq!(status(&app, &token).await.body["state"], "stopped");
+    let res = start(&app, &token, bot_config()).await;
+    assert_eq!(res.status, 200, "once the exchange takes the settings, the bot starts: {}", res.raw);
+}
+
+#[tokio::test]
+async fn margin_is_judged_on_what_bitget_lets_the_account_open_with() {
+    let fake = FakeBitget::start().await;
+    // 1 BTC long from 50,000 marked at 65,000: 15,000 unrealised profit. At 10x the wallet's free
+    // balance is 5,000 (10,000 − 5,000 margin), but Bitget lets the account open with 20,000.
+    fake.set_position("BTCUSDT", "long", "1", "50000");
+    let (app, token) = live_trader(&fake, false).await;
+    let mut config = bot_config();
+    config["max_position_notional"] = json!("200000");
+    config["margin_mode"] = json!("crossed");
+    assert_eq!(start(&app, &token, config).await.status, 200);
+    // 1.5 BTC at 10x needs 9,750 of margin: more than the free balance, less than Bitget allows.
+    let res = submit(&app, &token, &key(), market_buy("1.5")).await;
+    assert_eq!(res.status, 201, "{}", res.raw);
 }

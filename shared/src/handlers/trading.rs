@@ -6,7 +6,7 @@ use crate::http::{empty_response, header_str, json_response, parse_json, Request
 use crate::state::AppState;
 use crate::trading::bitget::BitgetCredentials;
 use crate::trading::contracts::contract;
-use crate::trading::exchange::{Exchange, OrderGuard};
+use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{
     client_order_id, decimal_input, optional_decimal_input, ExchangeKind, OrderIntent, OrderStatus, OrderType, Position, Side,
@@ -121,6 +121,8 @@ struct StartRequest {
     trailing_stop_pct: Option<Decimal>,
     #[serde(deserialize_with = "decimal_input")]
     max_position_notional: Decimal,
+    #[serde(default)]
+    margin_mode: crate::trading::model::MarginMode,
 }
 
 fn status_body(bot: Option<&BotRecord>, positions: &[Position]) -> serde_json::Value {
@@ -153,10 +155,31 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
         take_profit_pct: body.take_profit_pct.map(|d| d.normalize()),
         trailing_stop_pct: body.trailing_stop_pct.map(|d| d.normalize()),
         max_position_notional: body.max_position_notional.normalize(),
+        margin_mode: body.margin_mode,
     };
     check_bot_config(&config, contract(&symbol))?;
     if halted_now {
         return Err(halted());
+    }
+    let already_running = snapshot.bot.as_ref().is_some_and(|b| b.state == BotState::Running && b.config == config);
+    if snapshot.credentials.is_some() && !already_running {
+        // The bot's leverage and margin mode on the exchange, before it may trade.
+        let mut configured = snapshot.clone();
+        configured.bot = Some(BotRecord {
+            user_id: caller.user_id.clone(),
+            state: BotState::Stopped,
+            config: config.clone(),
+            version: 0,
+            exchange: ExchangeKind::Bitget,
+            updated_at: now_rfc3339(),
+            stop_id: None,
+        });
+        let exchange = exchange_for(state, &caller.user_id, &configured, &[]).await?;
+        exchange.configure_symbol(&symbol, config.margin_mode, config.leverage).await.map_err(|e| match e {
+            ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen => exchange_error(e),
+            ExchangeError::InvalidCredentials => exchange_error(e),
+            other => ApiError::unprocessable("leverage_refused", format!("the exchange refused the leverage or margin mode: {other}")),
+        })?;
     }
     let exchange_kind = if snapshot.credentials.is_some() { ExchangeKind::Bitget } else { ExchangeKind::Paper };
     let mut current = snapshot.bot.clone();

@@ -338,6 +338,8 @@ pub struct BitgetExchange {
     pub creds: BitgetCredentials,
     /// `one_way_mode` or `hedge_mode`, recorded when the credentials were saved.
     pub position_mode: String,
+    /// The bot's margin mode: what orders carry and which amount is available to open.
+    pub margin_mode: crate::trading::model::MarginMode,
 }
 
 fn order_state(state: &str) -> OrderStatus {
@@ -354,7 +356,7 @@ impl BitgetExchange {
         let mut body = serde_json::json!({
             "symbol": intent.symbol,
             "productType": PRODUCT_TYPE,
-            "marginMode": "crossed",
+            "marginMode": self.margin_mode.as_str(),
             "marginCoin": "USDT",
             "size": intent.size.normalize().to_string(),
             "orderType": match intent.order_type { OrderType::Market => "market", OrderType::Limit => "limit" },
@@ -403,14 +405,31 @@ impl Exchange for BitgetExchange {
         ExchangeKind::Bitget
     }
 
+    async fn configure_symbol(&self, symbol: &str, mode: crate::trading::model::MarginMode, leverage: u32) -> Result<(), ExchangeError> {
+        let base = serde_json::json!({"symbol": symbol, "productType": PRODUCT_TYPE, "marginCoin": "USDT"});
+        let mut margin = base.clone();
+        margin["marginMode"] = mode.as_str().into();
+        self.client.post("/api/v2/mix/account/set-margin-mode", &margin, &self.creds).await?;
+        let mut lever = base;
+        lever["leverage"] = leverage.to_string().into();
+        self.client.post("/api/v2/mix/account/set-leverage", &lever, &self.creds).await?;
+        Ok(())
+    }
+
     async fn account(&self) -> Result<AccountView, ExchangeError> {
         let data = self.client.get("/api/v2/mix/account/accounts", &format!("productType={PRODUCT_TYPE}"), Some(&self.creds)).await?;
         let usdt = data.as_array().into_iter().flatten().find(|a| a["marginCoin"].as_str() == Some("USDT")).cloned().unwrap_or(Value::Null);
         let positions = self.positions().await?;
+        // What Bitget lets this account open with, in the bot's margin mode (`available` is the
+        // wallet's free balance, which ignores unrealised profit and what the mode may use).
+        let open_with = match self.margin_mode {
+            crate::trading::model::MarginMode::Isolated => "isolatedMaxAvailable",
+            crate::trading::model::MarginMode::Crossed => "crossedMaxAvailable",
+        };
         Ok(AccountView {
             exchange: ExchangeKind::Bitget,
             equity: dec(&usdt["accountEquity"]).or_else(|| dec(&usdt["usdtEquity"])).unwrap_or_default(),
-            available: dec(&usdt["available"]).unwrap_or_default(),
+            available: dec(&usdt[open_with]).or_else(|| dec(&usdt["available"])).unwrap_or_default(),
             unrealized_pnl: dec(&usdt["unrealizedPL"]).unwrap_or_else(|| positions.iter().map(|p| p.unrealized_pnl).sum()),
             positions,
         })

@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 
 /// Every order must be worth at least this much (Bitget's `minTradeUSDT`).
 pub const MIN_NOTIONAL_USDT: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
+/// The maintenance margin rate of the first risk tier (Bitget reports it per position as
+/// `keepMarginRate`; the contracts endpoint does not carry it): 0.4 %.
+pub const MAINTENANCE_MARGIN_RATE: Decimal = Decimal::from_parts(4, 0, 0, false, 3);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContractSpec {

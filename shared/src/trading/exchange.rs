@@ -43,6 +43,11 @@ pub trait Exchange: Send + Sync {
     fn known_mark(&self, _symbol: &str) -> Option<rust_decimal::Decimal> {
         None
     }
+    /// Applies the bot's margin mode and leverage to `symbol` (a no-op where the exchange keeps
+    /// no such setting, as the paper account).
+    async fn configure_symbol(&self, _symbol: &str, _mode: crate::trading::model::MarginMode, _leverage: u32) -> Result<(), ExchangeError> {
+        Ok(())
+    }
     async fn account(&self) -> Result<AccountView, ExchangeError>;
     async fn positions(&self) -> Result<Vec<Position>, ExchangeError>;
     /// Sends an order that was recorded first. Never resends blind: an unknown outcome is looked

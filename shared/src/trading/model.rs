@@ -20,6 +20,25 @@ pub fn optional_decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<
     parse_decimal_value(&value).map(Some).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
 }
 
+/// How a position's margin is held on the exchange. Isolated by default: a position can lose at
+/// most its own margin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MarginMode {
+    #[default]
+    Isolated,
+    Crossed,
+}
+
+impl MarginMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarginMode::Isolated => "isolated",
+            MarginMode::Crossed => "crossed",
+        }
+    }
+}
+
 /// A whole number as JSON Schema sees one: `5` or `5.0` (a number whose fraction is zero).
 pub fn whole_number_input<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let value = serde_json::Value::deserialize(d)?;

@@ -52,16 +52,19 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
             if !on_step(p, spec.price_tick) {
                 return Err(refuse("invalid_price_tick", format!("price must be a multiple of {}", spec.price_tick)));
             }
-            if ((p - c.mark).abs() / c.mark) > MAX_PRICE_DEVIATION {
-                return Err(refuse("price_out_of_band", format!("price is more than 5% away from the mark price {}", c.mark)));
+            // One-sided, as on Bitget: a buy may not pay more than mark × 1.05, a sell may not
+            // ask less than mark × 0.95; a resting buy below or sell above the mark is fine.
+            let beyond = match c.side {
+                Side::Buy => p > c.mark * (Decimal::ONE + MAX_PRICE_DEVIATION),
+                Side::Sell => p < c.mark * (Decimal::ONE - MAX_PRICE_DEVIATION),
+            };
+            if beyond {
+                return Err(refuse("price_out_of_band", format!("price is more than 5% through the mark price {}", c.mark)));
             }
             p
         }
     };
     let notional = c.size * reference;
-    if notional < spec.min_notional {
-        return Err(refuse("notional_below_minimum", format!("an order must be worth at least {} USDT", spec.min_notional)));
-    }
     let current = c.position.map(|p| p.size * p.side.direction()).unwrap_or_default();
     let order_signed = match c.side {
         Side::Buy => c.size,
@@ -76,7 +79,11 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
                 format!("a reduce-only order can close at most your open {} position ({open})", spec.symbol),
             ));
         }
+        // Exempt from the minimum notional, as on Bitget: a small leftover can always be closed.
         return Ok(());
+    }
+    if notional < spec.min_notional {
+        return Err(refuse("notional_below_minimum", format!("an order must be worth at least {} USDT", spec.min_notional)));
     }
     if c.bot.leverage > spec.max_leverage {
         return Err(refuse("leverage_above_maximum", format!("the maximum leverage of {} is {}", spec.symbol, spec.max_leverage)));
@@ -112,6 +119,20 @@ pub fn check_bot_config(config: &BotConfig, spec: Option<&ContractSpec>) -> Resu
     if !pct_ok(config.stop_loss_pct) {
         return Err(refuse("invalid_stop_loss", "stop_loss_pct must be between 0 and 100 (percent from entry)".into()));
     }
+    // An isolated position is liquidated when its loss eats its margin down to the maintenance
+    // margin: at 1/leverage − maintenance rate from entry. A stop at or past that never fires.
+    let liquidation_pct =
+        (Decimal::ONE / Decimal::from(config.leverage) - crate::trading::contracts::MAINTENANCE_MARGIN_RATE) * Decimal::ONE_HUNDRED;
+    if config.stop_loss_pct >= liquidation_pct {
+        return Err(refuse(
+            "stop_loss_beyond_liquidation",
+            format!(
+                "at {}x a position is liquidated {}% from entry; stop_loss_pct must be below that",
+                config.leverage,
+                liquidation_pct.round_dp(2).normalize()
+            ),
+        ));
+    }
     if config.take_profit_pct.is_some_and(|p| p <= Decimal::ZERO || p > Decimal::from(1000)) {
         return Err(refuse("invalid_take_profit", "take_profit_pct must be above 0 and at most 1000 (percent from entry)".into()));
     }
@@ -141,6 +162,7 @@ mod tests {
             take_profit_pct: None,
             trailing_stop_pct: None,
             max_position_notional: d("10000"),
+            margin_mode: Default::default(),
         }
     }
     fn check(side: Side, size: &str, price: Option<&str>, reduce_only: bool, position: Option<&Position>) -> Result<(), ApiError> {
@@ -160,6 +182,56 @@ mod tests {
     }
     fn code(r: Result<(), ApiError>) -> &'static str {
         r.err().map(|e| e.code()).unwrap_or("ok")
+    }
+
+    #[test]
+    fn a_stop_loss_at_or_past_the_liquidation_distance_is_refused() {
+        let at = |leverage: u32, stop: &str| {
+            code(check_bot_config(&BotConfig { leverage, stop_loss_pct: d(stop), ..bot() }, contract("BTCUSDT")))
+        };
+        // 50x: liquidated 2 % − 0.4 % = 1.6 % from entry.
+        assert_eq!(at(50, "2"), "stop_loss_beyond_liquidation");
+        assert_eq!(at(50, "1.6"), "stop_loss_beyond_liquidation");
+        assert_eq!(at(50, "1.5"), "ok");
+        assert_eq!(at(10, "9"), "ok");
+        assert_eq!(at(10, "9.6"), "stop_loss_beyond_liquidation");
+    }
+
+    #[test]
+    fn a_reduce_only_close_below_the_minimum_notional_is_allowed() {
+        let dust = Position {
+            symbol: "BTCUSDT".into(),
+            side: PositionSide::Long,
+            size: d("0.001"),
+            entry_price: d("65000"),
+            mark_price: d("4000"),
+            unrealized_pnl: d("0"),
+            instance: "c1".into(),
+        };
+        let bot = bot();
+        let close = OrderCheck {
+            spec: contract("BTCUSDT").unwrap(),
+            bot: &bot,
+            side: Side::Sell,
+            order_type: OrderType::Market,
+            size: d("0.001"),
+            price: None,
+            reduce_only: true,
+            mark: d("4000"), // 0.001 × 4,000 = 4 USDT, under the 5 USDT minimum
+            position: Some(&dust),
+            available: d("1000"),
+        };
+        assert_eq!(code(check_order(&close)), "ok");
+        assert_eq!(code(check_order(&OrderCheck { reduce_only: false, side: Side::Buy, ..close })), "notional_below_minimum");
+    }
+
+    #[test]
+    fn the_price_band_limits_only_buys_above_and_sells_below_the_mark() {
+        // Mark 65,000: a buy may rest far below it, a sell far above it.
+        assert_eq!(code(check(Side::Buy, "0.01", Some("60000"), false, None)), "ok");
+        assert_eq!(code(check(Side::Buy, "0.01", Some("68300"), false, None)), "price_out_of_band");
+        assert_eq!(code(check(Side::Sell, "0.01", Some("70000"), false, None)), "ok");
+        assert_eq!(code(check(Side::Sell, "0.01", Some("61700"), false, None)), "price_out_of_band");
     }
 
     #[test]

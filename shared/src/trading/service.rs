@@ -106,7 +106,13 @@ pub async fn exchange_for(
     if let Some(record) = &snapshot.credentials {
         let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
         let creds = decrypt_credentials(&keys, user_id, &record.ciphertext)?;
-        return Ok(Box::new(BitgetExchange { client: state.bitget.clone(), creds, position_mode: record.position_mode.clone() }));
+        let margin_mode = snapshot.bot.as_ref().map(|b| b.config.margin_mode).unwrap_or_default();
+        return Ok(Box::new(BitgetExchange {
+            client: state.bitget.clone(),
+            creds,
+            position_mode: record.position_mode.clone(),
+            margin_mode,
+        }));
     }
     let mut symbols: Vec<String> = snapshot.positions.iter().map(|p| p.symbol.clone()).collect();
     symbols.extend(extra_symbols.iter().cloned());

@@ -28,6 +28,9 @@ pub struct BotConfig {
     pub take_profit_pct: Option<Decimal>,
     pub trailing_stop_pct: Option<Decimal>,
     pub max_position_notional: Decimal,
+    /// Applied to the symbol on the exchange when the bot starts (Bitget's set-margin-mode).
+    #[serde(default)]
+    pub margin_mode: crate::trading::model::MarginMode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -395,8 +395,15 @@ async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &H
 
 async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &SweepStats, outcome: &mut Outcome) -> Result<(), ApiError> {
     stats.partition_queries.fetch_add(1, Ordering::Relaxed);
+    // Announced once when the bot gets stuck and once when it is finally stopped, not every run.
+    let check = format!("stopping:{user_id}");
     match crate::handlers::trading::stop_bot_for(state, user_id, bot).await {
         Ok((_, closed)) => {
+            if alerts::transition(state, &check, true).await == Transition::Recovery
+                && alerts::send(state, &format!("✅ Bot of user {user_id} is stopped: its positions are closed.")).await
+            {
+                outcome.alerts += 1;
+            }
             stats.orders.fetch_add(closed.len() as u32, Ordering::Relaxed);
             outcome.closed.extend(closed.into_iter().map(|c| ClosedReport {
                 user_id: user_id.to_owned(),
@@ -408,11 +415,15 @@ async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &Sw
             Ok(())
         }
         Err(e) => {
-            if alerts::send(
-                state,
-                &format!("⚠️ Bot of user {user_id} is still stopping: closing its positions failed ({}). Retrying every minute.", e.code()),
-            )
-            .await
+            if alerts::transition(state, &check, false).await == Transition::Alert
+                && alerts::send(
+                    state,
+                    &format!(
+                        "⚠️ Bot of user {user_id} is still stopping: closing its positions failed ({}). Retrying every minute.",
+                        e.code()
+                    ),
+                )
+                .await
             {
                 outcome.alerts += 1;
             }
@@ -483,7 +494,14 @@ async fn check_live(
     let snapshot = state.trading_store().snapshot(user_id).await?;
     let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
     stats.exchange_position_calls.fetch_add(1, Ordering::Relaxed);
-    let actual: Vec<Position> = exchange.positions().await.map_err(crate::trading::service::exchange_error)?;
+    // The bot guards its own symbol; the user's other positions on the account are left alone.
+    let actual: Vec<Position> = exchange
+        .positions()
+        .await
+        .map_err(crate::trading::service::exchange_error)?
+        .into_iter()
+        .filter(|p| p.symbol == bot.config.symbol)
+        .collect();
     // The exchange is the truth: correct the store, and say so.
     let differences = state.trading_store().sync_live_positions(user_id, &mirrors, &actual).await?;
     if !differences.is_empty()

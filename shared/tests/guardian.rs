@@ -325,3 +325,40 @@ async fn bots_indexed_before_sharding_are_still_guarded_by_shard_zero() {
     assert_eq!(zero.bots_checked, 1, "{zero:?}");
     assert_eq!(zero.closed.len(), 1, "the legacy bot's stop-loss still fires: {zero:?}");
 }
+
+#[tokio::test]
+async fn the_live_guardian_guards_the_bots_symbol_and_not_the_users_other_positions() {
+    let fake = FakeBitget::start().await;
+    fake.set_position("ETHUSDT", "long", "1", "3200"); // the user's own, opened by hand
+    let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    live_trader(&app).await;
+    fake.set_mark("ETHUSDT", "2000"); // −37 %: far past the bot's 2 % stop, but not the bot's symbol
+    let report = run(&app).await;
+    assert!(report.closed.is_empty(), "{report:?}");
+    assert_eq!(fake.position("ETHUSDT", "long"), d("1"));
+}
+
+#[tokio::test]
+async fn a_bot_stuck_stopping_is_announced_once_and_its_stop_once() {
+    let fake = FakeBitget::start().await;
+    let (app, tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    let token = live_trader(&app).await;
+    let mut req = with_bearer(
+        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
+        &token,
+    );
+    req.headers_mut().insert("idempotency-key", "stuck-1".parse().unwrap());
+    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+    fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
+    assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.code(), "close_failed");
+    for _ in 0..3 {
+        fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
+        assert!(run(&app).await.closed.is_empty());
+    }
+    let stuck = tg.messages().iter().filter(|m| m.contains("still stopping")).count();
+    assert_eq!(stuck, 1, "one alert for three failing runs: {:?}", tg.messages());
+    assert_eq!(run(&app).await.closed.len(), 1);
+    run(&app).await;
+    let stopped = tg.messages().iter().filter(|m| m.contains("is stopped")).count();
+    assert_eq!(stopped, 1, "{:?}", tg.messages());
+}

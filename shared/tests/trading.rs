@@ -444,21 +444,45 @@ async fn reads_retry_through_429_and_server_errors() {
 }
 
 #[tokio::test]
-async fn the_circuit_breaker_stops_hammering_a_failing_exchange() {
+async fn exchange_wide_failures_open_the_breaker_and_nobody_hammers_the_exchange() {
     let fake = FakeBitget::start().await;
     let (app, token) = live_trader(&fake, false).await;
     for _ in 0..12 {
+        fake.fault("/api/v2/mix/market/tickers", Fault::ServerError);
+    }
+    // Public market data failing: the exchange itself is in trouble.
+    assert!(app.state.bitget.mark_prices().await.is_err());
+    assert!(app.state.bitget.mark_prices().await.is_err());
+    let calls = fake.calls("/api/v2/mix/market/tickers");
+    assert!(calls <= 6, "{calls}");
+    assert!(app.state.bitget.mark_prices().await.is_err());
+    assert_eq!(fake.calls("/api/v2/mix/market/tickers"), calls, "an open breaker does not call the exchange");
+    let private_calls = fake.calls("/api/v2/mix/account/accounts");
+    let res = account(&app, &token).await;
+    assert_eq!((res.status, res.code()), (502, "exchange_unavailable"));
+    assert_eq!(fake.calls("/api/v2/mix/account/accounts"), private_calls);
+}
+
+#[tokio::test]
+async fn one_users_failing_calls_never_block_another_users_close() {
+    let fake = FakeBitget::start().await;
+    let app = live_app(&fake).await;
+    let (failing, closing) = (access_token(&app).await, access_token(&app).await);
+    for token in [&failing, &closing] {
+        assert_eq!(save_keys(&app, token, KEY, SECRET, false).await.status, 204);
+    }
+    assert_eq!(start(&app, &closing, bot_config()).await.status, 200);
+    assert_eq!(submit(&app, &closing, &key(), market_buy("0.01")).await.status, 201);
+    // The first user's account answers 5xx to everything it asks, many times over.
+    for _ in 0..12 {
         fake.fault("/api/v2/mix/account/accounts", Fault::ServerError);
     }
-    let first = account(&app, &token).await;
-    let second = account(&app, &token).await;
-    assert_eq!((first.status, first.code()), (502, "exchange_unavailable"));
-    assert_eq!(second.status, 502);
-    let calls = fake.calls("/api/v2/mix/account/accounts");
-    let third = account(&app, &token).await;
-    assert_eq!(third.status, 502);
-    assert_eq!(fake.calls("/api/v2/mix/account/accounts"), calls, "an open breaker does not call the exchange");
-    assert!(calls <= 6, "{calls}");
+    for _ in 0..4 {
+        assert_eq!(account(&app, &failing).await.status, 502);
+    }
+    let res = stop(&app, &closing).await;
+    assert_eq!(res.status, 200, "the other user's stop still closes: {}", res.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
 }
 
 #[tokio::test]
@@ -564,4 +588,20 @@ async fn margin_is_judged_on_what_bitget_lets_the_account_open_with() {
     // 1.5 BTC at 10x needs 9,750 of margin: more than the free balance, less than Bitget allows.
     let res = submit(&app, &token, &key(), market_buy("1.5")).await;
     assert_eq!(res.status, 201, "{}", res.raw);
+}
+
+#[tokio::test]
+async fn a_live_stop_flattens_the_bots_symbol_and_leaves_the_users_other_positions_alone() {
+    let fake = FakeBitget::start().await;
+    fake.set_position("ETHUSDT", "long", "1", "3200"); // the user's own, opened by hand
+    let (app, token) = live_trader(&fake, true).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 201);
+    let res = stop(&app, &token).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(res.body["closed_positions"].as_array().map(Vec::len), Some(1), "{}", res.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+    assert_eq!(fake.position("ETHUSDT", "long"), d("1"), "the manual ETH position is not the bot's");
+    assert_eq!(status(&app, &token).await.body["state"], "stopped");
+    let acct = account(&app, &token).await;
+    assert!(acct.body["positions"].as_array().unwrap().iter().any(|p| p["symbol"] == "ETHUSDT"), "{}", acct.raw);
 }

@@ -251,7 +251,9 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
         let snapshot = trading.snapshot(user_id).await?;
         let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
         settle_pending_orders(state, exchange.as_ref(), user_id).await?;
-        let positions = exchange.positions().await.map_err(exchange_error)?;
+        // The bot's symbol only: the user's other positions on the account are theirs to manage.
+        let positions: Vec<Position> =
+            exchange.positions().await.map_err(exchange_error)?.into_iter().filter(|p| p.symbol == bot.config.symbol).collect();
         if positions.is_empty() {
             if exchange.kind() != ExchangeKind::Paper {
                 trading.sync_live_positions(user_id, &snapshot.live_positions, &[]).await?;

@@ -232,10 +232,16 @@ impl BitgetClient {
                 request = request.header("paptrading", "1");
             }
         }
+        // Only exchange-wide failures count against the breaker every user shares: a public call
+        // that fails. One account's failing private calls (bad keys, its own errors, its own
+        // timeouts) must never stop another account's closes.
+        let exchange_wide = creds.is_none();
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                self.breaker.record(false);
+                if exchange_wide {
+                    self.breaker.record(false);
+                }
                 let what = if e.is_timeout() { "timeout" } else { "connection failed" };
                 return Attempt::Retry(None, ExchangeError::Unavailable(format!("{what} calling {path}")));
             }
@@ -250,7 +256,9 @@ impl BitgetClient {
         let text = match response.text().await {
             Ok(t) => t,
             Err(_) => {
-                self.breaker.record(false);
+                if exchange_wide {
+                    self.breaker.record(false);
+                }
                 return Attempt::Retry(None, ExchangeError::Unavailable(format!("timeout reading {path}")));
             }
         };
@@ -265,7 +273,9 @@ impl BitgetClient {
             );
         }
         if status.is_server_error() {
-            self.breaker.record(false);
+            if exchange_wide {
+                self.breaker.record(false);
+            }
             return Attempt::Retry(retry_after, ExchangeError::Unavailable(format!("{status} from {path}")));
         }
         self.breaker.record(true);

@@ -184,10 +184,11 @@ async fn positions_opened_outside_the_service_are_reconciled_and_alerted() {
     let fake = FakeBitget::start().await;
     let (app, tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
     live_trader(&app).await;
-    fake.set_position("ETHUSDT", "short", "0.5", "3200");
+    // Opened by hand on the bot's symbol (other symbols are the user's own business).
+    fake.set_position("BTCUSDT", "short", "0.5", "65000");
     let report = run(&app).await;
     assert!(report.errors.is_empty(), "{report:?}");
-    assert!(tg.messages().iter().any(|m| m.contains("Reconciled") && m.contains("ETHUSDT")), "{:?}", tg.messages());
+    assert!(tg.messages().iter().any(|m| m.contains("Reconciled") && m.contains("BTCUSDT")), "{:?}", tg.messages());
     let before = tg.messages().len();
     run(&app).await;
     assert!(!tg.messages()[before..].iter().any(|m| m.contains("Reconciled")), "reconciled once, not every minute");

@@ -605,3 +605,62 @@ async fn a_live_stop_flattens_the_bots_symbol_and_leaves_the_users_other_positio
     let acct = account(&app, &token).await;
     assert!(acct.body["positions"].as_array().unwrap().iter().any(|p| p["symbol"] == "ETHUSDT"), "{}", acct.raw);
 }
+
+#[tokio::test]
+async fn the_kill_switch_is_a_condition_of_the_transaction_that_records_an_order() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
+    let user = me.body["id"].as_str().unwrap().to_owned();
+    // The switch flips after a submit read it as off: the recording transaction still sees it.
+    app.trading().set_kill_switch(true).await.unwrap();
+    let intent = |id: &str, reduce_only: bool| shared::trading::model::OrderIntent {
+        symbol: "BTCUSDT".into(),
+        side: shared::trading::model::Side::Buy,
+        order_type: shared::trading::model::OrderType::Market,
+        size: d("0.01"),
+        price: None,
+        reduce_only,
+        client_order_id: id.into(),
+        leverage: 10,
+    };
+    let record = |id: &str| shared::trading::idempotency::new_record("fp".into(), id.into());
+    let opening = app.trading().record_order(&user, "k-open", &record("c-open"), &intent("c-open", false)).await.unwrap();
+    assert_eq!(opening, shared::trading::store::RecordOutcome::TradingHalted);
+    // Closing exposure stays possible while trading is halted.
+    let closing = app.trading().record_order(&user, "k-close", &record("c-close"), &intent("c-close", true)).await.unwrap();
+    assert_eq!(closing, shared::trading::store::RecordOutcome::Recorded);
+}
+
+#[tokio::test]
+async fn a_resumed_idempotency_key_is_held_to_the_kill_switch_before_anything_is_sent() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let key = key();
+    // The first request records the order, then never gets an answer from Bitget: 502, the key
+    // stays in progress and nothing was placed.
+    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
+    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
+    let first = submit(&app, &token, &key, market_buy("0.01")).await;
+    assert_eq!(first.status, 502, "{}", first.raw);
+    assert_eq!(fake.order_count(), 0);
+    // Later: the request is stale, and the operator has halted trading.
+    let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
+    let stale = chrono::Utc::now().timestamp_millis() - shared::trading::idempotency::STALE_AFTER_MS - 1_000;
+    app.dynamo()
+        .update_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::idempotency(me.body["id"].as_str().unwrap(), &key)))
+        .update_expression("SET created_ms = :t")
+        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::N(stale.to_string()))
+        .send()
+        .await
+        .unwrap();
+    app.trading().set_kill_switch(true).await.unwrap();
+    let retry = submit(&app, &token, &key, market_buy("0.01")).await;
+    assert_eq!((retry.status, retry.code()), (503, "trading_halted"), "{}", retry.raw);
+    assert_eq!(fake.order_count(), 0, "a halted retry sends nothing");
+    // That refusal is now the key's answer.
+    let again = submit(&app, &token, &key, market_buy("0.01")).await;
+    assert_eq!((again.status, again.header("idempotent-replayed")), (503, Some("true")));
+}

@@ -13,7 +13,7 @@ use crate::trading::model::{
 };
 use crate::trading::risk::{check_bot_config, check_order, OrderCheck};
 use crate::trading::service::{close_position, exchange_error, exchange_for, session, ClosedPosition, Session};
-use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, CredentialsRecord, UserSnapshot};
+use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, CredentialsRecord, RecordOutcome, UserSnapshot};
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use rust_decimal::Decimal;
@@ -443,35 +443,6 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
     let (Some(bot), true) = (bot, allowed) else {
         return refuse(ApiError::conflict("bot_not_running", "start the bot before submitting orders"), record).await;
     };
-    let Some(spec) = contract(&symbol) else {
-        return refuse(ApiError::unprocessable("unknown_symbol", format!("{symbol} is not a supported contract")), record).await;
-    };
-    let exchange = exchange_for(state, user_id, &snapshot, std::slice::from_ref(&symbol)).await?;
-    let view = exchange.account().await.map_err(exchange_error)?;
-    let position = view.positions.iter().find(|p| p.symbol == symbol);
-    let mark = match exchange.known_mark(&symbol) {
-        Some(m) => Some(m),
-        None => crate::trading::service::marks(state, std::slice::from_ref(&symbol)).await?.get(&symbol).copied(),
-    };
-    let Some(mark) = mark else {
-        return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") });
-    };
-    let check = OrderCheck {
-        spec,
-        bot: &bot.config,
-        side: body.side,
-        order_type: body.order_type,
-        size: body.size,
-        price: body.price,
-        reduce_only: body.reduce_only,
-        mark,
-        position,
-        available: view.available,
-    };
-    if let Err(err) = check_order(&check) {
-        return refuse(err, record).await;
-    }
-
     let intent = OrderIntent {
         symbol: symbol.clone(),
         side: body.side,
@@ -482,91 +453,85 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         client_order_id: intent_id.clone(),
         leverage: bot.config.leverage,
     };
-    // Recorded before it is sent: the key, the order and (for risk-increasing orders) a running bot, atomically.
-    if let Err(e) = record_order(state, user_id, &key, &record, &intent).await {
-        return match e {
-            RecordError::KeyTaken => {
-                let stored = idempotency::get(&state.dynamo, table, user_id, &key).await?.ok_or(ApiError::Internal)?;
-                replay_or_resume(state, user_id, &key, stored, &record.fingerprint, &snapshot).await
-            }
-            RecordError::OrderIdTaken => {
-                Err(ApiError::conflict("duplicate_client_order_id", "an order with this client_order_id exists already"))
-            }
-            RecordError::BotNotRunning => {
-                refuse(ApiError::conflict("bot_not_running", "start the bot before submitting orders"), record).await
-            }
-            RecordError::Api(e) => Err(e),
-        };
+    let exchange = exchange_for(state, user_id, &snapshot, std::slice::from_ref(&symbol)).await?;
+    if let Err(refusal) = check_risk(state, exchange.as_ref(), &bot.config, &intent).await? {
+        return refuse(refusal, record).await;
+    }
+
+    // Recorded before it is sent: the key, the order and (for risk-increasing orders) a running
+    // bot and no halt, atomically.
+    match trading.record_order(user_id, &key, &record, &intent).await? {
+        RecordOutcome::Recorded => {}
+        RecordOutcome::KeyTaken => {
+            let stored = idempotency::get(&state.dynamo, table, user_id, &key).await?.ok_or(ApiError::Internal)?;
+            return replay_or_resume(state, user_id, &key, stored, &record.fingerprint, &snapshot).await;
+        }
+        RecordOutcome::OrderIdTaken => {
+            return Err(ApiError::conflict("duplicate_client_order_id", "an order with this client_order_id exists already"))
+        }
+        RecordOutcome::BotNotRunning => {
+            return refuse(ApiError::conflict("bot_not_running", "start the bot before submitting orders"), record).await
+        }
+        RecordOutcome::TradingHalted => return refuse(halted(), record).await,
     }
     send_recorded(state, exchange.as_ref(), user_id, &key, &intent, &snapshot.live_positions).await
 }
 
-enum RecordError {
-    KeyTaken,
-    OrderIdTaken,
-    BotNotRunning,
-    Api(ApiError),
+/// The risk rules for `intent` against the account as the exchange reports it now. The outer
+/// error is a failure to judge (exchange or market data away); the inner one the rule's refusal.
+async fn check_risk(
+    state: &AppState,
+    exchange: &dyn Exchange,
+    bot: &BotConfig,
+    intent: &OrderIntent,
+) -> Result<Result<(), ApiError>, ApiError> {
+    let symbol = &intent.symbol;
+    let Some(spec) = contract(symbol) else {
+        return Ok(Err(ApiError::unprocessable("unknown_symbol", format!("{symbol} is not a supported contract"))));
+    };
+    let view = exchange.account().await.map_err(exchange_error)?;
+    let position = view.positions.iter().find(|p| &p.symbol == symbol);
+    let mark = match exchange.known_mark(symbol) {
+        Some(m) => Some(m),
+        None => crate::trading::service::marks(state, std::slice::from_ref(symbol)).await?.get(symbol).copied(),
+    };
+    let Some(mark) = mark else {
+        return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") });
+    };
+    Ok(check_order(&OrderCheck {
+        spec,
+        bot,
+        side: intent.side,
+        order_type: intent.order_type,
+        size: intent.size,
+        price: intent.price,
+        reduce_only: intent.reduce_only,
+        mark,
+        position,
+        available: view.available,
+    }))
 }
 
-async fn record_order(
+/// Right before a resumed order is sent: the kill switch, the bot's state and the risk rules
+/// again, as for a new order. `Ok(Err(refusal))`: it must not be sent.
+async fn may_still_send(
     state: &AppState,
     user_id: &str,
-    key: &str,
-    record: &IdempotencyRecord,
+    exchange: &dyn Exchange,
     intent: &OrderIntent,
-) -> Result<(), RecordError> {
-    let table = state.config.table_name.as_str();
-    let now = now_rfc3339();
-    let order = crate::trading::store::OrderRecord {
-        user_id: user_id.to_owned(),
-        intent: intent.clone(),
-        status: OrderStatus::Pending,
-        fill: None,
-        reason: None,
-        created_at: now.clone(),
-        updated_at: now,
+) -> Result<Result<(), ApiError>, ApiError> {
+    let trading = state.trading_store();
+    let (bot, halted_now) = tokio::join!(trading.bot(user_id), trading.kill_switch_on());
+    let bot = bot?;
+    let state_now = bot.as_ref().map(|b| b.state).unwrap_or(BotState::Stopped);
+    if !intent.reduce_only && halted_now? {
+        return Ok(Err(halted()));
+    }
+    let allowed = state_now == BotState::Running || (intent.reduce_only && state_now == BotState::Stopping);
+    let Some(bot) = bot.filter(|_| allowed) else {
+        return Ok(Err(ApiError::conflict("bot_not_running", "start the bot before submitting orders")));
     };
-    let order_item = crate::keys::with_key(
-        crate::dynamo::to_item(&order).map_err(RecordError::Api)?,
-        crate::keys::order(user_id, &intent.client_order_id),
-    );
-    let put_order = aws_sdk_dynamodb::types::Put::builder()
-        .table_name(table)
-        .set_item(Some(order_item))
-        .condition_expression("attribute_not_exists(PK)")
-        .build()
-        .map_err(|e| RecordError::Api(ApiError::internal("building put", e)))?;
-    let mut request = state
-        .dynamo
-        .transact_write_items()
-        .transact_items(idempotency::put_item(table, user_id, key, record).map_err(RecordError::Api)?)
-        .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put_order).build());
-    if !intent.reduce_only {
-        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
-            .table_name(table)
-            .set_key(Some(crate::keys::bot(user_id)))
-            .condition_expression("#state = :running")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":running", crate::dynamo::s("running"))
-            .build()
-            .map_err(|e| RecordError::Api(ApiError::internal("building check", e)))?;
-        request = request.transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build());
-    }
-    match request.send().await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let failed = crate::dynamo::cancelled_conditions(&e);
-            if failed.first().copied().unwrap_or(false) {
-                Err(RecordError::KeyTaken)
-            } else if failed.get(1).copied().unwrap_or(false) {
-                Err(RecordError::OrderIdTaken)
-            } else if failed.get(2).copied().unwrap_or(false) {
-                Err(RecordError::BotNotRunning)
-            } else {
-                Err(RecordError::Api(crate::dynamo::db_error(e)))
-            }
-        }
-    }
+    check_risk(state, exchange, &bot.config, intent).await
 }
 
 /// Sends a recorded order and stores the answer under its key. An unknown outcome (502) leaves
@@ -599,15 +564,10 @@ async fn send_recorded(
         Err(e) => {
             let err = exchange_error(e);
             if err.status().is_client_error() {
-                let rejected = crate::trading::model::OrderFill {
-                    order_id: String::new(),
-                    status: OrderStatus::Rejected,
-                    filled_size: Decimal::ZERO,
-                    avg_price: None,
-                    fee: Decimal::ZERO,
-                    realized_pnl: Decimal::ZERO,
-                };
-                state.trading_store().complete_order(user_id, &intent.client_order_id, &rejected).await?;
+                state
+                    .trading_store()
+                    .complete_order(user_id, &intent.client_order_id, &crate::trading::model::OrderFill::rejected())
+                    .await?;
                 idempotency::complete(
                     &state.dynamo,
                     table,
@@ -668,6 +628,18 @@ async fn replay_or_resume(
             idempotency::complete(&state.dynamo, table, user_id, key, 201, &body.to_string()).await?;
             json_response(StatusCode::CREATED, &body)
         }
-        None => send_recorded(state, exchange.as_ref(), user_id, key, &order.intent, &snapshot.live_positions).await,
+        None => {
+            // Provably never placed: sending it now is a new decision, held to today's rules.
+            if let Err(refusal) = may_still_send(state, user_id, exchange.as_ref(), &order.intent).await? {
+                state
+                    .trading_store()
+                    .complete_order(user_id, &order.intent.client_order_id, &crate::trading::model::OrderFill::rejected())
+                    .await?;
+                let body = crate::http::problem_body(&refusal).to_string();
+                idempotency::complete(&state.dynamo, table, user_id, key, refusal.status().as_u16(), &body).await?;
+                return Err(refusal);
+            }
+            send_recorded(state, exchange.as_ref(), user_id, key, &order.intent, &snapshot.live_positions).await
+        }
     }
 }

@@ -148,6 +148,20 @@ pub struct OrderFill {
     pub realized_pnl: Decimal,
 }
 
+impl OrderFill {
+    /// What an order the exchange refused, or that was never sent, ends as.
+    pub fn rejected() -> OrderFill {
+        OrderFill {
+            order_id: String::new(),
+            status: OrderStatus::Rejected,
+            filled_size: Decimal::ZERO,
+            avg_price: None,
+            fee: Decimal::ZERO,
+            realized_pnl: Decimal::ZERO,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Position {
     pub symbol: String,

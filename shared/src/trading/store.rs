@@ -153,6 +153,21 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// What became of an attempt to record an order before sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The key, the order and the conditions held: it may be sent.
+    Recorded,
+    /// The Idempotency-Key has a record already (a twin request, or a retry).
+    KeyTaken,
+    /// An order with this client order id exists already.
+    OrderIdTaken,
+    /// A risk-increasing order, and the bot is not running.
+    BotNotRunning,
+    /// A risk-increasing order, and the operator's kill switch is on.
+    TradingHalted,
+}
+
 pub struct TradingStore<'a> {
     pub client: &'a aws_sdk_dynamodb::Client,
     pub table: &'a str,
@@ -330,6 +345,79 @@ impl TradingStore<'_> {
 
     pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, ApiError> {
         crate::dynamo::get_item(self.client, self.table, keys::order(user_id, client_oid)).await
+    }
+
+    /// Records an order and its Idempotency-Key before the order is sent, in one transaction.
+    /// A risk-increasing order is also conditioned on the bot running and the kill switch being
+    /// off, so nothing recorded after a stop or a halt began can be sent.
+    pub async fn record_order(
+        &self,
+        user_id: &str,
+        key: &str,
+        record: &crate::trading::idempotency::IdempotencyRecord,
+        intent: &OrderIntent,
+    ) -> Result<RecordOutcome, ApiError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+        let now = now_rfc3339();
+        let order = OrderRecord {
+            user_id: user_id.to_owned(),
+            intent: intent.clone(),
+            status: OrderStatus::Pending,
+            fill: None,
+            reason: None,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let put_order = Put::builder()
+            .table_name(self.table)
+            .set_item(Some(keys::with_key(to_item(&order)?, keys::order(user_id, &intent.client_order_id))))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(|e| ApiError::internal("building put", e))?;
+        let mut request = self
+            .client
+            .transact_write_items()
+            .transact_items(crate::trading::idempotency::put_item(self.table, user_id, key, record)?)
+            .transact_items(TransactWriteItem::builder().put(put_order).build());
+        if !intent.reduce_only {
+            let running = ConditionCheck::builder()
+                .table_name(self.table)
+                .set_key(Some(keys::bot(user_id)))
+                .condition_expression("#state = :running")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":running", s("running"))
+                .build()
+                .map_err(|e| ApiError::internal("building check", e))?;
+            let not_halted = ConditionCheck::builder()
+                .table_name(self.table)
+                .set_key(Some(keys::kill_switch()))
+                .condition_expression("attribute_not_exists(PK) OR enabled = :off")
+                .expression_attribute_values(":off", AttributeValue::Bool(false))
+                .build()
+                .map_err(|e| ApiError::internal("building check", e))?;
+            request = request
+                .transact_items(TransactWriteItem::builder().condition_check(running).build())
+                .transact_items(TransactWriteItem::builder().condition_check(not_halted).build());
+        }
+        match request.send().await {
+            Ok(_) => Ok(RecordOutcome::Recorded),
+            Err(e) => {
+                // The cancellation reasons come in the order the items were given.
+                let failed = crate::dynamo::cancelled_conditions(&e);
+                let at = |i: usize| failed.get(i).copied().unwrap_or(false);
+                Ok(if at(0) {
+                    RecordOutcome::KeyTaken
+                } else if at(1) {
+                    RecordOutcome::OrderIdTaken
+                } else if at(2) {
+                    RecordOutcome::BotNotRunning
+                } else if at(3) {
+                    RecordOutcome::TradingHalted
+                } else {
+                    return Err(db_error(e));
+                })
+            }
+        }
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.

@@ -664,3 +664,46 @@ async fn a_resumed_idempotency_key_is_held_to_the_kill_switch_before_anything_is
     let again = submit(&app, &token, &key, market_buy("0.01")).await;
     assert_eq!((again.status, again.header("idempotent-replayed")), (503, Some("true")));
 }
+
+#[tokio::test]
+async fn decimals_sent_as_json_numbers_are_read_exactly_from_their_text() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    // Raw JSON: the number's text is what counts, not the nearest binary float.
+    let started = app
+        .call(
+            t::start_bot,
+            with_bearer(
+                request_raw(
+                    "/api/v1/bot/start",
+                    r#"{"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": 2.00000000000000000001, "max_position_notional": 20000}"#,
+                ),
+                &token,
+            ),
+        )
+        .await;
+    assert_eq!(started.status, 200, "{}", started.raw);
+    assert_eq!(started.body["config"]["stop_loss_pct"], "2.00000000000000000001");
+    // 0.00100000000000000001 is not on BTCUSDT's 0.001 step; as a float it would be 0.001.
+    let mut req = with_bearer(
+        request_raw("/api/v1/order/submit", r#"{"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": 0.00100000000000000001}"#),
+        &token,
+    );
+    req.headers_mut().insert("idempotency-key", key().parse().unwrap());
+    let res = app.call(t::submit_order, req).await;
+    assert_eq!((res.status, res.code()), (422, "invalid_size_step"), "{}", res.raw);
+    // More digits than a decimal holds are refused, never rounded.
+    let res = app
+        .call(
+            t::start_bot,
+            with_bearer(
+                request_raw(
+                    "/api/v1/bot/start",
+                    r#"{"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": 1.000000000000000000000000000001, "max_position_notional": 20000}"#,
+                ),
+                &token,
+            ),
+        )
+        .await;
+    assert_eq!((res.status, res.code()), (400, "invalid_request"), "{}", res.raw);
+}

@@ -318,10 +318,11 @@ struct SubmitRequest {
     side: Side,
     #[serde(rename = "type")]
     order_type: OrderType,
-    /// Parsed after the body, so "not a number" is a 422 `invalid_size` like any other bad size.
-    size: serde_json::Value,
+    /// Kept as the literal JSON text and parsed after the body, exactly (never through a float),
+    /// so "not a number" is a 422 `invalid_size` like any other bad size.
+    size: Box<serde_json::value::RawValue>,
     #[serde(default)]
-    price: serde_json::Value,
+    price: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     reduce_only: bool,
     client_order_id: Option<String>,
@@ -375,12 +376,12 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         });
     }
     let raw: SubmitRequest = parse_json(&req)?;
-    let size = crate::trading::model::parse_decimal_value(&raw.size)
+    let size = crate::trading::model::parse_decimal_raw(raw.size.get())
         .ok_or_else(|| ApiError::unprocessable("invalid_size", "size must be a positive decimal number"))?;
-    let price = match &raw.price {
-        serde_json::Value::Null => None,
-        v => Some(
-            crate::trading::model::parse_decimal_value(v)
+    let price = match raw.price.as_deref().map(serde_json::value::RawValue::get) {
+        None | Some("null") => None,
+        Some(text) => Some(
+            crate::trading::model::parse_decimal_raw(text)
                 .ok_or_else(|| ApiError::unprocessable("invalid_price", "price must be a decimal number"))?,
         ),
     };

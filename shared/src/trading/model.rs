@@ -5,19 +5,29 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::str::FromStr;
 
-/// Accepts a decimal as a JSON string or number, exactly: a number is read from its literal text,
-/// never through a binary float.
+/// Accepts a decimal as a JSON string or number, exactly: a number is read from its literal text
+/// in the request body (a raw JSON value), never through a binary float.
 pub fn decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    parse_decimal_value(&value).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    parse_decimal_raw(raw.get()).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
 }
 
 pub fn optional_decimal_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    if value.is_null() {
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    if raw.get().trim() == "null" {
         return Ok(None);
     }
-    parse_decimal_value(&value).map(Some).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
+    parse_decimal_raw(raw.get()).map(Some).ok_or_else(|| serde::de::Error::custom("expected a decimal number or a string holding one"))
+}
+
+/// A decimal from the literal JSON text of a value: a string holding one, or a number as written.
+pub fn parse_decimal_raw(json: &str) -> Option<Decimal> {
+    let json = json.trim();
+    let text = if json.starts_with('"') { serde_json::from_str::<String>(json).ok()?.trim().to_owned() } else { json.to_owned() };
+    if text.is_empty() || text.len() > 40 || !text.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) {
+        return None;
+    }
+    Decimal::from_str_exact(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
 }
 
 /// How a position's margin is held on the exchange. Isolated by default: a position can lose at

@@ -90,6 +90,17 @@ pub fn request(method: &str, path: &str, body: Option<serde_json::Value>) -> Req
     builder.body(body).expect("request").with_request_context(api_context("198.51.100.1"))
 }
 
+/// A POST whose JSON body is sent exactly as written (numbers keep every digit).
+pub fn request_raw(path: &str, json: &str) -> Request {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("https://api.example.com{path}"))
+        .header("content-type", "application/json")
+        .body(Body::Text(json.to_owned()))
+        .expect("request")
+        .with_request_context(api_context("198.51.100.1"))
+}
+
 pub fn api_context(source_ip: &str) -> LambdaContext {
     let mut ctx = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
     ctx.http.source_ip = Some(source_ip.to_owned());

@@ -707,3 +707,37 @@ async fn decimals_sent_as_json_numbers_are_read_exactly_from_their_text() {
         .await;
     assert_eq!((res.status, res.code()), (400, "invalid_request"), "{}", res.raw);
 }
+
+fn limit_buy(size: &str, price: &str) -> Value {
+    json!({"symbol": "BTCUSDT", "side": "buy", "type": "limit", "size": size, "price": price})
+}
+
+#[tokio::test]
+async fn a_live_stop_cancels_the_resting_orders_before_it_reports_stopped() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let resting = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "{}", resting.raw);
+    let res = stop(&app, &token).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(res.body["canceled_orders"], json!([resting.body["order_id"]]), "{}", res.raw);
+    assert_eq!(fake.order(resting.body["client_order_id"].as_str().unwrap()).unwrap().state, "canceled");
+    // An hour later the price comes down through it: nothing fills behind the stopped bot.
+    fake.set_mark("BTCUSDT", "61000");
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+    assert_eq!(status(&app, &token).await.body["state"], "stopped");
+}
+
+#[tokio::test]
+async fn a_paper_stop_cancels_the_resting_orders() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    let resting = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "{}", resting.raw);
+    let res = stop(&app, &token).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(res.body["canceled_orders"], json!([resting.body["order_id"]]), "{}", res.raw);
+    // A second stop finds nothing left to cancel.
+    assert_eq!(stop(&app, &token).await.body["canceled_orders"], json!([]));
+}

@@ -9,7 +9,8 @@ use crate::trading::contracts::contract;
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{
-    client_order_id, decimal_input, optional_decimal_input, ExchangeKind, OrderIntent, OrderStatus, OrderType, Position, Side,
+    client_order_id, decimal_input, optional_decimal_input, CancelOutcome, ExchangeKind, OrderIntent, OrderStatus, OrderType, Position,
+    Side,
 };
 use crate::trading::risk::{check_bot_config, check_order, OrderCheck};
 use crate::trading::service::{close_position, exchange_error, exchange_for, session, ClosedPosition, Session};
@@ -223,10 +224,18 @@ pub async fn status(state: &AppState, req: Request, _ctx: RequestContext) -> Han
     json_response(StatusCode::OK, &status_body(snapshot.bot.as_ref(), &positions))
 }
 
-/// Moves the bot to `stopping`, settles orders in flight, closes every open position with
-/// reduce-only orders, re-reads until flat, then `stopped`. Never reports stopped while a
-/// position is open; a failed close leaves the bot `stopping` for the guardian to finish.
-pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -> Result<(BotRecord, Vec<ClosedPosition>), ApiError> {
+/// What a stop did: the bot as it ended, the positions it closed and the orders it canceled.
+pub struct Stopped {
+    pub bot: BotRecord,
+    pub closed: Vec<ClosedPosition>,
+    pub canceled_orders: Vec<String>,
+}
+
+/// Moves the bot to `stopping`, settles orders in flight, cancels every order resting on the
+/// bot's symbol, closes its positions with reduce-only orders, re-reads until flat, then
+/// `stopped`. Never reports stopped while a position is open or an order of its own may still
+/// fill; a failure leaves the bot `stopping` for the guardian to finish.
+pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -> Result<Stopped, ApiError> {
     if bot.state == BotState::Running {
         let mut stopping = BotRecord {
             state: BotState::Stopping,
@@ -238,7 +247,9 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
         if !state.trading_store().put_bot(&stopping, Some(bot.version)).await? {
             match state.trading_store().bot(user_id).await? {
                 Some(latest) if latest.state == BotState::Stopping => stopping = latest,
-                Some(latest) if latest.state == BotState::Stopped => return Ok((latest, Vec::new())),
+                Some(latest) if latest.state == BotState::Stopped => {
+                    return Ok(Stopped { bot: latest, closed: Vec::new(), canceled_orders: Vec::new() })
+                }
                 _ => return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again")),
             }
         }
@@ -247,10 +258,14 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
     let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
     let trading = state.trading_store();
     let mut closed = Vec::new();
+    let mut canceled_orders = Vec::new();
     for attempt in 0..4 {
         let snapshot = trading.snapshot(user_id).await?;
         let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
         settle_pending_orders(state, exchange.as_ref(), user_id).await?;
+        // Resting orders first: one that filled later would open a position behind a stopped bot,
+        // and resting closes lock size the closing orders need.
+        canceled_orders.extend(cancel_open_orders(state, exchange.as_ref(), user_id, &bot.config.symbol).await?);
         // The bot's symbol only: the user's other positions on the account are theirs to manage.
         let positions: Vec<Position> =
             exchange.positions().await.map_err(exchange_error)?.into_iter().filter(|p| p.symbol == bot.config.symbol).collect();
@@ -260,7 +275,7 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
             }
             let stopped = BotRecord { state: BotState::Stopped, version: bot.version + 1, updated_at: now_rfc3339(), ..bot.clone() };
             if trading.put_bot(&stopped, Some(bot.version)).await? {
-                return Ok((stopped, closed));
+                return Ok(Stopped { bot: stopped, closed, canceled_orders });
             }
             return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"));
         }
@@ -286,6 +301,32 @@ pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -
     })
 }
 
+/// Cancels every order resting on `symbol`; the exchange's ids of those it canceled. An order
+/// that filled meanwhile is no longer resting: its position is closed with the others.
+async fn cancel_open_orders(state: &AppState, exchange: &dyn Exchange, user_id: &str, symbol: &str) -> Result<Vec<String>, ApiError> {
+    let unavailable = |e: ExchangeError| {
+        tracing::error!(error = %e, symbol, "canceling resting orders during stop failed");
+        ApiError::BadGateway {
+            code: "close_failed",
+            detail: format!("canceling the resting {symbol} orders failed; the bot stays stopping and the guardian retries"),
+        }
+    };
+    let mut canceled = Vec::new();
+    for order in exchange.open_orders(symbol).await.map_err(unavailable)? {
+        if exchange.cancel_order(symbol, &order.client_order_id).await.map_err(unavailable)? == CancelOutcome::Canceled {
+            if exchange.kind() != ExchangeKind::Paper {
+                let mut fill = crate::trading::model::OrderFill::rejected();
+                fill.status = OrderStatus::Canceled;
+                fill.order_id = order.order_id.clone();
+                // Ours or not (placed by hand on the bot's symbol), it is canceled now.
+                drop(state.trading_store().complete_order(user_id, &order.client_order_id, &fill).await);
+            }
+            canceled.push(order.order_id);
+        }
+    }
+    Ok(canceled)
+}
+
 /// Orders recorded but not confirmed (a submit racing this stop, a lost answer): ask the
 /// exchange what became of them before judging the positions.
 async fn settle_pending_orders(state: &AppState, exchange: &dyn Exchange, user_id: &str) -> Result<(), ApiError> {
@@ -302,11 +343,17 @@ async fn settle_pending_orders(state: &AppState, exchange: &dyn Exchange, user_i
 
 pub async fn stop_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
-    let closed = match snapshot.bot.clone() {
-        Some(bot) if bot.state != BotState::Stopped => stop_bot_for(state, &caller.user_id, bot).await?.1,
-        _ => Vec::new(),
+    let (closed, canceled) = match snapshot.bot.clone() {
+        Some(bot) if bot.state != BotState::Stopped => {
+            let stopped = stop_bot_for(state, &caller.user_id, bot).await?;
+            (stopped.closed, stopped.canceled_orders)
+        }
+        _ => (Vec::new(), Vec::new()),
     };
-    json_response(StatusCode::OK, &serde_json::json!({"is_running": false, "state": BotState::Stopped, "closed_positions": closed}))
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"is_running": false, "state": BotState::Stopped, "closed_positions": closed, "canceled_orders": canceled}),
+    )
 }
 
 // ---------------------------------------------------------------- orders

@@ -503,6 +503,50 @@ impl Exchange for BitgetExchange {
         }))
     }
 
+    async fn open_orders(&self, symbol: &str) -> Result<Vec<crate::trading::model::OpenOrder>, ExchangeError> {
+        let mut orders = Vec::new();
+        let mut before: Option<String> = None;
+        // Pages of up to 100, newest first, until a page comes back short.
+        for _ in 0..50 {
+            let mut query = format!("productType={PRODUCT_TYPE}&symbol={symbol}&limit=100");
+            if let Some(id) = &before {
+                query.push_str(&format!("&idLessThan={id}"));
+            }
+            let data = self.client.get("/api/v2/mix/order/orders-pending", &query, Some(&self.creds)).await?;
+            let page: Vec<crate::trading::model::OpenOrder> = data["entrustedList"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| {
+                    Some(crate::trading::model::OpenOrder {
+                        order_id: o["orderId"].as_str()?.to_owned(),
+                        client_order_id: o["clientOid"].as_str().unwrap_or_default().to_owned(),
+                        symbol: o["symbol"].as_str().unwrap_or(symbol).to_owned(),
+                    })
+                })
+                .collect();
+            let full = page.len() == 100;
+            before = data["endId"].as_str().map(str::to_owned);
+            orders.extend(page);
+            if !full || before.is_none() {
+                break;
+            }
+        }
+        Ok(orders)
+    }
+
+    async fn cancel_order(&self, symbol: &str, client_order_id: &str) -> Result<crate::trading::model::CancelOutcome, ExchangeError> {
+        let body = serde_json::json!({"symbol": symbol, "productType": PRODUCT_TYPE, "marginCoin": "USDT", "clientOid": client_order_id});
+        match self.client.post("/api/v2/mix/order/cancel-order", &body, &self.creds).await {
+            Ok(_) => Ok(crate::trading::model::CancelOutcome::Canceled),
+            // 22001: no order to cancel (filled or canceled); 40768: no such order.
+            Err(ExchangeError::Rejected { code, .. }) if code == "22001" || code == "40768" => {
+                Ok(crate::trading::model::CancelOutcome::NotOpen)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn find_order(&self, symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError> {
         let query = format!("symbol={symbol}&productType={PRODUCT_TYPE}&clientOid={client_order_id}");
         match self.client.get("/api/v2/mix/order/detail", &query, Some(&self.creds)).await {

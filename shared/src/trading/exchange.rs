@@ -54,4 +54,7 @@ pub trait Exchange: Send + Sync {
     /// up by client order id before any retry.
     async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError>;
     async fn find_order(&self, symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError>;
+    /// Every order of `symbol` still resting on the exchange, all pages.
+    async fn open_orders(&self, symbol: &str) -> Result<Vec<crate::trading::model::OpenOrder>, ExchangeError>;
+    async fn cancel_order(&self, symbol: &str, client_order_id: &str) -> Result<crate::trading::model::CancelOutcome, ExchangeError>;
 }

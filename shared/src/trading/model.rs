@@ -209,6 +209,22 @@ pub enum ExchangeKind {
     Bitget,
 }
 
+/// An order resting on the exchange (not filled, not canceled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenOrder {
+    pub order_id: String,
+    pub client_order_id: String,
+    pub symbol: String,
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Canceled,
+    /// It had filled or been canceled already: nothing is resting any more.
+    NotOpen,
+}
+
 /// A deterministic client order id: the same inputs always give the same id, so a retried request
 /// can never become a second order.
 pub fn client_order_id(parts: &[&str]) -> String {

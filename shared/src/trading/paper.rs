@@ -334,6 +334,24 @@ impl Exchange for PaperExchange {
         let record = self.store().order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
         Ok(record.and_then(|r| r.fill))
     }
+
+    async fn open_orders(&self, symbol: &str) -> Result<Vec<crate::trading::model::OpenOrder>, ExchangeError> {
+        let orders = self.store().orders_with_status(&self.user_id, OrderStatus::Open).await.map_err(|e| store_err(e.code()))?;
+        Ok(orders
+            .into_iter()
+            .filter(|o| o.intent.symbol == symbol)
+            .map(|o| crate::trading::model::OpenOrder {
+                order_id: o.fill.map(|f| f.order_id).unwrap_or_default(),
+                client_order_id: o.intent.client_order_id,
+                symbol: o.intent.symbol,
+            })
+            .collect())
+    }
+
+    async fn cancel_order(&self, _symbol: &str, client_order_id: &str) -> Result<crate::trading::model::CancelOutcome, ExchangeError> {
+        let canceled = self.store().cancel_open_order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
+        Ok(if canceled { crate::trading::model::CancelOutcome::Canceled } else { crate::trading::model::CancelOutcome::NotOpen })
+    }
 }
 
 impl PaperExchange {

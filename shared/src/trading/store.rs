@@ -466,20 +466,55 @@ impl TradingStore<'_> {
 
     /// Orders still `pending` (sent or about to be, outcome unknown), for a stop to settle.
     pub async fn pending_orders(&self, user_id: &str) -> Result<Vec<OrderRecord>, ApiError> {
-        let out = self
+        self.orders_with_status(user_id, OrderStatus::Pending).await
+    }
+
+    /// Every order of the user in `status`, through every page of their order history.
+    pub async fn orders_with_status(&self, user_id: &str, status: OrderStatus) -> Result<Vec<OrderRecord>, ApiError> {
+        let status: AttributeValue = serde_dynamo::to_attribute_value(status).map_err(|e| ApiError::internal("encoding", e))?;
+        let mut orders = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(self.table)
+                .key_condition_expression("PK = :pk")
+                .filter_expression("#status = :status")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":pk", s(format!("ORDERS#{user_id}")))
+                .expression_attribute_values(":status", status.clone())
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(db_error)?;
+            for item in out.items.unwrap_or_default() {
+                orders.push(from_item(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(orders),
+            }
+        }
+    }
+
+    /// Cancels a resting paper order: `false` when it was no longer open (filled meanwhile).
+    pub async fn cancel_open_order(&self, user_id: &str, client_oid: &str) -> Result<bool, ApiError> {
+        let result = self
             .client
-            .query()
+            .update_item()
             .table_name(self.table)
-            .key_condition_expression("PK = :pk")
-            .filter_expression("#status = :pending")
+            .set_key(Some(keys::order(user_id, client_oid)))
+            .update_expression("SET #status = :canceled, fill.#status = :canceled, updated_at = :now")
+            .condition_expression("#status = :open")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":pk", s(format!("ORDERS#{user_id}")))
-            .expression_attribute_values(":pending", s("pending"))
-            .consistent_read(true)
+            .expression_attribute_values(":canceled", s("canceled"))
+            .expression_attribute_values(":open", s("open"))
+            .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
-            .await
-            .map_err(db_error)?;
-        out.items.unwrap_or_default().into_iter().map(from_item).collect()
+            .await;
+        crate::dynamo::written(result)
     }
 
     pub async fn put_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<(), ApiError> {

@@ -741,3 +741,36 @@ async fn a_paper_stop_cancels_the_resting_orders() {
     // A second stop finds nothing left to cancel.
     assert_eq!(stop(&app, &token).await.body["canceled_orders"], json!([]));
 }
+
+#[tokio::test]
+async fn a_pending_order_behind_a_long_order_history_is_still_found() {
+    let app = paper_app().await;
+    let user = uuid::Uuid::new_v4().to_string();
+    let order = |id: &str, status: shared::trading::model::OrderStatus| shared::trading::store::OrderRecord {
+        user_id: user.clone(),
+        intent: shared::trading::model::OrderIntent {
+            symbol: "BTCUSDT".into(),
+            side: shared::trading::model::Side::Buy,
+            order_type: shared::trading::model::OrderType::Market,
+            size: d("0.01"),
+            price: None,
+            reduce_only: false,
+            client_order_id: id.into(),
+            leverage: 10,
+        },
+        status,
+        fill: None,
+        reason: None,
+        created_at: "2026-11-25T00:00:00.000Z".into(),
+        updated_at: "2026-11-25T00:00:00.000Z".into(),
+    };
+    let item = |record: &shared::trading::store::OrderRecord| {
+        shared::keys::with_key(serde_dynamo::to_item(record).unwrap(), shared::keys::order(&user, &record.intent.client_order_id))
+    };
+    // Four pages of filled orders, then one still pending, last in key order.
+    let mut items: Vec<_> = (0..4 * shared::trading::store::ORDER_HISTORY_PAGE).map(|i| item(&order(&format!("a{i:05}"), shared::trading::model::OrderStatus::Filled))).collect();
+    items.push(item(&order("zz-pending", shared::trading::model::OrderStatus::Pending)));
+    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    let pending = app.trading().pending_orders(&user).await.unwrap();
+    assert_eq!(pending.iter().map(|o| o.intent.client_order_id.as_str()).collect::<Vec<_>>(), vec!["zz-pending"]);
+}

@@ -153,6 +153,9 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Order-history items read per page when looking for orders in one status.
+pub const ORDER_HISTORY_PAGE: i32 = 250;
+
 /// What became of an attempt to record an order before sending it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordOutcome {
@@ -469,7 +472,8 @@ impl TradingStore<'_> {
         self.orders_with_status(user_id, OrderStatus::Pending).await
     }
 
-    /// Every order of the user in `status`, through every page of their order history.
+    /// Every order of the user in `status`, through every page of their order history (pages of
+    /// `ORDER_HISTORY_PAGE` items read, whatever DynamoDB's 1 MB page limit would allow).
     pub async fn orders_with_status(&self, user_id: &str, status: OrderStatus) -> Result<Vec<OrderRecord>, ApiError> {
         let status: AttributeValue = serde_dynamo::to_attribute_value(status).map_err(|e| ApiError::internal("encoding", e))?;
         let mut orders = Vec::new();
@@ -484,6 +488,7 @@ impl TradingStore<'_> {
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":pk", s(format!("ORDERS#{user_id}")))
                 .expression_attribute_values(":status", status.clone())
+                .limit(ORDER_HISTORY_PAGE)
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()

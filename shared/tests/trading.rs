@@ -768,9 +768,42 @@ async fn a_pending_order_behind_a_long_order_history_is_still_found() {
         shared::keys::with_key(serde_dynamo::to_item(record).unwrap(), shared::keys::order(&user, &record.intent.client_order_id))
     };
     // Four pages of filled orders, then one still pending, last in key order.
-    let mut items: Vec<_> = (0..4 * shared::trading::store::ORDER_HISTORY_PAGE).map(|i| item(&order(&format!("a{i:05}"), shared::trading::model::OrderStatus::Filled))).collect();
+    let mut items: Vec<_> = (0..4 * shared::trading::store::ORDER_HISTORY_PAGE)
+        .map(|i| item(&order(&format!("a{i:05}"), shared::trading::model::OrderStatus::Filled)))
+        .collect();
     items.push(item(&order("zz-pending", shared::trading::model::OrderStatus::Pending)));
     shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
     let pending = app.trading().pending_orders(&user).await.unwrap();
     assert_eq!(pending.iter().map(|o| o.intent.client_order_id.as_str()).collect::<Vec<_>>(), vec!["zz-pending"]);
+}
+
+#[tokio::test]
+async fn a_stop_never_reports_stopped_while_a_recorded_order_may_still_be_sent() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    // Recorded, then no answer from Bitget: from the stop's side it is not at the exchange (yet).
+    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
+    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 502);
+    let res = stop(&app, &token).await;
+    assert_eq!((res.status, res.code()), (502, "close_failed"), "{}", res.raw);
+    assert_eq!(status(&app, &token).await.body["state"], "stopping");
+    // Past the window in which any request could still send it, it was never placed.
+    let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
+    let user = me.body["id"].as_str().unwrap().to_owned();
+    let pending = app.trading().pending_orders(&user).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let old = (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339();
+    app.dynamo()
+        .update_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::order(&user, &pending[0].intent.client_order_id)))
+        .update_expression("SET created_at = :old")
+        .expression_attribute_values(":old", aws_sdk_dynamodb::types::AttributeValue::S(old))
+        .send()
+        .await
+        .unwrap();
+    let res = stop(&app, &token).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert!(app.trading().pending_orders(&user).await.unwrap().is_empty());
 }

@@ -334,11 +334,35 @@ async fn settle_pending_orders(state: &AppState, exchange: &dyn Exchange, user_i
         return Ok(());
     }
     for order in state.trading_store().pending_orders(user_id).await? {
-        if let Some(fill) = exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
-            state.trading_store().complete_order(user_id, &order.intent.client_order_id, &fill).await?;
+        match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
+            Some(fill) => state.trading_store().complete_order(user_id, &order.intent.client_order_id, &fill).await?,
+            // Recorded, not at the exchange, and its request may still be sending it: the bot
+            // cannot be called stopped yet (the guardian finishes the stop once it is settled).
+            None if still_in_flight(&order) => return Err(ApiError::BadGateway {
+                code: "close_failed",
+                detail:
+                    "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop"
+                        .into(),
+            }),
+            // Older than any request that could still send it: it was never placed.
+            None => {
+                state
+                    .trading_store()
+                    .complete_order(user_id, &order.intent.client_order_id, &crate::trading::model::OrderFill::rejected())
+                    .await?
+            }
         }
     }
     Ok(())
+}
+
+/// How long after it was recorded an order may still be sent: well past the order function's
+/// Lambda timeout (10 s), after which no request can still be sending it.
+pub const SEND_WINDOW_MS: i64 = 30_000;
+
+fn still_in_flight(order: &crate::trading::store::OrderRecord) -> bool {
+    let recorded_ms = chrono::DateTime::parse_from_rfc3339(&order.created_at).map(|t| t.timestamp_millis()).unwrap_or(0);
+    chrono::Utc::now().timestamp_millis() - recorded_ms < SEND_WINDOW_MS
 }
 
 pub async fn stop_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {

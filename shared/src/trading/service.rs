@@ -165,15 +165,30 @@ pub async fn close_position(
         leverage,
     };
     let store = state.trading_store();
+    // A refusal settles the order as rejected (it was never placed, and a later round may try
+    // again); an unknown outcome leaves it pending for a lookup.
+    let place = || async {
+        match exchange.place_order(&intent, OrderGuard::default()).await {
+            Ok(fill) => Ok(fill),
+            Err(e @ (ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen)) => Err(exchange_error(e)),
+            Err(e) => {
+                if exchange.kind() != crate::trading::model::ExchangeKind::Paper {
+                    store.complete_order(user_id, &intent.client_order_id, &OrderFill::rejected()).await?;
+                }
+                Err(exchange_error(e))
+            }
+        }
+    };
     let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
-        exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?
+        place().await?
     } else {
         match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {
-            Some(fill) => fill,
-            // Recorded by an earlier run that died before the exchange answered: ask the exchange.
-            None => match exchange.find_order(&intent.symbol, &intent.client_order_id).await.map_err(exchange_error)? {
+            Some(fill) if fill.status != OrderStatus::Rejected => fill,
+            // Recorded by an earlier run that died before the exchange answered, or refused
+            // then: ask the exchange before sending it (again).
+            _ => match exchange.find_order(&intent.symbol, &intent.client_order_id).await.map_err(exchange_error)? {
                 Some(fill) => fill,
-                None => exchange.place_order(&intent, OrderGuard::default()).await.map_err(exchange_error)?,
+                None => place().await?,
             },
         }
     };

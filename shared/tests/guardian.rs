@@ -60,6 +60,14 @@ async fn live_trader(app: &TestApp) -> String {
     token
 }
 
+/// A market buy of BTCUSDT under `key`; the answer's status.
+async fn market_buy(app: &TestApp, token: &str, size: &str, key: &str) -> u16 {
+    let body = json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": size});
+    let mut req = with_bearer(request("POST", "/api/v1/order/submit", Some(body)), token);
+    req.headers_mut().insert("idempotency-key", key.parse().unwrap());
+    app.call(t::submit_order, req).await.status
+}
+
 async fn status(app: &TestApp, token: &str) -> Value {
     app.call_as(t::status, token, "GET", "/api/v1/bot/status", None).await.body
 }
@@ -141,12 +149,7 @@ async fn bots_left_stopping_are_finished() {
     let fake = FakeBitget::start().await;
     let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
     let token = live_trader(&app).await;
-    let mut req = with_bearer(
-        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
-        &token,
-    );
-    req.headers_mut().insert("idempotency-key", "k1".parse().unwrap());
-    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+    assert_eq!(market_buy(&app, &token, "0.01", "k1").await, 201);
     fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
     assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.code(), "close_failed");
 
@@ -344,12 +347,7 @@ async fn a_bot_stuck_stopping_is_announced_once_and_its_stop_once() {
     let fake = FakeBitget::start().await;
     let (app, tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
     let token = live_trader(&app).await;
-    let mut req = with_bearer(
-        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}))),
-        &token,
-    );
-    req.headers_mut().insert("idempotency-key", "stuck-1".parse().unwrap());
-    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+    assert_eq!(market_buy(&app, &token, "0.01", "stuck-1").await, 201);
     fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
     assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.code(), "close_failed");
     for _ in 0..3 {

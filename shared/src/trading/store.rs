@@ -176,36 +176,44 @@ pub struct TradingStore<'a> {
     pub table: &'a str,
 }
 
+/// Every item a query finds, through all its pages (`query` builds one page from its start key).
+async fn query_all(
+    query: impl Fn(Option<Item>) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+) -> Result<Vec<Item>, ApiError> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let out = query(start.take()).send().await.map_err(db_error)?;
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return Ok(items),
+        }
+    }
+}
+
 impl TradingStore<'_> {
     pub async fn snapshot(&self, user_id: &str) -> Result<UserSnapshot, ApiError> {
         let mut snapshot = UserSnapshot::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
+        let items = query_all(|start| {
+            self.client
                 .query()
                 .table_name(self.table)
                 .key_condition_expression("PK = :pk")
                 .expression_attribute_values(":pk", s(keys::user_partition(user_id)))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(db_error)?;
-            for item in out.items.unwrap_or_default() {
-                match keys::sort_key(&item).unwrap_or("") {
-                    "PROFILE" => snapshot.profile = Some(from_item(item)?),
-                    "BOT" => snapshot.bot = Some(from_item(item)?),
-                    "PAPER" => snapshot.paper = Some(from_item(item)?),
-                    "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
-                    sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
-                    sk if sk.starts_with(keys::LIVE_POSITION_PREFIX) => snapshot.live_positions.push(from_item(item)?),
-                    _ => {}
-                }
-            }
-            match out.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => break,
+                .set_exclusive_start_key(start)
+        })
+        .await?;
+        for item in items {
+            match keys::sort_key(&item).unwrap_or("") {
+                "PROFILE" => snapshot.profile = Some(from_item(item)?),
+                "BOT" => snapshot.bot = Some(from_item(item)?),
+                "PAPER" => snapshot.paper = Some(from_item(item)?),
+                "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
+                sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
+                sk if sk.starts_with(keys::LIVE_POSITION_PREFIX) => snapshot.live_positions.push(from_item(item)?),
+                _ => {}
             }
         }
         Ok(snapshot)
@@ -476,11 +484,8 @@ impl TradingStore<'_> {
     /// `ORDER_HISTORY_PAGE` items read, whatever DynamoDB's 1 MB page limit would allow).
     pub async fn orders_with_status(&self, user_id: &str, status: OrderStatus) -> Result<Vec<OrderRecord>, ApiError> {
         let status: AttributeValue = serde_dynamo::to_attribute_value(status).map_err(|e| ApiError::internal("encoding", e))?;
-        let mut orders = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
+        let items = query_all(|start| {
+            self.client
                 .query()
                 .table_name(self.table)
                 .key_condition_expression("PK = :pk")
@@ -490,18 +495,10 @@ impl TradingStore<'_> {
                 .expression_attribute_values(":status", status.clone())
                 .limit(ORDER_HISTORY_PAGE)
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(db_error)?;
-            for item in out.items.unwrap_or_default() {
-                orders.push(from_item(item)?);
-            }
-            match out.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => return Ok(orders),
-            }
-        }
+                .set_exclusive_start_key(start)
+        })
+        .await?;
+        items.into_iter().map(from_item).collect()
     }
 
     /// Cancels a resting paper order: `false` when it was no longer open (filled meanwhile).

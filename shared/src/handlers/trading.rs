@@ -163,22 +163,11 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
         return Err(halted());
     }
     let already_running = snapshot.bot.as_ref().is_some_and(|b| b.state == BotState::Running && b.config == config);
-    if snapshot.credentials.is_some() && !already_running {
+    if let (Some(record), false) = (&snapshot.credentials, already_running) {
         // The bot's leverage and margin mode on the exchange, before it may trade.
-        let mut configured = snapshot.clone();
-        configured.bot = Some(BotRecord {
-            user_id: caller.user_id.clone(),
-            state: BotState::Stopped,
-            config: config.clone(),
-            version: 0,
-            exchange: ExchangeKind::Bitget,
-            updated_at: now_rfc3339(),
-            stop_id: None,
-        });
-        let exchange = exchange_for(state, &caller.user_id, &configured, &[]).await?;
+        let exchange = crate::trading::service::live_exchange(state, &caller.user_id, record, config.margin_mode).await?;
         exchange.configure_symbol(&symbol, config.margin_mode, config.leverage).await.map_err(|e| match e {
-            ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen => exchange_error(e),
-            ExchangeError::InvalidCredentials => exchange_error(e),
+            ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
             other => ApiError::unprocessable("leverage_refused", format!("the exchange refused the leverage or margin mode: {other}")),
         })?;
     }

@@ -96,6 +96,18 @@ pub fn decrypt_credentials(
     serde_json::from_slice(&plain).map_err(|_| ApiError::internal("decoding exchange credentials", "malformed plaintext"))
 }
 
+/// The caller's Bitget account with their stored credentials, trading in `margin_mode`.
+pub async fn live_exchange(
+    state: &AppState,
+    user_id: &str,
+    record: &crate::trading::store::CredentialsRecord,
+    margin_mode: crate::trading::model::MarginMode,
+) -> Result<BitgetExchange, ApiError> {
+    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let creds = decrypt_credentials(&keys, user_id, &record.ciphertext)?;
+    Ok(BitgetExchange { client: state.bitget.clone(), creds, position_mode: record.position_mode.clone(), margin_mode })
+}
+
 /// The caller's exchange: Bitget when they saved credentials, the paper account otherwise.
 pub async fn exchange_for(
     state: &AppState,
@@ -104,15 +116,8 @@ pub async fn exchange_for(
     extra_symbols: &[String],
 ) -> Result<Box<dyn Exchange>, ApiError> {
     if let Some(record) = &snapshot.credentials {
-        let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
-        let creds = decrypt_credentials(&keys, user_id, &record.ciphertext)?;
         let margin_mode = snapshot.bot.as_ref().map(|b| b.config.margin_mode).unwrap_or_default();
-        return Ok(Box::new(BitgetExchange {
-            client: state.bitget.clone(),
-            creds,
-            position_mode: record.position_mode.clone(),
-            margin_mode,
-        }));
+        return Ok(Box::new(live_exchange(state, user_id, record, margin_mode).await?));
     }
     let mut symbols: Vec<String> = snapshot.positions.iter().map(|p| p.symbol.clone()).collect();
     symbols.extend(extra_symbols.iter().cloned());

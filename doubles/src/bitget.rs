@@ -45,6 +45,9 @@ pub enum Fault {
     Code(&'static str),
     /// A business error code with its message.
     Refuse(&'static str, &'static str),
+    /// A marketable order fills only this much (a thin book); the rest is canceled, as Bitget
+    /// reports a market order it could not fill whole.
+    FillPart(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +223,8 @@ pub struct FakeState {
     pub rejected_signatures: u32,
     rate_windows: HashMap<(String, String), VecDeque<Instant>>,
     next_order_id: u64,
+    /// Set by `Fault::FillPart` for the one request it scripts.
+    fill_limit: Option<Decimal>,
 }
 
 #[derive(Clone)]
@@ -315,6 +320,7 @@ impl FakeBitget {
             rejected_signatures: 0,
             rate_windows: HashMap::new(),
             next_order_id: 1_000_000,
+            fill_limit: None,
         };
         let state = Arc::new(Mutex::new(state));
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
@@ -507,7 +513,12 @@ async fn handle(State(shared): State<Arc<Mutex<FakeState>>>, method: Method, uri
     let accept_then_timeout = matches!(fault, Some(Fault::AcceptThenTimeout));
     let response = {
         let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
-        route(&mut state, &method, &uri, &headers, &path, &body)
+        if let Some(Fault::FillPart(size)) = fault {
+            state.fill_limit = Decimal::from_str(size).ok();
+        }
+        let response = route(&mut state, &method, &uri, &headers, &path, &body);
+        state.fill_limit = None;
+        response
     };
     if accept_then_timeout {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -978,7 +989,11 @@ fn place(state: &mut FakeState, order: &Value) -> Response {
 
 /// Fills a live order whole at `price`, moving its position and the wallet.
 fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decimal) {
-    let Some(order) = state.orders.get(client_oid).cloned() else { return };
+    let Some(mut order) = state.orders.get(client_oid).cloned() else { return };
+    let whole = order.size;
+    if let Some(limit) = state.fill_limit.take() {
+        order.size = order.size.min(limit);
+    }
     let hold = match order.hold_side() {
         "net" => {
             let held_short = state.positions.get(&(order.symbol.clone(), "short".to_owned())).is_some_and(|p| !p.size.is_zero());
@@ -1035,7 +1050,8 @@ fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decim
         o.price_avg = Some(price);
         o.fee = fee;
         o.profits = realized;
-        o.state = "filled".into();
+        // What a thin book could not fill is canceled, not left resting.
+        o.state = if order.size < whole { "canceled" } else { "filled" }.into();
         o.updated_ms = now_ms();
     }
 }

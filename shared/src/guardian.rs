@@ -397,8 +397,8 @@ async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &Sw
     stats.partition_queries.fetch_add(1, Ordering::Relaxed);
     // Announced once when the bot gets stuck and once when it is finally stopped, not every run.
     let check = format!("stopping:{user_id}");
-    match crate::handlers::trading::stop_bot_for(state, user_id, bot).await {
-        Ok(crate::handlers::trading::Stopped { closed, .. }) => {
+    match crate::trading::bot::stop(state, user_id, bot).await {
+        Ok(crate::trading::bot::Stopped { closed, .. }) => {
             if alerts::transition(state, &check, true).await == Transition::Recovery
                 && alerts::send(state, &format!("✅ Bot of user {user_id} is stopped: its positions are closed.")).await
             {

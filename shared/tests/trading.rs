@@ -807,3 +807,48 @@ async fn a_stop_never_reports_stopped_while_a_recorded_order_may_still_be_sent()
     assert_eq!(res.status, 200, "{}", res.raw);
     assert!(app.trading().pending_orders(&user).await.unwrap().is_empty());
 }
+
+fn closed_sizes(res: &TestResponse) -> Vec<Decimal> {
+    res.body["closed_positions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no closed_positions: {}", res.raw))
+        .iter()
+        .map(|c| dv(&c["size"]))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retried_stop_reports_only_what_it_closed_itself() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
+    // The first round fills half (a thin book); the second is refused: the stop fails midway.
+    fake.fault("/api/v2/mix/order/place-order", Fault::FillPart("0.01"));
+    fake.fault("/api/v2/mix/order/place-order", Fault::Code("45110"));
+    let first = stop(&app, &token).await;
+    assert_eq!((first.status, first.code()), (502, "close_failed"), "{}", first.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), d("0.01"));
+    let second = stop(&app, &token).await;
+    assert_eq!(second.status, 200, "{}", second.raw);
+    assert_eq!(closed_sizes(&second), vec![d("0.01")], "the first stop's fill is not reported again: {}", second.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn a_position_that_survives_every_round_of_a_stop_is_closed_by_the_next_stop() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.05")).await.status, 201);
+    for _ in 0..4 {
+        fake.fault("/api/v2/mix/order/place-order", Fault::FillPart("0.01"));
+    }
+    let first = stop(&app, &token).await;
+    assert_eq!((first.status, first.code()), (502, "close_failed"), "{}", first.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), d("0.01"));
+    // The same position instance is still open: the next stop's rounds are new ones, and close it.
+    let second = stop(&app, &token).await;
+    assert_eq!(second.status, 200, "{}", second.raw);
+    assert_eq!(closed_sizes(&second), vec![d("0.01")], "{}", second.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+    assert_eq!(status(&app, &token).await.body["state"], "stopped");
+}

@@ -5,16 +5,16 @@ use crate::error::ApiError;
 use crate::http::{empty_response, header_str, json_response, parse_json, RequestContext};
 use crate::state::AppState;
 use crate::trading::bitget::BitgetCredentials;
+use crate::trading::bot::{self, halted};
 use crate::trading::contracts::contract;
-use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
+use crate::trading::exchange::{Exchange, OrderGuard};
 use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{
-    client_order_id, decimal_input, optional_decimal_input, CancelOutcome, ExchangeKind, OrderIntent, OrderStatus, OrderType, Position,
-    Side,
+    client_order_id, decimal_input, optional_decimal_input, ExchangeKind, OrderIntent, OrderStatus, OrderType, Side,
 };
-use crate::trading::risk::{check_bot_config, check_order, OrderCheck};
-use crate::trading::service::{close_position, exchange_error, exchange_for, session, ClosedPosition, Session};
-use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, CredentialsRecord, RecordOutcome, UserSnapshot};
+use crate::trading::risk::{check_order, OrderCheck};
+use crate::trading::service::{exchange_error, exchange_for, session, Session};
+use crate::trading::store::{now_rfc3339, BotConfig, BotState, CredentialsRecord, RecordOutcome, UserSnapshot};
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use rust_decimal::Decimal;
@@ -22,13 +22,6 @@ use serde::Deserialize;
 use std::time::Duration;
 
 type HandlerResult = Result<Response<Body>, ApiError>;
-
-fn halted() -> ApiError {
-    ApiError::Unavailable {
-        code: "trading_halted",
-        detail: "trading is halted by the operator; stop and reduce-only orders still work".into(),
-    }
-}
 
 fn bot_running_conflict() -> ApiError {
     ApiError::conflict("bot_running", "stop the bot before changing exchange credentials")
@@ -126,31 +119,11 @@ struct StartRequest {
     margin_mode: crate::trading::model::MarginMode,
 }
 
-fn status_body(bot: Option<&BotRecord>, positions: &[Position]) -> serde_json::Value {
-    let state = bot.map(|b| b.state).unwrap_or(BotState::Stopped);
-    serde_json::json!({
-        "is_running": state == BotState::Running,
-        "state": state,
-        "config": bot.map(|b| &b.config),
-        "positions": positions,
-        "updated_at": bot.map(|b| b.updated_at.clone()),
-    })
-}
-
-async fn positions_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<Vec<Position>, ApiError> {
-    let exchange = exchange_for(state, user_id, snapshot, &[]).await?;
-    exchange.positions().await.map_err(exchange_error)
-}
-
 pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let body: StartRequest = parse_json(&req)?;
-    let trading = state.trading_store();
-    let (snapshot, halted_now) = tokio::join!(crate::trading::service::load_snapshot(state, &caller), trading.kill_switch_on());
-    let (snapshot, halted_now) = (snapshot?, halted_now?);
-    let symbol = body.symbol.trim().to_uppercase();
     let config = BotConfig {
-        symbol: symbol.clone(),
+        symbol: body.symbol.trim().to_uppercase(),
         leverage: body.leverage,
         stop_loss_pct: body.stop_loss_pct.normalize(),
         take_profit_pct: body.take_profit_pct.map(|d| d.normalize()),
@@ -158,207 +131,19 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
         max_position_notional: body.max_position_notional.normalize(),
         margin_mode: body.margin_mode,
     };
-    check_bot_config(&config, contract(&symbol))?;
-    if halted_now {
-        return Err(halted());
-    }
-    let already_running = snapshot.bot.as_ref().is_some_and(|b| b.state == BotState::Running && b.config == config);
-    if let (Some(record), false) = (&snapshot.credentials, already_running) {
-        // The bot's leverage and margin mode on the exchange, before it may trade.
-        let exchange = crate::trading::service::live_exchange(state, &caller.user_id, record, config.margin_mode).await?;
-        exchange.configure_symbol(&symbol, config.margin_mode, config.leverage).await.map_err(|e| match e {
-            ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
-            other => ApiError::unprocessable("leverage_refused", format!("the exchange refused the leverage or margin mode: {other}")),
-        })?;
-    }
-    let exchange_kind = if snapshot.credentials.is_some() { ExchangeKind::Bitget } else { ExchangeKind::Paper };
-    let mut current = snapshot.bot.clone();
-    for _ in 0..3 {
-        let (next, expected) = match &current {
-            Some(bot) if bot.state == BotState::Running && bot.config == config => {
-                let positions = positions_of(state, &caller.user_id, &snapshot).await?;
-                return json_response(StatusCode::OK, &status_body(Some(bot), &positions));
-            }
-            Some(bot) if bot.state == BotState::Running => {
-                return Err(ApiError::conflict("bot_already_running", "the bot is running with other settings; stop it first"))
-            }
-            Some(bot) if bot.state == BotState::Stopping => {
-                return Err(ApiError::conflict("bot_stopping", "the bot is still closing its positions; try again shortly"))
-            }
-            Some(bot) => (bot.version + 1, Some(bot.version)),
-            None => (1, None),
-        };
-        let record = BotRecord {
-            user_id: caller.user_id.clone(),
-            state: BotState::Running,
-            config: config.clone(),
-            version: next,
-            exchange: exchange_kind,
-            updated_at: now_rfc3339(),
-            stop_id: None,
-        };
-        if state.trading_store().put_bot(&record, expected).await? {
-            let positions = positions_of(state, &caller.user_id, &snapshot).await?;
-            return json_response(StatusCode::OK, &status_body(Some(&record), &positions));
-        }
-        // Someone else changed the bot meanwhile (another device): decide again on what is there now.
-        current = state.trading_store().bot(&caller.user_id).await?;
-    }
-    Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"))
+    json_response(StatusCode::OK, &bot::start(state, &caller, config).await?)
 }
 
 pub async fn status(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
-    let positions = positions_of(state, &caller.user_id, &snapshot).await?;
-    json_response(StatusCode::OK, &status_body(snapshot.bot.as_ref(), &positions))
-}
-
-/// What a stop did: the bot as it ended, the positions it closed and the orders it canceled.
-pub struct Stopped {
-    pub bot: BotRecord,
-    pub closed: Vec<ClosedPosition>,
-    pub canceled_orders: Vec<String>,
-}
-
-/// Moves the bot to `stopping`, settles orders in flight, cancels every order resting on the
-/// bot's symbol, closes its positions with reduce-only orders, re-reads until flat, then
-/// `stopped`. Never reports stopped while a position is open or an order of its own may still
-/// fill; a failure leaves the bot `stopping` for the guardian to finish.
-pub async fn stop_bot_for(state: &AppState, user_id: &str, mut bot: BotRecord) -> Result<Stopped, ApiError> {
-    if bot.state == BotState::Running {
-        let mut stopping = BotRecord {
-            state: BotState::Stopping,
-            version: bot.version + 1,
-            stop_id: Some(format!("stop-v{}", bot.version + 1)),
-            updated_at: now_rfc3339(),
-            ..bot.clone()
-        };
-        if !state.trading_store().put_bot(&stopping, Some(bot.version)).await? {
-            match state.trading_store().bot(user_id).await? {
-                Some(latest) if latest.state == BotState::Stopping => stopping = latest,
-                Some(latest) if latest.state == BotState::Stopped => {
-                    return Ok(Stopped { bot: latest, closed: Vec::new(), canceled_orders: Vec::new() })
-                }
-                _ => return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again")),
-            }
-        }
-        bot = stopping;
-    }
-    let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
-    let trading = state.trading_store();
-    let mut closed = Vec::new();
-    let mut canceled_orders = Vec::new();
-    for attempt in 0..4 {
-        let snapshot = trading.snapshot(user_id).await?;
-        let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
-        settle_pending_orders(state, exchange.as_ref(), user_id).await?;
-        // Resting orders first: one that filled later would open a position behind a stopped bot,
-        // and resting closes lock size the closing orders need.
-        canceled_orders.extend(cancel_open_orders(state, exchange.as_ref(), user_id, &bot.config.symbol).await?);
-        // The bot's symbol only: the user's other positions on the account are theirs to manage.
-        let positions: Vec<Position> =
-            exchange.positions().await.map_err(exchange_error)?.into_iter().filter(|p| p.symbol == bot.config.symbol).collect();
-        if positions.is_empty() {
-            if exchange.kind() != ExchangeKind::Paper {
-                trading.sync_live_positions(user_id, &snapshot.live_positions, &[]).await?;
-            }
-            let stopped = BotRecord { state: BotState::Stopped, version: bot.version + 1, updated_at: now_rfc3339(), ..bot.clone() };
-            if trading.put_bot(&stopped, Some(bot.version)).await? {
-                return Ok(Stopped { bot: stopped, closed, canceled_orders });
-            }
-            return Err(ApiError::conflict("conflict", "the bot changed concurrently; try again"));
-        }
-        for position in &positions {
-            // A position that survived one closing round gets a fresh client id for the next, and
-            // a position that reappeared is another instance with ids of its own.
-            let key = format!("{stop_id}-{}-r{attempt}", position.instance);
-            match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
-                Ok(c) => closed.push(c),
-                Err(e) => {
-                    tracing::error!(code = e.code(), symbol = %position.symbol, "closing a position during stop failed");
-                    return Err(ApiError::BadGateway {
-                        code: "close_failed",
-                        detail: format!("closing the {} position failed; the bot stays stopping and the guardian retries", position.symbol),
-                    });
-                }
-            }
-        }
-    }
-    Err(ApiError::BadGateway {
-        code: "close_failed",
-        detail: "positions are still open after closing; the bot stays stopping and the guardian retries".into(),
-    })
-}
-
-/// Cancels every order resting on `symbol`; the exchange's ids of those it canceled. An order
-/// that filled meanwhile is no longer resting: its position is closed with the others.
-async fn cancel_open_orders(state: &AppState, exchange: &dyn Exchange, user_id: &str, symbol: &str) -> Result<Vec<String>, ApiError> {
-    let unavailable = |e: ExchangeError| {
-        tracing::error!(error = %e, symbol, "canceling resting orders during stop failed");
-        ApiError::BadGateway {
-            code: "close_failed",
-            detail: format!("canceling the resting {symbol} orders failed; the bot stays stopping and the guardian retries"),
-        }
-    };
-    let mut canceled = Vec::new();
-    for order in exchange.open_orders(symbol).await.map_err(unavailable)? {
-        if exchange.cancel_order(symbol, &order.client_order_id).await.map_err(unavailable)? == CancelOutcome::Canceled {
-            if exchange.kind() != ExchangeKind::Paper {
-                let mut fill = crate::trading::model::OrderFill::rejected();
-                fill.status = OrderStatus::Canceled;
-                fill.order_id = order.order_id.clone();
-                // Ours or not (placed by hand on the bot's symbol), it is canceled now.
-                drop(state.trading_store().complete_order(user_id, &order.client_order_id, &fill).await);
-            }
-            canceled.push(order.order_id);
-        }
-    }
-    Ok(canceled)
-}
-
-/// Orders recorded but not confirmed (a submit racing this stop, a lost answer): ask the
-/// exchange what became of them before judging the positions.
-async fn settle_pending_orders(state: &AppState, exchange: &dyn Exchange, user_id: &str) -> Result<(), ApiError> {
-    if exchange.kind() == ExchangeKind::Paper {
-        return Ok(());
-    }
-    for order in state.trading_store().pending_orders(user_id).await? {
-        match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
-            Some(fill) => state.trading_store().complete_order(user_id, &order.intent.client_order_id, &fill).await?,
-            // Recorded, not at the exchange, and its request may still be sending it: the bot
-            // cannot be called stopped yet (the guardian finishes the stop once it is settled).
-            None if still_in_flight(&order) => return Err(ApiError::BadGateway {
-                code: "close_failed",
-                detail:
-                    "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop"
-                        .into(),
-            }),
-            // Older than any request that could still send it: it was never placed.
-            None => {
-                state
-                    .trading_store()
-                    .complete_order(user_id, &order.intent.client_order_id, &crate::trading::model::OrderFill::rejected())
-                    .await?
-            }
-        }
-    }
-    Ok(())
-}
-
-/// How long after it was recorded an order may still be sent: well past the order function's
-/// Lambda timeout (10 s), after which no request can still be sending it.
-pub const SEND_WINDOW_MS: i64 = 30_000;
-
-fn still_in_flight(order: &crate::trading::store::OrderRecord) -> bool {
-    let recorded_ms = chrono::DateTime::parse_from_rfc3339(&order.created_at).map(|t| t.timestamp_millis()).unwrap_or(0);
-    chrono::Utc::now().timestamp_millis() - recorded_ms < SEND_WINDOW_MS
+    json_response(StatusCode::OK, &bot::status(state, &caller.user_id, &snapshot).await?)
 }
 
 pub async fn stop_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     let (closed, canceled) = match snapshot.bot.clone() {
         Some(bot) if bot.state != BotState::Stopped => {
-            let stopped = stop_bot_for(state, &caller.user_id, bot).await?;
+            let stopped = bot::stop(state, &caller.user_id, bot).await?;
             (stopped.closed, stopped.canceled_orders)
         }
         _ => (Vec::new(), Vec::new()),

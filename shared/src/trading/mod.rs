@@ -1,4 +1,5 @@
 pub mod bitget;
+pub mod bot;
 pub mod contracts;
 pub mod exchange;
 pub mod idempotency;

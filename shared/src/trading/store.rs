@@ -44,6 +44,14 @@ pub struct BotRecord {
     /// Names the current stop request; the closing orders' client ids derive from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_id: Option<String>,
+    /// Closing rounds this stop has claimed so far: the next round's number. Kept here so a
+    /// retried stop continues the count instead of reusing an earlier round's client ids.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stop_round: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

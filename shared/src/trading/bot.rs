@@ -1,0 +1,290 @@
+//! The bot's lifecycle: start (configure the exchange, then `running`), status, and stop
+//! (`stopping`, settle orders in flight, cancel resting orders, flatten the bot's symbol, then
+//! `stopped`). The HTTP handlers and the guardian both call these; neither holds the logic.
+
+use crate::auth::session::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::trading::contracts::contract;
+use crate::trading::exchange::{Exchange, ExchangeError};
+use crate::trading::model::{CancelOutcome, ExchangeKind, OrderFill, OrderStatus, Position};
+use crate::trading::service::{close_position, exchange_error, exchange_for, ClosedPosition};
+use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, OrderRecord, TradingStore, UserSnapshot};
+use serde::Serialize;
+
+/// How long after it was recorded an order may still be sent: well past the order function's
+/// Lambda timeout (10 s), after which no request can still be sending it.
+pub const SEND_WINDOW_MS: i64 = 30_000;
+/// Closing rounds one stop call runs before it leaves the rest to a retry or the guardian.
+pub const ROUNDS_PER_CALL: usize = 4;
+
+pub fn halted() -> ApiError {
+    ApiError::Unavailable {
+        code: "trading_halted",
+        detail: "trading is halted by the operator; stop and reduce-only orders still work".into(),
+    }
+}
+
+fn concurrent_change() -> ApiError {
+    ApiError::conflict("conflict", "the bot changed concurrently; try again")
+}
+
+fn close_failed(detail: impl Into<String>) -> ApiError {
+    ApiError::BadGateway { code: "close_failed", detail: detail.into() }
+}
+
+/// The bot as `GET /bot/status` and `POST /bot/start` show it.
+#[derive(Debug, Serialize)]
+pub struct BotStatus {
+    pub is_running: bool,
+    pub state: BotState,
+    pub config: Option<BotConfig>,
+    pub positions: Vec<Position>,
+    pub updated_at: Option<String>,
+}
+
+async fn status_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot, bot: Option<&BotRecord>) -> Result<BotStatus, ApiError> {
+    let exchange = exchange_for(state, user_id, snapshot, &[]).await?;
+    let positions = exchange.positions().await.map_err(exchange_error)?;
+    let bot_state = bot.map(|b| b.state).unwrap_or(BotState::Stopped);
+    Ok(BotStatus {
+        is_running: bot_state == BotState::Running,
+        state: bot_state,
+        config: bot.map(|b| b.config.clone()),
+        positions,
+        updated_at: bot.map(|b| b.updated_at.clone()),
+    })
+}
+
+pub async fn status(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<BotStatus, ApiError> {
+    status_of(state, user_id, snapshot, snapshot.bot.as_ref()).await
+}
+
+/// Starts the bot with `config` (already normalized), or answers its status when it runs with
+/// exactly these settings already.
+pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Result<BotStatus, ApiError> {
+    let trading = state.trading_store();
+    let (snapshot, halted_now) = tokio::join!(crate::trading::service::load_snapshot(state, caller), trading.kill_switch_on());
+    let (snapshot, halted_now) = (snapshot?, halted_now?);
+    crate::trading::risk::check_bot_config(&config, contract(&config.symbol))?;
+    if halted_now {
+        return Err(halted());
+    }
+    let user_id = caller.user_id.as_str();
+    let already_running = snapshot.bot.as_ref().is_some_and(|b| b.state == BotState::Running && b.config == config);
+    if let (Some(record), false) = (&snapshot.credentials, already_running) {
+        // The bot's leverage and margin mode on the exchange, before it may trade.
+        let exchange = crate::trading::service::live_exchange(state, user_id, record, config.margin_mode).await?;
+        exchange.configure_symbol(&config.symbol, config.margin_mode, config.leverage).await.map_err(|e| match e {
+            ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
+            other => ApiError::unprocessable("leverage_refused", format!("the exchange refused the leverage or margin mode: {other}")),
+        })?;
+    }
+    let exchange_kind = if snapshot.credentials.is_some() { ExchangeKind::Bitget } else { ExchangeKind::Paper };
+    let mut current = snapshot.bot.clone();
+    for _ in 0..3 {
+        let (next, expected) = match &current {
+            Some(bot) if bot.state == BotState::Running && bot.config == config => {
+                return status_of(state, user_id, &snapshot, Some(bot)).await;
+            }
+            Some(bot) if bot.state == BotState::Running => {
+                return Err(ApiError::conflict("bot_already_running", "the bot is running with other settings; stop it first"))
+            }
+            Some(bot) if bot.state == BotState::Stopping => {
+                return Err(ApiError::conflict("bot_stopping", "the bot is still closing its positions; try again shortly"))
+            }
+            Some(bot) => (bot.version + 1, Some(bot.version)),
+            None => (1, None),
+        };
+        let record = BotRecord {
+            user_id: user_id.to_owned(),
+            state: BotState::Running,
+            config: config.clone(),
+            version: next,
+            exchange: exchange_kind,
+            updated_at: now_rfc3339(),
+            stop_id: None,
+            stop_round: 0,
+        };
+        if trading.put_bot(&record, expected).await? {
+            return status_of(state, user_id, &snapshot, Some(&record)).await;
+        }
+        // Someone else changed the bot meanwhile (another device): decide again on what is there now.
+        current = trading.bot(user_id).await?;
+    }
+    Err(concurrent_change())
+}
+
+/// What a stop did: the bot as it ended, the positions it closed and the orders it canceled.
+pub struct Stopped {
+    pub bot: BotRecord,
+    pub closed: Vec<ClosedPosition>,
+    pub canceled_orders: Vec<String>,
+}
+
+/// Where the bot stands after trying to claim something of a stop.
+enum Claim {
+    /// Our write went in.
+    Written(BotRecord),
+    /// Another stop moved the bot on meanwhile; this is where it is now.
+    Adopted(BotRecord),
+    /// Another stop (the guardian, another device) finished it meanwhile.
+    AlreadyStopped(BotRecord),
+}
+
+/// Writes `next` over `bot` if nobody changed it since; otherwise adopts a stop in progress.
+async fn claim(trading: &TradingStore<'_>, bot: &BotRecord, next: BotRecord) -> Result<Claim, ApiError> {
+    if trading.put_bot(&next, Some(bot.version)).await? {
+        return Ok(Claim::Written(next));
+    }
+    match trading.bot(&bot.user_id).await? {
+        Some(latest) if latest.state == BotState::Stopped => Ok(Claim::AlreadyStopped(latest)),
+        Some(latest) if latest.state == BotState::Stopping && next.state == BotState::Stopping => Ok(Claim::Adopted(latest)),
+        _ => Err(concurrent_change()),
+    }
+}
+
+/// The next closing round of this stop, counted in the bot record: a retried or resumed stop
+/// continues the numbering, so its closing orders never share a client id with an earlier round
+/// (whose stored fill would otherwise be replayed instead of a new order being sent).
+async fn claim_round(trading: &TradingStore<'_>, bot: &mut BotRecord) -> Result<Option<u32>, ApiError> {
+    for _ in 0..5 {
+        let next = BotRecord { stop_round: bot.stop_round + 1, version: bot.version + 1, updated_at: now_rfc3339(), ..bot.clone() };
+        match claim(trading, bot, next).await? {
+            Claim::Written(claimed) => {
+                let round = bot.stop_round;
+                *bot = claimed;
+                return Ok(Some(round));
+            }
+            // A concurrent stop took a round meanwhile: try for the one after it.
+            Claim::Adopted(latest) => *bot = latest,
+            Claim::AlreadyStopped(latest) => {
+                *bot = latest;
+                return Ok(None);
+            }
+        }
+    }
+    Err(concurrent_change())
+}
+
+/// Moves the bot to `stopping`, settles orders in flight, cancels every order resting on the
+/// bot's symbol, closes its positions with reduce-only orders, re-reads until flat, then
+/// `stopped`. Never reports stopped while a position is open or an order of its own may still
+/// fill; a failure leaves the bot `stopping` for the guardian to finish.
+pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Stopped, ApiError> {
+    let trading = state.trading_store();
+    let mut bot = bot;
+    let mut closed = Vec::new();
+    let mut canceled_orders = Vec::new();
+    if bot.state == BotState::Running {
+        let stopping = BotRecord {
+            state: BotState::Stopping,
+            version: bot.version + 1,
+            stop_id: Some(format!("stop-v{}", bot.version + 1)),
+            stop_round: 0,
+            updated_at: now_rfc3339(),
+            ..bot.clone()
+        };
+        bot = match claim(&trading, &bot, stopping).await? {
+            Claim::Written(b) | Claim::Adopted(b) => b,
+            Claim::AlreadyStopped(b) => return Ok(Stopped { bot: b, closed, canceled_orders }),
+        };
+    }
+    if bot.state == BotState::Stopped {
+        return Ok(Stopped { bot, closed, canceled_orders });
+    }
+    let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
+    for _ in 0..ROUNDS_PER_CALL {
+        let snapshot = trading.snapshot(user_id).await?;
+        let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
+        settle_pending_orders(&trading, exchange.as_ref(), user_id).await?;
+        // Resting orders first: one that filled later would open a position behind a stopped bot,
+        // and resting closes lock size the closing orders need.
+        canceled_orders.extend(cancel_open_orders(&trading, exchange.as_ref(), user_id, &bot.config.symbol, |_| true).await?);
+        // The bot's symbol only: the user's other positions on the account are theirs to manage.
+        let positions: Vec<Position> =
+            exchange.positions().await.map_err(exchange_error)?.into_iter().filter(|p| p.symbol == bot.config.symbol).collect();
+        if positions.is_empty() {
+            if exchange.kind() != ExchangeKind::Paper {
+                trading.sync_live_positions(user_id, &snapshot.live_positions, &[]).await?;
+            }
+            let stopped = BotRecord { state: BotState::Stopped, version: bot.version + 1, updated_at: now_rfc3339(), ..bot.clone() };
+            return match claim(&trading, &bot, stopped).await? {
+                Claim::Written(b) | Claim::Adopted(b) | Claim::AlreadyStopped(b) => Ok(Stopped { bot: b, closed, canceled_orders }),
+            };
+        }
+        let Some(round) = claim_round(&trading, &mut bot).await? else {
+            return Ok(Stopped { bot, closed, canceled_orders });
+        };
+        for position in &positions {
+            // Each round's closing orders are new ones; a position that reappeared is another
+            // instance with ids of its own.
+            let key = format!("{stop_id}-{}-r{round}", position.instance);
+            match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
+                Ok(c) => closed.push(c),
+                Err(e) => {
+                    tracing::error!(code = e.code(), symbol = %position.symbol, "closing a position during stop failed");
+                    return Err(close_failed(format!(
+                        "closing the {} position failed; the bot stays stopping and the guardian retries",
+                        position.symbol
+                    )));
+                }
+            }
+        }
+    }
+    Err(close_failed("positions are still open after closing; the bot stays stopping and the guardian retries"))
+}
+
+/// Cancels the orders resting on `symbol` that `which` selects; the exchange's ids of those it
+/// canceled. An order that filled meanwhile is no longer resting: its position is closed with the
+/// others.
+pub async fn cancel_open_orders(
+    trading: &TradingStore<'_>,
+    exchange: &dyn Exchange,
+    user_id: &str,
+    symbol: &str,
+    which: impl Fn(&crate::trading::model::OpenOrder) -> bool,
+) -> Result<Vec<String>, ApiError> {
+    let unavailable = |e: ExchangeError| {
+        tracing::error!(error = %e, symbol, "canceling resting orders failed");
+        close_failed(format!("canceling the resting {symbol} orders failed; the bot stays stopping and the guardian retries"))
+    };
+    let mut canceled = Vec::new();
+    for order in exchange.open_orders(symbol).await.map_err(unavailable)?.into_iter().filter(|o| which(o)) {
+        if exchange.cancel_order(symbol, &order.client_order_id).await.map_err(unavailable)? == CancelOutcome::Canceled {
+            if exchange.kind() != ExchangeKind::Paper {
+                let fill = OrderFill { status: OrderStatus::Canceled, order_id: order.order_id.clone(), ..OrderFill::rejected() };
+                // Ours or not (placed by hand on the bot's symbol), it is canceled now.
+                drop(trading.complete_order(user_id, &order.client_order_id, &fill).await);
+            }
+            canceled.push(order.order_id);
+        }
+    }
+    Ok(canceled)
+}
+
+/// Orders recorded but not confirmed (a submit racing this stop, a lost answer): ask the
+/// exchange what became of them before judging the positions.
+async fn settle_pending_orders(trading: &TradingStore<'_>, exchange: &dyn Exchange, user_id: &str) -> Result<(), ApiError> {
+    if exchange.kind() == ExchangeKind::Paper {
+        return Ok(());
+    }
+    for order in trading.pending_orders(user_id).await? {
+        match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
+            Some(fill) => trading.complete_order(user_id, &order.intent.client_order_id, &fill).await?,
+            // Recorded, not at the exchange, and its request may still be sending it: the bot
+            // cannot be called stopped yet (the guardian finishes the stop once it is settled).
+            None if still_in_flight(&order) => return Err(close_failed(
+                "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop",
+            )),
+            // Older than any request that could still send it: it was never placed.
+            None => trading.complete_order(user_id, &order.intent.client_order_id, &OrderFill::rejected()).await?,
+        }
+    }
+    Ok(())
+}
+
+fn still_in_flight(order: &OrderRecord) -> bool {
+    let recorded_ms = chrono::DateTime::parse_from_rfc3339(&order.created_at).map(|t| t.timestamp_millis()).unwrap_or(0);
+    chrono::Utc::now().timestamp_millis() - recorded_ms < SEND_WINDOW_MS
+}

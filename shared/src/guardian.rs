@@ -13,9 +13,10 @@ use crate::error::ApiError;
 use crate::handlers::health;
 use crate::keys;
 use crate::state::AppState;
+use crate::trading::bot::close_triggered;
 use crate::trading::model::{Position, PositionSide};
 use crate::trading::paper::{position_view, PaperExchange};
-use crate::trading::service::{close_position, exchange_for, marks};
+use crate::trading::service::{exchange_for, marks};
 use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition};
 use futures::StreamExt;
 use rust_decimal::Decimal;
@@ -467,10 +468,7 @@ async fn check_paper(
         );
         let view = position_view(&current, mark);
         stats.orders.fetch_add(1, Ordering::Relaxed);
-        // The position's instance and the trigger: overlapping runs and retries compute the same
-        // client order id, and the next position (another instance) gets its own.
-        let key = format!("{reason}-{}", current.instance());
-        let closed = close_position(state, &exchange, user_id, &view, bot.config.leverage, &key, reason).await?;
+        let Some(closed) = close_triggered(state, &exchange, user_id, bot, &view, reason).await? else { continue };
         outcome.closed.push(ClosedReport {
             user_id: user_id.to_owned(),
             symbol: view.symbol,
@@ -521,11 +519,7 @@ async fn check_live(
         }
         let Some(reason) = trigger(&bot.config, position.side, position.entry_price, position.mark_price, high_water) else { continue };
         stats.orders.fetch_add(1, Ordering::Relaxed);
-        // Derived from the position's instance (its creation time at Bitget) and the trigger:
-        // overlapping runs and retries compute the same client order id, so the close happens
-        // once, and a later position with the same entry and size is another instance.
-        let key = format!("{reason}-{}", position.instance);
-        let closed = close_position(state, exchange.as_ref(), user_id, &position, bot.config.leverage, &key, reason).await?;
+        let Some(closed) = close_triggered(state, exchange.as_ref(), user_id, bot, &position, reason).await? else { continue };
         outcome.closed.push(ClosedReport {
             user_id: user_id.to_owned(),
             symbol: position.symbol.clone(),

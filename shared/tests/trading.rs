@@ -852,3 +852,23 @@ async fn a_position_that_survives_every_round_of_a_stop_is_closed_by_the_next_st
     assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
     assert_eq!(status(&app, &token).await.body["state"], "stopped");
 }
+
+#[tokio::test]
+async fn a_resting_reduce_only_close_never_blocks_the_guardians_stop_loss() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
+    // The trader's own take-profit for half the position rests on the book and locks that half.
+    let take_profit = json!({"symbol": "BTCUSDT", "side": "sell", "type": "limit", "size": "0.01", "price": "67000", "reduce_only": true});
+    let resting = submit(&app, &token, &key(), take_profit).await;
+    assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "{}", resting.raw);
+    // The price falls through the 2 % stop instead.
+    fake.set_mark("BTCUSDT", "63000");
+    app.set_mark("BTCUSDT", "63000").await;
+    let report =
+        shared::guardian::sweep(&app.state, std::time::Instant::now() + std::time::Duration::from_secs(60), &Default::default()).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.closed.iter().map(|c| (c.reason.as_str(), c.size)).collect::<Vec<_>>(), vec![("stop_loss", d("0.02"))]);
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO, "the whole position is closed");
+    assert_eq!(fake.order(resting.body["client_order_id"].as_str().unwrap()).unwrap().state, "canceled");
+}

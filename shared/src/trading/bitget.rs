@@ -468,6 +468,7 @@ impl Exchange for BitgetExchange {
                     unrealized_pnl: dec(&p["unrealizedPL"]).unwrap_or_default(),
                     // Bitget's creation time of the position: a new one after it went flat.
                     instance: format!("c{}", p["cTime"].as_str().unwrap_or_default()),
+                    available: dec(&p["available"]).unwrap_or(size).min(size),
                 })
             })
             .collect())
@@ -522,6 +523,7 @@ impl Exchange for BitgetExchange {
                         order_id: o["orderId"].as_str()?.to_owned(),
                         client_order_id: o["clientOid"].as_str().unwrap_or_default().to_owned(),
                         symbol: o["symbol"].as_str().unwrap_or(symbol).to_owned(),
+                        reduce_only: o["reduceOnly"].as_str() == Some("YES") || o["tradeSide"].as_str() == Some("close"),
                     })
                 })
                 .collect();

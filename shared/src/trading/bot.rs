@@ -235,6 +235,33 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
     Err(close_failed("positions are still open after closing; the bot stays stopping and the guardian retries"))
 }
 
+/// Closes a position the guardian found past one of the bot's exits (`reason`: `stop_loss`,
+/// `take_profit`, `trailing_stop`). Resting closes that lock part of it (a take-profit limit of
+/// the trader's) are canceled first, so the whole position is closed. The client order id is the
+/// position's instance and the trigger: overlapping runs and retries compute the same one, so the
+/// close happens once, and the next position (another instance) gets its own. `None`: the
+/// position was gone by the time its locks were released.
+pub async fn close_triggered(
+    state: &AppState,
+    exchange: &dyn Exchange,
+    user_id: &str,
+    bot: &BotRecord,
+    position: &Position,
+    reason: &str,
+) -> Result<Option<ClosedPosition>, ApiError> {
+    let mut position = position.clone();
+    if position.available < position.size {
+        cancel_open_orders(&state.trading_store(), exchange, user_id, &position.symbol, |o| o.reduce_only).await?;
+        let same = |p: &Position| p.symbol == position.symbol && p.side == position.side && p.instance == position.instance;
+        match exchange.positions().await.map_err(exchange_error)?.into_iter().find(same) {
+            Some(now) => position = now,
+            None => return Ok(None),
+        }
+    }
+    let key = format!("{reason}-{}", position.instance);
+    close_position(state, exchange, user_id, &position, bot.config.leverage, &key, reason).await.map(Some)
+}
+
 /// Cancels the orders resting on `symbol` that `which` selects; the exchange's ids of those it
 /// canceled. An order that filled meanwhile is no longer resting: its position is closed with the
 /// others.

@@ -185,6 +185,10 @@ pub struct Position {
     /// order ids. Paper: the opening order's client id. Bitget: the position's creation time.
     #[serde(skip)]
     pub instance: String,
+    /// What can be closed now: the size less what resting close orders lock (Bitget refuses a
+    /// reduce-only order for more).
+    #[serde(skip)]
+    pub available: Decimal,
 }
 
 impl Position {
@@ -215,6 +219,8 @@ pub struct OpenOrder {
     pub order_id: String,
     pub client_order_id: String,
     pub symbol: String,
+    /// A close (reduce-only, or a hedge-mode close): it locks position size while it rests.
+    pub reduce_only: bool,
 }
 
 /// What a cancel request found.

@@ -133,6 +133,7 @@ pub fn position_view(p: &PaperPosition, mark: Decimal) -> Position {
         mark_price: mark,
         unrealized_pnl: ((mark - p.entry_price) * p.size * p.side.direction()).round_dp(8).normalize(),
         instance: p.instance(),
+        available: p.size,
     }
 }
 
@@ -342,6 +343,7 @@ impl Exchange for PaperExchange {
             .filter(|o| o.intent.symbol == symbol)
             .map(|o| crate::trading::model::OpenOrder {
                 order_id: o.fill.map(|f| f.order_id).unwrap_or_default(),
+                reduce_only: o.intent.reduce_only,
                 client_order_id: o.intent.client_order_id,
                 symbol: o.intent.symbol,
             })

@@ -72,7 +72,8 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
     };
     if c.reduce_only {
         let reduces = c.position.is_some_and(|p| p.side.closing_side() == c.side);
-        let open = c.position.map(|p| p.size).unwrap_or_default();
+        // What resting closes do not lock already, as Bitget counts it.
+        let open = c.position.map(|p| p.available).unwrap_or_default();
         if !reduces || c.size > open {
             return Err(refuse(
                 "reduce_only_exceeds_position",
@@ -207,6 +208,7 @@ mod tests {
             mark_price: d("4000"),
             unrealized_pnl: d("0"),
             instance: "c1".into(),
+            available: d("0.001"),
         };
         let bot = bot();
         let close = OrderCheck {
@@ -253,6 +255,7 @@ mod tests {
             mark_price: d("65000"),
             unrealized_pnl: d("50"),
             instance: "c1".into(),
+            available: d("0.01"),
         };
         assert_eq!(code(check(Side::Sell, "0.01", None, true, Some(&long))), "ok");
         assert_eq!(code(check(Side::Sell, "0.02", None, true, Some(&long))), "reduce_only_exceeds_position");

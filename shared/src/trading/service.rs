@@ -159,11 +159,18 @@ pub async fn close_position(
         crate::trading::model::PositionSide::Long => "long",
         crate::trading::model::PositionSide::Short => "short",
     };
+    if position.available.is_zero() {
+        return Err(ApiError::BadGateway {
+            code: "close_failed",
+            detail: format!("the {} position is locked by resting close orders", position.symbol),
+        });
+    }
     let intent = OrderIntent {
         symbol: position.symbol.clone(),
         side: position.side.closing_side(),
         order_type: OrderType::Market,
-        size: position.size,
+        // What resting closes do not lock: Bitget refuses a reduce-only order for more.
+        size: position.available,
         price: None,
         reduce_only: true,
         client_order_id: client_order_id(&[user_id, reason_key, &position.symbol, side_name]),

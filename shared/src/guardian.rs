@@ -15,8 +15,8 @@ use crate::keys;
 use crate::state::AppState;
 use crate::trading::bot::close_triggered;
 use crate::trading::model::{Position, PositionSide};
-use crate::trading::paper::{position_view, PaperExchange};
-use crate::trading::service::{exchange_for, marks};
+use crate::trading::paper::position_view;
+use crate::trading::service::{exchange_for, marks, paper_exchange};
 use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition};
 use futures::StreamExt;
 use rust_decimal::Decimal;
@@ -458,14 +458,7 @@ async fn check_paper(
         else {
             continue; // changed since the index was read; the next run judges it afresh
         };
-        let exchange = PaperExchange::new(
-            state.dynamo.clone(),
-            state.config.table_name.clone(),
-            user_id.to_owned(),
-            state.config.paper_start_balance,
-            marks.clone(),
-            snapshot,
-        );
+        let exchange = paper_exchange(state, user_id, marks.clone(), snapshot).await?;
         let view = position_view(&current, mark);
         stats.orders.fetch_add(1, Ordering::Relaxed);
         let Some(closed) = close_triggered(state, &exchange, user_id, bot, &view, reason).await? else { continue };

@@ -7,6 +7,7 @@
 //! | bot                 | `USER#<id>`             | `BOT`              | `ACTIVE_BOTS#<shard>` / `<id>` while running or stopping |
 //! | paper account       | `USER#<id>`             | `PAPER`            |                           |
 //! | paper position      | `USER#<id>`             | `POS#<symbol>`     | `ACTIVE_BOTS#<shard>` / `<id>#POS#<symbol>` |
+//! | paper resting order| `USER#<id>`             | `RESTING#<client oid>` | `ACTIVE_BOTS#<shard>` / `<id>#RESTING#<client oid>` |
 //! | live position mirror| `USER#<id>`             | `LIVEPOS#<symbol>#<side>` | `ACTIVE_BOTS#<shard>` / `<id>#LIVEPOS#<symbol>#<side>` |
 //! | exchange credential | `USER#<id>`             | `CREDENTIALS`      |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
@@ -92,6 +93,15 @@ pub fn paper_account(user_id: &str) -> Key {
 pub const POSITION_PREFIX: &str = "POS#";
 pub fn paper_position(user_id: &str, symbol: &str) -> Key {
     key(user_partition(user_id), format!("{POSITION_PREFIX}{symbol}"))
+}
+pub const RESTING_PREFIX: &str = "RESTING#";
+/// A paper limit order resting on the simulated book, until it fills or is canceled.
+pub fn resting_order(user_id: &str, client_oid: &str) -> Key {
+    key(user_partition(user_id), format!("{RESTING_PREFIX}{client_oid}"))
+}
+/// Resting paper orders sit in the guardian's index with their bot, which fills them.
+pub fn active_resting_index(user_id: &str, client_oid: &str) -> [(String, AttributeValue); 2] {
+    active_index(user_id, format!("{user_id}#RESTING#{client_oid}"))
 }
 pub const LIVE_POSITION_PREFIX: &str = "LIVEPOS#";
 pub fn live_position(user_id: &str, symbol: &str, side: &str) -> Key {

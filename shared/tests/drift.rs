@@ -180,13 +180,3 @@ fn the_guardian_is_scheduled_once_per_shard_of_its_index() {
     assert_eq!(shards, expected, "one schedule per shard, each shard once");
     assert_eq!(sweep["Properties"]["ReservedConcurrentExecutions"].as_u64(), Some(u64::from(shared::keys::GUARDIAN_SHARDS)));
 }
-
-#[test]
-fn the_contract_fixture_agrees_with_the_contracts_the_bitget_double_serves() {
-    let ours: serde_json::Value = serde_json::from_str(&read("shared/data/contracts.json")).unwrap();
-    let double: serde_json::Value = serde_json::from_str(&read("doubles/data/contracts.json")).unwrap();
-    for contract in ours["data"].as_array().unwrap() {
-        let served = double["data"].as_array().unwrap().iter().find(|c| c["symbol"] == contract["symbol"]);
-        assert_eq!(served, Some(contract), "{} differs between the fixture and the double", contract["symbol"]);
-    }
-}

@@ -116,7 +116,7 @@ async fn bot_settings_are_validated_on_start() {
     let app = paper_app().await;
     let token = access_token(&app).await;
     for (patch, code) in [
-        (json!({"symbol": "DOGEUSDT"}), "unknown_symbol"),
+        (json!({"symbol": "NOPEUSDT"}), "unknown_symbol"),
         (json!({"leverage": 126}), "leverage_above_maximum"),
         (json!({"stop_loss_pct": "0"}), "invalid_stop_loss"),
         (json!({"max_position_notional": "1"}), "invalid_max_position_notional"),
@@ -871,4 +871,24 @@ async fn a_resting_reduce_only_close_never_blocks_the_guardians_stop_loss() {
     assert_eq!(report.closed.iter().map(|c| (c.reason.as_str(), c.size)).collect::<Vec<_>>(), vec![("stop_loss", d("0.02"))]);
     assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO, "the whole position is closed");
     assert_eq!(fake.order(resting.body["client_order_id"].as_str().unwrap()).unwrap().state, "canceled");
+}
+
+#[tokio::test]
+async fn contract_specs_come_from_the_exchange_and_a_contract_in_maintenance_cannot_be_started() {
+    let app = paper_app().await;
+    let exchange = app.exchange.as_ref().expect("the app's Bitget double");
+    exchange.set_symbol_status("ETHUSDT", "maintain");
+    let token = access_token(&app).await;
+    // SOLUSDT is no fixture of ours: the exchange's contract list makes it tradable.
+    app.set_mark("SOLUSDT", "150").await;
+    let sol = json!({"symbol": "SOLUSDT", "leverage": 5, "stop_loss_pct": "2", "max_position_notional": "1000"});
+    let res = start(&app, &token, sol).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    let buy = json!({"symbol": "SOLUSDT", "side": "buy", "type": "market", "size": "0.1"});
+    assert_eq!(submit(&app, &token, &key(), buy).await.status, 201);
+    assert_eq!(stop(&app, &token).await.status, 200);
+    let eth = json!({"symbol": "ETHUSDT", "leverage": 5, "stop_loss_pct": "2", "max_position_notional": "1000"});
+    let res = start(&app, &token, eth).await;
+    assert_eq!((res.status, res.code()), (422, "symbol_not_tradable"), "{}", res.raw);
+    assert_eq!(exchange.calls("/api/v2/mix/market/contracts"), 1, "one fetch serves the execution environment");
 }

@@ -179,7 +179,15 @@ pub struct BitgetClient {
     pub breaker: Arc<CircuitBreaker>,
     pub retry: RetryPolicy,
     pub gate: Arc<RateGate>,
+    /// The contract book and when it was fetched; refreshed after `CONTRACTS_TTL`.
+    contract_book: tokio::sync::Mutex<Option<(Instant, ContractBook)>>,
 }
+
+/// Every USDT-M contract by symbol, shared by the requests of one execution environment.
+pub type ContractBook = Arc<std::collections::HashMap<String, crate::trading::contracts::ContractSpec>>;
+
+/// How long a fetched contract book is used before it is fetched again.
+pub const CONTRACTS_TTL: Duration = Duration::from_secs(3600);
 
 enum Attempt {
     Done(Value),
@@ -205,6 +213,33 @@ impl BitgetClient {
             breaker: Arc::new(CircuitBreaker::new(5, Duration::from_secs(30))),
             retry: RetryPolicy::default(),
             gate: Arc::new(RateGate::default()),
+            contract_book: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The contract book: fetched on first use and again once it is an hour old. A failed
+    /// refresh keeps the book it had (specs change rarely, and closes must not wait on them);
+    /// with no book at all, the exchange's error.
+    pub async fn contracts(&self) -> Result<ContractBook, ExchangeError> {
+        let mut book = self.contract_book.lock().await;
+        if let Some((fetched, specs)) = book.as_ref() {
+            if fetched.elapsed() < CONTRACTS_TTL {
+                return Ok(specs.clone());
+            }
+        }
+        match self.get("/api/v2/mix/market/contracts", &format!("productType={PRODUCT_TYPE}"), None).await {
+            Ok(data) => {
+                let specs: ContractBook = Arc::new(crate::trading::contracts::parse_contracts(&data));
+                *book = Some((Instant::now(), specs.clone()));
+                Ok(specs)
+            }
+            Err(e) => match book.as_ref() {
+                Some((_, stale)) => {
+                    tracing::warn!(error = %e, "contract book not refreshed; using the last one");
+                    Ok(stale.clone())
+                }
+                None => Err(e),
+            },
         }
     }
 
@@ -524,6 +559,15 @@ impl Exchange for BitgetExchange {
                         client_order_id: o["clientOid"].as_str().unwrap_or_default().to_owned(),
                         symbol: o["symbol"].as_str().unwrap_or(symbol).to_owned(),
                         reduce_only: o["reduceOnly"].as_str() == Some("YES") || o["tradeSide"].as_str() == Some("close"),
+                        side: match (o["side"].as_str(), o["posMode"].as_str(), o["tradeSide"].as_str()) {
+                            // A hedge-mode close trades against the side it names.
+                            (Some("buy"), Some("hedge_mode"), Some("close")) => crate::trading::model::Side::Sell,
+                            (Some("sell"), Some("hedge_mode"), Some("close")) => crate::trading::model::Side::Buy,
+                            (Some("buy"), _, _) => crate::trading::model::Side::Buy,
+                            _ => crate::trading::model::Side::Sell,
+                        },
+                        size: dec(&o["size"])?,
+                        price: dec(&o["price"]),
                     })
                 })
                 .collect();

@@ -5,7 +5,6 @@
 use crate::auth::session::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::trading::contracts::contract;
 use crate::trading::exchange::{Exchange, ExchangeError};
 use crate::trading::model::{CancelOutcome, ExchangeKind, OrderFill, OrderStatus, Position};
 use crate::trading::service::{close_position, exchange_error, exchange_for, ClosedPosition};
@@ -66,7 +65,8 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
     let trading = state.trading_store();
     let (snapshot, halted_now) = tokio::join!(crate::trading::service::load_snapshot(state, caller), trading.kill_switch_on());
     let (snapshot, halted_now) = (snapshot?, halted_now?);
-    crate::trading::risk::check_bot_config(&config, contract(&config.symbol))?;
+    let specs = crate::trading::service::contract_book(state).await?;
+    crate::trading::risk::check_bot_config(&config, specs.get(&config.symbol))?;
     if halted_now {
         return Err(halted());
     }

@@ -1,11 +1,11 @@
-//! Contract specifications, read from a fixture shaped like Bitget's
-//! `GET /api/v2/mix/market/contracts?productType=USDT-FUTURES` answer.
+//! Contract specifications from Bitget's `GET /api/v2/mix/market/contracts?productType=USDT-FUTURES`,
+//! fetched once per execution environment and refreshed hourly (`BitgetClient::contracts`). The
+//! paper account trades on the same specs.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 /// Every order must be worth at least this much (Bitget's `minTradeUSDT`).
 pub const MIN_NOTIONAL_USDT: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
@@ -22,6 +22,16 @@ pub struct ContractSpec {
     pub max_leverage: u32,
     pub min_notional: Decimal,
     pub taker_fee_rate: Decimal,
+    pub maker_fee_rate: Decimal,
+    /// `normal` when it may be traded; `maintain`, `limit_open`, `restrictedAPI`, `off`… refuse
+    /// opening orders (closing stays possible).
+    pub status: String,
+}
+
+impl ContractSpec {
+    pub fn tradable(&self) -> bool {
+        self.status == "normal"
+    }
 }
 
 #[derive(Deserialize)]
@@ -36,47 +46,50 @@ struct RawContract {
     #[serde(rename = "minTradeUSDT")]
     min_trade_usdt: String,
     taker_fee_rate: String,
-}
-
-#[derive(Deserialize)]
-struct RawContracts {
-    data: Vec<RawContract>,
+    maker_fee_rate: String,
+    symbol_status: String,
 }
 
 fn dec(s: &str) -> Result<Decimal, String> {
     Decimal::from_str(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// Parses the body of Bitget's contracts endpoint.
-pub fn parse_contracts(json: &str) -> Result<HashMap<String, ContractSpec>, String> {
-    let raw: RawContracts = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    raw.data
-        .into_iter()
-        .map(|c| {
-            let places: u32 = c.price_place.parse().map_err(|_| "pricePlace")?;
-            let price_tick = dec(&c.price_end_step)? * Decimal::new(1, places);
-            let spec = ContractSpec {
-                min_size: dec(&c.min_trade_num)?,
-                size_step: dec(&c.size_multiplier)?,
-                price_tick,
-                max_leverage: c.max_lever.parse().map_err(|_| "maxLever")?,
-                min_notional: dec(&c.min_trade_usdt)?.max(MIN_NOTIONAL_USDT),
-                taker_fee_rate: dec(&c.taker_fee_rate)?,
-                symbol: c.symbol.clone(),
-            };
-            Ok((c.symbol, spec))
+/// Parses the `data` of Bitget's contracts endpoint. A contract that cannot be read is left out
+/// (and named in the log) rather than failing the whole book.
+pub fn parse_contracts(data: &serde_json::Value) -> HashMap<String, ContractSpec> {
+    let raw: Vec<serde_json::Value> = data.as_array().cloned().unwrap_or_default();
+    raw.into_iter()
+        .filter_map(|c| match parse_contract(c.clone()) {
+            Ok(spec) => Some((spec.symbol.clone(), spec)),
+            Err(e) => {
+                tracing::warn!(symbol = %c["symbol"], error = %e, "unreadable contract skipped");
+                None
+            }
         })
         .collect()
 }
 
-/// The embedded fixture, parsed once per execution environment.
-pub fn contracts() -> &'static HashMap<String, ContractSpec> {
-    static SPECS: OnceLock<HashMap<String, ContractSpec>> = OnceLock::new();
-    SPECS.get_or_init(|| parse_contracts(include_str!("../../data/contracts.json")).unwrap_or_default())
+fn parse_contract(raw: serde_json::Value) -> Result<ContractSpec, String> {
+    let c: RawContract = serde_json::from_value(raw).map_err(|e| e.to_string())?;
+    let places: u32 = c.price_place.parse().map_err(|_| "pricePlace")?;
+    Ok(ContractSpec {
+        min_size: dec(&c.min_trade_num)?,
+        size_step: dec(&c.size_multiplier)?,
+        price_tick: dec(&c.price_end_step)? * Decimal::new(1, places),
+        max_leverage: c.max_lever.parse().map_err(|_| "maxLever")?,
+        min_notional: dec(&c.min_trade_usdt)?.max(MIN_NOTIONAL_USDT),
+        taker_fee_rate: dec(&c.taker_fee_rate)?,
+        maker_fee_rate: dec(&c.maker_fee_rate)?,
+        status: c.symbol_status,
+        symbol: c.symbol,
+    })
 }
 
-pub fn contract(symbol: &str) -> Option<&'static ContractSpec> {
-    contracts().get(symbol)
+/// The book as the local Bitget double serves it (`doubles/data/contracts.json`), for unit tests.
+#[cfg(test)]
+pub fn fixture() -> HashMap<String, ContractSpec> {
+    let body: serde_json::Value = serde_json::from_str(include_str!("../../../doubles/data/contracts.json")).unwrap_or_default();
+    parse_contracts(&body["data"])
 }
 
 /// Is `value` a whole multiple of `step`?
@@ -97,12 +110,16 @@ mod tests {
 
     #[test]
     fn the_fixture_has_btc_and_eth_with_bitget_specs() {
+        let book = fixture();
+        let contract = |s: &str| book.get(s).cloned();
         let btc = contract("BTCUSDT").unwrap();
         assert_eq!((btc.min_size, btc.size_step, btc.price_tick, btc.max_leverage), (d("0.001"), d("0.001"), d("0.1"), 125));
         let eth = contract("ETHUSDT").unwrap();
         assert_eq!((eth.min_size, eth.size_step, eth.price_tick, eth.max_leverage), (d("0.01"), d("0.01"), d("0.01"), 100));
         assert_eq!(btc.min_notional, d("5"));
-        assert_eq!(btc.taker_fee_rate, d("0.0006"));
+        assert_eq!((btc.taker_fee_rate, btc.maker_fee_rate), (d("0.0006"), d("0.0002")));
+        assert!(btc.tradable());
+        assert!(contract("SOLUSDT").is_some());
     }
 
     #[test]

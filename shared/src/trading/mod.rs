@@ -4,6 +4,7 @@ pub mod contracts;
 pub mod exchange;
 pub mod idempotency;
 pub mod model;
+pub mod orders;
 pub mod paper;
 pub mod risk;
 pub mod service;

@@ -221,6 +221,10 @@ pub struct OpenOrder {
     pub symbol: String,
     /// A close (reduce-only, or a hedge-mode close): it locks position size while it rests.
     pub reduce_only: bool,
+    /// The side it trades in the market (a hedge-mode close of a long sells).
+    pub side: Side,
+    pub size: Decimal,
+    pub price: Option<Decimal>,
 }
 
 /// What a cancel request found.

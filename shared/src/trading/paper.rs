@@ -1,14 +1,15 @@
-//! The paper exchange: a simulated USDT-M futures account per user in DynamoDB, one-way mode.
-//! Market orders fill at the mark price with a 0.06 % taker fee; positions carry entry price,
-//! margin and realized/unrealized PnL. Every fill is one DynamoDB transaction over the account,
-//! the position and the order record, so a retried order can never fill twice.
+//! The paper exchange: a simulated USDT-M futures account per user in DynamoDB, one-way mode, on
+//! Bitget's contract specs. Market orders (and limit orders through the mark) fill at the mark
+//! with the taker fee; other limit orders rest (a `RESTING#` item) until the guardian sees the mark
+//! cross their price and fills them there with the maker fee. Positions carry entry price, margin
+//! and realized/unrealized PnL. Every fill is one DynamoDB transaction over the account, the
+//! position and the order record, so a retried order can never fill twice.
 
 use crate::dynamo::{cancelled_conditions, n, s, to_item};
 use crate::keys;
-use crate::trading::contracts::contract;
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::model::{AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, Side};
-use crate::trading::store::{now_rfc3339, PaperAccount, PaperPosition, TradingStore, UserSnapshot};
+use crate::trading::store::{now_rfc3339, PaperAccount, PaperPosition, RestingOrder, TradingStore, UserSnapshot};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update};
 use rust_decimal::Decimal;
@@ -21,7 +22,16 @@ pub struct PaperExchange {
     pub user_id: String,
     pub start_balance: Decimal,
     pub marks: HashMap<String, Decimal>,
+    pub specs: crate::trading::bitget::ContractBook,
     snapshot: Mutex<UserSnapshot>,
+}
+
+/// Which order record a fill settles: a new order (`pending`) or one that rested (`open`, whose
+/// `RESTING#` item goes in the same transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settles {
+    NewOrder,
+    RestingOrder,
 }
 
 /// The account and position after a fill, and what the fill did.
@@ -144,9 +154,10 @@ impl PaperExchange {
         user_id: String,
         start_balance: Decimal,
         marks: HashMap<String, Decimal>,
+        specs: crate::trading::bitget::ContractBook,
         snapshot: UserSnapshot,
     ) -> Self {
-        PaperExchange { client, table, user_id, start_balance, marks, snapshot: Mutex::new(snapshot) }
+        PaperExchange { client, table, user_id, start_balance, marks, specs, snapshot: Mutex::new(snapshot) }
     }
 
     fn store(&self) -> TradingStore<'_> {
@@ -168,7 +179,8 @@ impl PaperExchange {
         outcome: &FillOutcome,
         intent: &OrderIntent,
         guard: OrderGuard,
-    ) -> Result<Vec<TransactWriteItem>, ExchangeError> {
+        settles: Settles,
+    ) -> Result<FillTransaction, ExchangeError> {
         let mut items = Vec::new();
         let account_item = keys::with_key(to_item(&outcome.account).map_err(store_err)?, keys::paper_account(&self.user_id));
         let account_condition = if before.version == 0 { "attribute_not_exists(PK)" } else { "version = :v" };
@@ -210,29 +222,174 @@ impl PaperExchange {
             .table_name(&self.table)
             .set_key(Some(keys::order(&self.user_id, &intent.client_order_id)))
             .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
-            .condition_expression("#status = :pending")
+            .condition_expression("#status = :before")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(outcome.fill.status).map_err(store_err)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(&outcome.fill).map_err(store_err)?)
             .expression_attribute_values(":now", s(now_rfc3339()))
+            .expression_attribute_values(":before", s(if settles == Settles::NewOrder { "pending" } else { "open" }))
+            .build()
+            .map_err(store_err)?;
+        let order_index = items.len();
+        items.push(TransactWriteItem::builder().update(order).build());
+        if settles == Settles::RestingOrder {
+            let delete =
+                Delete::builder().table_name(&self.table).set_key(Some(keys::resting_order(&self.user_id, &intent.client_order_id)));
+            items.push(TransactWriteItem::builder().delete(delete.build().map_err(store_err)?).build());
+        }
+
+        let mut bot_check_index = None;
+        if guard.require_running_bot {
+            bot_check_index = Some(items.len());
+            items.push(TransactWriteItem::builder().condition_check(self.bot_running_check()?).build());
+        }
+        Ok(FillTransaction { items, order_index, bot_check_index })
+    }
+
+    /// Fills `intent` at `price` with `fee_rate`, retrying when another order of the user moved
+    /// the account meanwhile. An order already settled by an earlier try reports that fill.
+    async fn fill_at(
+        &self,
+        intent: &OrderIntent,
+        price: Decimal,
+        fee_rate: Decimal,
+        guard: OrderGuard,
+        settles: Settles,
+    ) -> Result<OrderFill, ExchangeError> {
+        let mut snapshot = self.snapshot.lock().await;
+        for attempt in 0..12u64 {
+            if attempt > 0 {
+                *snapshot = self.store().snapshot(&self.user_id).await.map_err(|e| store_err(e.code()))?;
+            }
+            let before = self.account_or_new(&snapshot);
+            let position_before = snapshot.positions.iter().find(|p| p.symbol == intent.symbol).cloned();
+            let outcome = apply_fill(&before, position_before.as_ref(), intent, price, fee_rate);
+            let tx = self.transaction(&before, position_before.as_ref(), &outcome, intent, guard, settles)?;
+            match self.client.transact_write_items().set_transact_items(Some(tx.items)).send().await {
+                Ok(_) => {
+                    snapshot.paper = Some(outcome.account.clone());
+                    snapshot.positions.retain(|p| p.symbol != intent.symbol);
+                    snapshot.positions.extend(outcome.position.clone());
+                    snapshot.resting.retain(|r| r.intent.client_order_id != intent.client_order_id);
+                    return Ok(outcome.fill);
+                }
+                Err(e) => {
+                    let failed = cancelled_conditions(&e);
+                    if failed.is_empty() {
+                        return Err(ExchangeError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()));
+                    }
+                    if failed.get(tx.order_index).copied().unwrap_or(false) {
+                        // Settled already (filled by an earlier try, or canceled): report that.
+                        return self
+                            .find_order(&intent.symbol, &intent.client_order_id)
+                            .await?
+                            .ok_or_else(|| store_err("order record missing"));
+                    }
+                    if tx.bot_check_index.is_some_and(|i| failed.get(i).copied().unwrap_or(false)) {
+                        return Err(ExchangeError::BotNotRunning);
+                    }
+                    // Another order of this user moved the account: read again and retry.
+                    tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (10 + 20 * attempt.min(5)))).await;
+                }
+            }
+        }
+        Err(ExchangeError::Unavailable("paper account too contended".into()))
+    }
+
+    fn spec(&self, symbol: &str) -> Result<&crate::trading::contracts::ContractSpec, ExchangeError> {
+        self.specs.get(symbol).ok_or_else(|| ExchangeError::Rejected { code: "unknown_symbol".into(), message: symbol.to_owned() })
+    }
+
+    /// Fills a resting order whose price the mark has crossed, at its own price and with the
+    /// maker fee (it provided the liquidity). `None`: the mark has not crossed it.
+    pub async fn fill_resting(&self, resting: &RestingOrder) -> Result<Option<OrderFill>, ExchangeError> {
+        let intent = &resting.intent;
+        let (Some(price), mark) = (intent.price, self.mark(&intent.symbol)?) else { return Ok(None) };
+        let crossed = match intent.side {
+            Side::Buy => mark <= price,
+            Side::Sell => mark >= price,
+        };
+        if !crossed {
+            return Ok(None);
+        }
+        let fee_rate = self.spec(&intent.symbol)?.maker_fee_rate;
+        let guard = OrderGuard { require_running_bot: !intent.reduce_only };
+        self.fill_at(intent, price, fee_rate, guard, Settles::RestingOrder).await.map(Some)
+    }
+
+    /// Records a limit order that is not marketable as resting: its order record `open` and its
+    /// `RESTING#` item, in one transaction (a risk-increasing one only while the bot runs).
+    async fn rest(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
+        let fill = OrderFill {
+            order_id: format!("paper-{}", intent.client_order_id),
+            status: OrderStatus::Open,
+            filled_size: Decimal::ZERO,
+            avg_price: None,
+            fee: Decimal::ZERO,
+            realized_pnl: Decimal::ZERO,
+        };
+        let created_at = now_rfc3339();
+        let resting = RestingOrder { intent: intent.clone(), order_id: fill.order_id.clone(), created_at };
+        let mut item = keys::with_key(to_item(&resting).map_err(store_err)?, keys::resting_order(&self.user_id, &intent.client_order_id));
+        item.extend(keys::active_resting_index(&self.user_id, &intent.client_order_id));
+        let order = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::order(&self.user_id, &intent.client_order_id)))
+            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .condition_expression("#status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", s("open"))
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(&fill).map_err(store_err)?)
+            .expression_attribute_values(":now", s(now_rfc3339()))
             .expression_attribute_values(":pending", s("pending"))
             .build()
             .map_err(store_err)?;
-        items.push(TransactWriteItem::builder().update(order).build());
-
+        let put = Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)");
+        let mut items = vec![
+            TransactWriteItem::builder().update(order).build(),
+            TransactWriteItem::builder().put(put.build().map_err(store_err)?).build(),
+        ];
         if guard.require_running_bot {
-            let check = ConditionCheck::builder()
-                .table_name(&self.table)
-                .set_key(Some(keys::bot(&self.user_id)))
-                .condition_expression("#state = :running")
-                .expression_attribute_names("#state", "state")
-                .expression_attribute_values(":running", AttributeValue::S("running".into()))
-                .build()
-                .map_err(store_err)?;
-            items.push(TransactWriteItem::builder().condition_check(check).build());
+            items.push(TransactWriteItem::builder().condition_check(self.bot_running_check()?).build());
         }
-        Ok(items)
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => {
+                self.snapshot.lock().await.resting.push(resting);
+                Ok(fill)
+            }
+            Err(e) => {
+                let failed = cancelled_conditions(&e);
+                if failed.is_empty() {
+                    return Err(ExchangeError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()));
+                }
+                if failed.first().copied().unwrap_or(false) {
+                    return self
+                        .find_order(&intent.symbol, &intent.client_order_id)
+                        .await?
+                        .ok_or_else(|| store_err("order record missing"));
+                }
+                Err(ExchangeError::BotNotRunning)
+            }
+        }
     }
+
+    fn bot_running_check(&self) -> Result<ConditionCheck, ExchangeError> {
+        ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::bot(&self.user_id)))
+            .condition_expression("#state = :running")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":running", AttributeValue::S("running".into()))
+            .build()
+            .map_err(store_err)
+    }
+}
+
+/// A fill's transaction and where in it the conditions that tell outcomes apart sit.
+struct FillTransaction {
+    items: Vec<TransactWriteItem>,
+    order_index: usize,
+    bot_check_index: Option<usize>,
 }
 
 #[async_trait]
@@ -267,68 +424,17 @@ impl Exchange for PaperExchange {
     }
 
     async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
-        let spec = contract(&intent.symbol)
-            .ok_or_else(|| ExchangeError::Rejected { code: "unknown_symbol".into(), message: intent.symbol.clone() })?;
+        let spec = self.spec(&intent.symbol)?;
         let mark = self.mark(&intent.symbol)?;
-        let price = match (intent.order_type, intent.price) {
-            (OrderType::Market, _) => mark,
+        match (intent.order_type, intent.price) {
             (OrderType::Limit, Some(limit))
-                if (intent.side == Side::Buy && limit >= mark) || (intent.side == Side::Sell && limit <= mark) =>
+                if (intent.side == Side::Buy && limit < mark) || (intent.side == Side::Sell && limit > mark) =>
             {
-                mark
+                self.rest(intent, guard).await
             }
-            (OrderType::Limit, _) => {
-                // Not marketable: it rests; the store records it open.
-                let fill = OrderFill {
-                    order_id: format!("paper-{}", intent.client_order_id),
-                    status: OrderStatus::Open,
-                    filled_size: Decimal::ZERO,
-                    avg_price: None,
-                    fee: Decimal::ZERO,
-                    realized_pnl: Decimal::ZERO,
-                };
-                self.store().complete_order(&self.user_id, &intent.client_order_id, &fill).await.map_err(|e| store_err(e.code()))?;
-                return Ok(fill);
-            }
-        };
-        let mut snapshot = self.snapshot.lock().await;
-        for attempt in 0..12u64 {
-            if attempt > 0 {
-                *snapshot = self.store().snapshot(&self.user_id).await.map_err(|e| store_err(e.code()))?;
-            }
-            let before = self.account_or_new(&snapshot);
-            let position_before = snapshot.positions.iter().find(|p| p.symbol == intent.symbol).cloned();
-            let outcome = apply_fill(&before, position_before.as_ref(), intent, price, spec.taker_fee_rate);
-            let items = self.transaction(&before, position_before.as_ref(), &outcome, intent, guard)?;
-            let order_index = items.len() - if guard.require_running_bot { 2 } else { 1 };
-            match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-                Ok(_) => {
-                    snapshot.paper = Some(outcome.account.clone());
-                    snapshot.positions.retain(|p| p.symbol != intent.symbol);
-                    snapshot.positions.extend(outcome.position.clone());
-                    return Ok(outcome.fill);
-                }
-                Err(e) => {
-                    let failed = cancelled_conditions(&e);
-                    if failed.is_empty() {
-                        return Err(ExchangeError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()));
-                    }
-                    if failed.get(order_index).copied().unwrap_or(false) {
-                        // Already filled by an earlier try: report that fill, do nothing again.
-                        return self
-                            .find_order(&intent.symbol, &intent.client_order_id)
-                            .await?
-                            .ok_or_else(|| store_err("order record missing"));
-                    }
-                    if guard.require_running_bot && failed.last().copied().unwrap_or(false) {
-                        return Err(ExchangeError::BotNotRunning);
-                    }
-                    // Another order of this user moved the account: read again and retry.
-                    tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (10 + 20 * attempt.min(5)))).await;
-                }
-            }
+            // Market, or a limit through the mark: takes liquidity at the mark now.
+            _ => self.fill_at(intent, mark, spec.taker_fee_rate, guard, Settles::NewOrder).await,
         }
-        Err(ExchangeError::Unavailable("paper account too contended".into()))
     }
 
     async fn find_order(&self, _symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError> {
@@ -337,21 +443,13 @@ impl Exchange for PaperExchange {
     }
 
     async fn open_orders(&self, symbol: &str) -> Result<Vec<crate::trading::model::OpenOrder>, ExchangeError> {
-        let orders = self.store().orders_with_status(&self.user_id, OrderStatus::Open).await.map_err(|e| store_err(e.code()))?;
-        Ok(orders
-            .into_iter()
-            .filter(|o| o.intent.symbol == symbol)
-            .map(|o| crate::trading::model::OpenOrder {
-                order_id: o.fill.map(|f| f.order_id).unwrap_or_default(),
-                reduce_only: o.intent.reduce_only,
-                client_order_id: o.intent.client_order_id,
-                symbol: o.intent.symbol,
-            })
-            .collect())
+        let snapshot = self.snapshot.lock().await;
+        Ok(snapshot.resting.iter().filter(|r| r.intent.symbol == symbol).map(RestingOrder::open_order).collect())
     }
 
     async fn cancel_order(&self, _symbol: &str, client_order_id: &str) -> Result<crate::trading::model::CancelOutcome, ExchangeError> {
-        let canceled = self.store().cancel_open_order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
+        let canceled = self.store().cancel_resting_order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
+        self.snapshot.lock().await.resting.retain(|r| r.intent.client_order_id != client_order_id);
         Ok(if canceled { crate::trading::model::CancelOutcome::Canceled } else { crate::trading::model::CancelOutcome::NotOpen })
     }
 }

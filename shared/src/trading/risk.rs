@@ -22,6 +22,8 @@ pub struct OrderCheck<'a> {
     pub mark: Decimal,
     /// The caller's own open position on this symbol, if any.
     pub position: Option<&'a Position>,
+    /// The caller's orders resting on this symbol: they may all fill, so they count as exposure.
+    pub resting: &'a [crate::trading::model::OpenOrder],
     pub available: Decimal,
 }
 
@@ -36,6 +38,12 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
     }
     if c.size <= Decimal::ZERO {
         return Err(refuse("invalid_size", "size must be a positive number".into()));
+    }
+    if !c.reduce_only && !spec.tradable() {
+        return Err(refuse(
+            "symbol_not_tradable",
+            format!("{} is not open for trading on the exchange ({}); only closing orders are accepted", spec.symbol, spec.status),
+        ));
     }
     if c.size < spec.min_size {
         return Err(refuse("size_below_minimum", format!("the minimum size of {} is {}", spec.symbol, spec.min_size)));
@@ -89,14 +97,17 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
     if c.bot.leverage > spec.max_leverage {
         return Err(refuse("leverage_above_maximum", format!("the maximum leverage of {} is {}", spec.symbol, spec.max_leverage)));
     }
-    let resulting = current + order_signed;
+    // Every resting order on the same side may fill before this one: the worst case counts them.
+    let resting_same_side: Decimal = c.resting.iter().filter(|o| !o.reduce_only && o.side == c.side).map(|o| o.size).sum();
+    let resting_signed = if c.side == Side::Buy { resting_same_side } else { -resting_same_side };
+    let resulting = current + resting_signed + order_signed;
     if resulting.abs() * reference > c.bot.max_position_notional {
         return Err(refuse(
             "max_position_notional_exceeded",
             format!("the resulting position would exceed {} USDT", c.bot.max_position_notional),
         ));
     }
-    let added = (resulting.abs() - current.abs()).max(Decimal::ZERO);
+    let added = (resulting.abs() - (current + resting_signed).abs()).max(Decimal::ZERO);
     let margin = added * reference / Decimal::from(c.bot.leverage.max(1)) + notional * spec.taker_fee_rate;
     if margin > c.available {
         return Err(refuse(
@@ -110,6 +121,9 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
 /// Bot settings a start request must satisfy.
 pub fn check_bot_config(config: &BotConfig, spec: Option<&ContractSpec>) -> Result<(), ApiError> {
     let spec = spec.ok_or_else(|| refuse("unknown_symbol", format!("{} is not a supported contract", config.symbol)))?;
+    if !spec.tradable() {
+        return Err(refuse("symbol_not_tradable", format!("{} is not open for trading on the exchange ({})", spec.symbol, spec.status)));
+    }
     if config.leverage == 0 {
         return Err(refuse("invalid_leverage", "leverage must be at least 1".into()));
     }
@@ -149,8 +163,13 @@ pub fn check_bot_config(config: &BotConfig, spec: Option<&ContractSpec>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trading::contracts::contract;
-    use crate::trading::model::PositionSide;
+    use crate::trading::contracts::ContractSpec;
+    use crate::trading::model::{OpenOrder, PositionSide};
+
+    fn contract(symbol: &str) -> Option<&'static ContractSpec> {
+        static BOOK: std::sync::OnceLock<std::collections::HashMap<String, ContractSpec>> = std::sync::OnceLock::new();
+        BOOK.get_or_init(crate::trading::contracts::fixture).get(symbol)
+    }
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
@@ -178,6 +197,7 @@ mod tests {
             reduce_only,
             mark: d("65000"),
             position,
+            resting: &[],
             available: d("1000"),
         })
     }
@@ -221,6 +241,7 @@ mod tests {
             reduce_only: true,
             mark: d("4000"), // 0.001 × 4,000 = 4 USDT, under the 5 USDT minimum
             position: Some(&dust),
+            resting: &[],
             available: d("1000"),
         };
         assert_eq!(code(check_order(&close)), "ok");
@@ -276,6 +297,7 @@ mod tests {
             reduce_only: false,
             mark: d("65000"),
             position: None,
+            resting: &[],
             available: d("1000"),
         });
         assert_eq!(code(r), "insufficient_margin");
@@ -293,6 +315,7 @@ mod tests {
             reduce_only: false,
             mark: d("300"),
             position: None,
+            resting: &[],
             available: d("1000"),
         });
         assert_eq!(code(r), "notional_below_minimum");
@@ -305,5 +328,73 @@ mod tests {
         assert_eq!(check_bot_config(&BotConfig { leverage: 126, ..bot() }, spec).unwrap_err().code(), "leverage_above_maximum");
         assert_eq!(check_bot_config(&BotConfig { stop_loss_pct: d("0"), ..bot() }, spec).unwrap_err().code(), "invalid_stop_loss");
         assert_eq!(check_bot_config(&bot(), None).unwrap_err().code(), "unknown_symbol");
+    }
+
+    #[test]
+    fn resting_orders_count_toward_the_position_cap() {
+        let bot = bot(); // cap 10,000 USDT
+        let buy = |size: &str| OpenOrder {
+            order_id: "1".into(),
+            client_order_id: "c".into(),
+            symbol: "BTCUSDT".into(),
+            reduce_only: false,
+            side: Side::Buy,
+            size: d(size),
+            price: Some(d("64000")),
+        };
+        let resting = [buy("0.05"), buy("0.05")]; // 6,500 USDT at the mark already waiting
+        let order = |resting: &[OpenOrder]| {
+            code(check_order(&OrderCheck {
+                spec: contract("BTCUSDT").unwrap(),
+                bot: &bot,
+                side: Side::Buy,
+                order_type: OrderType::Market,
+                size: d("0.06"),
+                price: None,
+                reduce_only: false,
+                mark: d("65000"),
+                position: None,
+                resting,
+                available: d("100000"),
+            }))
+        };
+        assert_eq!(order(&[]), "ok");
+        assert_eq!(order(&resting), "max_position_notional_exceeded");
+        // Resting sells (or closes) do not add to a long.
+        let sells = [OpenOrder { side: Side::Sell, ..buy("0.05") }, OpenOrder { reduce_only: true, ..buy("0.05") }];
+        assert_eq!(order(&sells), "ok");
+    }
+
+    #[test]
+    fn a_contract_not_open_for_trading_refuses_opening_but_not_closing() {
+        let mut spec = contract("BTCUSDT").unwrap().clone();
+        spec.status = "maintain".into();
+        assert_eq!(check_bot_config(&bot(), Some(&spec)).unwrap_err().code(), "symbol_not_tradable");
+        let long = Position {
+            symbol: "BTCUSDT".into(),
+            side: PositionSide::Long,
+            size: d("0.01"),
+            entry_price: d("65000"),
+            mark_price: d("65000"),
+            unrealized_pnl: d("0"),
+            instance: "c1".into(),
+            available: d("0.01"),
+        };
+        let bot = bot();
+        let close = OrderCheck {
+            spec: &spec,
+            bot: &bot,
+            side: Side::Sell,
+            order_type: OrderType::Market,
+            size: d("0.01"),
+            price: None,
+            reduce_only: true,
+            mark: d("65000"),
+            position: Some(&long),
+            resting: &[],
+            available: d("1000"),
+        };
+        assert_eq!(code(check_order(&close)), "ok");
+        assert_eq!(code(check_order(&OrderCheck { reduce_only: false, side: Side::Buy, ..close })), "symbol_not_tradable");
     }
 }

@@ -124,14 +124,38 @@ pub async fn exchange_for(
     symbols.sort();
     symbols.dedup();
     let marks = marks(state, &symbols).await?;
-    Ok(Box::new(PaperExchange::new(
+    Ok(Box::new(paper_exchange(state, user_id, marks, snapshot.clone()).await?))
+}
+
+/// The caller's paper account at `marks`, on Bitget's contract specs.
+pub async fn paper_exchange(
+    state: &AppState,
+    user_id: &str,
+    marks: HashMap<String, Decimal>,
+    snapshot: UserSnapshot,
+) -> Result<PaperExchange, ApiError> {
+    let specs = contract_book(state).await?;
+    Ok(PaperExchange::new(
         state.dynamo.clone(),
         state.config.table_name.clone(),
         user_id.to_owned(),
         state.config.paper_start_balance,
         marks,
-        snapshot.clone(),
-    )))
+        specs,
+        snapshot,
+    ))
+}
+
+/// Bitget's contract specs (cached per environment, refreshed hourly); 503 while they cannot be
+/// read at all.
+pub async fn contract_book(state: &AppState) -> Result<crate::trading::bitget::ContractBook, ApiError> {
+    state.bitget.contracts().await.map_err(|e| {
+        tracing::warn!(error = %e, "contract specs unavailable");
+        ApiError::Unavailable {
+            code: "market_data_unavailable",
+            detail: "the exchange's contract specifications cannot be read right now".into(),
+        }
+    })
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -139,6 +139,29 @@ impl LivePosition {
     }
 }
 
+/// A paper limit order resting on the simulated book (`RESTING#` item): the guardian fills it
+/// once the mark crosses its price, a stop or a cancel removes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestingOrder {
+    pub intent: OrderIntent,
+    pub order_id: String,
+    pub created_at: String,
+}
+
+impl RestingOrder {
+    pub fn open_order(&self) -> crate::trading::model::OpenOrder {
+        crate::trading::model::OpenOrder {
+            order_id: self.order_id.clone(),
+            client_order_id: self.intent.client_order_id.clone(),
+            symbol: self.intent.symbol.clone(),
+            reduce_only: self.intent.reduce_only,
+            side: self.intent.side,
+            size: self.intent.size,
+            price: self.intent.price,
+        }
+    }
+}
+
 /// What a trading request knows about its caller after one Query.
 #[derive(Debug, Default, Clone)]
 pub struct UserSnapshot {
@@ -147,6 +170,7 @@ pub struct UserSnapshot {
     pub paper: Option<PaperAccount>,
     pub positions: Vec<PaperPosition>,
     pub live_positions: Vec<LivePosition>,
+    pub resting: Vec<RestingOrder>,
     pub credentials: Option<CredentialsRecord>,
 }
 
@@ -221,6 +245,7 @@ impl TradingStore<'_> {
                 "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
                 sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
                 sk if sk.starts_with(keys::LIVE_POSITION_PREFIX) => snapshot.live_positions.push(from_item(item)?),
+                sk if sk.starts_with(keys::RESTING_PREFIX) => snapshot.resting.push(from_item(item)?),
                 _ => {}
             }
         }
@@ -509,11 +534,11 @@ impl TradingStore<'_> {
         items.into_iter().map(from_item).collect()
     }
 
-    /// Cancels a resting paper order: `false` when it was no longer open (filled meanwhile).
-    pub async fn cancel_open_order(&self, user_id: &str, client_oid: &str) -> Result<bool, ApiError> {
-        let result = self
-            .client
-            .update_item()
+    /// Cancels a resting paper order: its record `canceled` and its `RESTING#` item gone, in one
+    /// transaction. `false` when it was no longer open (filled or canceled meanwhile).
+    pub async fn cancel_resting_order(&self, user_id: &str, client_oid: &str) -> Result<bool, ApiError> {
+        use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
+        let order = Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
             .update_expression("SET #status = :canceled, fill.#status = :canceled, updated_at = :now")
@@ -522,6 +547,18 @@ impl TradingStore<'_> {
             .expression_attribute_values(":canceled", s("canceled"))
             .expression_attribute_values(":open", s("open"))
             .expression_attribute_values(":now", s(now_rfc3339()))
+            .build()
+            .map_err(|e| ApiError::internal("building update", e))?;
+        let resting = Delete::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::resting_order(user_id, client_oid)))
+            .build()
+            .map_err(|e| ApiError::internal("building delete", e))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(order).build())
+            .transact_items(TransactWriteItem::builder().delete(resting).build())
             .send()
             .await;
         crate::dynamo::written(result)

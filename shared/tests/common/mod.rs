@@ -17,6 +17,9 @@ pub struct TestApp {
     pub state: AppState,
     pub outbox: PathBuf,
     pub sdk: aws_config::SdkConfig,
+    /// The Bitget double the app reads contract specs (and, live, trades) from, unless the test
+    /// brought its own.
+    pub exchange: Option<doubles::bitget::FakeBitget>,
 }
 
 pub struct TestResponse {
@@ -70,7 +73,17 @@ pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
     require_env("AWS_ENDPOINT_URL");
     // DynamoDB is AWS's own engine (DynamoDB Local), never moto's re-implementation.
     require_env("AWS_ENDPOINT_URL_DYNAMODB");
-    let config = test_config(overrides);
+    // Contract specs come from the exchange's contracts endpoint, paper trading included: every
+    // app reads them from a Bitget double.
+    let exchange = match overrides.iter().any(|(k, _)| *k == "BITGET_BASE_URL") {
+        true => None,
+        false => Some(doubles::bitget::FakeBitget::start().await),
+    };
+    let mut overrides = overrides.to_vec();
+    if let Some(d) = &exchange {
+        overrides.push(("BITGET_BASE_URL", d.url.clone()));
+    }
+    let config = test_config(&overrides);
     let sdk = shared::aws::sdk_config().await;
     let template = include_str!("../../../template.yaml");
     shared::devstack::create_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name, template).await.expect("create table");
@@ -78,7 +91,7 @@ pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
     let outbox = config.outbox_path.clone();
     let state = AppState::new(config, &sdk).expect("state");
     state.warm(&[Need::Redis, Need::JwtKeys, Need::EncryptionKeys]).await.expect("warm");
-    TestApp { state, outbox, sdk }
+    TestApp { state, outbox, sdk, exchange }
 }
 
 pub fn request(method: &str, path: &str, body: Option<serde_json::Value>) -> Request {

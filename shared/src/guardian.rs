@@ -17,7 +17,7 @@ use crate::trading::bot::close_triggered;
 use crate::trading::model::{Position, PositionSide};
 use crate::trading::paper::position_view;
 use crate::trading::service::{exchange_for, marks, paper_exchange};
-use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition};
+use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition, RestingOrder};
 use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -52,6 +52,8 @@ pub struct SweepError {
 pub struct SweepReport {
     pub bots_checked: u32,
     pub positions_checked: u32,
+    /// Resting paper limit orders the mark crossed, filled this run.
+    pub resting_filled: u32,
     pub closed: Vec<ClosedReport>,
     pub alerts_sent: u32,
     pub errors: Vec<SweepError>,
@@ -120,6 +122,7 @@ pub fn best_mark(side: PositionSide, a: Decimal, b: Decimal) -> Decimal {
 struct UserGroup {
     bot: Option<BotRecord>,
     paper: Vec<PaperPosition>,
+    resting: Vec<RestingOrder>,
     live: Vec<LivePosition>,
     last_key: Option<Item>,
 }
@@ -162,6 +165,8 @@ async fn save_cursor(state: &AppState, cursor_key: &keys::Key, cursor: Option<It
 
 struct Outcome {
     positions: u32,
+    /// Resting paper orders filled.
+    filled: u32,
     closed: Vec<ClosedReport>,
     error: Option<String>,
     alerts: u32,
@@ -307,6 +312,8 @@ async fn sweep_partition(
                 from_item::<PaperPosition>(item).map(|p| group.paper.push(p))
             } else if sk.starts_with(keys::LIVE_POSITION_PREFIX) {
                 from_item::<LivePosition>(item).map(|p| group.live.push(p))
+            } else if sk.starts_with(keys::RESTING_PREFIX) {
+                from_item::<RestingOrder>(item).map(|r| group.resting.push(r))
             } else {
                 Ok(())
             };
@@ -321,8 +328,11 @@ async fn sweep_partition(
         let processed_key = groups.iter().filter_map(|(_, g)| g.last_key.clone()).next_back();
 
         // Marks for every paper symbol of this page not priced yet in this run: one call.
-        let mut missing: Vec<String> =
-            groups.iter().flat_map(|(_, g)| g.paper.iter().map(|p| p.symbol.clone())).filter(|s| !marks_cache.contains_key(s)).collect();
+        let mut missing: Vec<String> = groups
+            .iter()
+            .flat_map(|(_, g)| g.paper.iter().map(|p| p.symbol.clone()).chain(g.resting.iter().map(|r| r.intent.symbol.clone())))
+            .filter(|s| !marks_cache.contains_key(s))
+            .collect();
         missing.sort();
         missing.dedup();
         if !missing.is_empty() {
@@ -348,6 +358,7 @@ async fn sweep_partition(
             .await;
         for (user_id, outcome) in outcomes {
             report.positions_checked += outcome.positions;
+            report.resting_filled += outcome.filled;
             report.closed.extend(outcome.closed);
             report.alerts_sent += outcome.alerts;
             if let Some(error) = outcome.error {
@@ -376,12 +387,15 @@ async fn sweep_partition(
 }
 
 async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &HashMap<String, Decimal>, stats: &SweepStats) -> Outcome {
-    let mut outcome = Outcome { positions: 0, closed: Vec::new(), error: None, alerts: 0 };
+    let mut outcome = Outcome { positions: 0, filled: 0, closed: Vec::new(), error: None, alerts: 0 };
     let Some(bot) = group.bot else { return outcome };
     let result = match (bot.state, bot.exchange) {
         (BotState::Stopping, _) => finish_stop(state, user_id, bot, stats, &mut outcome).await,
         (BotState::Running, crate::trading::model::ExchangeKind::Paper) => {
-            check_paper(state, user_id, &bot, group.paper, marks, stats, &mut outcome).await
+            match fill_resting(state, user_id, &group.resting, marks, stats, &mut outcome).await {
+                Ok(()) => check_paper(state, user_id, &bot, group.paper, marks, stats, &mut outcome).await,
+                Err(e) => Err(e),
+            }
         }
         (BotState::Running, crate::trading::model::ExchangeKind::Bitget) => {
             check_live(state, user_id, &bot, group.live, stats, &mut outcome).await
@@ -431,6 +445,43 @@ async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &Sw
             Err(e)
         }
     }
+}
+
+/// Fills the paper orders resting on the simulated book whose price the mark has crossed, at
+/// their own price with the maker fee. A position they open is checked from the next run on.
+async fn fill_resting(
+    state: &AppState,
+    user_id: &str,
+    resting: &[RestingOrder],
+    marks: &HashMap<String, Decimal>,
+    stats: &SweepStats,
+    outcome: &mut Outcome,
+) -> Result<(), ApiError> {
+    let crossed = |r: &&RestingOrder| {
+        let (Some(mark), Some(price)) = (marks.get(&r.intent.symbol), r.intent.price) else { return false };
+        match r.intent.side {
+            crate::trading::model::Side::Buy => *mark <= price,
+            crate::trading::model::Side::Sell => *mark >= price,
+        }
+    };
+    let due: Vec<&RestingOrder> = resting.iter().filter(crossed).collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    stats.partition_queries.fetch_add(1, Ordering::Relaxed);
+    let snapshot = state.trading_store().snapshot(user_id).await?;
+    let exchange = paper_exchange(state, user_id, marks.clone(), snapshot).await?;
+    for order in due {
+        stats.orders.fetch_add(1, Ordering::Relaxed);
+        match exchange.fill_resting(order).await {
+            Ok(Some(_)) => outcome.filled += 1,
+            Ok(None) => {}
+            // The bot stopped meanwhile: its stop cancels the order.
+            Err(crate::trading::exchange::ExchangeError::BotNotRunning) => {}
+            Err(e) => return Err(crate::trading::service::exchange_error(e)),
+        }
+    }
+    Ok(())
 }
 
 async fn check_paper(

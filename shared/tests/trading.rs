@@ -892,3 +892,75 @@ async fn contract_specs_come_from_the_exchange_and_a_contract_in_maintenance_can
     assert_eq!((res.status, res.code()), (422, "symbol_not_tradable"), "{}", res.raw);
     assert_eq!(exchange.calls("/api/v2/mix/market/contracts"), 1, "one fetch serves the execution environment");
 }
+
+async fn sweep_now(app: &TestApp) -> shared::guardian::SweepReport {
+    shared::guardian::sweep(&app.state, std::time::Instant::now() + std::time::Duration::from_secs(60), &Default::default()).await
+}
+
+#[tokio::test]
+async fn resting_buys_count_toward_the_position_cap_on_paper_and_live() {
+    let fake = FakeBitget::start().await;
+    let paper = paper_app().await;
+    let paper_token = access_token(&paper).await;
+    assert_eq!(start(&paper, &paper_token, bot_config()).await.status, 200);
+    let (live, live_token) = live_trader(&fake, true).await;
+    for (app, token) in [(&paper, &paper_token), (&live, &live_token)] {
+        // Each 0.05 BTC at 64,000 is 3,200 USDT, well under the 20,000 cap on its own.
+        for n in 0..6 {
+            let res = submit(app, token, &key(), limit_buy("0.05", "64000")).await;
+            assert_eq!((res.status, res.body["status"].as_str()), (201, Some("open")), "order {n}: {}", res.raw);
+        }
+        let seventh = submit(app, token, &key(), limit_buy("0.05", "64000")).await;
+        assert_eq!((seventh.status, seventh.code()), (422, "max_position_notional_exceeded"), "{}", seventh.raw);
+    }
+}
+
+#[tokio::test]
+async fn a_paper_limit_order_rests_until_the_mark_crosses_it_then_fills_at_its_price_as_a_maker() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    for cycle in 0..3 {
+        app.set_mark("BTCUSDT", "65000").await;
+        let resting = submit(&app, &token, &key(), limit_buy("0.01", "64000")).await;
+        assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "{}", resting.raw);
+        app.set_mark("BTCUSDT", "64500").await;
+        assert_eq!(sweep_now(&app).await.resting_filled, 0, "cycle {cycle}: not crossed yet");
+        assert_eq!(status(&app, &token).await.body["positions"], json!([]));
+        app.set_mark("BTCUSDT", "63900").await;
+        let report = sweep_now(&app).await;
+        assert_eq!(report.resting_filled, 1, "cycle {cycle}: {report:?}");
+        let before = account(&app, &token).await;
+        let positions = status(&app, &token).await.body["positions"].clone();
+        assert_eq!((dv(&positions[0]["entry_price"]), dv(&positions[0]["size"])), (d("64000"), d("0.01")), "cycle {cycle}");
+        // Filled once: the next run finds nothing resting.
+        assert_eq!(sweep_now(&app).await.resting_filled, 0);
+        let close = json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": "0.01", "reduce_only": true});
+        assert_eq!(submit(&app, &token, &key(), close).await.status, 201);
+        assert!(dv(&account(&app, &token).await.body["equity"]) < dv(&before.body["equity"]) + d("1"));
+    }
+    // The maker fee: 0.01 × 64,000 × 0.02 % = 0.128 per fill.
+    let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
+    let user = me.body["id"].as_str().unwrap().to_owned();
+    let filled = app.trading().orders_with_status(&user, shared::trading::model::OrderStatus::Filled).await.unwrap();
+    let maker_fills: Vec<_> = filled.iter().filter(|o| o.intent.order_type == shared::trading::model::OrderType::Limit).collect();
+    assert_eq!(maker_fills.len(), 3);
+    for order in maker_fills {
+        let fill = order.fill.as_ref().unwrap();
+        assert_eq!((fill.avg_price, fill.fee), (Some(d("64000")), d("0.128")));
+    }
+}
+
+#[tokio::test]
+async fn a_paper_order_canceled_by_a_stop_never_fills() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    assert_eq!(submit(&app, &token, &key(), limit_buy("0.01", "64000")).await.status, 201);
+    assert_eq!(stop(&app, &token).await.body["canceled_orders"].as_array().map(Vec::len), Some(1));
+    // Started again, the mark crosses the old price: nothing of the canceled order fills.
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    app.set_mark("BTCUSDT", "63000").await;
+    assert_eq!(sweep_now(&app).await.resting_filled, 0);
+    assert_eq!(status(&app, &token).await.body["positions"], json!([]));
+}

@@ -407,7 +407,14 @@ impl Exchange for PaperExchange {
         let account = self.account_or_new(&snapshot);
         let positions = self.positions_of(&snapshot)?;
         let unrealized: Decimal = positions.iter().map(|p| p.unrealized_pnl).sum();
-        let margin: Decimal = snapshot.positions.iter().map(|p| p.margin).sum();
+        // Resting opening orders hold their margin, as on Bitget.
+        let reserved: Decimal = snapshot
+            .resting
+            .iter()
+            .filter(|r| !r.intent.reduce_only)
+            .map(|r| r.intent.size * r.intent.price.unwrap_or_default() / Decimal::from(r.intent.leverage.max(1)))
+            .sum();
+        let margin: Decimal = snapshot.positions.iter().map(|p| p.margin).sum::<Decimal>() + reserved;
         let equity = account.balance + unrealized;
         Ok(AccountView {
             exchange: ExchangeKind::Paper,

@@ -14,8 +14,9 @@ use crate::handlers::health;
 use crate::keys;
 use crate::state::AppState;
 use crate::trading::bot::close_triggered;
+use crate::trading::contracts::MAINTENANCE_MARGIN_RATE;
 use crate::trading::model::{Position, PositionSide};
-use crate::trading::paper::position_view;
+use crate::trading::paper::{liquidated_at, position_view};
 use crate::trading::service::{exchange_for, marks, paper_exchange};
 use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition, RestingOrder};
 use futures::StreamExt;
@@ -493,6 +494,10 @@ async fn check_paper(
     stats: &SweepStats,
     outcome: &mut Outcome,
 ) -> Result<(), ApiError> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let specs = crate::trading::service::contract_book(state).await?;
     for position in positions {
         let Some(mark) = marks.get(&position.symbol).copied() else {
             return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: position.symbol.clone() });
@@ -501,7 +506,16 @@ async fn check_paper(
         if bot.config.trailing_stop_pct.is_some() {
             state.trading_store().raise_high_water(user_id, &position, mark).await?;
         }
-        let Some(reason) = trigger(&bot.config, position.side, position.entry_price, mark, position.high_water) else { continue };
+        // The exchange would have liquidated an isolated position the mark went past, whatever
+        // the bot's exits say: that comes first, at the liquidation price.
+        let maintenance = specs.get(&position.symbol).map(|s| s.maintenance_margin_rate).unwrap_or(MAINTENANCE_MARGIN_RATE);
+        let (reason, fill_price) = match liquidated_at(&position, maintenance, mark) {
+            Some(price) => ("liquidation", price),
+            None => match trigger(&bot.config, position.side, position.entry_price, mark, position.high_water) {
+                Some(reason) => (reason, mark),
+                None => continue,
+            },
+        };
         // Only a triggered position costs a read of the account and an order.
         stats.partition_queries.fetch_add(1, Ordering::Relaxed);
         let snapshot = state.trading_store().snapshot(user_id).await?;
@@ -509,8 +523,10 @@ async fn check_paper(
         else {
             continue; // changed since the index was read; the next run judges it afresh
         };
-        let exchange = paper_exchange(state, user_id, marks.clone(), snapshot).await?;
-        let view = position_view(&current, mark);
+        let mut fill_marks = marks.clone();
+        fill_marks.insert(current.symbol.clone(), fill_price);
+        let exchange = paper_exchange(state, user_id, fill_marks, snapshot).await?;
+        let view = position_view(&current, fill_price);
         stats.orders.fetch_add(1, Ordering::Relaxed);
         let Some(closed) = close_triggered(state, &exchange, user_id, bot, &view, reason).await? else { continue };
         outcome.closed.push(ClosedReport {

@@ -964,3 +964,35 @@ async fn a_paper_order_canceled_by_a_stop_never_fills() {
     assert_eq!(sweep_now(&app).await.resting_filled, 0);
     assert_eq!(status(&app, &token).await.body["positions"], json!([]));
 }
+
+#[tokio::test]
+async fn a_paper_position_past_its_liquidation_price_is_liquidated_there_and_the_balance_stays_positive() {
+    let app = spawn_app_with(&[("PAPER_START_BALANCE", "200".to_owned())]).await;
+    app.set_mark("BTCUSDT", "65000").await;
+    let token = access_token(&app).await;
+    // 50×: isolated liquidation 2 % − 0.4 % maintenance = 1.6 % below entry, at 63,960.
+    let config = json!({"symbol": "BTCUSDT", "leverage": 50, "stop_loss_pct": "1", "max_position_notional": "5000"});
+    assert_eq!(start(&app, &token, config).await.status, 200);
+    let mut balance = d("200");
+    for cycle in 0..2 {
+        app.set_mark("BTCUSDT", "65000").await;
+        let res = submit(&app, &token, &key(), market_buy("0.07")).await;
+        assert_eq!(res.status, 201, "cycle {cycle}: {}", res.raw);
+        // The market gaps through the stop and the liquidation price between two runs.
+        app.set_mark("BTCUSDT", "60000").await;
+        let report = sweep_now(&app).await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(
+            report.closed.iter().map(|c| (c.reason.as_str(), c.size, c.exit_price)).collect::<Vec<_>>(),
+            vec![("liquidation", d("0.07"), Some(d("63960")))],
+            "cycle {cycle}"
+        );
+        assert_eq!(status(&app, &token).await.body["positions"], json!([]));
+        // Open fee 2.73, loss 1,040 × 0.07 = 72.8, close fee 0.07 × 63,960 × 0.06 % = 2.68632.
+        let expected = (balance - d("2.73") - d("72.8") - d("2.68632")).max(Decimal::ZERO);
+        let equity = dv(&account(&app, &token).await.body["equity"]);
+        assert_eq!(equity, expected, "cycle {cycle}");
+        assert!(equity >= Decimal::ZERO);
+        balance = equity;
+    }
+}

@@ -23,6 +23,9 @@ pub struct ContractSpec {
     pub min_notional: Decimal,
     pub taker_fee_rate: Decimal,
     pub maker_fee_rate: Decimal,
+    /// The first risk tier's maintenance margin rate (`MAINTENANCE_MARGIN_RATE`: the contracts
+    /// endpoint does not carry it).
+    pub maintenance_margin_rate: Decimal,
     /// `normal` when it may be traded; `maintain`, `limit_open`, `restrictedAPI`, `off`… refuse
     /// opening orders (closing stays possible).
     pub status: String,
@@ -80,6 +83,7 @@ fn parse_contract(raw: serde_json::Value) -> Result<ContractSpec, String> {
         min_notional: dec(&c.min_trade_usdt)?.max(MIN_NOTIONAL_USDT),
         taker_fee_rate: dec(&c.taker_fee_rate)?,
         maker_fee_rate: dec(&c.maker_fee_rate)?,
+        maintenance_margin_rate: MAINTENANCE_MARGIN_RATE,
         status: c.symbol_status,
         symbol: c.symbol,
     })

@@ -118,6 +118,11 @@ pub fn apply_fill(
             position_id: intent.client_order_id.clone(),
         }),
     };
+    // A loss beyond what the account holds is the exchange's (its insurance fund), never a
+    // negative balance.
+    if account.balance + realized < Decimal::ZERO {
+        realized = -account.balance;
+    }
     account.balance += realized;
     account.realized_pnl += realized;
     FillOutcome {
@@ -132,6 +137,26 @@ pub fn apply_fill(
             realized_pnl: realized.normalize(),
         },
     }
+}
+
+/// Where an isolated position is liquidated: where its loss leaves only the maintenance margin
+/// (`maintenance_rate` of its notional at entry) of the margin it was opened with, as on Bitget.
+pub fn liquidation_price(p: &PaperPosition, maintenance_rate: Decimal) -> Decimal {
+    if p.size.is_zero() {
+        return Decimal::ZERO;
+    }
+    let cushion = (p.margin - maintenance_rate * p.entry_price * p.size) / p.size;
+    (p.entry_price - cushion * p.side.direction()).max(Decimal::ZERO)
+}
+
+/// Whether `mark` has reached the position's liquidation price.
+pub fn liquidated_at(p: &PaperPosition, maintenance_rate: Decimal, mark: Decimal) -> Option<Decimal> {
+    let price = liquidation_price(p, maintenance_rate);
+    let reached = match p.side {
+        crate::trading::model::PositionSide::Long => mark <= price,
+        crate::trading::model::PositionSide::Short => mark >= price,
+    };
+    reached.then_some(price)
 }
 
 pub fn position_view(p: &PaperPosition, mark: Decimal) -> Position {
@@ -529,5 +554,26 @@ mod tests {
         let reduce = apply_fill(&a.account, a.position.as_ref(), &intent(Side::Sell, "0.3", true), d("60000"), Decimal::ZERO);
         assert!(reduce.position.is_none());
         assert_eq!(reduce.fill.filled_size, d("0.1"));
+    }
+
+    #[test]
+    fn isolated_liquidation_leaves_the_maintenance_margin_long_and_short() {
+        let long = apply_fill(&fresh(), None, &intent(Side::Buy, "0.1", false), d("65000"), Decimal::ZERO).position.unwrap();
+        // 10×: 10 % − 0.4 % from entry.
+        assert_eq!(liquidation_price(&long, d("0.004")), d("58760"));
+        assert_eq!(liquidated_at(&long, d("0.004"), d("58761")), None);
+        assert_eq!(liquidated_at(&long, d("0.004"), d("58000")), Some(d("58760")));
+        let short = apply_fill(&fresh(), None, &intent(Side::Sell, "0.1", false), d("65000"), Decimal::ZERO).position.unwrap();
+        assert_eq!(liquidation_price(&short, d("0.004")), d("71240"));
+        assert_eq!(liquidated_at(&short, d("0.004"), d("72000")), Some(d("71240")));
+    }
+
+    #[test]
+    fn a_loss_beyond_the_balance_leaves_it_at_zero() {
+        let poor = PaperAccount { balance: d("50"), realized_pnl: Decimal::ZERO, version: 3 };
+        let long = apply_fill(&fresh(), None, &intent(Side::Buy, "0.1", false), d("65000"), Decimal::ZERO).position.unwrap();
+        let out = apply_fill(&poor, Some(&long), &intent(Side::Sell, "0.1", true), d("60000"), Decimal::ZERO);
+        assert_eq!(out.account.balance, Decimal::ZERO);
+        assert_eq!(out.fill.realized_pnl, d("-50"));
     }
 }

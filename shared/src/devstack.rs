@@ -203,6 +203,7 @@ pub fn running_paper_bot(
         updated_at: chrono::Utc::now().to_rfc3339(),
         stop_id: None,
         stop_round: 0,
+        credentials_version: None,
     };
     let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(&bot)?, crate::keys::bot(user_id));
     bot_item.extend(crate::keys::active_bot_index(user_id));

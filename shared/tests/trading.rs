@@ -625,10 +625,11 @@ async fn the_kill_switch_is_a_condition_of_the_transaction_that_records_an_order
         leverage: 10,
     };
     let record = |id: &str| shared::trading::idempotency::new_record("fp".into(), id.into());
-    let opening = app.trading().record_order(&user, "k-open", &record("c-open"), &intent("c-open", false)).await.unwrap();
+    let bot = app.trading().bot(&user).await.unwrap().unwrap();
+    let opening = app.trading().record_order(&user, "k-open", &record("c-open"), &intent("c-open", false), &bot).await.unwrap();
     assert_eq!(opening, shared::trading::store::RecordOutcome::TradingHalted);
     // Closing exposure stays possible while trading is halted.
-    let closing = app.trading().record_order(&user, "k-close", &record("c-close"), &intent("c-close", true)).await.unwrap();
+    let closing = app.trading().record_order(&user, "k-close", &record("c-close"), &intent("c-close", true), &bot).await.unwrap();
     assert_eq!(closing, shared::trading::store::RecordOutcome::Recorded);
 }
 
@@ -995,4 +996,81 @@ async fn a_paper_position_past_its_liquidation_price_is_liquidated_there_and_the
         assert!(equity >= Decimal::ZERO);
         balance = equity;
     }
+}
+
+async fn user_id_of(app: &TestApp, token: &str) -> String {
+    let me = app.call_as(shared::handlers::auth::me, token, "GET", "/api/v1/users/me", None).await;
+    me.body["id"].as_str().unwrap().to_owned()
+}
+
+fn some_credentials(version: u64) -> shared::trading::store::CredentialsRecord {
+    shared::trading::store::CredentialsRecord {
+        exchange: shared::trading::model::ExchangeKind::Bitget,
+        demo: false,
+        ciphertext: "not-decrypted-here".into(),
+        position_mode: "one_way_mode".into(),
+        updated_at: shared::trading::store::now_rfc3339(),
+        version,
+    }
+}
+
+#[tokio::test]
+async fn saving_or_deleting_credentials_is_one_write_conditioned_on_the_bot_being_stopped() {
+    use shared::trading::store::CredentialsWrite;
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    let user = user_id_of(&app, &token).await;
+    // A save that passed its own "bot stopped?" read a moment before the bot started.
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    assert_eq!(app.trading().save_credentials(&user, &some_credentials(1)).await.unwrap(), CredentialsWrite::BotActive);
+    assert_eq!(app.trading().delete_credentials(&user).await.unwrap(), CredentialsWrite::BotActive);
+    assert!(app.trading().snapshot(&user).await.unwrap().credentials.is_none());
+    assert_eq!(stop(&app, &token).await.status, 200);
+    assert_eq!(app.trading().save_credentials(&user, &some_credentials(1)).await.unwrap(), CredentialsWrite::Written);
+    assert_eq!(app.trading().delete_credentials(&user).await.unwrap(), CredentialsWrite::Written);
+}
+
+#[tokio::test]
+async fn a_start_that_read_no_credentials_does_not_start_a_paper_bot_once_they_exist() {
+    use shared::trading::store::{BotRecord, BotState, StartOutcome};
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    let user = user_id_of(&app, &token).await;
+    // Saved between the start's read and its write.
+    assert_eq!(
+        app.trading().save_credentials(&user, &some_credentials(1)).await.unwrap(),
+        shared::trading::store::CredentialsWrite::Written
+    );
+    let paper_bot = BotRecord {
+        user_id: user.clone(),
+        state: BotState::Running,
+        config: serde_json::from_value(bot_config()).unwrap(),
+        version: 1,
+        exchange: shared::trading::model::ExchangeKind::Paper,
+        updated_at: shared::trading::store::now_rfc3339(),
+        stop_id: None,
+        stop_round: 0,
+        credentials_version: None,
+    };
+    assert_eq!(app.trading().start_bot(&paper_bot, None).await.unwrap(), StartOutcome::CredentialsChanged);
+    assert!(app.trading().bot(&user).await.unwrap().is_none());
+    let live_bot = BotRecord { exchange: shared::trading::model::ExchangeKind::Bitget, credentials_version: Some(1), ..paper_bot };
+    assert_eq!(app.trading().start_bot(&live_bot, None).await.unwrap(), StartOutcome::Started);
+}
+
+#[tokio::test]
+async fn a_bot_trades_on_the_exchange_kind_it_was_started_with() {
+    let fake = FakeBitget::start().await;
+    let app = live_app(&fake).await;
+    let token = access_token(&app).await;
+    let user = user_id_of(&app, &token).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    // Credentials appear behind the running paper bot (written before saves were conditioned).
+    let item = shared::keys::with_key(serde_dynamo::to_item(some_credentials(1)).unwrap(), shared::keys::credentials(&user));
+    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, vec![item]).await.unwrap();
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
+    assert_eq!(res.status, 201, "{}", res.raw);
+    assert_eq!(fake.order_count(), 0, "the paper bot's order never reaches the exchange");
+    assert_eq!(status(&app, &token).await.body["positions"][0]["size"], "0.01");
+    assert_eq!(stop(&app, &token).await.status, 200);
 }

@@ -6,24 +6,17 @@ use crate::http::{empty_response, header_str, json_response, parse_json, Request
 use crate::state::AppState;
 use crate::trading::bitget::BitgetCredentials;
 use crate::trading::bot;
-use crate::trading::model::{decimal_input, optional_decimal_input, parse_decimal_raw, ExchangeKind, OrderType, Side};
+use crate::trading::credentials;
+use crate::trading::model::{decimal_input, optional_decimal_input, parse_decimal_raw, OrderType, Side};
 use crate::trading::orders;
 use crate::trading::service::{exchange_error, exchange_for, session, Session};
-use crate::trading::store::{now_rfc3339, BotConfig, BotState, CredentialsRecord, UserSnapshot};
+use crate::trading::store::{BotConfig, BotState};
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
 type HandlerResult = Result<Response<Body>, ApiError>;
-
-fn bot_running_conflict() -> ApiError {
-    ApiError::conflict("bot_running", "stop the bot before changing exchange credentials")
-}
-
-fn bot_is_active(snapshot: &UserSnapshot) -> bool {
-    snapshot.bot.as_ref().is_some_and(|b| b.state != BotState::Stopped)
-}
 
 // ---------------------------------------------------------------- credentials
 
@@ -39,7 +32,7 @@ struct CredentialsRequest {
 }
 
 pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
-    let Session { caller, snapshot } = session(state, &req).await?;
+    let caller = crate::auth::session::authenticate(state, &req).await?;
     let body: CredentialsRequest = parse_json(&req)?;
     if body.exchange != "bitget" {
         return Err(ApiError::unprocessable("unsupported_exchange", "only \"bitget\" is supported"));
@@ -48,39 +41,19 @@ pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContex
     if !field_ok(&body.api_key) || !field_ok(&body.api_secret) || !field_ok(&body.passphrase) {
         return Err(ApiError::invalid_request("api_key, api_secret and passphrase must be non-empty and at most 256 characters"));
     }
-    if bot_is_active(&snapshot) {
-        return Err(bot_running_conflict());
-    }
     let creds = BitgetCredentials {
         api_key: body.api_key,
         api_secret: crate::secrets::Secret::new(body.api_secret),
         passphrase: crate::secrets::Secret::new(body.passphrase),
         demo: body.demo,
     };
-    // One signed read proves the keys work and tells the position mode.
-    let probe_symbol = snapshot.bot.as_ref().map(|b| b.config.symbol.as_str()).unwrap_or("BTCUSDT");
-    let position_mode = state.bitget.position_mode(&creds, probe_symbol).await.map_err(|e| match e {
-        crate::trading::exchange::ExchangeError::Unavailable(_) | crate::trading::exchange::ExchangeError::CircuitOpen => exchange_error(e),
-        _ => ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused these credentials"),
-    })?;
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
-    let record = CredentialsRecord {
-        exchange: ExchangeKind::Bitget,
-        demo: creds.demo,
-        ciphertext: keys.encrypt(&creds.to_plaintext(), caller.user_id.as_bytes()),
-        position_mode,
-        updated_at: now_rfc3339(),
-    };
-    state.trading_store().put_credentials(&caller.user_id, &record).await?;
+    credentials::save(state, &caller, creds).await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 
 pub async fn delete_credentials(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
-    let Session { caller, snapshot } = session(state, &req).await?;
-    if bot_is_active(&snapshot) {
-        return Err(bot_running_conflict());
-    }
-    state.trading_store().delete_credentials(&caller.user_id).await?;
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    credentials::delete(state, &caller).await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use crate::trading::exchange::{Exchange, ExchangeError};
 use crate::trading::model::{CancelOutcome, ExchangeKind, OrderFill, OrderStatus, Position};
 use crate::trading::service::{close_position, exchange_error, exchange_for, ClosedPosition};
-use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, OrderRecord, TradingStore, UserSnapshot};
+use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, OrderRecord, StartOutcome, TradingStore, UserSnapshot};
 use serde::Serialize;
 
 /// How long after it was recorded an order may still be sent: well past the order function's
@@ -105,12 +105,18 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
             updated_at: now_rfc3339(),
             stop_id: None,
             stop_round: 0,
+            credentials_version: snapshot.credentials.as_ref().map(|c| c.version),
         };
-        if trading.put_bot(&record, expected).await? {
-            return status_of(state, user_id, &snapshot, Some(&record)).await;
+        match trading.start_bot(&record, expected).await? {
+            StartOutcome::Started => return status_of(state, user_id, &snapshot, Some(&record)).await,
+            // Someone else changed the bot meanwhile (another device): decide again on what is there now.
+            StartOutcome::BotChanged => current = trading.bot(user_id).await?,
+            // Credentials were saved or deleted since they were read: the exchange was chosen on
+            // stale facts, and its leverage may not be set.
+            StartOutcome::CredentialsChanged => {
+                return Err(ApiError::conflict("credentials_changed", "the exchange credentials changed while starting; start again"))
+            }
         }
-        // Someone else changed the bot meanwhile (another device): decide again on what is there now.
-        current = trading.bot(user_id).await?;
     }
     Err(concurrent_change())
 }

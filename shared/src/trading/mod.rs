@@ -1,6 +1,7 @@
 pub mod bitget;
 pub mod bot;
 pub mod contracts;
+pub mod credentials;
 pub mod exchange;
 pub mod idempotency;
 pub mod model;

@@ -124,12 +124,12 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
         // Not stored as the key's answer: a halt is lifted, and the same request may then go.
         _ if halted_now? && !order.reduce_only => return Err(halted()),
         (None, Some(intent)) if bot_state == BotState::Running || (order.reduce_only && bot_state == BotState::Stopping) => {
-            let bot = bot.as_ref().map(|b| b.config.clone()).ok_or(ApiError::Internal)?;
-            match check_risk(state, exchange().await?.as_ref(), &bot, &intent).await? {
+            let bot = bot.as_ref().ok_or(ApiError::Internal)?;
+            match check_risk(state, exchange().await?.as_ref(), &bot.config, &intent).await? {
                 Err(refusal) => Next::Refuse(refusal, record.clone()),
                 // Recorded before it is sent: the key, the order and (for risk-increasing
                 // orders) a running bot and no halt, atomically.
-                Ok(()) => match trading.record_order(user_id, key, &record, &intent).await? {
+                Ok(()) => match trading.record_order(user_id, key, &record, &intent, bot).await? {
                     RecordOutcome::Recorded => Next::Send(intent),
                     RecordOutcome::KeyTaken => {
                         Next::Existing(idempotency::get(&state.dynamo, table, user_id, key).await?.ok_or(ApiError::Internal)?)

@@ -108,14 +108,25 @@ pub async fn live_exchange(
     Ok(BitgetExchange { client: state.bitget.clone(), creds, position_mode: record.position_mode.clone(), margin_mode })
 }
 
-/// The caller's exchange: Bitget when they saved credentials, the paper account otherwise.
+/// The caller's exchange. A running or stopping bot trades, and is stopped, on the exchange it
+/// was started with, whatever the stored credentials say now; otherwise Bitget when credentials
+/// are saved, the paper account when not.
 pub async fn exchange_for(
     state: &AppState,
     user_id: &str,
     snapshot: &UserSnapshot,
     extra_symbols: &[String],
 ) -> Result<Box<dyn Exchange>, ApiError> {
-    if let Some(record) = &snapshot.credentials {
+    let active_bot = snapshot.bot.as_ref().filter(|b| b.state != crate::trading::store::BotState::Stopped);
+    let kind = match (active_bot, &snapshot.credentials) {
+        (Some(bot), _) => bot.exchange,
+        (None, Some(_)) => crate::trading::model::ExchangeKind::Bitget,
+        (None, None) => crate::trading::model::ExchangeKind::Paper,
+    };
+    if kind == crate::trading::model::ExchangeKind::Bitget {
+        let Some(record) = &snapshot.credentials else {
+            return Err(ApiError::conflict("credentials_missing", "the bot trades on Bitget but no credentials are stored"));
+        };
         let margin_mode = snapshot.bot.as_ref().map(|b| b.config.margin_mode).unwrap_or_default();
         return Ok(Box::new(live_exchange(state, user_id, record, margin_mode).await?));
     }

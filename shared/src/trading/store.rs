@@ -48,6 +48,10 @@ pub struct BotRecord {
     /// retried stop continues the count instead of reusing an earlier round's client ids.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stop_round: u32,
+    /// The credentials a live bot was started with: orders are recorded only while they are the
+    /// stored ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_version: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -99,6 +103,28 @@ pub struct CredentialsRecord {
     pub ciphertext: String,
     pub position_mode: String,
     pub updated_at: String,
+    /// Counts saves: a bot records the version it started with.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// What became of a credentials save or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialsWrite {
+    Written,
+    /// The bot is running or stopping: credentials change only behind a stopped bot.
+    BotActive,
+}
+
+/// What became of writing a started bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    /// The bot record changed since it was read (another device).
+    BotChanged,
+    /// Credentials were saved or deleted since they were read: the exchange kind was decided on
+    /// stale facts.
+    CredentialsChanged,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -400,6 +426,7 @@ impl TradingStore<'_> {
         key: &str,
         record: &crate::trading::idempotency::IdempotencyRecord,
         intent: &OrderIntent,
+        bot: &BotRecord,
     ) -> Result<RecordOutcome, ApiError> {
         use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
         let now = now_rfc3339();
@@ -424,14 +451,25 @@ impl TradingStore<'_> {
             .transact_items(crate::trading::idempotency::put_item(self.table, user_id, key, record)?)
             .transact_items(TransactWriteItem::builder().put(put_order).build());
         if !intent.reduce_only {
-            let running = ConditionCheck::builder()
+            // Running, on the exchange kind and with the credentials the order was judged for.
+            let mut running = ConditionCheck::builder()
                 .table_name(self.table)
                 .set_key(Some(keys::bot(user_id)))
-                .condition_expression("#state = :running")
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":running", s("running"))
-                .build()
-                .map_err(|e| ApiError::internal("building check", e))?;
+                .expression_attribute_values(
+                    ":kind",
+                    serde_dynamo::to_attribute_value(bot.exchange).map_err(|e| ApiError::internal("encoding", e))?,
+                );
+            running = match bot.credentials_version {
+                Some(v) => running
+                    .condition_expression("#state = :running AND exchange = :kind AND credentials_version = :cv")
+                    .expression_attribute_values(":cv", n(v)),
+                None => {
+                    running.condition_expression("#state = :running AND exchange = :kind AND attribute_not_exists(credentials_version)")
+                }
+            };
+            let running = running.build().map_err(|e| ApiError::internal("building check", e))?;
             let not_halted = ConditionCheck::builder()
                 .table_name(self.table)
                 .set_key(Some(keys::kill_switch()))
@@ -564,20 +602,89 @@ impl TradingStore<'_> {
         crate::dynamo::written(result)
     }
 
-    pub async fn put_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<(), ApiError> {
-        let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
-        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
+    /// The condition "the bot is stopped (or was never started)", on the bot item.
+    fn bot_stopped_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, ApiError> {
+        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::bot(user_id)))
+            .condition_expression("attribute_not_exists(PK) OR #state = :stopped")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":stopped", s("stopped"))
+            .build()
+            .map_err(|e| ApiError::internal("building check", e))?;
+        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build())
     }
 
-    pub async fn delete_credentials(&self, user_id: &str) -> Result<(), ApiError> {
-        self.client
-            .delete_item()
+    /// Saves credentials, in one transaction with the condition that the bot is stopped.
+    pub async fn save_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<CredentialsWrite, ApiError> {
+        let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
+        let put = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(|e| ApiError::internal("building put", e))?;
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
+            .transact_items(self.bot_stopped_check(user_id)?);
+        Ok(if crate::dynamo::written(request.send().await)? { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
+    }
+
+    /// Deletes credentials, in one transaction with the condition that the bot is stopped.
+    pub async fn delete_credentials(&self, user_id: &str) -> Result<CredentialsWrite, ApiError> {
+        let delete = aws_sdk_dynamodb::types::Delete::builder()
             .table_name(self.table)
             .set_key(Some(keys::credentials(user_id)))
+            .build()
+            .map_err(|e| ApiError::internal("building delete", e))?;
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().delete(delete).build())
+            .transact_items(self.bot_stopped_check(user_id)?);
+        Ok(if crate::dynamo::written(request.send().await)? { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
+    }
+
+    /// Writes a started bot if the stored one still has `expected_version` (None: must not
+    /// exist), and the credentials are still those it was decided on: none for a paper bot, the
+    /// version it records for a live one.
+    pub async fn start_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<StartOutcome, ApiError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+        let mut item: Item = keys::with_key(to_item(bot)?, keys::bot(&bot.user_id));
+        item.extend(keys::active_bot_index(&bot.user_id));
+        let mut put = Put::builder().table_name(self.table).set_item(Some(item));
+        put = match expected_version {
+            None => put.condition_expression("attribute_not_exists(PK)"),
+            Some(v) => put.condition_expression("version = :v").expression_attribute_values(":v", n(v)),
+        };
+        let mut check = ConditionCheck::builder().table_name(self.table).set_key(Some(keys::credentials(&bot.user_id)));
+        check = match (bot.exchange, bot.credentials_version) {
+            (ExchangeKind::Bitget, Some(v)) => check.condition_expression("version = :cv").expression_attribute_values(":cv", n(v)),
+            // A live bot without a credentials version was decided on nothing: never written.
+            (ExchangeKind::Bitget, None) => check.condition_expression("attribute_exists(PK) AND attribute_not_exists(PK)"),
+            (ExchangeKind::Paper, _) => check.condition_expression("attribute_not_exists(PK)"),
+        };
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put.build().map_err(|e| ApiError::internal("building put", e))?).build())
+            .transact_items(
+                TransactWriteItem::builder().condition_check(check.build().map_err(|e| ApiError::internal("building check", e))?).build(),
+            )
             .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+            .await;
+        match result {
+            Ok(_) => Ok(StartOutcome::Started),
+            Err(e) => {
+                let failed = crate::dynamo::cancelled_conditions(&e);
+                match (failed.first().copied(), failed.get(1).copied()) {
+                    (Some(true), _) => Ok(StartOutcome::BotChanged),
+                    (_, Some(true)) => Ok(StartOutcome::CredentialsChanged),
+                    _ => Err(db_error(e)),
+                }
+            }
+        }
     }
 
     /// Writes a bot record if the stored one still has `expected_version` (None: must not exist).

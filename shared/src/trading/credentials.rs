@@ -1,0 +1,51 @@
+//! Exchange credentials: checked with one signed read, stored encrypted, and changed only
+//! behind a stopped bot (the condition is part of the write, not a read before it).
+
+use crate::auth::session::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::trading::bitget::BitgetCredentials;
+use crate::trading::exchange::ExchangeError;
+use crate::trading::model::ExchangeKind;
+use crate::trading::service::{exchange_error, load_snapshot};
+use crate::trading::store::{now_rfc3339, CredentialsRecord, CredentialsWrite};
+
+fn bot_running_conflict() -> ApiError {
+    ApiError::conflict("bot_running", "stop the bot before changing exchange credentials")
+}
+
+/// Checks `creds` against Bitget (and learns the account's position mode), then stores them
+/// encrypted under the next version.
+pub async fn save(state: &AppState, caller: &Caller, creds: BitgetCredentials) -> Result<(), ApiError> {
+    let snapshot = load_snapshot(state, caller).await?;
+    if snapshot.bot.as_ref().is_some_and(|b| b.state != crate::trading::store::BotState::Stopped) {
+        return Err(bot_running_conflict());
+    }
+    // One signed read proves the keys work and tells the position mode.
+    let probe_symbol = snapshot.bot.as_ref().map(|b| b.config.symbol.as_str()).unwrap_or("BTCUSDT");
+    let position_mode = state.bitget.position_mode(&creds, probe_symbol).await.map_err(|e| match e {
+        ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen => exchange_error(e),
+        _ => ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused these credentials"),
+    })?;
+    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let record = CredentialsRecord {
+        exchange: ExchangeKind::Bitget,
+        demo: creds.demo,
+        ciphertext: keys.encrypt(&creds.to_plaintext(), caller.user_id.as_bytes()),
+        position_mode,
+        updated_at: now_rfc3339(),
+        version: snapshot.credentials.as_ref().map(|c| c.version).unwrap_or(0) + 1,
+    };
+    match state.trading_store().save_credentials(&caller.user_id, &record).await? {
+        CredentialsWrite::Written => Ok(()),
+        CredentialsWrite::BotActive => Err(bot_running_conflict()),
+    }
+}
+
+pub async fn delete(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    load_snapshot(state, caller).await?;
+    match state.trading_store().delete_credentials(&caller.user_id).await? {
+        CredentialsWrite::Written => Ok(()),
+        CredentialsWrite::BotActive => Err(bot_running_conflict()),
+    }
+}

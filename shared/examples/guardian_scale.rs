@@ -25,7 +25,10 @@ fn peak_rss_kib() -> u64 {
 /// A fresh table and state with `bots` running bots, every hundredth 5 % under water.
 async fn seeded_state(bots: usize, sdk: &aws_config::SdkConfig) -> Result<(shared::AppState, Duration), BoxError> {
     let id = uuid::Uuid::new_v4().simple().to_string();
+    // Contract specs (the paper account's fees and steps) come from the Bitget double.
+    let exchange = doubles::bitget::FakeBitget::start().await;
     let lookup = |k: &str| match k {
+        "BITGET_BASE_URL" => Some(exchange.url.clone()),
         "TABLE_NAME" => Some(format!("scale-{id}")),
         "JWT_SECRET_ID" => Some(format!("scale/{id}/jwt")),
         "ENCRYPTION_SECRET_ID" => Some(format!("scale/{id}/enc")),

@@ -1,7 +1,19 @@
 //! One error type for every handler. `status()` and `code()` are the contract clients are written
-//! against; internal causes are logged with context and never reach the response body.
+//! against. A 5xx keeps its cause (`source()`), which `http::serve` logs once, with the whole
+//! chain, at the edge; causes never reach the response body.
 
 use http::StatusCode;
+
+/// What went wrong underneath, kept for the log line at the edge.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A cause with what was being done when it happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct Context {
+    pub context: String,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,14 +35,32 @@ pub enum ApiError {
     Unprocessable { code: &'static str, detail: String },
     #[error("{detail}")]
     TooManyRequests { code: &'static str, detail: &'static str, retry_after_secs: u64 },
+    /// The exchange failed us; `cause` (for the log at the edge) says how.
     #[error("{detail}")]
-    BadGateway { code: &'static str, detail: String },
+    BadGateway {
+        code: &'static str,
+        detail: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("{detail}")]
-    Unavailable { code: &'static str, detail: String },
-    /// Anything we did not expect. The cause is logged where it is raised; the client sees only
-    /// that something went wrong and the request id to quote.
+    Unavailable {
+        code: &'static str,
+        detail: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// A dependency (the database, Redis) is away: worth retrying shortly.
+    #[error("{what} is unavailable, try again shortly")]
+    Dependency {
+        what: &'static str,
+        #[source]
+        cause: Cause,
+    },
+    /// Anything we did not expect. The client sees only that something went wrong and the request
+    /// id to quote; the cause goes to the log at the edge.
     #[error("internal error")]
-    Internal,
+    Internal(#[source] Option<Cause>),
 }
 
 impl ApiError {
@@ -46,8 +76,8 @@ impl ApiError {
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable { .. } | ApiError::Dependency { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -64,7 +94,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NotFound => "not_found",
-            ApiError::Internal => "internal_error",
+            ApiError::Dependency { .. } => "dependency_unavailable",
+            ApiError::Internal(_) => "internal_error",
         }
     }
 
@@ -89,16 +120,32 @@ impl ApiError {
         ApiError::Conflict { code, detail: detail.into() }
     }
     pub fn dependency_unavailable(what: &str) -> Self {
-        ApiError::Unavailable { code: "dependency_unavailable", detail: format!("{what} is unavailable, try again shortly") }
+        ApiError::Unavailable { code: "dependency_unavailable", detail: format!("{what} is unavailable, try again shortly"), cause: None }
     }
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
         ApiError::TooManyRequests { code: "too_many_requests", detail: "too many requests, slow down", retry_after_secs }
     }
 
-    /// Logs an unexpected cause with context and turns it into the opaque 500.
+    /// An unexpected cause, with context, as the opaque 500 (logged at the edge).
     pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "{context}");
-        ApiError::Internal
+        ApiError::Internal(Some(Box::new(Context { context: context.to_owned(), message: cause.to_string() })))
+    }
+
+    /// A bug with no cause to show (an invariant that did not hold).
+    pub fn bug(what: &str) -> Self {
+        ApiError::internal("invariant broken", what)
+    }
+
+    /// The error and every cause under it, outermost first: what the edge logs.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
     }
 }
 
@@ -124,8 +171,7 @@ impl From<redis::RedisError> for ApiError {
                 ) | ErrorKind::AuthenticationFailed
             );
         if unavailable {
-            tracing::error!(error = %e, dependency = "redis", "redis unavailable");
-            ApiError::dependency_unavailable("redis")
+            ApiError::Dependency { what: "redis", cause: Box::new(e) }
         } else {
             ApiError::internal("redis refused the command", e)
         }
@@ -151,5 +197,23 @@ mod tests {
         assert_eq!(ApiError::from(down).code(), "dependency_unavailable");
         let moved = RedisError::from((ErrorKind::Server(ServerErrorKind::Moved), "MOVED 3999 127.0.0.1:6381"));
         assert_eq!(ApiError::from(moved).code(), "internal_error", "a redirect this client cannot follow is a setup bug");
+    }
+
+    #[test]
+    fn a_store_outage_is_a_503_that_keeps_its_cause_for_the_log_at_the_edge() {
+        let outage = crate::dynamo::StoreError::Unavailable("ProvisionedThroughputExceededException: slow down".into());
+        let err = ApiError::from(outage);
+        assert_eq!((err.status().as_u16(), err.code()), (503, "dependency_unavailable"));
+        assert!(
+            err.chain().ends_with("the database is unavailable, try again shortly: ProvisionedThroughputExceededException: slow down"),
+            "{}",
+            err.chain()
+        );
+        // The client sees none of it.
+        assert!(!crate::http::problem_body(&err).to_string().contains("Provisioned"));
+        let bug = ApiError::from(crate::dynamo::StoreError::Missing("the order record"));
+        assert_eq!(bug.code(), "internal_error");
+        assert!(bug.chain().ends_with("missing: the order record"), "{}", bug.chain());
+        assert!(!crate::http::problem_body(&bug).to_string().contains("order record"));
     }
 }

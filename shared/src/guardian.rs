@@ -8,10 +8,10 @@
 
 use crate::alerts::{self, Transition};
 use crate::config::MarketData;
-use crate::dynamo::{db_error, from_item, Item};
+use crate::dynamo::{from_item, Item};
 use crate::error::ApiError;
-use crate::handlers::health;
 use crate::keys;
+use crate::probes;
 use crate::state::AppState;
 use crate::trading::bot::close_triggered;
 use crate::trading::contracts::MAINTENANCE_MARGIN_RATE;
@@ -133,35 +133,11 @@ fn index_key(item: &Item) -> Item {
 }
 
 async fn load_cursor(state: &AppState, cursor_key: &keys::Key) -> Result<Option<Item>, ApiError> {
-    let out = state
-        .dynamo
-        .get_item()
-        .table_name(&state.config.table_name)
-        .set_key(Some(cursor_key.clone()))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(db_error)?;
-    Ok(out.item.and_then(|i| i.get("cursor").and_then(|c| c.as_m().ok()).cloned()))
+    Ok(state.trading_store().guardian_cursor(cursor_key).await?)
 }
 
 async fn save_cursor(state: &AppState, cursor_key: &keys::Key, cursor: Option<Item>) -> Result<(), ApiError> {
-    match cursor {
-        Some(c) => {
-            let item =
-                keys::with_key(Item::from([("cursor".to_owned(), aws_sdk_dynamodb::types::AttributeValue::M(c))]), cursor_key.clone());
-            state.dynamo.put_item().table_name(&state.config.table_name).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
-        }
-        None => state
-            .dynamo
-            .delete_item()
-            .table_name(&state.config.table_name)
-            .set_key(Some(cursor_key.clone()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error),
-    }
+    Ok(state.trading_store().save_guardian_cursor(cursor_key, cursor).await?)
 }
 
 struct Outcome {
@@ -281,26 +257,15 @@ async fn sweep_partition(
         }
         stats.index_queries.fetch_add(1, Ordering::Relaxed);
         pages += 1;
-        let page = state
-            .dynamo
-            .query()
-            .table_name(&state.config.table_name)
-            .index_name(keys::GSI1_NAME)
-            .key_condition_expression("GSI1PK = :active")
-            .expression_attribute_values(":active", crate::dynamo::s(partition))
-            .limit(page_size)
-            .set_exclusive_start_key(next_start.clone())
-            .send()
-            .await;
-        let page = match page {
+        let page = match state.trading_store().active_index_page(partition, next_start.clone(), page_size).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(partition, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "active-bots index unreadable");
+                tracing::error!(partition, error = %ApiError::from(e).chain(), "active-bots index unreadable");
                 health.index_ok = false;
                 return;
             }
         };
-        for item in page.items.unwrap_or_default() {
+        for item in page.items {
             let gsi_sk = item.get(keys::GSI1_SK).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
             let user_id = gsi_sk.split('#').next().unwrap_or_default().to_owned();
             let sk = keys::sort_key(&item).unwrap_or_default().to_owned();
@@ -322,7 +287,7 @@ async fn sweep_partition(
                 tracing::error!(sort_key = %sk, "unreadable item in the active-bots index");
             }
         }
-        let more = page.last_evaluated_key.clone();
+        let more = page.next_start.clone();
         // The last user's items may continue on the next page: keep them for then.
         let carry = if more.is_some() { pending.keys().next_back().cloned().and_then(|k| pending.remove_entry(&k)) } else { None };
         let groups: Vec<(String, UserGroup)> = std::mem::take(&mut pending).into_iter().filter(|(_, g)| g.bot.is_some()).collect();
@@ -404,6 +369,8 @@ async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &H
         (BotState::Stopped, _) => Ok(()),
     };
     if let Err(e) = result {
+        // The guardian is its own edge: the one log line of this failure, with its causes.
+        tracing::error!(user_id, code = e.code(), error = %e.chain(), "a bot could not be checked");
         outcome.error = Some(e.code().to_owned());
     }
     outcome
@@ -500,7 +467,7 @@ async fn check_paper(
     let specs = crate::trading::service::contract_book(state).await?;
     for position in positions {
         let Some(mark) = marks.get(&position.symbol).copied() else {
-            return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: position.symbol.clone() });
+            return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: position.symbol.clone(), cause: None });
         };
         outcome.positions += 1;
         if bot.config.trailing_stop_pct.is_some() {
@@ -609,8 +576,8 @@ async fn health_checks(state: &AppState, shards: &[u16], health: &RunHealth, rep
     if owns_shared {
         let exchange_needed = live_seen || state.config.market_data == MarketData::Bitget;
         let (dynamodb, redis, secrets, exchange) = tokio::join!(
-            async { index_ok && health::probe_dynamodb(state).await },
-            health::probe_redis(state),
+            async { index_ok && probes::probe_dynamodb(state).await },
+            probes::probe_redis(state),
             async { state.telegram.get().await.is_ok() },
             async {
                 if !exchange_needed {

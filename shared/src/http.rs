@@ -83,7 +83,7 @@ pub fn empty_response(status: StatusCode) -> Result<Response<Body>, ApiError> {
 pub fn problem_body(err: &ApiError) -> serde_json::Value {
     let status = err.status();
     let detail = match err {
-        ApiError::Internal => "an unexpected error occurred; quote the request id if you report it".to_owned(),
+        ApiError::Internal(_) => "an unexpected error occurred; quote the request id if you report it".to_owned(),
         other => other.to_string(),
     };
     serde_json::json!({
@@ -151,12 +151,16 @@ where
     let mut response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
-            span.in_scope(|| tracing::info!(status = err.status().as_u16(), code = err.code(), "request refused"));
+            // The one place an error is logged: a 5xx with its whole cause chain.
+            span.in_scope(|| match err.status().is_server_error() {
+                true => tracing::error!(status = err.status().as_u16(), code = err.code(), error = %err.chain(), "request failed"),
+                false => tracing::info!(status = err.status().as_u16(), code = err.code(), "request refused"),
+            });
             problem_response(&err, &request_id)
         }
         Err(_) => {
             span.in_scope(|| tracing::error!("handler panicked"));
-            problem_response(&ApiError::Internal, &request_id)
+            problem_response(&ApiError::Internal(None), &request_id)
         }
     };
     apply_common_headers(&mut response, &request_id, origin.as_deref(), state);

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod http;
 pub mod keys;
 pub mod mail;
+pub mod probes;
 pub mod redis_conn;
 pub mod secrets;
 pub mod state;

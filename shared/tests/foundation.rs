@@ -187,3 +187,45 @@ async fn a_base64_body_that_is_not_utf8_is_answered_400_invalid_json() {
     assert_eq!((res.status, res.code()), (400, "invalid_json"), "{}", res.raw);
     assert_eq!(res.header("content-type"), Some("application/problem+json"));
 }
+
+/// A log sink for one test: everything the subscriber writes, kept in memory.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_is_logged_once_at_the_edge_with_its_whole_cause_chain_and_never_shown() {
+    let mut redis = OwnRedis::start().await;
+    let app = spawn_app_with(&[("REDIS_URL", redis.url())]).await;
+    redis.stop();
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).with_max_level(tracing::Level::INFO).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let body = serde_json::json!({"email": "outage@example.com", "password": "correct horse battery staple"});
+    let res = app.call(shared::handlers::auth::register, request("POST", "/api/v1/auth/register", Some(body))).await;
+    assert_eq!((res.status, res.code()), (503, "dependency_unavailable"), "{}", res.raw);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line for one failed request:\n{text}");
+    let (_, cause) = errors[0].split_once("redis is unavailable, try again shortly: ").unwrap_or_else(|| panic!("no cause: {}", errors[0]));
+    assert!(errors[0].contains("request failed") && !cause.trim().is_empty(), "{}", errors[0]);
+    assert!(errors[0].contains("request_id="), "the line names the request: {}", errors[0]);
+    // The client gets the code and the request id, not the cause.
+    assert!(!res.raw.contains(cause.split_whitespace().next().unwrap_or("-")), "{}", res.raw);
+}

@@ -1,5 +1,6 @@
 //! Users, credentials and refresh-token families in DynamoDB.
 
+use crate::dynamo::StoreError;
 use crate::dynamo::{self, db_error, n, s, to_item, Item};
 use crate::error::ApiError;
 use crate::keys;
@@ -33,20 +34,15 @@ pub struct UserStore<'a> {
     pub table: &'a str,
 }
 
-fn put(table: &str, item: Item, condition: &str) -> Result<TransactWriteItem, ApiError> {
-    let put = Put::builder()
-        .table_name(table)
-        .set_item(Some(item))
-        .condition_expression(condition)
-        .build()
-        .map_err(|e| ApiError::internal("building put", e))?;
+fn put(table: &str, item: Item, condition: &str) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder().table_name(table).set_item(Some(item)).condition_expression(condition).build().map_err(StoreError::from)?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
 impl UserStore<'_> {
     /// Creates the email record and the profile in one transaction; `Ok(false)` when the email is
     /// taken (nothing is written then).
-    pub async fn create(&self, email: &str, creds: &Credentials, profile: &Profile) -> Result<bool, ApiError> {
+    pub async fn create(&self, email: &str, creds: &Credentials, profile: &Profile) -> Result<bool, StoreError> {
         let email_item = keys::with_key(to_item(creds)?, keys::email(email));
         let profile_item = keys::with_key(to_item(profile)?, keys::profile(&profile.id));
         let result = self
@@ -59,17 +55,17 @@ impl UserStore<'_> {
         crate::dynamo::written(result)
     }
 
-    pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, ApiError> {
+    pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
         crate::dynamo::get_item(self.client, self.table, keys::email(email)).await
     }
 
-    pub async fn profile(&self, user_id: &str) -> Result<Option<Profile>, ApiError> {
+    pub async fn profile(&self, user_id: &str) -> Result<Option<Profile>, StoreError> {
         crate::dynamo::get_item(self.client, self.table, keys::profile(user_id)).await
     }
 
     /// Marks both records verified, only if the email record still belongs to `user_id`.
-    pub async fn mark_verified(&self, email: &str, user_id: &str) -> Result<bool, ApiError> {
-        let update = |key, condition: &str| -> Result<TransactWriteItem, ApiError> {
+    pub async fn mark_verified(&self, email: &str, user_id: &str) -> Result<bool, StoreError> {
+        let update = |key, condition: &str| -> Result<TransactWriteItem, StoreError> {
             let u = Update::builder()
                 .table_name(self.table)
                 .set_key(Some(key))
@@ -78,7 +74,7 @@ impl UserStore<'_> {
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .expression_attribute_values(":uid", s(user_id))
                 .build()
-                .map_err(|e| ApiError::internal("building update", e))?;
+                .map_err(StoreError::from)?;
             Ok(TransactWriteItem::builder().update(u).build())
         };
         let result = self
@@ -222,7 +218,7 @@ impl RefreshStore<'_> {
     }
 
     /// The family must be live and the user must not have logged out everywhere since it began.
-    fn live_family_checks(&self, token: &RefreshToken) -> Result<[TransactWriteItem; 2], ApiError> {
+    fn live_family_checks(&self, token: &RefreshToken) -> Result<[TransactWriteItem; 2], StoreError> {
         let family = ConditionCheck::builder()
             .table_name(self.table)
             .set_key(Some(keys::refresh_family(&token.family_id)))
@@ -230,19 +226,19 @@ impl RefreshStore<'_> {
             .expression_attribute_values(":f", AttributeValue::Bool(false))
             .expression_attribute_values(":uid", s(&token.user_id))
             .build()
-            .map_err(|e| ApiError::internal("building check", e))?;
+            .map_err(StoreError::from)?;
         let profile = ConditionCheck::builder()
             .table_name(self.table)
             .set_key(Some(keys::profile(&token.user_id)))
             .condition_expression("attribute_exists(PK) AND (attribute_not_exists(revoked_before_ms) OR revoked_before_ms < :created)")
             .expression_attribute_values(":created", n(token.family_created_ms))
             .build()
-            .map_err(|e| ApiError::internal("building check", e))?;
+            .map_err(StoreError::from)?;
         Ok([TransactWriteItem::builder().condition_check(family).build(), TransactWriteItem::builder().condition_check(profile).build()])
     }
 
     /// A new family with its first token, in one transaction.
-    pub async fn start_family(&self, token: &RefreshToken) -> Result<(), ApiError> {
+    pub async fn start_family(&self, token: &RefreshToken) -> Result<(), StoreError> {
         let family = Family {
             user_id: token.user_id.clone(),
             created_ms: token.family_created_ms,
@@ -262,7 +258,7 @@ impl RefreshStore<'_> {
     }
 
     /// Marks `old` used and stores `new` in the same family, in one transaction.
-    pub async fn rotate(&self, old: &RefreshToken, new: &RefreshToken, now_ms: i64) -> Result<RotateOutcome, ApiError> {
+    pub async fn rotate(&self, old: &RefreshToken, new: &RefreshToken, now_ms: i64) -> Result<RotateOutcome, StoreError> {
         let spend = Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::refresh_token(&old.hash())))
@@ -271,7 +267,7 @@ impl RefreshStore<'_> {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":now_s", n(now_ms / 1000))
             .build()
-            .map_err(|e| ApiError::internal("building update", e))?;
+            .map_err(StoreError::from)?;
         let [family_check, profile_check] = self.live_family_checks(old)?;
         let result = self
             .client
@@ -299,7 +295,7 @@ impl RefreshStore<'_> {
     }
 
     /// Adds a token to a live family without spending another (the grace-window answer).
-    pub async fn add_to_family(&self, token: &RefreshToken) -> Result<bool, ApiError> {
+    pub async fn add_to_family(&self, token: &RefreshToken) -> Result<bool, StoreError> {
         let [family_check, profile_check] = self.live_family_checks(token)?;
         let result = self
             .client
@@ -312,11 +308,11 @@ impl RefreshStore<'_> {
         crate::dynamo::written(result)
     }
 
-    pub async fn token(&self, token: &RefreshToken) -> Result<Option<StoredRefreshToken>, ApiError> {
+    pub async fn token(&self, token: &RefreshToken) -> Result<Option<StoredRefreshToken>, StoreError> {
         crate::dynamo::get_item(self.client, self.table, keys::refresh_token(&token.hash())).await
     }
 
-    pub async fn family(&self, family_id: &str) -> Result<Option<Family>, ApiError> {
+    pub async fn family(&self, family_id: &str) -> Result<Option<Family>, StoreError> {
         crate::dynamo::get_item(self.client, self.table, keys::refresh_family(family_id)).await
     }
 

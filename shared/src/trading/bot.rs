@@ -21,6 +21,7 @@ pub fn halted() -> ApiError {
     ApiError::Unavailable {
         code: "trading_halted",
         detail: "trading is halted by the operator; stop and reduce-only orders still work".into(),
+        cause: None,
     }
 }
 
@@ -28,8 +29,9 @@ fn concurrent_change() -> ApiError {
     ApiError::conflict("conflict", "the bot changed concurrently; try again")
 }
 
-fn close_failed(detail: impl Into<String>) -> ApiError {
-    ApiError::BadGateway { code: "close_failed", detail: detail.into() }
+/// A stop that could not flatten the bot's symbol; `cause`, for the log, says why.
+fn close_failed(detail: impl Into<String>, cause: Option<crate::error::Cause>) -> ApiError {
+    ApiError::BadGateway { code: "close_failed", detail: detail.into(), cause }
 }
 
 /// The bot as `GET /bot/status` and `POST /bot/start` show it.
@@ -229,16 +231,15 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
             match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
                 Ok(c) => closed.push(c),
                 Err(e) => {
-                    tracing::error!(code = e.code(), symbol = %position.symbol, "closing a position during stop failed");
-                    return Err(close_failed(format!(
-                        "closing the {} position failed; the bot stays stopping and the guardian retries",
-                        position.symbol
-                    )));
+                    return Err(close_failed(
+                        format!("closing the {} position failed; the bot stays stopping and the guardian retries", position.symbol),
+                        Some(Box::new(e)),
+                    ));
                 }
             }
         }
     }
-    Err(close_failed("positions are still open after closing; the bot stays stopping and the guardian retries"))
+    Err(close_failed("positions are still open after closing; the bot stays stopping and the guardian retries", None))
 }
 
 /// Closes a position the guardian found past one of the bot's exits (`reason`: `stop_loss`,
@@ -279,8 +280,10 @@ pub async fn cancel_open_orders(
     which: impl Fn(&crate::trading::model::OpenOrder) -> bool,
 ) -> Result<Vec<String>, ApiError> {
     let unavailable = |e: ExchangeError| {
-        tracing::error!(error = %e, symbol, "canceling resting orders failed");
-        close_failed(format!("canceling the resting {symbol} orders failed; the bot stays stopping and the guardian retries"))
+        close_failed(
+            format!("canceling the resting {symbol} orders failed; the bot stays stopping and the guardian retries"),
+            Some(Box::new(e)),
+        )
     };
     let mut canceled = Vec::new();
     for order in exchange.open_orders(symbol).await.map_err(unavailable)?.into_iter().filter(|o| which(o)) {
@@ -309,6 +312,7 @@ async fn settle_pending_orders(trading: &TradingStore<'_>, exchange: &dyn Exchan
             // cannot be called stopped yet (the guardian finishes the stop once it is settled).
             None if still_in_flight(&order) => return Err(close_failed(
                 "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop",
+                None,
             )),
             // Older than any request that could still send it: it was never placed.
             None => trading.complete_order(user_id, &order.intent.client_order_id, &OrderFill::rejected()).await?,

@@ -24,8 +24,9 @@ pub enum ExchangeError {
     /// A paper fill's guard failed: the bot is no longer running.
     #[error("the bot is not running")]
     BotNotRunning,
-    #[error("store: {0}")]
-    Store(String),
+    /// The paper account's table failed.
+    #[error("paper account store")]
+    Store(#[from] crate::dynamo::StoreError),
 }
 
 /// Conditions an exchange must hold atomically with a fill where it can (the paper exchange

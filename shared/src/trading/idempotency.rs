@@ -1,9 +1,9 @@
 //! Idempotency records: `IDEMPOTENCY#<user>` / `<key>`, holding the request's fingerprint and,
-//! once known, the answer to replay. Kept 24 hours.
+//! once known, the answer to replay. Kept 24 hours. Read and written through the trading store.
 
-use crate::dynamo::{db_error, n, s, to_item};
-use crate::error::ApiError;
+use crate::dynamo::{db_error, n, s, to_item, StoreError};
 use crate::keys;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::{Deserialize, Serialize};
 
 pub const RETENTION_SECS: i64 = 24 * 3600;
@@ -45,70 +45,62 @@ pub fn new_record(fingerprint: String, client_order_id: String) -> IdempotencyRe
     }
 }
 
-pub fn put_item(
-    table: &str,
-    user_id: &str,
-    key: &str,
-    record: &IdempotencyRecord,
-) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, ApiError> {
-    let item = keys::with_key(to_item(record)?, keys::idempotency(user_id, key));
-    let put = aws_sdk_dynamodb::types::Put::builder()
-        .table_name(table)
-        .set_item(Some(item))
-        .condition_expression("attribute_not_exists(PK)")
-        .build()
-        .map_err(|e| ApiError::internal("building put", e))?;
-    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
-}
-
-pub async fn get(client: &aws_sdk_dynamodb::Client, table: &str, user_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, ApiError> {
-    crate::dynamo::get_item(client, table, keys::idempotency(user_id, key)).await
-}
-
-/// Stores the final answer (first writer wins).
-pub async fn complete(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    user_id: &str,
-    key: &str,
-    status: u16,
-    body: &str,
-) -> Result<(), ApiError> {
-    let result = client
-        .update_item()
-        .table_name(table)
-        .set_key(Some(keys::idempotency(user_id, key)))
-        .update_expression("SET completed = :t, #status = :status, body = :body")
-        .condition_expression("attribute_exists(PK) AND completed = :f")
-        .expression_attribute_names("#status", "status")
-        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
-        .expression_attribute_values(":f", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
-        .expression_attribute_values(":status", n(status))
-        .expression_attribute_values(":body", s(body))
-        .send()
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(()),
-        Err(e) => Err(db_error(e)),
+impl crate::trading::store::TradingStore<'_> {
+    /// The transaction item that reserves `key` for `record` (the key must be new).
+    pub fn idempotency_put(&self, user_id: &str, key: &str, record: &IdempotencyRecord) -> Result<TransactWriteItem, StoreError> {
+        let item = keys::with_key(to_item(record)?, keys::idempotency(user_id, key));
+        let put = Put::builder().table_name(self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").build()?;
+        Ok(TransactWriteItem::builder().put(put).build())
     }
-}
 
-/// Records a refusal as the key's final answer in one write (no order was recorded).
-pub async fn put_completed(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    user_id: &str,
-    key: &str,
-    mut record: IdempotencyRecord,
-    status: u16,
-    body: &str,
-) -> Result<bool, ApiError> {
-    record.completed = true;
-    record.status = Some(status);
-    record.body = Some(body.to_owned());
-    let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
-    crate::dynamo::written(
-        client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await,
-    )
+    pub async fn idempotency_record(&self, user_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        crate::dynamo::get_item(self.client, self.table, keys::idempotency(user_id, key)).await
+    }
+
+    /// Stores the final answer (first writer wins).
+    pub async fn complete_idempotency(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::idempotency(user_id, key)))
+            .update_expression("SET completed = :t, #status = :status, body = :body")
+            .condition_expression("attribute_exists(PK) AND completed = :f")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":status", n(status))
+            .expression_attribute_values(":body", s(body))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if crate::dynamo::is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    /// Records a refusal as the key's final answer in one write (no order was recorded).
+    pub async fn put_completed_idempotency(
+        &self,
+        user_id: &str,
+        key: &str,
+        mut record: IdempotencyRecord,
+        status: u16,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        record.completed = true;
+        record.status = Some(status);
+        record.body = Some(body.to_owned());
+        let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
+        crate::dynamo::written(
+            self.client
+                .put_item()
+                .table_name(self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(PK)")
+                .send()
+                .await,
+        )
+    }
 }

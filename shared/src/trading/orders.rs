@@ -95,11 +95,10 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
         "price": order.price.map(|p| p.normalize()), "reduce_only": order.reduce_only, "client_order_id": order.client_order_id,
     });
     let fingerprint = idempotency::fingerprint(&canonical);
-    let table = state.config.table_name.as_str();
     let trading = state.trading_store();
     // One round trip for all three reads.
     let (snapshot, existing, halted_now) =
-        tokio::join!(load_snapshot(state, caller), idempotency::get(&state.dynamo, table, user_id, key), trading.kill_switch_on());
+        tokio::join!(load_snapshot(state, caller), trading.idempotency_record(user_id, key), trading.kill_switch_on());
     let snapshot = snapshot?;
     let intent_id = order.client_order_id.clone().unwrap_or_else(|| client_order_id(&[user_id, "order", key]));
     let record = idempotency::new_record(fingerprint.clone(), intent_id.clone());
@@ -124,16 +123,14 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
         // Not stored as the key's answer: a halt is lifted, and the same request may then go.
         _ if halted_now? && !order.reduce_only => return Err(halted()),
         (None, Some(intent)) if bot_state == BotState::Running || (order.reduce_only && bot_state == BotState::Stopping) => {
-            let bot = bot.as_ref().ok_or(ApiError::Internal)?;
+            let bot = bot.as_ref().ok_or_else(missing_record)?;
             match check_risk(state, exchange().await?.as_ref(), &bot.config, &intent).await? {
                 Err(refusal) => Next::Refuse(refusal, record.clone()),
                 // Recorded before it is sent: the key, the order and (for risk-increasing
                 // orders) a running bot and no halt, atomically.
                 Ok(()) => match trading.record_order(user_id, key, &record, &intent, bot).await? {
                     RecordOutcome::Recorded => Next::Send(intent),
-                    RecordOutcome::KeyTaken => {
-                        Next::Existing(idempotency::get(&state.dynamo, table, user_id, key).await?.ok_or(ApiError::Internal)?)
-                    }
+                    RecordOutcome::KeyTaken => Next::Existing(trading.idempotency_record(user_id, key).await?.ok_or_else(missing_record)?),
                     RecordOutcome::OrderIdTaken => {
                         return Err(ApiError::conflict("duplicate_client_order_id", "an order with this client_order_id exists already"))
                     }
@@ -162,13 +159,13 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
                             "a request with this Idempotency-Key is still being processed",
                         ))
                     }
-                    Twin::Died(dead) => Next::LookUp(trading.order(user_id, &dead.client_order_id).await?.ok_or(ApiError::Internal)?),
+                    Twin::Died(dead) => Next::LookUp(trading.order(user_id, &dead.client_order_id).await?.ok_or_else(missing_record)?),
                 }
             }
             Next::Refuse(refusal, record) => {
                 // A refusal is the key's answer too: replays get it again, not a fresh evaluation.
                 let body = crate::http::problem_body(&refusal).to_string();
-                idempotency::put_completed(&state.dynamo, table, user_id, key, record, refusal.status().as_u16(), &body).await?;
+                trading.put_completed_idempotency(user_id, key, record, refusal.status().as_u16(), &body).await?;
                 return Err(refusal);
             }
             Next::LookUp(order) => match order.fill.clone().filter(|f| f.status != OrderStatus::Pending) {
@@ -186,7 +183,7 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
                             Err(refusal) => {
                                 trading.complete_order(user_id, &order.intent.client_order_id, &OrderFill::rejected()).await?;
                                 let body = crate::http::problem_body(&refusal).to_string();
-                                idempotency::complete(&state.dynamo, table, user_id, key, refusal.status().as_u16(), &body).await?;
+                                trading.complete_idempotency(user_id, key, refusal.status().as_u16(), &body).await?;
                                 return Err(refusal);
                             }
                         },
@@ -196,7 +193,7 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
             Next::Send(intent) => send(state, exchange().await?.as_ref(), user_id, key, intent, &snapshot.live_positions).await?,
             Next::Settle(intent, fill) => {
                 let body = order_body(&intent, &fill).to_string();
-                idempotency::complete(&state.dynamo, table, user_id, key, 201, &body).await?;
+                trading.complete_idempotency(user_id, key, 201, &body).await?;
                 return Ok(Answer { status: 201, body, replayed: false });
             }
         }
@@ -210,9 +207,14 @@ enum Twin {
     Died(IdempotencyRecord),
 }
 
+/// A record this flow just read or wrote is not there: a bug, never the client's doing.
+fn missing_record() -> ApiError {
+    ApiError::bug("a record the flow just read or wrote is missing")
+}
+
 /// A twin request is probably finishing right now: wait a little for its answer.
 async fn wait_for_twin(state: &AppState, user_id: &str, key: &str, mut record: IdempotencyRecord) -> Result<Twin, ApiError> {
-    let table = state.config.table_name.as_str();
+    let trading = state.trading_store();
     let stale = |r: &IdempotencyRecord| chrono::Utc::now().timestamp_millis() - r.created_ms > idempotency::STALE_AFTER_MS;
     for _ in 0..60 {
         if record.completed {
@@ -222,7 +224,7 @@ async fn wait_for_twin(state: &AppState, user_id: &str, key: &str, mut record: I
             return Ok(Twin::Died(record));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        record = idempotency::get(&state.dynamo, table, user_id, key).await?.ok_or(ApiError::Internal)?;
+        record = trading.idempotency_record(user_id, key).await?.ok_or_else(missing_record)?;
     }
     Ok(if record.completed {
         Twin::Answered(record)
@@ -264,7 +266,7 @@ async fn send(
             if err.status().is_client_error() {
                 trading.complete_order(user_id, &intent.client_order_id, &OrderFill::rejected()).await?;
                 let body = crate::http::problem_body(&err).to_string();
-                idempotency::complete(&state.dynamo, &state.config.table_name, user_id, key, err.status().as_u16(), &body).await?;
+                trading.complete_idempotency(user_id, key, err.status().as_u16(), &body).await?;
             }
             Err(err)
         }
@@ -293,7 +295,11 @@ pub async fn check_risk(
         None => crate::trading::service::marks(state, std::slice::from_ref(symbol)).await?.get(symbol).copied(),
     };
     let Some(mark) = mark else {
-        return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") });
+        return Err(ApiError::Unavailable {
+            code: "market_data_unavailable",
+            detail: format!("no mark price for {symbol} right now"),
+            cause: None,
+        });
     };
     Ok(check_order(&OrderCheck {
         spec,

@@ -42,8 +42,8 @@ pub struct FillOutcome {
     pub fill: OrderFill,
 }
 
-fn store_err(e: impl std::fmt::Display) -> ExchangeError {
-    ExchangeError::Store(e.to_string())
+fn store_err(e: impl Into<crate::dynamo::StoreError>) -> ExchangeError {
+    ExchangeError::Store(e.into())
 }
 
 /// The pure accounting of one fill at `price`.
@@ -284,7 +284,7 @@ impl PaperExchange {
         let mut snapshot = self.snapshot.lock().await;
         for attempt in 0..12u64 {
             if attempt > 0 {
-                *snapshot = self.store().snapshot(&self.user_id).await.map_err(|e| store_err(e.code()))?;
+                *snapshot = self.store().snapshot(&self.user_id).await?;
             }
             let before = self.account_or_new(&snapshot);
             let position_before = snapshot.positions.iter().find(|p| p.symbol == intent.symbol).cloned();
@@ -301,14 +301,14 @@ impl PaperExchange {
                 Err(e) => {
                     let failed = cancelled_conditions(&e);
                     if failed.is_empty() {
-                        return Err(ExchangeError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()));
+                        return Err(store_err(crate::dynamo::db_error(e)));
                     }
                     if failed.get(tx.order_index).copied().unwrap_or(false) {
                         // Settled already (filled by an earlier try, or canceled): report that.
                         return self
                             .find_order(&intent.symbol, &intent.client_order_id)
                             .await?
-                            .ok_or_else(|| store_err("order record missing"));
+                            .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")));
                     }
                     if tx.bot_check_index.is_some_and(|i| failed.get(i).copied().unwrap_or(false)) {
                         return Err(ExchangeError::BotNotRunning);
@@ -385,13 +385,13 @@ impl PaperExchange {
             Err(e) => {
                 let failed = cancelled_conditions(&e);
                 if failed.is_empty() {
-                    return Err(ExchangeError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()));
+                    return Err(store_err(crate::dynamo::db_error(e)));
                 }
                 if failed.first().copied().unwrap_or(false) {
                     return self
                         .find_order(&intent.symbol, &intent.client_order_id)
                         .await?
-                        .ok_or_else(|| store_err("order record missing"));
+                        .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")));
                 }
                 Err(ExchangeError::BotNotRunning)
             }
@@ -470,7 +470,7 @@ impl Exchange for PaperExchange {
     }
 
     async fn find_order(&self, _symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError> {
-        let record = self.store().order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
+        let record = self.store().order(&self.user_id, client_order_id).await?;
         Ok(record.and_then(|r| r.fill))
     }
 
@@ -480,7 +480,7 @@ impl Exchange for PaperExchange {
     }
 
     async fn cancel_order(&self, _symbol: &str, client_order_id: &str) -> Result<crate::trading::model::CancelOutcome, ExchangeError> {
-        let canceled = self.store().cancel_resting_order(&self.user_id, client_order_id).await.map_err(|e| store_err(e.code()))?;
+        let canceled = self.store().cancel_resting_order(&self.user_id, client_order_id).await?;
         self.snapshot.lock().await.resting.retain(|r| r.intent.client_order_id != client_order_id);
         Ok(if canceled { crate::trading::model::CancelOutcome::Canceled } else { crate::trading::model::CancelOutcome::NotOpen })
     }

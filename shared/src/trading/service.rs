@@ -55,20 +55,19 @@ pub fn exchange_error(err: ExchangeError) -> ApiError {
         }
         ExchangeError::BotNotRunning => ApiError::conflict("bot_not_running", "start the bot before submitting orders"),
         ExchangeError::NoMarkPrice(symbol) => {
-            ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now") }
+            ApiError::Unavailable { code: "market_data_unavailable", detail: format!("no mark price for {symbol} right now"), cause: None }
         }
         ExchangeError::CircuitOpen => ApiError::BadGateway {
             code: "exchange_unavailable",
             detail: "the exchange is failing; calls are paused for a short while".into(),
+            cause: None,
         },
-        ExchangeError::Unavailable(why) => {
-            tracing::warn!(reason = %why, "exchange unavailable");
-            ApiError::BadGateway {
-                code: "exchange_unavailable",
-                detail: "the exchange did not answer in time; the order's outcome is being checked".into(),
-            }
-        }
-        ExchangeError::Store(why) => ApiError::internal("paper exchange store", why),
+        ExchangeError::Unavailable(why) => ApiError::BadGateway {
+            code: "exchange_unavailable",
+            detail: "the exchange did not answer in time; the order's outcome is being checked".into(),
+            cause: Some(why.into()),
+        },
+        ExchangeError::Store(e) => e.into(),
     }
 }
 
@@ -79,7 +78,7 @@ pub async fn marks(state: &AppState, symbols: &[String]) -> Result<HashMap<Strin
         return Ok(HashMap::new());
     }
     match state.config.market_data {
-        MarketData::Store => state.trading_store().stored_marks(symbols).await,
+        MarketData::Store => Ok(state.trading_store().stored_marks(symbols).await?),
         MarketData::Bitget => {
             let all = state.bitget.mark_prices().await.map_err(exchange_error)?;
             Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
@@ -160,12 +159,10 @@ pub async fn paper_exchange(
 /// Bitget's contract specs (cached per environment, refreshed hourly); 503 while they cannot be
 /// read at all.
 pub async fn contract_book(state: &AppState) -> Result<crate::trading::bitget::ContractBook, ApiError> {
-    state.bitget.contracts().await.map_err(|e| {
-        tracing::warn!(error = %e, "contract specs unavailable");
-        ApiError::Unavailable {
-            code: "market_data_unavailable",
-            detail: "the exchange's contract specifications cannot be read right now".into(),
-        }
+    state.bitget.contracts().await.map_err(|e| ApiError::Unavailable {
+        code: "market_data_unavailable",
+        detail: "the exchange's contract specifications cannot be read right now".into(),
+        cause: Some(Box::new(e)),
     })
 }
 
@@ -198,6 +195,7 @@ pub async fn close_position(
         return Err(ApiError::BadGateway {
             code: "close_failed",
             detail: format!("the {} position is locked by resting close orders", position.symbol),
+            cause: None,
         });
     }
     let intent = OrderIntent {

@@ -3,8 +3,7 @@
 //! on a version.
 
 use crate::auth::store::Profile;
-use crate::dynamo::{db_error, from_item, n, s, to_item, Item};
-use crate::error::ApiError;
+use crate::dynamo::{db_error, from_item, n, s, to_item, Item, StoreError};
 use crate::keys;
 use crate::trading::model::{ExchangeKind, OrderFill, OrderIntent, OrderStatus, PositionSide};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -237,7 +236,7 @@ pub struct TradingStore<'a> {
 /// Every item a query finds, through all its pages (`query` builds one page from its start key).
 async fn query_all(
     query: impl Fn(Option<Item>) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
-) -> Result<Vec<Item>, ApiError> {
+) -> Result<Vec<Item>, StoreError> {
     let mut items = Vec::new();
     let mut start: Option<Item> = None;
     loop {
@@ -251,7 +250,7 @@ async fn query_all(
 }
 
 impl TradingStore<'_> {
-    pub async fn snapshot(&self, user_id: &str) -> Result<UserSnapshot, ApiError> {
+    pub async fn snapshot(&self, user_id: &str) -> Result<UserSnapshot, StoreError> {
         let mut snapshot = UserSnapshot::default();
         let items = query_all(|start| {
             self.client
@@ -278,11 +277,11 @@ impl TradingStore<'_> {
         Ok(snapshot)
     }
 
-    pub async fn bot(&self, user_id: &str) -> Result<Option<BotRecord>, ApiError> {
+    pub async fn bot(&self, user_id: &str) -> Result<Option<BotRecord>, StoreError> {
         crate::dynamo::get_item(self.client, self.table, keys::bot(user_id)).await
     }
 
-    pub async fn kill_switch_on(&self) -> Result<bool, ApiError> {
+    pub async fn kill_switch_on(&self) -> Result<bool, StoreError> {
         let out = self
             .client
             .get_item()
@@ -296,14 +295,14 @@ impl TradingStore<'_> {
     }
 
     /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
-    pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
+    pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, StoreError> {
         let mut marks = HashMap::new();
         for chunk in symbols.chunks(100) {
             let keys_and_attrs = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
                 .set_keys(Some(chunk.iter().map(|s| keys::mark_price(s)).collect()))
                 .consistent_read(true)
                 .build()
-                .map_err(|e| ApiError::internal("building batch get", e))?;
+                .map_err(StoreError::from)?;
             let mut request = HashMap::from([(self.table.to_owned(), keys_and_attrs)]);
             for _ in 0..5 {
                 let out = self.client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
@@ -330,7 +329,7 @@ impl TradingStore<'_> {
         user_id: &str,
         known: &[LivePosition],
         actual: &[crate::trading::model::Position],
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, StoreError> {
         let mut differences = Vec::new();
         for p in actual {
             let slot = known.iter().find(|k| k.symbol == p.symbol && k.side == p.side);
@@ -371,7 +370,7 @@ impl TradingStore<'_> {
         Ok(differences)
     }
 
-    pub async fn set_live_high_water(&self, user_id: &str, position: &LivePosition, mark: Decimal) -> Result<(), ApiError> {
+    pub async fn set_live_high_water(&self, user_id: &str, position: &LivePosition, mark: Decimal) -> Result<(), StoreError> {
         let key = keys::live_position(user_id, &position.symbol, side_name(position.side));
         let mut update = self
             .client
@@ -392,7 +391,7 @@ impl TradingStore<'_> {
     }
 
     /// Sets a stored mark price (`make price`; the paper exchange's market data locally).
-    pub async fn set_mark(&self, symbol: &str, price: Decimal) -> Result<(), ApiError> {
+    pub async fn set_mark(&self, symbol: &str, price: Decimal) -> Result<(), StoreError> {
         let item = keys::with_key(
             HashMap::from([
                 ("symbol".to_owned(), s(symbol)),
@@ -405,7 +404,7 @@ impl TradingStore<'_> {
     }
 
     /// The operator's kill switch: on, it halts starts and risk-increasing orders.
-    pub async fn set_kill_switch(&self, enabled: bool) -> Result<(), ApiError> {
+    pub async fn set_kill_switch(&self, enabled: bool) -> Result<(), StoreError> {
         let item = keys::with_key(
             HashMap::from([("enabled".to_owned(), AttributeValue::Bool(enabled)), ("updated_at".to_owned(), s(now_rfc3339()))]),
             keys::kill_switch(),
@@ -413,7 +412,7 @@ impl TradingStore<'_> {
         self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
     }
 
-    pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, ApiError> {
+    pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, StoreError> {
         crate::dynamo::get_item(self.client, self.table, keys::order(user_id, client_oid)).await
     }
 
@@ -427,7 +426,7 @@ impl TradingStore<'_> {
         record: &crate::trading::idempotency::IdempotencyRecord,
         intent: &OrderIntent,
         bot: &BotRecord,
-    ) -> Result<RecordOutcome, ApiError> {
+    ) -> Result<RecordOutcome, StoreError> {
         use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
         let now = now_rfc3339();
         let order = OrderRecord {
@@ -444,11 +443,11 @@ impl TradingStore<'_> {
             .set_item(Some(keys::with_key(to_item(&order)?, keys::order(user_id, &intent.client_order_id))))
             .condition_expression("attribute_not_exists(PK)")
             .build()
-            .map_err(|e| ApiError::internal("building put", e))?;
+            .map_err(StoreError::from)?;
         let mut request = self
             .client
             .transact_write_items()
-            .transact_items(crate::trading::idempotency::put_item(self.table, user_id, key, record)?)
+            .transact_items(self.idempotency_put(user_id, key, record)?)
             .transact_items(TransactWriteItem::builder().put(put_order).build());
         if !intent.reduce_only {
             // Running, on the exchange kind and with the credentials the order was judged for.
@@ -457,10 +456,7 @@ impl TradingStore<'_> {
                 .set_key(Some(keys::bot(user_id)))
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":running", s("running"))
-                .expression_attribute_values(
-                    ":kind",
-                    serde_dynamo::to_attribute_value(bot.exchange).map_err(|e| ApiError::internal("encoding", e))?,
-                );
+                .expression_attribute_values(":kind", serde_dynamo::to_attribute_value(bot.exchange).map_err(StoreError::from)?);
             running = match bot.credentials_version {
                 Some(v) => running
                     .condition_expression("#state = :running AND exchange = :kind AND credentials_version = :cv")
@@ -469,14 +465,14 @@ impl TradingStore<'_> {
                     running.condition_expression("#state = :running AND exchange = :kind AND attribute_not_exists(credentials_version)")
                 }
             };
-            let running = running.build().map_err(|e| ApiError::internal("building check", e))?;
+            let running = running.build().map_err(StoreError::from)?;
             let not_halted = ConditionCheck::builder()
                 .table_name(self.table)
                 .set_key(Some(keys::kill_switch()))
                 .condition_expression("attribute_not_exists(PK) OR enabled = :off")
                 .expression_attribute_values(":off", AttributeValue::Bool(false))
                 .build()
-                .map_err(|e| ApiError::internal("building check", e))?;
+                .map_err(StoreError::from)?;
             request = request
                 .transact_items(TransactWriteItem::builder().condition_check(running).build())
                 .transact_items(TransactWriteItem::builder().condition_check(not_halted).build());
@@ -503,7 +499,7 @@ impl TradingStore<'_> {
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
-    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent, reason: Option<&str>) -> Result<bool, ApiError> {
+    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent, reason: Option<&str>) -> Result<bool, StoreError> {
         let now = now_rfc3339();
         let record = OrderRecord {
             user_id: user_id.to_owned(),
@@ -527,18 +523,15 @@ impl TradingStore<'_> {
     }
 
     /// Stores what the exchange answered for a recorded order.
-    pub async fn complete_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<(), ApiError> {
+    pub async fn complete_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<(), StoreError> {
         self.client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
             .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(
-                ":status",
-                serde_dynamo::to_attribute_value(fill.status).map_err(|e| ApiError::internal("encoding", e))?,
-            )
-            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(|e| ApiError::internal("encoding", e))?)
+            .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(StoreError::from)?)
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await
@@ -547,14 +540,14 @@ impl TradingStore<'_> {
     }
 
     /// Orders still `pending` (sent or about to be, outcome unknown), for a stop to settle.
-    pub async fn pending_orders(&self, user_id: &str) -> Result<Vec<OrderRecord>, ApiError> {
+    pub async fn pending_orders(&self, user_id: &str) -> Result<Vec<OrderRecord>, StoreError> {
         self.orders_with_status(user_id, OrderStatus::Pending).await
     }
 
     /// Every order of the user in `status`, through every page of their order history (pages of
     /// `ORDER_HISTORY_PAGE` items read, whatever DynamoDB's 1 MB page limit would allow).
-    pub async fn orders_with_status(&self, user_id: &str, status: OrderStatus) -> Result<Vec<OrderRecord>, ApiError> {
-        let status: AttributeValue = serde_dynamo::to_attribute_value(status).map_err(|e| ApiError::internal("encoding", e))?;
+    pub async fn orders_with_status(&self, user_id: &str, status: OrderStatus) -> Result<Vec<OrderRecord>, StoreError> {
+        let status: AttributeValue = serde_dynamo::to_attribute_value(status).map_err(StoreError::from)?;
         let items = query_all(|start| {
             self.client
                 .query()
@@ -574,7 +567,7 @@ impl TradingStore<'_> {
 
     /// Cancels a resting paper order: its record `canceled` and its `RESTING#` item gone, in one
     /// transaction. `false` when it was no longer open (filled or canceled meanwhile).
-    pub async fn cancel_resting_order(&self, user_id: &str, client_oid: &str) -> Result<bool, ApiError> {
+    pub async fn cancel_resting_order(&self, user_id: &str, client_oid: &str) -> Result<bool, StoreError> {
         use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
         let order = Update::builder()
             .table_name(self.table)
@@ -586,12 +579,12 @@ impl TradingStore<'_> {
             .expression_attribute_values(":open", s("open"))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .build()
-            .map_err(|e| ApiError::internal("building update", e))?;
+            .map_err(StoreError::from)?;
         let resting = Delete::builder()
             .table_name(self.table)
             .set_key(Some(keys::resting_order(user_id, client_oid)))
             .build()
-            .map_err(|e| ApiError::internal("building delete", e))?;
+            .map_err(StoreError::from)?;
         let result = self
             .client
             .transact_write_items()
@@ -603,7 +596,7 @@ impl TradingStore<'_> {
     }
 
     /// The condition "the bot is stopped (or was never started)", on the bot item.
-    fn bot_stopped_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, ApiError> {
+    fn bot_stopped_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, StoreError> {
         let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
             .table_name(self.table)
             .set_key(Some(keys::bot(user_id)))
@@ -611,18 +604,14 @@ impl TradingStore<'_> {
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":stopped", s("stopped"))
             .build()
-            .map_err(|e| ApiError::internal("building check", e))?;
+            .map_err(StoreError::from)?;
         Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build())
     }
 
     /// Saves credentials, in one transaction with the condition that the bot is stopped.
-    pub async fn save_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<CredentialsWrite, ApiError> {
+    pub async fn save_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<CredentialsWrite, StoreError> {
         let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
-        let put = aws_sdk_dynamodb::types::Put::builder()
-            .table_name(self.table)
-            .set_item(Some(item))
-            .build()
-            .map_err(|e| ApiError::internal("building put", e))?;
+        let put = aws_sdk_dynamodb::types::Put::builder().table_name(self.table).set_item(Some(item)).build().map_err(StoreError::from)?;
         let request = self
             .client
             .transact_write_items()
@@ -632,12 +621,12 @@ impl TradingStore<'_> {
     }
 
     /// Deletes credentials, in one transaction with the condition that the bot is stopped.
-    pub async fn delete_credentials(&self, user_id: &str) -> Result<CredentialsWrite, ApiError> {
+    pub async fn delete_credentials(&self, user_id: &str) -> Result<CredentialsWrite, StoreError> {
         let delete = aws_sdk_dynamodb::types::Delete::builder()
             .table_name(self.table)
             .set_key(Some(keys::credentials(user_id)))
             .build()
-            .map_err(|e| ApiError::internal("building delete", e))?;
+            .map_err(StoreError::from)?;
         let request = self
             .client
             .transact_write_items()
@@ -649,7 +638,7 @@ impl TradingStore<'_> {
     /// Writes a started bot if the stored one still has `expected_version` (None: must not
     /// exist), and the credentials are still those it was decided on: none for a paper bot, the
     /// version it records for a live one.
-    pub async fn start_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<StartOutcome, ApiError> {
+    pub async fn start_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<StartOutcome, StoreError> {
         use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
         let mut item: Item = keys::with_key(to_item(bot)?, keys::bot(&bot.user_id));
         item.extend(keys::active_bot_index(&bot.user_id));
@@ -668,10 +657,8 @@ impl TradingStore<'_> {
         let result = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put.build().map_err(|e| ApiError::internal("building put", e))?).build())
-            .transact_items(
-                TransactWriteItem::builder().condition_check(check.build().map_err(|e| ApiError::internal("building check", e))?).build(),
-            )
+            .transact_items(TransactWriteItem::builder().put(put.build().map_err(StoreError::from)?).build())
+            .transact_items(TransactWriteItem::builder().condition_check(check.build().map_err(StoreError::from)?).build())
             .send()
             .await;
         match result {
@@ -689,7 +676,7 @@ impl TradingStore<'_> {
 
     /// Writes a bot record if the stored one still has `expected_version` (None: must not exist).
     /// Running and stopping bots carry the active-bots index attributes; stopped ones do not.
-    pub async fn put_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<bool, ApiError> {
+    pub async fn put_bot(&self, bot: &BotRecord, expected_version: Option<u64>) -> Result<bool, StoreError> {
         let mut item: Item = keys::with_key(to_item(bot)?, keys::bot(&bot.user_id));
         if bot.state != BotState::Stopped {
             item.extend(keys::active_bot_index(&bot.user_id));
@@ -704,7 +691,7 @@ impl TradingStore<'_> {
 
     /// Moves a position's high-water mark to `mark`, only in the position's favour, and only if
     /// nobody moved it since we read it (a compare-and-set on the old value and the version).
-    pub async fn raise_high_water(&self, user_id: &str, position: &PaperPosition, mark: Decimal) -> Result<(), ApiError> {
+    pub async fn raise_high_water(&self, user_id: &str, position: &PaperPosition, mark: Decimal) -> Result<(), StoreError> {
         let favourable = match (position.side, position.high_water) {
             (_, None) => true,
             (PositionSide::Long, Some(old)) => mark > old,
@@ -733,4 +720,56 @@ impl TradingStore<'_> {
             Err(e) => Err(db_error(e)),
         }
     }
+
+    /// Where a guardian shard's sweep stopped last (None: at the start).
+    pub async fn guardian_cursor(&self, cursor_key: &keys::Key) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.table)
+            .set_key(Some(cursor_key.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(db_error)?;
+        Ok(out.item.and_then(|i| i.get("cursor").and_then(|c| c.as_m().ok()).cloned()))
+    }
+
+    /// Saves where a guardian shard's sweep goes on next run (None: from the start).
+    pub async fn save_guardian_cursor(&self, cursor_key: &keys::Key, cursor: Option<Item>) -> Result<(), StoreError> {
+        match cursor {
+            Some(c) => {
+                let item = keys::with_key(Item::from([("cursor".to_owned(), AttributeValue::M(c))]), cursor_key.clone());
+                self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map_err(db_error)?;
+            }
+            None => {
+                self.client.delete_item().table_name(self.table).set_key(Some(cursor_key.clone())).send().await.map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of a guardian shard's slice of the active-bots index: bots, their paper positions,
+    /// resting orders and live mirrors, in user order.
+    pub async fn active_index_page(&self, partition: &str, start: Option<Item>, limit: i32) -> Result<IndexPage, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(self.table)
+            .index_name(keys::GSI1_NAME)
+            .key_condition_expression("GSI1PK = :active")
+            .expression_attribute_values(":active", s(partition))
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(db_error)?;
+        Ok(IndexPage { items: out.items.unwrap_or_default(), next_start: out.last_evaluated_key })
+    }
+}
+
+/// A page of the active-bots index and where the next one starts (None: it was the last).
+pub struct IndexPage {
+    pub items: Vec<Item>,
+    pub next_start: Option<Item>,
 }

@@ -56,6 +56,7 @@ pub async fn get_item<T: DeserializeOwned>(
 }
 
 /// A conditional write's outcome: `true` written, `false` its condition failed; other errors 503.
+/// For single-item writes; a transaction goes through [`transact`].
 pub fn written<O, E, R>(result: Result<O, SdkError<E, R>>) -> Result<bool, StoreError>
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -68,27 +69,85 @@ where
     }
 }
 
-/// Was this SDK error a failed condition (on a single write or inside a transaction)?
+/// Was this SDK error a single write's failed condition? (A cancelled transaction is told apart
+/// by its reasons, in [`transact`].)
 pub fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     match err {
-        SdkError::ServiceError(service) => {
-            matches!(service.err().code(), Some("ConditionalCheckFailedException") | Some("TransactionCanceledException"))
-        }
+        SdkError::ServiceError(service) => service.err().code() == Some("ConditionalCheckFailedException"),
         _ => false,
     }
 }
 
-/// Which items of a cancelled transaction failed their condition, by position.
-pub fn cancelled_conditions<R>(err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>) -> Vec<bool> {
-    match err {
-        SdkError::ServiceError(service) => match service.err() {
-            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(e) => {
-                e.cancellation_reasons().iter().map(|r| r.code() == Some("ConditionalCheckFailed")).collect()
-            }
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
+/// What a transaction came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transacted {
+    Written,
+    /// Cancelled because these items' conditions failed (by position, in the order given).
+    ConditionFailed(Vec<bool>),
+}
+
+impl Transacted {
+    pub fn written(&self) -> bool {
+        *self == Transacted::Written
     }
+
+    /// Did the item at `index` fail its condition?
+    pub fn failed(&self, index: usize) -> bool {
+        matches!(self, Transacted::ConditionFailed(f) if f.get(index).copied().unwrap_or(false))
+    }
+}
+
+/// Tries of a transaction whose cancellation was not a failed condition (a conflict with another
+/// transaction on the same items, throttling) before it is answered as unavailable.
+pub const TRANSIENT_TRIES: u32 = 4;
+
+/// How a cancellation's reasons read: only `ConditionalCheckFailed` is a failed condition; a
+/// cancellation without one (`TransactionConflict`, `ThrottlingError`, ...) is transient.
+pub fn cancellation(reasons: &[Option<&str>]) -> Option<Vec<bool>> {
+    let failed: Vec<bool> = reasons.iter().map(|r| *r == Some("ConditionalCheckFailed")).collect();
+    failed.contains(&true).then_some(failed)
+}
+
+/// Sends a transaction. A failed condition is an answer, not an error; a transient cancellation
+/// or throttling is retried with jittered backoff, then becomes `StoreError::Unavailable`, so a
+/// conflict never passes for "taken" or "spent".
+pub async fn transact(
+    request: aws_sdk_dynamodb::operation::transact_write_items::builders::TransactWriteItemsFluentBuilder,
+) -> Result<Transacted, StoreError> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match request.clone().send().await {
+            Ok(_) => return Ok(Transacted::Written),
+            Err(err) => err,
+        };
+        let transient = match &err {
+            SdkError::ServiceError(service) => match service.err() {
+                E::TransactionCanceledException(c) => {
+                    let reasons: Vec<Option<&str>> = c.cancellation_reasons().iter().map(|r| r.code()).collect();
+                    match cancellation(&reasons) {
+                        Some(failed) => return Ok(Transacted::ConditionFailed(failed)),
+                        None => true,
+                    }
+                }
+                E::TransactionInProgressException(_) | E::ProvisionedThroughputExceededException(_) | E::RequestLimitExceeded(_) => true,
+                other => aws_sdk_dynamodb::error::ProvideErrorMetadata::code(other) == Some("ThrottlingException"),
+            },
+            _ => false,
+        };
+        if !transient || attempt >= TRANSIENT_TRIES {
+            return Err(db_error(err));
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+    }
+}
+
+/// A jittered, growing wait before try `attempt + 1` (20–40 ms, 40–80 ms, ...).
+pub fn backoff(attempt: u32) -> std::time::Duration {
+    use rand::Rng;
+    let base = 20u64 << attempt.min(6);
+    std::time::Duration::from_millis(rand::thread_rng().gen_range(base..=base * 2))
 }
 
 /// Maps a write error: a failed condition becomes the given 409, anything else a logged 503.

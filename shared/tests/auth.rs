@@ -551,3 +551,45 @@ async fn with_redis_down_auth_routes_answer_503_not_500() {
     let res = register(&app, &unique_email()).await;
     assert_eq!(res.status, 503);
 }
+
+#[tokio::test]
+async fn a_registration_whose_transaction_conflicts_is_retried_and_creates_the_account() {
+    let mut app = spawn_app().await;
+    let left = conflict_next_transactions(&mut app, 2);
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    assert_eq!(left.load(std::sync::atomic::Ordering::SeqCst), 0, "both conflicts were met");
+    // A conflict is not "the address is taken": the code went out, not the owner's notice.
+    let mails: Vec<Value> = app.outbox().into_iter().filter(|m| m["to"] == normalised(&email).as_str()).collect();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0]["code"].is_string(), "{mails:?}");
+    assert_eq!(verify(&app, &email, &last_code(&app, &email)).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_registration_that_keeps_conflicting_answers_503_and_sends_nothing_then_works() {
+    let mut app = spawn_app().await;
+    let left = conflict_next_transactions(&mut app, 1000);
+    let email = unique_email();
+    let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(json!({"email": email, "password": PASSWORD})))).await;
+    assert_eq!((res.status, res.code()), (503, "dependency_unavailable"), "{}", res.raw);
+    assert!(app.outbox().iter().all(|m| m["to"] != normalised(&email).as_str()), "no notice and no code: {:?}", app.outbox());
+    left.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(register(&app, &email).await.status, 202);
+    assert!(app.outbox().iter().any(|m| m["to"] == normalised(&email).as_str() && m["code"].is_string()), "nothing was created before");
+}
+
+#[tokio::test]
+async fn a_verification_whose_write_fails_keeps_the_code_for_the_retry() {
+    let mut app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    let code = last_code(&app, &email);
+    let left = conflict_next_transactions(&mut app, 1000);
+    let res = verify(&app, &email, &code).await;
+    assert_eq!((res.status, res.code()), (503, "dependency_unavailable"), "{}", res.raw);
+    left.store(0, std::sync::atomic::Ordering::SeqCst);
+    let res = verify(&app, &email, &code).await;
+    assert_eq!(res.status, 200, "the same code verifies once the database answers: {}", res.raw);
+    assert_eq!(verify(&app, &email, &code).await.code(), "invalid_code", "and only once");
+}

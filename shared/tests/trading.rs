@@ -1074,3 +1074,28 @@ async fn a_bot_trades_on_the_exchange_kind_it_was_started_with() {
     assert_eq!(status(&app, &token).await.body["positions"][0]["size"], "0.01");
     assert_eq!(stop(&app, &token).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_conflicting_transaction_is_retried_and_never_read_as_a_failed_condition() {
+    let mut app = paper_app().await;
+    let token = access_token(&app).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    let resting = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "{}", resting.raw);
+    // The stop's cancel meets a conflict: it is retried, not taken for "no longer open".
+    let left = conflict_next_transactions(&mut app, 1);
+    let res = stop(&app, &token).await;
+    assert_eq!(left.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!((res.status, &res.body["canceled_orders"]), (200, &json!([resting.body["order_id"]])), "{}", res.raw);
+    app.set_mark("BTCUSDT", "61000").await;
+    sweep_now(&app).await;
+    assert_eq!(account(&app, &token).await.body["positions"], json!([]), "a canceled order never fills");
+
+    // Saving credentials behind a stopped bot through a conflict: written, not a false 409.
+    let fake = FakeBitget::start().await;
+    let mut app = live_app(&fake).await;
+    let token = access_token(&app).await;
+    conflict_next_transactions(&mut app, 1);
+    let saved = save_keys(&app, &token, KEY, SECRET, false).await;
+    assert_eq!(saved.status, 204, "{}", saved.raw);
+}

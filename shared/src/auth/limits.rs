@@ -61,12 +61,27 @@ local stored = redis.call('HGET', KEYS[1], 'hash')
 if not stored then return {'no_code', 0} end
 if stored == ARGV[1] then
   local user_id = redis.call('HGET', KEYS[1], 'user_id')
+  local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+  local ttl = redis.call('PTTL', KEYS[1])
   redis.call('DEL', KEYS[1])
-  return {'ok', user_id}
+  return {'ok', user_id, attempts, ttl}
 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return {'invalid', attempts}
+"#,
+    )
+});
+
+/// Puts a consumed code back (the write it was consumed for did not happen), unless a newer
+/// code has replaced it meanwhile: KEYS[1] = the code key, ARGV = hash, user id, attempts, ttl (ms).
+static RESTORE_CODE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 or tonumber(ARGV[4]) <= 0 then return 0 end
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
 "#,
     )
 });
@@ -128,12 +143,13 @@ impl EmailKeys {
     }
 
     /// The keys each script is given, in order: what the one-slot test checks.
-    pub fn script_keys(&self) -> [(&'static str, Vec<&str>); 4] {
+    pub fn script_keys(&self) -> [(&'static str, Vec<&str>); 5] {
         [
             ("login", vec![&self.lockout]),
             ("verify", vec![&self.code]),
             ("send_reservation", vec![&self.cooldown, &self.hourly]),
             ("store_code", vec![&self.code, &self.cooldown, &self.hourly]),
+            ("restore_code", vec![&self.code]),
         ]
     }
 }
@@ -148,6 +164,21 @@ fn as_u64(v: &redis::Value) -> u64 {
     match v {
         redis::Value::Int(i) => (*i).max(0) as u64,
         _ => 1,
+    }
+}
+
+/// A code that matched and was consumed.
+pub struct ConsumedCode {
+    pub user_id: String,
+    code_hash: String,
+    attempts: String,
+    ttl_ms: i64,
+}
+
+impl std::fmt::Debug for ConsumedCode {
+    // The hash of a 6-digit code is as good as the code to whoever has the pepper.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumedCode").field("user_id", &self.user_id).finish_non_exhaustive()
     }
 }
 
@@ -195,16 +226,41 @@ impl Limits {
         Ok(())
     }
 
-    /// Consumes the pending code if `code_hash` matches; the user id it was issued for.
-    pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, code_hash: &str) -> Result<String, ApiError> {
+    /// Consumes the pending code if `code_hash` matches: the user id it was issued for, and what
+    /// `restore_code` needs to put it back should the write it was consumed for not happen.
+    pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, code_hash: &str) -> Result<ConsumedCode, ApiError> {
         self.check_ip(redis, "verify", ip).await?;
         let mut conn = redis.clone();
-        let (tag, value): Outcome =
+        let reply: Vec<redis::Value> =
             VERIFY.key(EmailKeys::new(email).code).arg(code_hash).arg(CODE_MAX_ATTEMPTS).invoke_async(&mut conn).await?;
-        match (tag.as_str(), value) {
-            ("ok", redis::Value::BulkString(user_id)) => String::from_utf8(user_id).map_err(|e| ApiError::internal("code owner", e)),
+        let text = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            Some(redis::Value::Int(i)) => Some(i.to_string()),
+            _ => None,
+        };
+        match (text(reply.first()).as_deref(), text(reply.get(1))) {
+            (Some("ok"), Some(user_id)) => Ok(ConsumedCode {
+                user_id,
+                code_hash: code_hash.to_owned(),
+                attempts: text(reply.get(2)).unwrap_or_else(|| "0".into()),
+                ttl_ms: text(reply.get(3)).and_then(|t| t.parse().ok()).unwrap_or(0),
+            }),
             _ => Err(ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() }),
         }
+    }
+
+    /// Puts a consumed code back as it was (same expiry, same attempts), unless a newer one exists.
+    pub async fn restore_code(&self, redis: &ConnectionManager, email: &str, consumed: &ConsumedCode) -> Result<(), ApiError> {
+        let mut conn = redis.clone();
+        RESTORE_CODE
+            .key(EmailKeys::new(email).code)
+            .arg(&consumed.code_hash)
+            .arg(&consumed.user_id)
+            .arg(&consumed.attempts)
+            .arg(consumed.ttl_ms)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Reserves one verification mail for `email` (60 s apart, 5 an hour).

@@ -1,7 +1,7 @@
 //! Users, credentials and refresh-token families in DynamoDB.
 
 use crate::dynamo::StoreError;
-use crate::dynamo::{self, db_error, n, s, to_item, Item};
+use crate::dynamo::{self, n, s, to_item, Item};
 use crate::error::ApiError;
 use crate::keys;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
@@ -45,14 +45,12 @@ impl UserStore<'_> {
     pub async fn create(&self, email: &str, creds: &Credentials, profile: &Profile) -> Result<bool, StoreError> {
         let email_item = keys::with_key(to_item(creds)?, keys::email(email));
         let profile_item = keys::with_key(to_item(profile)?, keys::profile(&profile.id));
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(put(self.table, email_item, "attribute_not_exists(PK)")?)
-            .transact_items(put(self.table, profile_item, "attribute_not_exists(PK)")?)
-            .send()
-            .await;
-        crate::dynamo::written(result)
+            .transact_items(put(self.table, profile_item, "attribute_not_exists(PK)")?);
+        Ok(dynamo::transact(request).await?.written())
     }
 
     pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
@@ -77,14 +75,12 @@ impl UserStore<'_> {
                 .map_err(StoreError::from)?;
             Ok(TransactWriteItem::builder().update(u).build())
         };
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(update(keys::email(email), "user_id = :uid")?)
-            .transact_items(update(keys::profile(user_id), "id = :uid")?)
-            .send()
-            .await;
-        crate::dynamo::written(result)
+            .transact_items(update(keys::profile(user_id), "id = :uid")?);
+        Ok(dynamo::transact(request).await?.written())
     }
 
     pub async fn update_password_hash(&self, email: &str, user_id: &str, hash: &str) -> Result<(), ApiError> {
@@ -247,14 +243,16 @@ impl RefreshStore<'_> {
             revoked_reason: None,
         };
         let family_item = keys::with_key(to_item(&family)?, keys::refresh_family(&token.family_id));
-        self.client
+        let request = self
+            .client
             .transact_write_items()
             .transact_items(put(self.table, family_item, "attribute_not_exists(PK)")?)
-            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?);
+        match dynamo::transact(request).await? {
+            dynamo::Transacted::Written => Ok(()),
+            // A fresh random family id and token: taken only if something is badly wrong.
+            dynamo::Transacted::ConditionFailed(_) => Err(StoreError::Missing("a fresh session id was already taken")),
+        }
     }
 
     /// Marks `old` used and stores `new` in the same family, in one transaction.
@@ -269,43 +267,33 @@ impl RefreshStore<'_> {
             .build()
             .map_err(StoreError::from)?;
         let [family_check, profile_check] = self.live_family_checks(old)?;
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(spend).build())
             .transact_items(put(self.table, Self::token_item(new), "attribute_not_exists(PK)")?)
             .transact_items(family_check)
-            .transact_items(profile_check)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(RotateOutcome::Rotated),
-            Err(e) => {
-                let failed = dynamo::cancelled_conditions(&e);
-                if failed.is_empty() {
-                    return Err(db_error(e));
-                }
-                if failed.get(2).copied().unwrap_or(false) || failed.get(3).copied().unwrap_or(false) {
-                    Ok(RotateOutcome::FamilyRevoked)
-                } else {
-                    Ok(RotateOutcome::TokenSpent)
-                }
-            }
-        }
+            .transact_items(profile_check);
+        let outcome = dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            RotateOutcome::Rotated
+        } else if outcome.failed(2) || outcome.failed(3) {
+            RotateOutcome::FamilyRevoked
+        } else {
+            RotateOutcome::TokenSpent
+        })
     }
 
     /// Adds a token to a live family without spending another (the grace-window answer).
     pub async fn add_to_family(&self, token: &RefreshToken) -> Result<bool, StoreError> {
         let [family_check, profile_check] = self.live_family_checks(token)?;
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
             .transact_items(family_check)
-            .transact_items(profile_check)
-            .send()
-            .await;
-        crate::dynamo::written(result)
+            .transact_items(profile_check);
+        Ok(dynamo::transact(request).await?.written())
     }
 
     pub async fn token(&self, token: &RefreshToken) -> Result<Option<StoredRefreshToken>, StoreError> {

@@ -115,11 +115,20 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
         return Err(invalid());
     }
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
-    let user_id = limits(state)
+    let limits = limits(state);
+    let consumed = limits
         .consume_code(&state.redis, &ctx.source_ip, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), code))
         .await?;
-    if !users(state).mark_verified(email.as_str(), &user_id).await? {
-        return Err(invalid());
+    match users(state).mark_verified(email.as_str(), &consumed.user_id).await {
+        Ok(true) => {}
+        Ok(false) => return Err(invalid()),
+        Err(e) => {
+            // Nothing was verified: the owner's code must still work on the retry.
+            if let Err(restore) = limits.restore_code(&state.redis, email.as_str(), &consumed).await {
+                tracing::warn!(code = restore.code(), "a consumed verification code could not be put back");
+            }
+            return Err(e.into());
+        }
     }
     json_response(StatusCode::OK, &serde_json::json!({"status": "verified"}))
 }

@@ -5,7 +5,7 @@
 //! and realized/unrealized PnL. Every fill is one DynamoDB transaction over the account, the
 //! position and the order record, so a retried order can never fill twice.
 
-use crate::dynamo::{cancelled_conditions, n, s, to_item};
+use crate::dynamo::{n, s, to_item, Transacted};
 use crate::keys;
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::model::{AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, Side};
@@ -290,27 +290,23 @@ impl PaperExchange {
             let position_before = snapshot.positions.iter().find(|p| p.symbol == intent.symbol).cloned();
             let outcome = apply_fill(&before, position_before.as_ref(), intent, price, fee_rate);
             let tx = self.transaction(&before, position_before.as_ref(), &outcome, intent, guard, settles)?;
-            match self.client.transact_write_items().set_transact_items(Some(tx.items)).send().await {
-                Ok(_) => {
+            match crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(tx.items))).await? {
+                Transacted::Written => {
                     snapshot.paper = Some(outcome.account.clone());
                     snapshot.positions.retain(|p| p.symbol != intent.symbol);
                     snapshot.positions.extend(outcome.position.clone());
                     snapshot.resting.retain(|r| r.intent.client_order_id != intent.client_order_id);
                     return Ok(outcome.fill);
                 }
-                Err(e) => {
-                    let failed = cancelled_conditions(&e);
-                    if failed.is_empty() {
-                        return Err(store_err(crate::dynamo::db_error(e)));
-                    }
-                    if failed.get(tx.order_index).copied().unwrap_or(false) {
+                outcome => {
+                    if outcome.failed(tx.order_index) {
                         // Settled already (filled by an earlier try, or canceled): report that.
                         return self
                             .find_order(&intent.symbol, &intent.client_order_id)
                             .await?
                             .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")));
                     }
-                    if tx.bot_check_index.is_some_and(|i| failed.get(i).copied().unwrap_or(false)) {
+                    if tx.bot_check_index.is_some_and(|i| outcome.failed(i)) {
                         return Err(ExchangeError::BotNotRunning);
                     }
                     // Another order of this user moved the account: read again and retry.
@@ -377,24 +373,19 @@ impl PaperExchange {
         if guard.require_running_bot {
             items.push(TransactWriteItem::builder().condition_check(self.bot_running_check()?).build());
         }
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-            Ok(_) => {
-                self.snapshot.lock().await.resting.push(resting);
-                Ok(fill)
-            }
-            Err(e) => {
-                let failed = cancelled_conditions(&e);
-                if failed.is_empty() {
-                    return Err(store_err(crate::dynamo::db_error(e)));
-                }
-                if failed.first().copied().unwrap_or(false) {
-                    return self
-                        .find_order(&intent.symbol, &intent.client_order_id)
-                        .await?
-                        .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")));
-                }
-                Err(ExchangeError::BotNotRunning)
-            }
+        let outcome = crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(items))).await?;
+        if outcome.written() {
+            self.snapshot.lock().await.resting.push(resting);
+            Ok(fill)
+        } else if outcome.failed(0) {
+            self.find_order(&intent.symbol, &intent.client_order_id)
+                .await?
+                .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")))
+        } else if outcome.failed(1) {
+            // The resting item exists already: the order rests (an earlier try wrote it).
+            Ok(fill)
+        } else {
+            Err(ExchangeError::BotNotRunning)
         }
     }
 

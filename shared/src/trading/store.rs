@@ -477,25 +477,19 @@ impl TradingStore<'_> {
                 .transact_items(TransactWriteItem::builder().condition_check(running).build())
                 .transact_items(TransactWriteItem::builder().condition_check(not_halted).build());
         }
-        match request.send().await {
-            Ok(_) => Ok(RecordOutcome::Recorded),
-            Err(e) => {
-                // The cancellation reasons come in the order the items were given.
-                let failed = crate::dynamo::cancelled_conditions(&e);
-                let at = |i: usize| failed.get(i).copied().unwrap_or(false);
-                Ok(if at(0) {
-                    RecordOutcome::KeyTaken
-                } else if at(1) {
-                    RecordOutcome::OrderIdTaken
-                } else if at(2) {
-                    RecordOutcome::BotNotRunning
-                } else if at(3) {
-                    RecordOutcome::TradingHalted
-                } else {
-                    return Err(db_error(e));
-                })
-            }
-        }
+        // The cancellation reasons come in the order the items were given.
+        let outcome = crate::dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            RecordOutcome::Recorded
+        } else if outcome.failed(0) {
+            RecordOutcome::KeyTaken
+        } else if outcome.failed(1) {
+            RecordOutcome::OrderIdTaken
+        } else if outcome.failed(2) {
+            RecordOutcome::BotNotRunning
+        } else {
+            RecordOutcome::TradingHalted
+        })
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
@@ -585,14 +579,12 @@ impl TradingStore<'_> {
             .set_key(Some(keys::resting_order(user_id, client_oid)))
             .build()
             .map_err(StoreError::from)?;
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(order).build())
-            .transact_items(TransactWriteItem::builder().delete(resting).build())
-            .send()
-            .await;
-        crate::dynamo::written(result)
+            .transact_items(TransactWriteItem::builder().delete(resting).build());
+        Ok(crate::dynamo::transact(request).await?.written())
     }
 
     /// The condition "the bot is stopped (or was never started)", on the bot item.
@@ -617,7 +609,7 @@ impl TradingStore<'_> {
             .transact_write_items()
             .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
             .transact_items(self.bot_stopped_check(user_id)?);
-        Ok(if crate::dynamo::written(request.send().await)? { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
+        Ok(if crate::dynamo::transact(request).await?.written() { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
     }
 
     /// Deletes credentials, in one transaction with the condition that the bot is stopped.
@@ -632,7 +624,7 @@ impl TradingStore<'_> {
             .transact_write_items()
             .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().delete(delete).build())
             .transact_items(self.bot_stopped_check(user_id)?);
-        Ok(if crate::dynamo::written(request.send().await)? { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
+        Ok(if crate::dynamo::transact(request).await?.written() { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
     }
 
     /// Writes a started bot if the stored one still has `expected_version` (None: must not
@@ -654,24 +646,19 @@ impl TradingStore<'_> {
             (ExchangeKind::Bitget, None) => check.condition_expression("attribute_exists(PK) AND attribute_not_exists(PK)"),
             (ExchangeKind::Paper, _) => check.condition_expression("attribute_not_exists(PK)"),
         };
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(put.build().map_err(StoreError::from)?).build())
-            .transact_items(TransactWriteItem::builder().condition_check(check.build().map_err(StoreError::from)?).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(StartOutcome::Started),
-            Err(e) => {
-                let failed = crate::dynamo::cancelled_conditions(&e);
-                match (failed.first().copied(), failed.get(1).copied()) {
-                    (Some(true), _) => Ok(StartOutcome::BotChanged),
-                    (_, Some(true)) => Ok(StartOutcome::CredentialsChanged),
-                    _ => Err(db_error(e)),
-                }
-            }
-        }
+            .transact_items(TransactWriteItem::builder().condition_check(check.build().map_err(StoreError::from)?).build());
+        let outcome = crate::dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            StartOutcome::Started
+        } else if outcome.failed(0) {
+            StartOutcome::BotChanged
+        } else {
+            StartOutcome::CredentialsChanged
+        })
     }
 
     /// Writes a bot record if the stored one still has `expected_version` (None: must not exist).

@@ -287,3 +287,62 @@ impl TestApp {
         self.call(handler, with_bearer(request(method, path, body), token)).await
     }
 }
+
+/// Makes the next `n` DynamoDB transactions of `app` come back cancelled by a
+/// `TransactionConflict` (another transaction held one of the items), as DynamoDB answers under
+/// contention. The cancelled request never reaches the table: it is turned into a harmless
+/// `DescribeLimits` call and its answer replaced, so nothing is written.
+pub fn conflict_next_transactions(app: &mut TestApp, n: usize) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let remaining = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(n));
+    let config = aws_sdk_dynamodb::config::Builder::from(&app.sdk).interceptor(Conflicts(remaining.clone())).build();
+    app.state.dynamo = aws_sdk_dynamodb::Client::from_conf(config);
+    remaining
+}
+
+#[derive(Debug)]
+struct Conflicts(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[derive(Debug, Clone)]
+struct Cancelled;
+impl aws_smithy_types::config_bag::Storable for Cancelled {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_sdk_dynamodb::config::Intercept for Conflicts {
+    fn name(&self) -> &'static str {
+        "Conflicts"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
+        let request = context.request_mut();
+        let transaction = request.headers().get("x-amz-target").is_some_and(|t| t.ends_with(".TransactWriteItems"));
+        if transaction && self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            request.headers_mut().insert("x-amz-target", "DynamoDB_20120810.DescribeLimits");
+            *request.body_mut() = aws_smithy_types::body::SdkBody::from("{}");
+            request.headers_mut().insert("content-length", "2");
+            cfg.interceptor_state().store_put(Cancelled);
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if cfg.load::<Cancelled>().is_some() {
+            let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","Message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"}]}"#;
+            let response = context.response_mut();
+            *response.status_mut() = aws_smithy_runtime_api::http::StatusCode::try_from(400u16).expect("status");
+            *response.body_mut() = aws_smithy_types::body::SdkBody::from(body);
+        }
+        Ok(())
+    }
+}

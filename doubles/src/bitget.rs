@@ -48,6 +48,9 @@ pub enum Fault {
     /// A marketable order fills only this much (a thin book); the rest is canceled, as Bitget
     /// reports a market order it could not fill whole.
     FillPart(&'static str),
+    /// Holds the request until the test releases it (`Notify::notify_one`), then answers it as
+    /// usual: a slow exchange, for interleaving a second request in between.
+    Hold(Arc<tokio::sync::Notify>),
 }
 
 #[derive(Debug, Clone)]
@@ -508,6 +511,7 @@ async fn handle(State(shared): State<Arc<Mutex<FakeState>>>, method: Method, uri
         Some(Fault::ServerError) => return err(StatusCode::INTERNAL_SERVER_ERROR, "50000", "internal error"),
         Some(Fault::Code(code)) => return bad(code, "scripted error"),
         Some(Fault::Refuse(code, message)) => return bad(code, message),
+        Some(Fault::Hold(ref release)) => release.notified().await,
         _ => {}
     }
     let accept_then_timeout = matches!(fault, Some(Fault::AcceptThenTimeout));

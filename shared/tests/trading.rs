@@ -761,9 +761,11 @@ async fn a_pending_order_behind_a_long_order_history_is_still_found() {
         },
         status,
         fill: None,
-        reason: None,
+        // Over 1 KB an order: the history is larger than one DynamoDB page (1 MB) can hold.
+        reason: Some("x".repeat(1200)),
         created_at: "2026-11-25T00:00:00.000Z".into(),
         updated_at: "2026-11-25T00:00:00.000Z".into(),
+        sent_at_ms: None,
     };
     let item = |record: &shared::trading::store::OrderRecord| {
         shared::keys::with_key(serde_dynamo::to_item(record).unwrap(), shared::keys::order(&user, &record.intent.client_order_id))
@@ -789,6 +791,8 @@ async fn a_stop_never_reports_stopped_while_a_recorded_order_may_still_be_sent()
     let res = stop(&app, &token).await;
     assert_eq!((res.status, res.code()), (502, "close_failed"), "{}", res.raw);
     assert_eq!(status(&app, &token).await.body["state"], "stopping");
+    let res = stop(&app, &token).await;
+    assert_eq!((res.status, res.code()), (409, "bot_stopping"), "a repeat while the outcome is unknown: {}", res.raw);
     // Past the window in which any request could still send it, it was never placed.
     let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
     let user = me.body["id"].as_str().unwrap().to_owned();
@@ -1098,4 +1102,66 @@ async fn a_conflicting_transaction_is_retried_and_never_read_as_a_failed_conditi
     conflict_next_transactions(&mut app, 1);
     let saved = save_keys(&app, &token, KEY, SECRET, false).await;
     assert_eq!(saved.status, 204, "{}", saved.raw);
+}
+
+#[tokio::test]
+async fn a_resumed_key_racing_a_stop_never_sends_behind_the_stopped_bot() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let user =
+        app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await.body["id"].as_str().unwrap().to_owned();
+    // Recorded, never placed (Bitget never answered), and its request long dead.
+    let order_key = key();
+    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
+    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
+    assert_eq!(submit(&app, &token, &order_key, market_buy("0.01")).await.status, 502);
+    let pending = app.trading().pending_orders(&user).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let table = &app.state.config.table_name;
+    let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let age = |key: shared::keys::Key, expression: &'static str, value: aws_sdk_dynamodb::types::AttributeValue| {
+        app.dynamo()
+            .update_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .update_expression(expression)
+            .expression_attribute_values(":old", value)
+            .send()
+    };
+    age(
+        shared::keys::order(&user, &pending[0].intent.client_order_id),
+        "SET created_at = :old",
+        aws_sdk_dynamodb::types::AttributeValue::S(minute_ago.to_rfc3339()),
+    )
+    .await
+    .unwrap();
+    age(
+        shared::keys::idempotency(&user, &order_key),
+        "SET created_ms = :old",
+        aws_sdk_dynamodb::types::AttributeValue::N(minute_ago.timestamp_millis().to_string()),
+    )
+    .await
+    .unwrap();
+
+    // The retry resumes the key; while its risk check waits on Bitget, the user stops the bot.
+    let slow = std::sync::Arc::new(tokio::sync::Notify::new());
+    let accounts = "/api/v2/mix/account/accounts";
+    fake.fault(accounts, Fault::Hold(slow.clone()));
+    let before = fake.calls(accounts);
+    let retry = submit(&app, &token, &order_key, market_buy("0.01"));
+    let stop_meanwhile = async {
+        while fake.calls(accounts) == before {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let stopped = stop(&app, &token).await;
+        slow.notify_one();
+        stopped
+    };
+    let (retried, stopped) = tokio::join!(retry, stop_meanwhile);
+    assert_eq!((stopped.status, stopped.body["state"].as_str()), (200, Some("stopped")), "{}", stopped.raw);
+    assert_eq!((retried.status, retried.code()), (409, "order_not_sent"), "{}", retried.raw);
+    assert_eq!(fake.order_count(), 0, "nothing was sent behind the stopped bot");
+    assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
+    // And the key keeps that answer.
+    assert_eq!(submit(&app, &token, &order_key, market_buy("0.01")).await.code(), "order_not_sent");
 }

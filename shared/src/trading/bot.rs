@@ -184,6 +184,8 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
     let mut bot = bot;
     let mut closed = Vec::new();
     let mut canceled_orders = Vec::new();
+    // A stop asked again while one is under way (the user's retry, the guardian finishing it).
+    let repeat = bot.state == BotState::Stopping;
     if bot.state == BotState::Running {
         let stopping = BotRecord {
             state: BotState::Stopping,
@@ -205,10 +207,17 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
     for _ in 0..ROUNDS_PER_CALL {
         let snapshot = trading.snapshot(user_id).await?;
         let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
-        settle_pending_orders(&trading, exchange.as_ref(), user_id).await?;
         // Resting orders first: one that filled later would open a position behind a stopped bot,
         // and resting closes lock size the closing orders need.
         canceled_orders.extend(cancel_open_orders(&trading, exchange.as_ref(), user_id, &bot.config.symbol, |_| true).await?);
+        if settle_pending_orders(&trading, exchange.as_ref(), user_id).await? == Pending::MayStillBeSent {
+            let why =
+                "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop";
+            return Err(match repeat {
+                true => ApiError::conflict("bot_stopping", why),
+                false => close_failed(why, None),
+            });
+        }
         // The bot's symbol only: the user's other positions on the account are theirs to manage.
         let positions: Vec<Position> =
             exchange.positions().await.map_err(exchange_error)?.into_iter().filter(|p| p.symbol == bot.config.symbol).collect();
@@ -301,27 +310,36 @@ pub async fn cancel_open_orders(
 
 /// Orders recorded but not confirmed (a submit racing this stop, a lost answer): ask the
 /// exchange what became of them before judging the positions.
-async fn settle_pending_orders(trading: &TradingStore<'_>, exchange: &dyn Exchange, user_id: &str) -> Result<(), ApiError> {
+async fn settle_pending_orders(trading: &TradingStore<'_>, exchange: &dyn Exchange, user_id: &str) -> Result<Pending, ApiError> {
     if exchange.kind() == ExchangeKind::Paper {
-        return Ok(());
+        return Ok(Pending::Settled);
     }
     for order in trading.pending_orders(user_id).await? {
         match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
             Some(fill) => trading.complete_order(user_id, &order.intent.client_order_id, &fill).await?,
             // Recorded, not at the exchange, and its request may still be sending it: the bot
             // cannot be called stopped yet (the guardian finishes the stop once it is settled).
-            None if still_in_flight(&order) => return Err(close_failed(
-                "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop",
-                None,
-            )),
-            // Older than any request that could still send it: it was never placed.
-            None => trading.complete_order(user_id, &order.intent.client_order_id, &OrderFill::rejected()).await?,
+            None if still_in_flight(&order) => return Ok(Pending::MayStillBeSent),
+            // Older than any request that could still send it: it was never placed, unless a
+            // resumed request took it since it was read (then it may be on its way).
+            None => {
+                if !trading.reject_unsent_order(user_id, &order).await? {
+                    return Ok(Pending::MayStillBeSent);
+                }
+            }
         }
     }
-    Ok(())
+    Ok(Pending::Settled)
+}
+
+/// What became of the orders recorded but not confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Settled,
+    /// One is not at the exchange yet and a request may still be sending it.
+    MayStillBeSent,
 }
 
 fn still_in_flight(order: &OrderRecord) -> bool {
-    let recorded_ms = chrono::DateTime::parse_from_rfc3339(&order.created_at).map(|t| t.timestamp_millis()).unwrap_or(0);
-    chrono::Utc::now().timestamp_millis() - recorded_ms < SEND_WINDOW_MS
+    chrono::Utc::now().timestamp_millis() - order.last_send_ms() < SEND_WINDOW_MS
 }

@@ -17,7 +17,7 @@ use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{client_order_id, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Side};
 use crate::trading::risk::{check_order, OrderCheck};
 use crate::trading::service::{exchange_error, exchange_for, load_snapshot};
-use crate::trading::store::{BotConfig, BotState, LivePosition, OrderRecord, RecordOutcome};
+use crate::trading::store::{BotConfig, BotState, ClaimOutcome, LivePosition, OrderRecord, RecordOutcome};
 use rust_decimal::Decimal;
 use std::time::Duration;
 
@@ -169,6 +169,13 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
                 return Err(refusal);
             }
             Next::LookUp(order) => match order.fill.clone().filter(|f| f.status != OrderStatus::Pending) {
+                // Settled as never placed (a stop got to it first): not sent, and not an order.
+                Some(fill) if fill.status == OrderStatus::Rejected && fill.order_id.is_empty() => {
+                    let refusal = never_sent();
+                    let body = crate::http::problem_body(&refusal).to_string();
+                    trading.complete_idempotency(user_id, key, refusal.status().as_u16(), &body).await?;
+                    return Err(refusal);
+                }
                 Some(fill) => Next::Settle(order.intent, fill),
                 None => {
                     let exchange = exchange().await?;
@@ -178,7 +185,7 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
                             Next::Settle(order.intent, fill)
                         }
                         // Provably never placed: sending it now is a new decision, held to today's rules.
-                        None => match may_still_send(state, user_id, exchange.as_ref(), &order.intent).await? {
+                        None => match may_still_send(state, user_id, exchange.as_ref(), &order).await? {
                             Ok(()) => Next::Send(order.intent),
                             Err(refusal) => {
                                 trading.complete_order(user_id, &order.intent.client_order_id, &OrderFill::rejected()).await?;
@@ -317,13 +324,16 @@ pub async fn check_risk(
 }
 
 /// Right before a resumed order is sent: the kill switch, the bot's state and the risk rules
-/// again, as for a new order. `Ok(Err(refusal))`: it must not be sent.
+/// again, as for a new order, then the order claimed in a transaction held to the same
+/// conditions as a new order's recording (so a stop or a halt that began meanwhile wins, and a
+/// stop sees it is being sent). `Ok(Err(refusal))`: it must not be sent.
 async fn may_still_send(
     state: &AppState,
     user_id: &str,
     exchange: &dyn Exchange,
-    intent: &OrderIntent,
+    order: &OrderRecord,
 ) -> Result<Result<(), ApiError>, ApiError> {
+    let intent = &order.intent;
     let trading = state.trading_store();
     let (bot, halted_now) = tokio::join!(trading.bot(user_id), trading.kill_switch_on());
     let bot = bot?;
@@ -335,5 +345,18 @@ async fn may_still_send(
     let Some(bot) = bot.filter(|_| allowed) else {
         return Ok(Err(bot_not_running()));
     };
-    check_risk(state, exchange, &bot.config, intent).await
+    if let Err(refusal) = check_risk(state, exchange, &bot.config, intent).await? {
+        return Ok(Err(refusal));
+    }
+    Ok(match trading.claim_unsent_order(user_id, order, &bot).await? {
+        ClaimOutcome::Claimed => Ok(()),
+        ClaimOutcome::Settled => Err(never_sent()),
+        ClaimOutcome::BotNotRunning => Err(bot_not_running()),
+        ClaimOutcome::TradingHalted => Err(halted()),
+    })
+}
+
+/// A recorded order that a stop settled (or another request took) before this one could send it.
+fn never_sent() -> ApiError {
+    ApiError::conflict("order_not_sent", "this order was never sent: the bot was stopped first; submit it again with a new Idempotency-Key")
 }

@@ -138,6 +138,18 @@ pub struct OrderRecord {
     pub reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// When a resumed request last took this order to send it (unix ms); a stop waits for any
+    /// request that may still be sending it, counted from here or from `created_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
+}
+
+impl OrderRecord {
+    /// The last moment a request took this order to send it.
+    pub fn last_send_ms(&self) -> i64 {
+        let recorded = chrono::DateTime::parse_from_rfc3339(&self.created_at).map(|t| t.timestamp_millis()).unwrap_or(0);
+        self.sent_at_ms.map_or(recorded, |s| s.max(recorded))
+    }
 }
 
 /// What the store last saw of a live position on the exchange: reconciliation compares it with
@@ -212,6 +224,17 @@ pub fn now_rfc3339() -> String {
 
 /// Order-history items read per page when looking for orders in one status.
 pub const ORDER_HISTORY_PAGE: i32 = 250;
+
+/// What a resumed request's claim on a recorded order came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Taken: send it now.
+    Claimed,
+    /// No longer pending, or another request took it since it was read.
+    Settled,
+    BotNotRunning,
+    TradingHalted,
+}
 
 /// What became of an attempt to record an order before sending it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -427,7 +450,7 @@ impl TradingStore<'_> {
         intent: &OrderIntent,
         bot: &BotRecord,
     ) -> Result<RecordOutcome, StoreError> {
-        use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
         let now = now_rfc3339();
         let order = OrderRecord {
             user_id: user_id.to_owned(),
@@ -437,6 +460,7 @@ impl TradingStore<'_> {
             reason: None,
             created_at: now.clone(),
             updated_at: now,
+            sent_at_ms: None,
         };
         let put_order = Put::builder()
             .table_name(self.table)
@@ -450,7 +474,29 @@ impl TradingStore<'_> {
             .transact_items(self.idempotency_put(user_id, key, record)?)
             .transact_items(TransactWriteItem::builder().put(put_order).build());
         if !intent.reduce_only {
-            // Running, on the exchange kind and with the credentials the order was judged for.
+            let [running, not_halted] = self.may_trade_checks(user_id, bot)?;
+            request = request.transact_items(running).transact_items(not_halted);
+        }
+        // The cancellation reasons come in the order the items were given.
+        let outcome = crate::dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            RecordOutcome::Recorded
+        } else if outcome.failed(0) {
+            RecordOutcome::KeyTaken
+        } else if outcome.failed(1) {
+            RecordOutcome::OrderIdTaken
+        } else if outcome.failed(2) {
+            RecordOutcome::BotNotRunning
+        } else {
+            RecordOutcome::TradingHalted
+        })
+    }
+
+    /// The conditions under which a risk-increasing order may go out: the bot running, on the
+    /// exchange kind and with the credentials the order was judged for, and no halt.
+    fn may_trade_checks(&self, user_id: &str, bot: &BotRecord) -> Result<[aws_sdk_dynamodb::types::TransactWriteItem; 2], StoreError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
+        {
             let mut running = ConditionCheck::builder()
                 .table_name(self.table)
                 .set_key(Some(keys::bot(user_id)))
@@ -473,23 +519,78 @@ impl TradingStore<'_> {
                 .expression_attribute_values(":off", AttributeValue::Bool(false))
                 .build()
                 .map_err(StoreError::from)?;
-            request = request
-                .transact_items(TransactWriteItem::builder().condition_check(running).build())
-                .transact_items(TransactWriteItem::builder().condition_check(not_halted).build());
+            Ok([
+                TransactWriteItem::builder().condition_check(running).build(),
+                TransactWriteItem::builder().condition_check(not_halted).build(),
+            ])
         }
-        // The cancellation reasons come in the order the items were given.
+    }
+
+    /// The condition "still pending, and nobody took it to send since `order` was read", with the
+    /// `:read` value it needs (besides `#status` and `:pending`).
+    fn unsent_since_read(order: &OrderRecord) -> (&'static str, Option<AttributeValue>) {
+        match order.sent_at_ms {
+            None => ("#status = :pending AND attribute_not_exists(sent_at_ms)", None),
+            Some(at) => ("#status = :pending AND sent_at_ms = :read", Some(n(at))),
+        }
+    }
+
+    /// Takes a recorded, never-placed order to send it again (a resumed Idempotency-Key), in one
+    /// transaction with the conditions of a new order: so a stop that began meanwhile (or a halt)
+    /// stops it, and the stop sees that a request is sending it now.
+    pub async fn claim_unsent_order(&self, user_id: &str, order: &OrderRecord, bot: &BotRecord) -> Result<ClaimOutcome, StoreError> {
+        use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+        let update = Update::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::order(user_id, &order.intent.client_order_id)))
+            .update_expression("SET sent_at_ms = :now, updated_at = :at")
+            .expression_attribute_values(":now", n(chrono::Utc::now().timestamp_millis()))
+            .expression_attribute_values(":at", s(now_rfc3339()))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s("pending"));
+        let (condition, read) = Self::unsent_since_read(order);
+        let update = match read {
+            Some(v) => update.expression_attribute_values(":read", v),
+            None => update,
+        };
+        let update = update.condition_expression(condition).build()?;
+        let mut request = self.client.transact_write_items().transact_items(TransactWriteItem::builder().update(update).build());
+        if !order.intent.reduce_only {
+            let [running, not_halted] = self.may_trade_checks(user_id, bot)?;
+            request = request.transact_items(running).transact_items(not_halted);
+        }
         let outcome = crate::dynamo::transact(request).await?;
         Ok(if outcome.written() {
-            RecordOutcome::Recorded
+            ClaimOutcome::Claimed
         } else if outcome.failed(0) {
-            RecordOutcome::KeyTaken
+            ClaimOutcome::Settled
         } else if outcome.failed(1) {
-            RecordOutcome::OrderIdTaken
-        } else if outcome.failed(2) {
-            RecordOutcome::BotNotRunning
+            ClaimOutcome::BotNotRunning
         } else {
-            RecordOutcome::TradingHalted
+            ClaimOutcome::TradingHalted
         })
+    }
+
+    /// Settles a recorded order that was never placed as rejected, unless a request took it to
+    /// send since it was read (`false` then: it may be on its way).
+    pub async fn reject_unsent_order(&self, user_id: &str, order: &OrderRecord) -> Result<bool, StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::order(user_id, &order.intent.client_order_id)))
+            .update_expression("SET #status = :rejected, fill = :fill, updated_at = :at")
+            .expression_attribute_values(":rejected", serde_dynamo::to_attribute_value(OrderStatus::Rejected)?)
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(OrderFill::rejected())?)
+            .expression_attribute_values(":at", s(now_rfc3339()))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s("pending"));
+        let (condition, read) = Self::unsent_since_read(order);
+        let update = match read {
+            Some(v) => update.expression_attribute_values(":read", v),
+            None => update,
+        };
+        crate::dynamo::written(update.condition_expression(condition).send().await)
     }
 
     /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
@@ -503,6 +604,7 @@ impl TradingStore<'_> {
             reason: reason.map(str::to_owned),
             created_at: now.clone(),
             updated_at: now,
+            sent_at_ms: None,
         };
         let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
         crate::dynamo::written(

@@ -234,3 +234,23 @@ async fn a_live_position_opened_again_before_the_next_run_does_not_inherit_the_t
     assert!(report.closed.is_empty(), "the new position inherited the old one's 67,000 high: {report:?}");
     assert_eq!(market.positions(&token).await.as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn a_live_stop_loss_close_that_fills_partly_is_finished_by_the_next_run() {
+    let market = Market::open(Venue::Live).await;
+    let double = market.double.as_ref().unwrap();
+    let token = market.trader(json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "2", "max_position_notional": "20000"})).await;
+    market.open_position(&token, Direction::Long).await;
+    market.set_mark("63600").await;
+    // A thin book: the close fills 0.04 of 0.1 and Bitget cancels the rest.
+    double.fault("/api/v2/mix/order/place-order", common::fake_bitget::Fault::FillPart("0.04"));
+    let first = market.sweep().await;
+    assert_eq!(first.closed.iter().map(|c| c.size.to_string()).collect::<Vec<_>>(), vec!["0.04"], "{first:?}");
+    assert_eq!(double.position("BTCUSDT", "long").to_string(), "0.06");
+    // The next run closes what is left with a new order, instead of replaying the first one.
+    let second = market.sweep().await;
+    assert_eq!(second.closed.iter().map(|c| c.size.to_string()).collect::<Vec<_>>(), vec!["0.06"], "{second:?}");
+    assert!(double.position("BTCUSDT", "long").is_zero(), "flat after the second run");
+    let third = market.sweep().await;
+    assert!(third.closed.is_empty(), "nothing left to close, nothing reported: {third:?}");
+}

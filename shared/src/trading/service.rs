@@ -198,51 +198,71 @@ pub async fn close_position(
             cause: None,
         });
     }
-    let intent = OrderIntent {
-        symbol: position.symbol.clone(),
-        side: position.side.closing_side(),
-        order_type: OrderType::Market,
-        // What resting closes do not lock: Bitget refuses a reduce-only order for more.
-        size: position.available,
-        price: None,
-        reduce_only: true,
-        client_order_id: client_order_id(&[user_id, reason_key, &position.symbol, side_name]),
-        leverage,
-    };
     let store = state.trading_store();
-    // A refusal settles the order as rejected (it was never placed, and a later round may try
-    // again); an unknown outcome leaves it pending for a lookup.
-    let place = || async {
-        match exchange.place_order(&intent, OrderGuard::default()).await {
-            Ok(fill) => Ok(fill),
-            Err(e @ (ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen)) => Err(exchange_error(e)),
-            Err(e) => {
-                if exchange.kind() != crate::trading::model::ExchangeKind::Paper {
-                    store.complete_order(user_id, &intent.client_order_id, &OrderFill::rejected()).await?;
+    // The closes of this action on this position, one after another: a close that ended (filled
+    // whole, or partly with the rest canceled) while the position is still open leaves the next
+    // one to a new order, never a replay of the last one's fill.
+    for slot in 0..CLOSES_PER_ACTION {
+        let key = match slot {
+            0 => reason_key.to_owned(),
+            n => format!("{reason_key}-{n}"),
+        };
+        let intent = OrderIntent {
+            symbol: position.symbol.clone(),
+            side: position.side.closing_side(),
+            order_type: OrderType::Market,
+            // What resting closes do not lock: Bitget refuses a reduce-only order for more.
+            size: position.available,
+            price: None,
+            reduce_only: true,
+            client_order_id: client_order_id(&[user_id, &key, &position.symbol, side_name]),
+            leverage,
+        };
+        // A refusal settles the order as rejected (it was never placed, and a later round may
+        // try again); an unknown outcome leaves it pending for a lookup.
+        let place = || async {
+            match exchange.place_order(&intent, OrderGuard::default()).await {
+                Ok(fill) => Ok(fill),
+                Err(e @ (ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen)) => Err(exchange_error(e)),
+                Err(e) => {
+                    if exchange.kind() != crate::trading::model::ExchangeKind::Paper {
+                        store.complete_order(user_id, &intent.client_order_id, &OrderFill::rejected()).await?;
+                    }
+                    Err(exchange_error(e))
                 }
-                Err(exchange_error(e))
             }
+        };
+        let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
+            place().await?
+        } else {
+            match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {
+                // Ended before, and the position is still here: the next close is a new order.
+                Some(fill) if matches!(fill.status, OrderStatus::Filled | OrderStatus::Canceled) => continue,
+                Some(fill) if fill.status == OrderStatus::Open => fill,
+                // Recorded by an earlier run that died before the exchange answered, or refused
+                // then: ask the exchange before sending it (again).
+                _ => match exchange.find_order(&intent.symbol, &intent.client_order_id).await.map_err(exchange_error)? {
+                    Some(fill) => fill,
+                    None => place().await?,
+                },
+            }
+        };
+        // The paper exchange writes the order record inside its fill transaction.
+        if exchange.kind() != crate::trading::model::ExchangeKind::Paper && fill.status != OrderStatus::Pending {
+            store.complete_order(user_id, &intent.client_order_id, &fill).await?;
         }
-    };
-    let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
-        place().await?
-    } else {
-        match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {
-            Some(fill) if fill.status != OrderStatus::Rejected => fill,
-            // Recorded by an earlier run that died before the exchange answered, or refused
-            // then: ask the exchange before sending it (again).
-            _ => match exchange.find_order(&intent.symbol, &intent.client_order_id).await.map_err(exchange_error)? {
-                Some(fill) => fill,
-                None => place().await?,
-            },
-        }
-    };
-    // The paper exchange writes the order record inside its fill transaction.
-    if exchange.kind() != crate::trading::model::ExchangeKind::Paper && fill.status != OrderStatus::Pending {
-        store.complete_order(user_id, &intent.client_order_id, &fill).await?;
+        return Ok(closed_from(position, &fill));
     }
-    Ok(closed_from(position, &fill))
+    Err(ApiError::BadGateway {
+        code: "close_failed",
+        detail: format!("the {} position is still open after {CLOSES_PER_ACTION} closing orders", position.symbol),
+        cause: None,
+    })
 }
+
+/// Closing orders one action (a trigger on a position instance, a stop round) may send before
+/// it gives up and reports the position as failing to close.
+pub const CLOSES_PER_ACTION: u32 = 20;
 
 fn closed_from(position: &Position, fill: &OrderFill) -> ClosedPosition {
     ClosedPosition {

@@ -528,7 +528,7 @@ async fn check_live(
         .filter(|p| p.symbol == bot.config.symbol)
         .collect();
     // The exchange is the truth: correct the store, and say so.
-    let differences = state.trading_store().sync_live_positions(user_id, &mirrors, &actual).await?;
+    let differences = state.trading_store().sync_live_positions(user_id, &bot.config.symbol, &mirrors, &actual).await?;
     if !differences.is_empty()
         && alerts::send(state, &format!("🔁 Reconciled user {user_id} with Bitget: {}", differences.join("; "))).await
     {

@@ -361,3 +361,17 @@ async fn a_bot_stuck_stopping_is_announced_once_and_its_stop_once() {
     let stopped = tg.messages().iter().filter(|m| m.contains("is stopped")).count();
     assert_eq!(stopped, 1, "{:?}", tg.messages());
 }
+
+#[tokio::test]
+async fn the_users_own_positions_on_other_symbols_never_raise_reconciliation_alerts() {
+    let fake = FakeBitget::start().await;
+    fake.set_position("ETHUSDT", "long", "1", "3200"); // the user's own, opened by hand
+    let (app, tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    let token = live_trader(&app).await;
+    for cycle in 1..=3 {
+        assert_eq!(market_buy(&app, &token, "0.01", &format!("mine-{cycle}")).await, 201);
+        run(&app).await;
+        let reconciled: Vec<String> = tg.messages().into_iter().filter(|m| m.contains("Reconciled")).collect();
+        assert!(reconciled.is_empty(), "cycle {cycle}: the bot's own orders and the user's ETHUSDT are no news: {reconciled:?}");
+    }
+}

@@ -223,7 +223,7 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
             exchange.positions().await.map_err(exchange_error)?.into_iter().filter(|p| p.symbol == bot.config.symbol).collect();
         if positions.is_empty() {
             if exchange.kind() != ExchangeKind::Paper {
-                trading.sync_live_positions(user_id, &snapshot.live_positions, &[]).await?;
+                trading.sync_live_positions(user_id, &bot.config.symbol, &snapshot.live_positions, &[]).await?;
             }
             let stopped = BotRecord { state: BotState::Stopped, version: bot.version + 1, updated_at: now_rfc3339(), ..bot.clone() };
             return match claim(&trading, &bot, stopped).await? {

@@ -262,7 +262,7 @@ async fn send(
                 // Keep the store's mirror of the live account current, so the guardian's
                 // reconciliation only ever flags changes made outside this service.
                 match exchange.positions().await {
-                    Ok(actual) => drop(trading.sync_live_positions(user_id, known_live, &actual).await),
+                    Ok(actual) => drop(trading.sync_live_positions(user_id, &intent.symbol, known_live, &actual).await),
                     Err(e) => tracing::warn!(error = %e, "positions not re-read after a live fill; the guardian will reconcile"),
                 }
             }

@@ -345,16 +345,20 @@ impl TradingStore<'_> {
         Ok(marks)
     }
 
-    /// Makes the stored mirror of a live account equal to what the exchange reports; the
-    /// differences found (empty when the store was right).
+    /// Makes the stored mirror of a live account's `symbol` (the bot's: the user's other
+    /// positions are theirs, never mirrored) equal to what the exchange reports; the differences
+    /// found (empty when the store was right).
     pub async fn sync_live_positions(
         &self,
         user_id: &str,
+        symbol: &str,
         known: &[LivePosition],
         actual: &[crate::trading::model::Position],
     ) -> Result<Vec<String>, StoreError> {
+        let known: Vec<&LivePosition> = known.iter().filter(|k| k.symbol == symbol).collect();
+        let actual: Vec<&crate::trading::model::Position> = actual.iter().filter(|p| p.symbol == symbol).collect();
         let mut differences = Vec::new();
-        for p in actual {
+        for p in actual.iter().copied() {
             let slot = known.iter().find(|k| k.symbol == p.symbol && k.side == p.side);
             let mirror = slot.filter(|m| m.mirrors(p));
             if mirror.is_some_and(|m| m.size == p.size && m.entry_price == p.entry_price && m.instance == p.instance) {
@@ -379,7 +383,7 @@ impl TradingStore<'_> {
             self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map_err(db_error)?;
         }
         for k in known {
-            if !actual.iter().any(|p| p.symbol == k.symbol && p.side == k.side) {
+            if !actual.iter().any(|p| p.side == k.side) {
                 differences.push(format!("{} {} {} gone at the exchange", k.symbol, side_name(k.side), k.size));
                 self.client
                     .delete_item()

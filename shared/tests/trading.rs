@@ -1026,11 +1026,11 @@ async fn saving_or_deleting_credentials_is_one_write_conditioned_on_the_bot_bein
     let user = user_id_of(&app, &token).await;
     // A save that passed its own "bot stopped?" read a moment before the bot started.
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
-    assert_eq!(app.trading().save_credentials(&user, &some_credentials(1)).await.unwrap(), CredentialsWrite::BotActive);
+    assert_eq!(app.trading().save_credentials(&user, &some_credentials(1), None).await.unwrap(), CredentialsWrite::BotActive);
     assert_eq!(app.trading().delete_credentials(&user).await.unwrap(), CredentialsWrite::BotActive);
     assert!(app.trading().snapshot(&user).await.unwrap().credentials.is_none());
     assert_eq!(stop(&app, &token).await.status, 200);
-    assert_eq!(app.trading().save_credentials(&user, &some_credentials(1)).await.unwrap(), CredentialsWrite::Written);
+    assert_eq!(app.trading().save_credentials(&user, &some_credentials(1), None).await.unwrap(), CredentialsWrite::Written);
     assert_eq!(app.trading().delete_credentials(&user).await.unwrap(), CredentialsWrite::Written);
 }
 
@@ -1042,7 +1042,7 @@ async fn a_start_that_read_no_credentials_does_not_start_a_paper_bot_once_they_e
     let user = user_id_of(&app, &token).await;
     // Saved between the start's read and its write.
     assert_eq!(
-        app.trading().save_credentials(&user, &some_credentials(1)).await.unwrap(),
+        app.trading().save_credentials(&user, &some_credentials(1), None).await.unwrap(),
         shared::trading::store::CredentialsWrite::Written
     );
     let paper_bot = BotRecord {
@@ -1164,4 +1164,27 @@ async fn a_resumed_key_racing_a_stop_never_sends_behind_the_stopped_bot() {
     assert_eq!(fake.position("BTCUSDT", "long"), Decimal::ZERO);
     // And the key keeps that answer.
     assert_eq!(submit(&app, &token, &order_key, market_buy("0.01")).await.code(), "order_not_sent");
+}
+
+#[tokio::test]
+async fn credentials_versions_never_repeat_and_a_concurrent_save_is_refused() {
+    use shared::trading::store::CredentialsWrite;
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, false).await;
+    let user = user_id_of(&app, &token).await;
+    async fn version(app: &TestApp, user: &str) -> Option<u64> {
+        app.trading().snapshot(user).await.unwrap().credentials.map(|c| c.version)
+    }
+    let first = version(&app, &user).await.expect("saved");
+    for cycle in 1..=3 {
+        assert_eq!(app.call_as(t::delete_credentials, &token, "DELETE", "/api/v1/exchange/credentials", None).await.status, 204);
+        assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204);
+        let again = version(&app, &user).await.expect("saved again");
+        // A bot started on the deleted keys recorded `first`: the new keys must never match it.
+        assert!(again > first, "cycle {cycle}: version {again} after delete and save, was {first}");
+    }
+    // A save that read a version another save has replaced since is refused, not a blind overwrite.
+    let read = version(&app, &user).await;
+    assert_eq!(app.trading().save_credentials(&user, &some_credentials(read.unwrap() + 1), read).await.unwrap(), CredentialsWrite::Written);
+    assert_eq!(app.trading().save_credentials(&user, &some_credentials(read.unwrap() + 2), read).await.unwrap(), CredentialsWrite::Changed);
 }

@@ -34,18 +34,28 @@ pub async fn save(state: &AppState, caller: &Caller, creds: BitgetCredentials) -
         ciphertext: keys.encrypt(&creds.to_plaintext(), caller.user_id.as_bytes()),
         position_mode,
         updated_at: now_rfc3339(),
-        version: snapshot.credentials.as_ref().map(|c| c.version).unwrap_or(0) + 1,
+        version: next_version(snapshot.credentials.as_ref().map(|c| c.version)),
     };
-    match state.trading_store().save_credentials(&caller.user_id, &record).await? {
+    let read = snapshot.credentials.as_ref().map(|c| c.version);
+    match state.trading_store().save_credentials(&caller.user_id, &record, read).await? {
         CredentialsWrite::Written => Ok(()),
         CredentialsWrite::BotActive => Err(bot_running_conflict()),
+        CredentialsWrite::Changed => Err(ApiError::conflict("conflict", "the credentials changed concurrently; try again")),
     }
+}
+
+/// A version no earlier credentials of this user had, deleted ones included: the clock in
+/// milliseconds, and past the last one read. A bot started on the old keys can then never pass
+/// for one started on the new.
+fn next_version(read: Option<u64>) -> u64 {
+    let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    now.max(read.unwrap_or(0) + 1)
 }
 
 pub async fn delete(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     load_snapshot(state, caller).await?;
     match state.trading_store().delete_credentials(&caller.user_id).await? {
-        CredentialsWrite::Written => Ok(()),
+        CredentialsWrite::Written | CredentialsWrite::Changed => Ok(()),
         CredentialsWrite::BotActive => Err(bot_running_conflict()),
     }
 }

@@ -102,7 +102,8 @@ pub struct CredentialsRecord {
     pub ciphertext: String,
     pub position_mode: String,
     pub updated_at: String,
-    /// Counts saves: a bot records the version it started with.
+    /// Never the same twice for a user (see `credentials::next_version`): a bot records the
+    /// version it started with.
     #[serde(default)]
     pub version: u64,
 }
@@ -111,6 +112,8 @@ pub struct CredentialsRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialsWrite {
     Written,
+    /// Saved or deleted by another request since they were read.
+    Changed,
     /// The bot is running or stopping: credentials change only behind a stopped bot.
     BotActive,
 }
@@ -706,16 +709,34 @@ impl TradingStore<'_> {
         Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build())
     }
 
-    /// Saves credentials, in one transaction with the condition that the bot is stopped.
-    pub async fn save_credentials(&self, user_id: &str, record: &CredentialsRecord) -> Result<CredentialsWrite, StoreError> {
+    /// Saves credentials over the version `read` (None: there were none), in one transaction
+    /// with the condition that the bot is stopped.
+    pub async fn save_credentials(
+        &self,
+        user_id: &str,
+        record: &CredentialsRecord,
+        read: Option<u64>,
+    ) -> Result<CredentialsWrite, StoreError> {
         let item = keys::with_key(to_item(record)?, keys::credentials(user_id));
-        let put = aws_sdk_dynamodb::types::Put::builder().table_name(self.table).set_item(Some(item)).build().map_err(StoreError::from)?;
+        let put = aws_sdk_dynamodb::types::Put::builder().table_name(self.table).set_item(Some(item));
+        let put = match read {
+            None => put.condition_expression("attribute_not_exists(PK)"),
+            Some(v) => put.condition_expression("version = :read").expression_attribute_values(":read", n(v)),
+        };
+        let put = put.build()?;
         let request = self
             .client
             .transact_write_items()
             .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
             .transact_items(self.bot_stopped_check(user_id)?);
-        Ok(if crate::dynamo::transact(request).await?.written() { CredentialsWrite::Written } else { CredentialsWrite::BotActive })
+        let outcome = crate::dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            CredentialsWrite::Written
+        } else if outcome.failed(1) {
+            CredentialsWrite::BotActive
+        } else {
+            CredentialsWrite::Changed
+        })
     }
 
     /// Deletes credentials, in one transaction with the condition that the bot is stopped.

@@ -27,7 +27,25 @@ pub fn parse_decimal_raw(json: &str) -> Option<Decimal> {
     if text.is_empty() || text.len() > 40 || !text.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) {
         return None;
     }
-    Decimal::from_str_exact(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
+    match text.split_once(['e', 'E']) {
+        None => Decimal::from_str_exact(&text).ok(),
+        Some((mantissa, exponent)) => scaled_exactly(Decimal::from_str_exact(mantissa).ok()?, exponent.parse().ok()?),
+    }
+}
+
+/// `mantissa × 10^exponent`, or None when a decimal cannot hold it exactly (never rounded).
+fn scaled_exactly(mantissa: Decimal, exponent: i32) -> Option<Decimal> {
+    if exponent >= 0 {
+        let factor = Decimal::from_i128_with_scale(10i128.checked_pow(u32::try_from(exponent).ok()?)?, 0);
+        mantissa.checked_mul(factor)
+    } else {
+        let scale = mantissa.scale().checked_add(exponent.unsigned_abs())?;
+        (scale <= 28).then(|| {
+            let mut scaled = mantissa;
+            scaled.set_scale(scale).ok();
+            scaled
+        })
+    }
 }
 
 /// How a position's margin is held on the exchange. Isolated by default: a position can lose at
@@ -50,25 +68,12 @@ impl MarginMode {
 }
 
 /// A whole number as JSON Schema sees one: `5` or `5.0` (a number whose fraction is zero).
+/// Read from the number's literal text, exactly: `5.0000000000000001` is not 5.
 pub fn whole_number_input<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    let whole = match &value {
-        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)),
-        _ => None,
-    };
-    whole.and_then(|w| u32::try_from(w).ok()).ok_or_else(|| serde::de::Error::custom("expected a whole number"))
-}
-
-pub fn parse_decimal_value(value: &serde_json::Value) -> Option<Decimal> {
-    let text = match value {
-        serde_json::Value::String(s) => s.trim().to_owned(),
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    if text.is_empty() || text.len() > 40 {
-        return None;
-    }
-    Decimal::from_str(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    let number = Some(raw.get().trim()).filter(|t| !t.starts_with('"')).and_then(parse_decimal_raw);
+    let whole = number.filter(|n| n.fract().is_zero() && !n.is_sign_negative()).and_then(|n| u32::try_from(n).ok());
+    whole.ok_or_else(|| serde::de::Error::custom("expected a whole number"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +276,18 @@ mod tests {
         assert_eq!(n(r#"{"n": -1}"#), None);
         assert_eq!(n(r#"{"n": 1e20}"#), None);
         assert_eq!(n(r#"{"n": "67"}"#), None);
+        assert_eq!(n(r#"{"n": 5.0000000000000001}"#), None, "no binary float rounds a fraction away");
+        assert_eq!(n(r#"{"n": 5e0}"#), Some(5));
+    }
+
+    #[test]
+    fn scientific_notation_is_read_exactly_or_refused_never_rounded() {
+        let from = |json: &str| serde_json::from_str::<Probe>(json).map(|p| p.v).ok();
+        assert_eq!(from(r#"{"v":1.5e-3}"#).map(|d| d.to_string()), Some("0.0015".into()));
+        assert_eq!(from(r#"{"v":"2E2"}"#).map(|d| d.normalize().to_string()), Some("200".into()));
+        assert_eq!(from(r#"{"v":1.000000000000000000000000000001e0}"#), None, "more digits than a decimal holds");
+        assert_eq!(from(r#"{"v":1e-29}"#), None);
+        assert_eq!(from(r#"{"v":1e40}"#), None);
     }
 
     #[test]

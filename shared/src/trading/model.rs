@@ -3,7 +3,6 @@
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
-use std::str::FromStr;
 
 /// Accepts a decimal as a JSON string or number, exactly: a number is read from its literal text
 /// in the request body (a raw JSON value), never through a binary float.

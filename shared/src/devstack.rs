@@ -204,6 +204,7 @@ pub fn running_paper_bot(
         stop_id: None,
         stop_round: 0,
         credentials_version: None,
+        position_mode: None,
     };
     let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(&bot)?, crate::keys::bot(user_id));
     bot_item.extend(crate::keys::active_bot_index(user_id));

@@ -1055,6 +1055,7 @@ async fn a_start_that_read_no_credentials_does_not_start_a_paper_bot_once_they_e
         stop_id: None,
         stop_round: 0,
         credentials_version: None,
+        position_mode: None,
     };
     assert_eq!(app.trading().start_bot(&paper_bot, None).await.unwrap(), StartOutcome::CredentialsChanged);
     assert!(app.trading().bot(&user).await.unwrap().is_none());
@@ -1187,4 +1188,53 @@ async fn credentials_versions_never_repeat_and_a_concurrent_save_is_refused() {
     let read = version(&app, &user).await;
     assert_eq!(app.trading().save_credentials(&user, &some_credentials(read.unwrap() + 1), read).await.unwrap(), CredentialsWrite::Written);
     assert_eq!(app.trading().save_credentials(&user, &some_credentials(read.unwrap() + 2), read).await.unwrap(), CredentialsWrite::Changed);
+}
+
+#[tokio::test]
+async fn a_live_submit_racing_a_stop_between_recording_and_sending_never_escapes_the_stop() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    // The order is recorded; Bitget holds its placement while the user stops the bot.
+    let slow = std::sync::Arc::new(tokio::sync::Notify::new());
+    let place = "/api/v2/mix/order/place-order";
+    fake.fault(place, Fault::Hold(slow.clone()));
+    let before = fake.calls(place);
+    let order_key = key();
+    let submitted = submit(&app, &token, &order_key, market_buy("0.01"));
+    let stop_meanwhile = async {
+        while fake.calls(place) == before {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let first = stop(&app, &token).await;
+        slow.notify_one();
+        first
+    };
+    let (submitted, first) = tokio::join!(submitted, stop_meanwhile);
+    // The stop could not see the order at Bitget yet, and did not call the bot stopped.
+    assert_eq!((first.status, first.code()), (502, "close_failed"), "{}", first.raw);
+    assert_eq!(submitted.status, 201, "{}", submitted.raw);
+    assert_eq!(status(&app, &token).await.body["state"], "stopping");
+    // The next stop finds the filled order and closes what it opened.
+    let second = stop(&app, &token).await;
+    assert_eq!((second.status, second.body["state"].as_str()), (200, Some("stopped")), "{}", second.raw);
+    assert_eq!(closed_sizes(&second), vec![d("0.01")]);
+    assert!(fake.position("BTCUSDT", "long").is_zero());
+}
+
+#[tokio::test]
+async fn the_position_mode_is_read_again_at_every_start_so_a_switch_after_saving_the_keys_trades_right() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, false).await; // saved in one-way mode
+    for (cycle, mode) in [(1, "hedge_mode"), (2, "one_way_mode"), (3, "hedge_mode")] {
+        // Switched in Bitget's own app while flat, after the keys were saved.
+        fake.set_pos_mode(mode);
+        assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+        let opened = submit(&app, &token, &key(), market_buy("0.01")).await;
+        assert_eq!(opened.status, 201, "cycle {cycle} in {mode}: {}", opened.raw);
+        let short = submit(&app, &token, &key(), json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": "0.01"})).await;
+        assert_eq!(short.status, 201, "cycle {cycle} in {mode}: {}", short.raw);
+        let stopped = stop(&app, &token).await;
+        assert_eq!((stopped.status, stopped.body["state"].as_str()), (200, Some("stopped")), "cycle {cycle}: {}", stopped.raw);
+        assert!(fake.position("BTCUSDT", "long").is_zero() && fake.position("BTCUSDT", "short").is_zero(), "cycle {cycle}: flat");
+    }
 }

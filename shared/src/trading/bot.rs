@@ -74,9 +74,20 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
     }
     let user_id = caller.user_id.as_str();
     let already_running = snapshot.bot.as_ref().is_some_and(|b| b.state == BotState::Running && b.config == config);
+    let mut position_mode = None;
     if let (Some(record), false) = (&snapshot.credentials, already_running) {
-        // The bot's leverage and margin mode on the exchange, before it may trade.
-        let exchange = crate::trading::service::live_exchange(state, user_id, record, config.margin_mode).await?;
+        // The account's position mode now (the user may have switched it since saving the keys),
+        // then the bot's leverage and margin mode on the exchange, before it may trade.
+        let mut exchange = crate::trading::service::live_exchange(state, user_id, record, config.margin_mode).await?;
+        exchange.position_mode = state.bitget.position_mode(&exchange.creds, &config.symbol).await.map_err(|e| match e {
+            ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
+            other => ApiError::BadGateway {
+                code: "exchange_unavailable",
+                detail: "the exchange's position mode could not be read".into(),
+                cause: Some(Box::new(other)),
+            },
+        })?;
+        position_mode = Some(exchange.position_mode.clone());
         exchange.configure_symbol(&config.symbol, config.margin_mode, config.leverage).await.map_err(|e| match e {
             ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
             other => ApiError::unprocessable("leverage_refused", format!("the exchange refused the leverage or margin mode: {other}")),
@@ -108,6 +119,7 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
             stop_id: None,
             stop_round: 0,
             credentials_version: snapshot.credentials.as_ref().map(|c| c.version),
+            position_mode: position_mode.clone(),
         };
         match trading.start_bot(&record, expected).await? {
             StartOutcome::Started => return status_of(state, user_id, &snapshot, Some(&record)).await,

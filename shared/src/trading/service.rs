@@ -127,7 +127,12 @@ pub async fn exchange_for(
             return Err(ApiError::conflict("credentials_missing", "the bot trades on Bitget but no credentials are stored"));
         };
         let margin_mode = snapshot.bot.as_ref().map(|b| b.config.margin_mode).unwrap_or_default();
-        return Ok(Box::new(live_exchange(state, user_id, record, margin_mode).await?));
+        let mut exchange = live_exchange(state, user_id, record, margin_mode).await?;
+        // A bot trades in the position mode it found at start.
+        if let Some(mode) = active_bot.and_then(|b| b.position_mode.clone()) {
+            exchange.position_mode = mode;
+        }
+        return Ok(Box::new(exchange));
     }
     let mut symbols: Vec<String> = snapshot.positions.iter().map(|p| p.symbol.clone()).collect();
     symbols.extend(extra_symbols.iter().cloned());

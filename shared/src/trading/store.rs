@@ -51,6 +51,10 @@ pub struct BotRecord {
     /// stored ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_version: Option<u64>,
+    /// The account's position mode (`one_way_mode` / `hedge_mode`) as Bitget reported it when
+    /// the bot started: what its orders are shaped for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_mode: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

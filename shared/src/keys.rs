@@ -116,8 +116,12 @@ pub fn sweep_cursor(shard: u16) -> Key {
 pub fn credentials(user_id: &str) -> Key {
     key(user_partition(user_id), "CREDENTIALS")
 }
+/// The partition of a user's order history.
+pub fn order_partition(user_id: &str) -> String {
+    format!("ORDERS#{user_id}")
+}
 pub fn order(user_id: &str, client_oid: &str) -> Key {
-    key(format!("ORDERS#{user_id}"), format!("ORDER#{client_oid}"))
+    key(order_partition(user_id), format!("ORDER#{client_oid}"))
 }
 pub fn idempotency(user_id: &str, idempotency_key: &str) -> Key {
     key(format!("IDEMPOTENCY#{user_id}"), idempotency_key)

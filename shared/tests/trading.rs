@@ -1238,3 +1238,43 @@ async fn the_position_mode_is_read_again_at_every_start_so_a_switch_after_saving
         assert!(fake.position("BTCUSDT", "long").is_zero() && fake.position("BTCUSDT", "short").is_zero(), "cycle {cycle}: flat");
     }
 }
+
+#[tokio::test]
+async fn a_stop_cancels_an_order_placed_by_hand_on_the_bots_symbol_without_inventing_a_record_for_it() {
+    use shared::trading::exchange::{Exchange, OrderGuard};
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let user = user_id_of(&app, &token).await;
+    // Placed in Bitget's own app, not through this service.
+    let by_hand = shared::trading::bitget::BitgetExchange {
+        client: app.state.bitget.clone(),
+        creds: shared::trading::bitget::BitgetCredentials {
+            api_key: KEY.into(),
+            api_secret: shared::secrets::Secret::new(SECRET.into()),
+            passphrase: shared::secrets::Secret::new(PASSPHRASE.into()),
+            demo: false,
+        },
+        position_mode: "one_way_mode".into(),
+        margin_mode: Default::default(),
+    };
+    let intent = shared::trading::model::OrderIntent {
+        symbol: "BTCUSDT".into(),
+        side: shared::trading::model::Side::Buy,
+        order_type: shared::trading::model::OrderType::Limit,
+        size: d("0.01"),
+        price: Some(d("60000")),
+        reduce_only: false,
+        client_order_id: "placed-by-hand-1".into(),
+        leverage: 10,
+    };
+    by_hand.place_order(&intent, OrderGuard::default()).await.expect("placed by hand");
+    let res = stop(&app, &token).await;
+    assert_eq!((res.status, res.body["canceled_orders"].as_array().map(Vec::len)), (200, Some(1)), "{}", res.raw);
+    assert_eq!(fake.order("placed-by-hand-1").unwrap().state, "canceled");
+    assert!(app.trading().order(&user, "placed-by-hand-1").await.unwrap().is_none(), "no half-made record");
+    // The order history still reads whole, start after start.
+    for _ in 0..2 {
+        assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+        assert_eq!(stop(&app, &token).await.status, 200);
+    }
+}

@@ -311,8 +311,11 @@ pub async fn cancel_open_orders(
         if exchange.cancel_order(symbol, &order.client_order_id).await.map_err(unavailable)? == CancelOutcome::Canceled {
             if exchange.kind() != ExchangeKind::Paper {
                 let fill = OrderFill { status: OrderStatus::Canceled, order_id: order.order_id.clone(), ..OrderFill::rejected() };
-                // Ours or not (placed by hand on the bot's symbol), it is canceled now.
-                drop(trading.complete_order(user_id, &order.client_order_id, &fill).await);
+                // Canceled at the exchange whatever the store says; a record that could not be
+                // updated is corrected by the next read of the order.
+                if let Err(e) = trading.complete_order(user_id, &order.client_order_id, &fill).await {
+                    tracing::warn!(error = %ApiError::from(e).chain(), "a canceled order's record was not updated");
+                }
             }
             canceled.push(order.order_id);
         }

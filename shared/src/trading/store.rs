@@ -630,20 +630,21 @@ impl TradingStore<'_> {
     }
 
     /// Stores what the exchange answered for a recorded order.
+    /// An order this service never recorded (one placed by hand on the exchange) is left alone:
+    /// no half-made record is created for it.
     pub async fn complete_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<(), StoreError> {
-        self.client
+        let update = self
+            .client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
             .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .condition_expression("attribute_exists(PK)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(StoreError::from)?)
-            .expression_attribute_values(":now", s(now_rfc3339()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(db_error)
+            .expression_attribute_values(":now", s(now_rfc3339()));
+        crate::dynamo::written(update.send().await).map(drop)
     }
 
     /// Orders still `pending` (sent or about to be, outcome unknown), for a stop to settle.
@@ -662,7 +663,7 @@ impl TradingStore<'_> {
                 .key_condition_expression("PK = :pk")
                 .filter_expression("#status = :status")
                 .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":pk", s(format!("ORDERS#{user_id}")))
+                .expression_attribute_values(":pk", s(keys::order_partition(user_id)))
                 .expression_attribute_values(":status", status.clone())
                 .limit(ORDER_HISTORY_PAGE)
                 .consistent_read(true)

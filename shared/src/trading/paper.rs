@@ -61,8 +61,9 @@ pub fn apply_fill(
     } else {
         intent.size
     };
-    let fee = (size * price * fee_rate).round_dp(8);
-    let mut account = PaperAccount { balance: account.balance - fee, realized_pnl: account.realized_pnl, version: account.version + 1 };
+    let mut fee = (size * price * fee_rate).round_dp(8);
+    let before = account.balance;
+    let mut account = PaperAccount { balance: account.balance, realized_pnl: account.realized_pnl, version: account.version + 1 };
     let leverage = Decimal::from(intent.leverage.max(1));
     let next_version = position.map(|p| p.version + 1).unwrap_or(1);
     let mut realized = Decimal::ZERO;
@@ -119,11 +120,15 @@ pub fn apply_fill(
         }),
     };
     // A loss beyond what the account holds is the exchange's (its insurance fund), never a
-    // negative balance.
-    if account.balance + realized < Decimal::ZERO {
-        realized = -account.balance;
+    // negative balance: the fee comes out of what there is first, then the loss, and a loss is
+    // never turned into a gain.
+    if before - fee + realized < Decimal::ZERO {
+        fee = fee.min((before + realized.max(Decimal::ZERO)).max(Decimal::ZERO));
+        if realized < Decimal::ZERO {
+            realized = realized.max(-(before - fee).max(Decimal::ZERO));
+        }
     }
-    account.balance += realized;
+    account.balance = before - fee + realized;
     account.realized_pnl += realized;
     FillOutcome {
         account,
@@ -566,5 +571,21 @@ mod tests {
         let out = apply_fill(&poor, Some(&long), &intent(Side::Sell, "0.1", true), d("60000"), Decimal::ZERO);
         assert_eq!(out.account.balance, Decimal::ZERO);
         assert_eq!(out.fill.realized_pnl, d("-50"));
+    }
+
+    #[test]
+    fn a_fee_larger_than_the_balance_never_turns_the_loss_into_a_gain() {
+        let poor = PaperAccount { balance: d("1"), realized_pnl: Decimal::ZERO, version: 3 };
+        let long = apply_fill(&fresh(), None, &intent(Side::Buy, "0.1", false), d("65000"), Decimal::ZERO).position.unwrap();
+        // Closing 6,000 USDT of notional at 0.06 % costs 3.6 USDT of fee, more than the 1 left.
+        let out = apply_fill(&poor, Some(&long), &intent(Side::Sell, "0.1", true), d("60000"), d("0.0006"));
+        assert_eq!(out.account.balance, Decimal::ZERO);
+        assert!(out.fill.realized_pnl <= Decimal::ZERO, "a losing close realized {}", out.fill.realized_pnl);
+        assert!(out.fill.fee <= d("1"), "the fee is what the account held: {}", out.fill.fee);
+        assert_eq!(out.account.realized_pnl, out.fill.realized_pnl);
+        // With room to pay: the whole fee and the whole loss.
+        let rich = PaperAccount { balance: d("1000"), realized_pnl: Decimal::ZERO, version: 3 };
+        let out = apply_fill(&rich, Some(&long), &intent(Side::Sell, "0.1", true), d("60000"), d("0.0006"));
+        assert_eq!((out.fill.fee, out.fill.realized_pnl, out.account.balance), (d("3.6"), d("-500"), d("496.4")));
     }
 }

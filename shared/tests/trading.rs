@@ -1278,3 +1278,27 @@ async fn a_stop_cancels_an_order_placed_by_hand_on_the_bots_symbol_without_inven
         assert_eq!(stop(&app, &token).await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn in_hedge_mode_each_side_is_judged_on_its_own_position() {
+    let fake = FakeBitget::start().await;
+    fake.set_pos_mode("hedge_mode");
+    let (app, token) = live_trader(&fake, true).await;
+    let sell = |size: &str, reduce_only: bool| json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": size, "reduce_only": reduce_only});
+    let buy = |size: &str, reduce_only: bool| json!({"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": size, "reduce_only": reduce_only});
+    // A long of 16,250 USDT and a short of 13,000 against a 20,000 cap.
+    assert_eq!(submit(&app, &token, &key(), buy("0.25", false)).await.status, 201);
+    assert_eq!(submit(&app, &token, &key(), sell("0.2", false)).await.status, 201);
+    // More long would take the long past the cap: the short beside it does not net it down.
+    let res = submit(&app, &token, &key(), buy("0.1", false)).await;
+    assert_eq!((res.status, res.code()), (422, "max_position_notional_exceeded"), "{}", res.raw);
+    // A reduce-only buy closes the short, judged against the short.
+    let res = submit(&app, &token, &key(), buy("0.2", true)).await;
+    assert_eq!(res.status, 201, "{}", res.raw);
+    assert!(fake.position("BTCUSDT", "short").is_zero());
+    assert_eq!(fake.position("BTCUSDT", "long"), d("0.25"));
+    // And a reduce-only sell closes the long.
+    let res = submit(&app, &token, &key(), sell("0.25", true)).await;
+    assert_eq!(res.status, 201, "{}", res.raw);
+    assert!(fake.position("BTCUSDT", "long").is_zero());
+}

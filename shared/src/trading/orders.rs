@@ -296,7 +296,12 @@ pub async fn check_risk(
     };
     let (view, resting) = tokio::join!(exchange.account(), exchange.open_orders(symbol));
     let (view, resting) = (view.map_err(exchange_error)?, resting.map_err(exchange_error)?);
-    let position = view.positions.iter().find(|p| &p.symbol == symbol);
+    // In hedge mode a symbol has a long and a short: an opening order is judged against the side
+    // it adds to, a reduce-only order against the side it closes (one-way: the one position).
+    let opens = intent.side.opens();
+    let judged_side = |p: &&crate::trading::model::Position| if intent.reduce_only { p.side != opens } else { p.side == opens };
+    let on_symbol = || view.positions.iter().filter(|p| &p.symbol == symbol);
+    let position = on_symbol().find(judged_side).or_else(|| on_symbol().next());
     let mark = match exchange.known_mark(symbol) {
         Some(m) => Some(m),
         None => crate::trading::service::marks(state, std::slice::from_ref(symbol)).await?.get(symbol).copied(),

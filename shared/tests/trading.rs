@@ -633,30 +633,36 @@ async fn the_kill_switch_is_a_condition_of_the_transaction_that_records_an_order
     assert_eq!(closing, shared::trading::store::RecordOutcome::Recorded);
 }
 
-#[tokio::test]
-async fn a_resumed_idempotency_key_is_held_to_the_kill_switch_before_anything_is_sent() {
-    let fake = FakeBitget::start().await;
-    let (app, token) = live_trader(&fake, true).await;
-    let key = key();
-    // The first request records the order, then never gets an answer from Bitget: 502, the key
-    // stays in progress and nothing was placed.
+/// Submits `order` under `key`; Bitget never answers, so the order is recorded, not placed, and
+/// the key stays in progress; then the request is made as old as a dead one. The caller's id.
+async fn order_left_in_flight(app: &TestApp, fake: &FakeBitget, token: &str, key: &str, order: Value) -> String {
+    let placed_before = fake.order_count();
     fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
     fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
-    let first = submit(&app, &token, &key, market_buy("0.01")).await;
+    let first = submit(app, token, key, order).await;
     assert_eq!(first.status, 502, "{}", first.raw);
-    assert_eq!(fake.order_count(), 0);
-    // Later: the request is stale, and the operator has halted trading.
-    let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
+    assert_eq!(fake.order_count(), placed_before, "nothing was placed");
+    let user = user_id_of(app, token).await;
     let stale = chrono::Utc::now().timestamp_millis() - shared::trading::idempotency::STALE_AFTER_MS - 1_000;
     app.dynamo()
         .update_item()
         .table_name(&app.state.config.table_name)
-        .set_key(Some(shared::keys::idempotency(me.body["id"].as_str().unwrap(), &key)))
+        .set_key(Some(shared::keys::idempotency(&user, key)))
         .update_expression("SET created_ms = :t")
         .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::N(stale.to_string()))
         .send()
         .await
         .unwrap();
+    user
+}
+
+#[tokio::test]
+async fn a_resumed_idempotency_key_is_held_to_the_kill_switch_before_anything_is_sent() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let key = key();
+    order_left_in_flight(&app, &fake, &token, &key, market_buy("0.01")).await;
+    // Later: the operator has halted trading.
     app.trading().set_kill_switch(true).await.unwrap();
     let retry = submit(&app, &token, &key, market_buy("0.01")).await;
     assert_eq!((retry.status, retry.code()), (503, "trading_halted"), "{}", retry.raw);
@@ -1109,40 +1115,22 @@ async fn a_conflicting_transaction_is_retried_and_never_read_as_a_failed_conditi
 async fn a_resumed_key_racing_a_stop_never_sends_behind_the_stopped_bot() {
     let fake = FakeBitget::start().await;
     let (app, token) = live_trader(&fake, true).await;
-    let user =
-        app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await.body["id"].as_str().unwrap().to_owned();
-    // Recorded, never placed (Bitget never answered), and its request long dead.
+    // Recorded, never placed (Bitget never answered), its request long dead, and older than any
+    // request that could still be sending it.
     let order_key = key();
-    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
-    fake.fault("/api/v2/mix/order/place-order", Fault::Timeout);
-    assert_eq!(submit(&app, &token, &order_key, market_buy("0.01")).await.status, 502);
+    let user = order_left_in_flight(&app, &fake, &token, &order_key, market_buy("0.01")).await;
     let pending = app.trading().pending_orders(&user).await.unwrap();
     assert_eq!(pending.len(), 1);
-    let table = &app.state.config.table_name;
     let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
-    let age = |key: shared::keys::Key, expression: &'static str, value: aws_sdk_dynamodb::types::AttributeValue| {
-        app.dynamo()
-            .update_item()
-            .table_name(table)
-            .set_key(Some(key))
-            .update_expression(expression)
-            .expression_attribute_values(":old", value)
-            .send()
-    };
-    age(
-        shared::keys::order(&user, &pending[0].intent.client_order_id),
-        "SET created_at = :old",
-        aws_sdk_dynamodb::types::AttributeValue::S(minute_ago.to_rfc3339()),
-    )
-    .await
-    .unwrap();
-    age(
-        shared::keys::idempotency(&user, &order_key),
-        "SET created_ms = :old",
-        aws_sdk_dynamodb::types::AttributeValue::N(minute_ago.timestamp_millis().to_string()),
-    )
-    .await
-    .unwrap();
+    app.dynamo()
+        .update_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::order(&user, &pending[0].intent.client_order_id)))
+        .update_expression("SET created_at = :old")
+        .expression_attribute_values(":old", aws_sdk_dynamodb::types::AttributeValue::S(minute_ago.to_rfc3339()))
+        .send()
+        .await
+        .unwrap();
 
     // The retry resumes the key; while its risk check waits on Bitget, the user stops the bot.
     let slow = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -1301,4 +1289,27 @@ async fn in_hedge_mode_each_side_is_judged_on_its_own_position() {
     let res = submit(&app, &token, &key(), sell("0.25", true)).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert!(fake.position("BTCUSDT", "long").is_zero());
+}
+
+#[tokio::test]
+async fn a_resumed_key_is_held_to_the_risk_rules_and_the_bots_state_of_now() {
+    // Risk: while the key waited, another order took the position to the cap.
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let waiting = key();
+    order_left_in_flight(&app, &fake, &token, &waiting, market_buy("0.01")).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.3")).await.status, 201); // 19,500 of 20,000
+    let retry = submit(&app, &token, &waiting, market_buy("0.01")).await;
+    assert_eq!((retry.status, retry.code()), (422, "max_position_notional_exceeded"), "{}", retry.raw);
+    assert_eq!(fake.position("BTCUSDT", "long"), d("0.3"), "the resumed order was not sent");
+
+    // The bot's state: a stop began while the key waited.
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let waiting = key();
+    order_left_in_flight(&app, &fake, &token, &waiting, market_buy("0.01")).await;
+    assert_eq!(stop(&app, &token).await.code(), "close_failed", "the order in flight keeps the bot stopping");
+    let retry = submit(&app, &token, &waiting, market_buy("0.01")).await;
+    assert_eq!((retry.status, retry.code()), (409, "bot_not_running"), "{}", retry.raw);
+    assert_eq!(fake.order_count(), 0, "nothing was sent behind the stopping bot");
 }

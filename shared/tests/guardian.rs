@@ -375,3 +375,25 @@ async fn the_users_own_positions_on_other_symbols_never_raise_reconciliation_ale
         assert!(reconciled.is_empty(), "cycle {cycle}: the bot's own orders and the user's ETHUSDT are no news: {reconciled:?}");
     }
 }
+
+#[tokio::test]
+async fn in_hedge_mode_the_guardian_closes_a_short_past_its_stop_and_leaves_the_long() {
+    let fake = FakeBitget::start().await;
+    fake.set_pos_mode("hedge_mode");
+    let (app, _tg) = guardian_app(&[("BITGET_BASE_URL", fake.url.clone())]).await;
+    let token = live_trader(&app).await;
+    assert_eq!(market_buy(&app, &token, "0.01", "hedge-long").await, 201);
+    let mut req = with_bearer(
+        request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": "sell", "type": "market", "size": "0.02"}))),
+        &token,
+    );
+    req.headers_mut().insert("idempotency-key", "hedge-short".parse().unwrap());
+    assert_eq!(app.call(t::submit_order, req).await.status, 201);
+    // +3 %: past the short's 2 % stop; the long is in profit.
+    fake.set_mark("BTCUSDT", "66950");
+    app.set_mark("BTCUSDT", "66950").await;
+    let report = run(&app).await;
+    assert_eq!(report.closed.iter().map(|c| (c.reason.as_str(), c.size)).collect::<Vec<_>>(), vec![("stop_loss", d("0.02"))], "{report:?}");
+    assert!(fake.position("BTCUSDT", "short").is_zero());
+    assert_eq!(fake.position("BTCUSDT", "long"), d("0.01"));
+}

@@ -1313,3 +1313,56 @@ async fn a_resumed_key_is_held_to_the_risk_rules_and_the_bots_state_of_now() {
     assert_eq!((retry.status, retry.code()), (409, "bot_not_running"), "{}", retry.raw);
     assert_eq!(fake.order_count(), 0, "nothing was sent behind the stopping bot");
 }
+
+#[tokio::test]
+async fn a_stop_behind_a_resting_reduce_only_close_cancels_it_and_flattens_the_whole_position() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
+    // The trader's own take-profit rests for the whole position, locking it.
+    let take_profit = json!({"symbol": "BTCUSDT", "side": "sell", "type": "limit", "size": "0.02", "price": "66000", "reduce_only": true});
+    let resting = submit(&app, &token, &key(), take_profit).await;
+    assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "{}", resting.raw);
+    let res = stop(&app, &token).await;
+    assert_eq!((res.status, res.body["state"].as_str()), (200, Some("stopped")), "{}", res.raw);
+    assert_eq!(res.body["canceled_orders"], json!([resting.body["order_id"]]), "{}", res.raw);
+    assert_eq!(closed_sizes(&res), vec![d("0.02")]);
+    assert!(fake.position("BTCUSDT", "long").is_zero());
+}
+
+#[tokio::test]
+async fn decimals_on_an_order_are_read_exactly_or_refused_with_400() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    for body in [
+        // More digits than a decimal holds: refused, never rounded to 0.001.
+        r#"{"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": 0.00100000000000000000000000000001}"#,
+        r#"{"symbol": "BTCUSDT", "side": "buy", "type": "limit", "size": "0.001", "price": 6.5e40}"#,
+    ] {
+        let mut req = with_bearer(request_raw("/api/v1/order/submit", body), &token);
+        req.headers_mut().insert("idempotency-key", key().parse().unwrap());
+        let res = app.call(t::submit_order, req).await;
+        assert_eq!((res.status, res.code()), (400, "invalid_request"), "{body}: {}", res.raw);
+    }
+    assert_eq!(account(&app, &token).await.body["positions"], json!([]));
+}
+
+#[tokio::test]
+async fn start_open_stop_three_times_over_closes_every_position_paper_and_live() {
+    let fake = FakeBitget::start().await;
+    let paper = paper_app().await;
+    let paper_token = access_token(&paper).await;
+    let (live, live_token) = live_trader(&fake, false).await;
+    for (app, token) in [(&paper, &paper_token), (&live, &live_token)] {
+        for cycle in 1..=3 {
+            assert_eq!(start(app, token, bot_config()).await.status, 200, "cycle {cycle}");
+            let opened = submit(app, token, &key(), market_buy("0.01")).await;
+            assert_eq!(opened.status, 201, "cycle {cycle}: {}", opened.raw);
+            let res = stop(app, token).await;
+            assert_eq!((res.status, res.body["state"].as_str()), (200, Some("stopped")), "cycle {cycle}: {}", res.raw);
+            assert_eq!(closed_sizes(&res), vec![d("0.01")], "cycle {cycle} closes its own position");
+            assert_eq!(account(app, token).await.body["positions"], json!([]), "cycle {cycle}");
+        }
+    }
+}

@@ -130,14 +130,27 @@ struct SubmitRequest {
     side: Side,
     #[serde(rename = "type")]
     order_type: OrderType,
-    /// Kept as the literal JSON text and parsed after the body, exactly (never through a float),
-    /// so "not a number" is a 422 `invalid_size` like any other bad size.
+    /// Kept as the literal JSON text and parsed after the body, exactly (never through a float):
+    /// a JSON number a decimal cannot hold exactly is a 400 `invalid_request`, a string that is
+    /// not a decimal a 422 `invalid_size` like any other bad size.
     size: Box<serde_json::value::RawValue>,
     #[serde(default)]
     price: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     reduce_only: bool,
     client_order_id: Option<String>,
+}
+
+/// A decimal from its literal JSON text. A number that no decimal holds exactly (too many digits,
+/// out of range) is refused as a malformed request, never rounded; anything else that is not a
+/// decimal gets the field's own refusal.
+fn exact_decimal(text: &str, not_a_decimal: impl FnOnce() -> ApiError) -> Result<Decimal, ApiError> {
+    parse_decimal_raw(text).ok_or_else(|| match text.trim_start().starts_with('"') {
+        false if text.trim_start().starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            ApiError::invalid_request("a number in the body has more digits or a larger exponent than a decimal holds exactly")
+        }
+        _ => not_a_decimal(),
+    })
 }
 
 pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
@@ -152,13 +165,10 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         });
     }
     let raw: SubmitRequest = parse_json(&req)?;
-    let size = parse_decimal_raw(raw.size.get())
-        .ok_or_else(|| ApiError::unprocessable("invalid_size", "size must be a positive decimal number"))?;
+    let size = exact_decimal(raw.size.get(), || ApiError::unprocessable("invalid_size", "size must be a positive decimal number"))?;
     let price = match raw.price.as_deref().map(serde_json::value::RawValue::get) {
         None | Some("null") => None,
-        Some(text) => {
-            Some(parse_decimal_raw(text).ok_or_else(|| ApiError::unprocessable("invalid_price", "price must be a decimal number"))?)
-        }
+        Some(text) => Some(exact_decimal(text, || ApiError::unprocessable("invalid_price", "price must be a decimal number"))?),
     };
     let order = orders::NewOrder {
         symbol: raw.symbol,

@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod model;
 pub mod orders;
 pub mod paper;
+pub mod paper_store;
 pub mod risk;
 pub mod service;
 pub mod store;

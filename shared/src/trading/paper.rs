@@ -5,13 +5,11 @@
 //! and realized/unrealized PnL. Every fill is one DynamoDB transaction over the account, the
 //! position and the order record, so a retried order can never fill twice.
 
-use crate::dynamo::{n, s, to_item, Transacted};
-use crate::keys;
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::model::{AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, Side};
+use crate::trading::paper_store::{PaperFill, PaperWrite};
 use crate::trading::store::{now_rfc3339, PaperAccount, PaperPosition, RestingOrder, TradingStore, UserSnapshot};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use tokio::sync::Mutex;
@@ -202,80 +200,6 @@ impl PaperExchange {
         self.marks.get(symbol).copied().ok_or_else(|| ExchangeError::NoMarkPrice(symbol.to_owned()))
     }
 
-    fn transaction(
-        &self,
-        before: &PaperAccount,
-        position_before: Option<&PaperPosition>,
-        outcome: &FillOutcome,
-        intent: &OrderIntent,
-        guard: OrderGuard,
-        settles: Settles,
-    ) -> Result<FillTransaction, ExchangeError> {
-        let mut items = Vec::new();
-        let account_item = keys::with_key(to_item(&outcome.account).map_err(store_err)?, keys::paper_account(&self.user_id));
-        let account_condition = if before.version == 0 { "attribute_not_exists(PK)" } else { "version = :v" };
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(account_item)).condition_expression(account_condition);
-        if before.version != 0 {
-            put = put.expression_attribute_values(":v", n(before.version));
-        }
-        items.push(TransactWriteItem::builder().put(put.build().map_err(store_err)?).build());
-
-        let position_key = keys::paper_position(&self.user_id, &intent.symbol);
-        let position_condition = |b: Option<&PaperPosition>| match b {
-            None => ("attribute_not_exists(PK)".to_owned(), None),
-            Some(p) => ("version = :v".to_owned(), Some(n(p.version))),
-        };
-        let (condition, value) = position_condition(position_before);
-        match &outcome.position {
-            Some(p) => {
-                let mut item = keys::with_key(to_item(p).map_err(store_err)?, position_key);
-                item.extend(keys::active_position_index(&self.user_id, &p.symbol));
-                let mut put = Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
-                if let Some(v) = value {
-                    put = put.expression_attribute_values(":v", v);
-                }
-                items.push(TransactWriteItem::builder().put(put.build().map_err(store_err)?).build());
-            }
-            None => {
-                if let Some(v) = value {
-                    let delete = Delete::builder()
-                        .table_name(&self.table)
-                        .set_key(Some(position_key))
-                        .condition_expression(condition)
-                        .expression_attribute_values(":v", v);
-                    items.push(TransactWriteItem::builder().delete(delete.build().map_err(store_err)?).build());
-                }
-            }
-        }
-
-        let order = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::order(&self.user_id, &intent.client_order_id)))
-            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
-            .condition_expression("#status = :before")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", serde_dynamo::to_attribute_value(outcome.fill.status).map_err(store_err)?)
-            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(&outcome.fill).map_err(store_err)?)
-            .expression_attribute_values(":now", s(now_rfc3339()))
-            .expression_attribute_values(":before", s(if settles == Settles::NewOrder { "pending" } else { "open" }))
-            .build()
-            .map_err(store_err)?;
-        let order_index = items.len();
-        items.push(TransactWriteItem::builder().update(order).build());
-        if settles == Settles::RestingOrder {
-            let delete =
-                Delete::builder().table_name(&self.table).set_key(Some(keys::resting_order(&self.user_id, &intent.client_order_id)));
-            items.push(TransactWriteItem::builder().delete(delete.build().map_err(store_err)?).build());
-        }
-
-        let mut bot_check_index = None;
-        if guard.require_running_bot {
-            bot_check_index = Some(items.len());
-            items.push(TransactWriteItem::builder().condition_check(self.bot_running_check()?).build());
-        }
-        Ok(FillTransaction { items, order_index, bot_check_index })
-    }
-
     /// Fills `intent` at `price` with `fee_rate`, retrying when another order of the user moved
     /// the account meanwhile. An order already settled by an earlier try reports that fill.
     async fn fill_at(
@@ -294,28 +218,30 @@ impl PaperExchange {
             let before = self.account_or_new(&snapshot);
             let position_before = snapshot.positions.iter().find(|p| p.symbol == intent.symbol).cloned();
             let outcome = apply_fill(&before, position_before.as_ref(), intent, price, fee_rate);
-            let tx = self.transaction(&before, position_before.as_ref(), &outcome, intent, guard, settles)?;
-            match crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(tx.items))).await? {
-                Transacted::Written => {
+            let write = PaperFill {
+                intent,
+                account_before: &before,
+                account_after: &outcome.account,
+                position_before: position_before.as_ref(),
+                position_after: outcome.position.as_ref(),
+                fill: &outcome.fill,
+                require_running_bot: guard.require_running_bot,
+                from_resting: settles == Settles::RestingOrder,
+            };
+            match self.store().write_paper_fill(&self.user_id, write).await? {
+                PaperWrite::Written => {
                     snapshot.paper = Some(outcome.account.clone());
                     snapshot.positions.retain(|p| p.symbol != intent.symbol);
                     snapshot.positions.extend(outcome.position.clone());
                     snapshot.resting.retain(|r| r.intent.client_order_id != intent.client_order_id);
                     return Ok(outcome.fill);
                 }
-                outcome => {
-                    if outcome.failed(tx.order_index) {
-                        // Settled already (filled by an earlier try, or canceled): report that.
-                        return self
-                            .find_order(&intent.symbol, &intent.client_order_id)
-                            .await?
-                            .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")));
-                    }
-                    if tx.bot_check_index.is_some_and(|i| outcome.failed(i)) {
-                        return Err(ExchangeError::BotNotRunning);
-                    }
-                    // Another order of this user moved the account: read again and retry.
-                    tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (10 + 20 * attempt.min(5)))).await;
+                // Settled already (filled by an earlier try, or canceled): report that.
+                PaperWrite::OrderSettled | PaperWrite::AlreadyResting => return self.settled(intent).await,
+                PaperWrite::BotNotRunning => return Err(ExchangeError::BotNotRunning),
+                // Another order of this user moved the account: read again and retry.
+                PaperWrite::AccountMoved => {
+                    tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (10 + 20 * attempt.min(5)))).await
                 }
             }
         }
@@ -354,63 +280,25 @@ impl PaperExchange {
             fee: Decimal::ZERO,
             realized_pnl: Decimal::ZERO,
         };
-        let created_at = now_rfc3339();
-        let resting = RestingOrder { intent: intent.clone(), order_id: fill.order_id.clone(), created_at };
-        let mut item = keys::with_key(to_item(&resting).map_err(store_err)?, keys::resting_order(&self.user_id, &intent.client_order_id));
-        item.extend(keys::active_resting_index(&self.user_id, &intent.client_order_id));
-        let order = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::order(&self.user_id, &intent.client_order_id)))
-            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
-            .condition_expression("#status = :pending")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s("open"))
-            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(&fill).map_err(store_err)?)
-            .expression_attribute_values(":now", s(now_rfc3339()))
-            .expression_attribute_values(":pending", s("pending"))
-            .build()
-            .map_err(store_err)?;
-        let put = Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)");
-        let mut items = vec![
-            TransactWriteItem::builder().update(order).build(),
-            TransactWriteItem::builder().put(put.build().map_err(store_err)?).build(),
-        ];
-        if guard.require_running_bot {
-            items.push(TransactWriteItem::builder().condition_check(self.bot_running_check()?).build());
-        }
-        let outcome = crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(items))).await?;
-        if outcome.written() {
-            self.snapshot.lock().await.resting.push(resting);
-            Ok(fill)
-        } else if outcome.failed(0) {
-            self.find_order(&intent.symbol, &intent.client_order_id)
-                .await?
-                .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")))
-        } else if outcome.failed(1) {
-            // The resting item exists already: the order rests (an earlier try wrote it).
-            Ok(fill)
-        } else {
-            Err(ExchangeError::BotNotRunning)
+        let resting = RestingOrder { intent: intent.clone(), order_id: fill.order_id.clone(), created_at: now_rfc3339() };
+        match self.store().rest_paper_order(&self.user_id, &resting, &fill, guard.require_running_bot).await? {
+            PaperWrite::Written => {
+                self.snapshot.lock().await.resting.push(resting);
+                Ok(fill)
+            }
+            // An earlier try put it to rest.
+            PaperWrite::AlreadyResting => Ok(fill),
+            PaperWrite::OrderSettled | PaperWrite::AccountMoved => self.settled(intent).await,
+            PaperWrite::BotNotRunning => Err(ExchangeError::BotNotRunning),
         }
     }
 
-    fn bot_running_check(&self) -> Result<ConditionCheck, ExchangeError> {
-        ConditionCheck::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::bot(&self.user_id)))
-            .condition_expression("#state = :running")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":running", AttributeValue::S("running".into()))
-            .build()
-            .map_err(store_err)
+    /// What became of an order that was settled before this try could write it.
+    async fn settled(&self, intent: &OrderIntent) -> Result<OrderFill, ExchangeError> {
+        self.find_order(&intent.symbol, &intent.client_order_id)
+            .await?
+            .ok_or_else(|| store_err(crate::dynamo::StoreError::Missing("the order record of a settled paper order")))
     }
-}
-
-/// A fill's transaction and where in it the conditions that tell outcomes apart sit.
-struct FillTransaction {
-    items: Vec<TransactWriteItem>,
-    order_index: usize,
-    bot_check_index: Option<usize>,
 }
 
 #[async_trait]

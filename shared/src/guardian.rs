@@ -237,7 +237,8 @@ async fn sweep_partition(
     // `resume`: every index item up to this key is done. `next_start`: where the next page starts.
     let loaded = match load_cursor(state, cursor_key).await {
         Ok(c) => c,
-        Err(_) => {
+        Err(e) => {
+            tracing::error!(partition, error = %e.chain(), "the sweep cursor is unreadable");
             health.index_ok = false;
             return;
         }
@@ -283,8 +284,8 @@ async fn sweep_partition(
             } else {
                 Ok(())
             };
-            if parsed.is_err() {
-                tracing::error!(sort_key = %sk, "unreadable item in the active-bots index");
+            if let Err(e) = parsed {
+                tracing::error!(sort_key = %sk, error = %ApiError::from(e).chain(), "unreadable item in the active-bots index");
             }
         }
         let more = page.next_start.clone();
@@ -306,7 +307,10 @@ async fn sweep_partition(
             stats.symbols_priced.fetch_add(missing.len() as u32, Ordering::Relaxed);
             match marks(state, &missing).await {
                 Ok(found) => marks_cache.extend(found),
-                Err(_) => health.prices_ok = false,
+                Err(e) => {
+                    tracing::error!(error = %e.chain(), symbols = ?missing, "marks unavailable; those positions wait for the next run");
+                    health.prices_ok = false;
+                }
             }
         }
 

@@ -262,7 +262,11 @@ async fn send(
                 // Keep the store's mirror of the live account current, so the guardian's
                 // reconciliation only ever flags changes made outside this service.
                 match exchange.positions().await {
-                    Ok(actual) => drop(trading.sync_live_positions(user_id, &intent.symbol, known_live, &actual).await),
+                    Ok(actual) => {
+                        if let Err(e) = trading.sync_live_positions(user_id, &intent.symbol, known_live, &actual).await {
+                            tracing::warn!(error = %ApiError::from(e).chain(), "positions not mirrored after a live fill; the guardian will reconcile");
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "positions not re-read after a live fill; the guardian will reconcile"),
                 }
             }

@@ -35,7 +35,8 @@ pub struct Config {
     pub app_env: AppEnv,
     pub version: &'static str,
     pub table_name: String,
-    pub redis_url: String,
+    /// Holds the ElastiCache password once init merged it in: never printed.
+    pub redis_url: crate::secrets::Secret<String>,
     /// PEM file of the CA that signed the Redis server's certificate, when it is not a public one.
     pub redis_ca_file: Option<PathBuf>,
     /// Secret with `{"username","password"}` of the ElastiCache user, merged into the URL at init.
@@ -93,7 +94,7 @@ impl Config {
             app_env,
             version: env!("CARGO_PKG_VERSION"),
             table_name: if local { or("TABLE_NAME", "trading-bot-local") } else { required("TABLE_NAME")? },
-            redis_url: if local { or("REDIS_URL", "redis://127.0.0.1:6379") } else { required("REDIS_URL")? },
+            redis_url: crate::secrets::Secret::new(if local { or("REDIS_URL", "redis://127.0.0.1:6379") } else { required("REDIS_URL")? }),
             redis_ca_file: get("REDIS_CA_FILE").map(PathBuf::from),
             redis_auth_secret_id: get("REDIS_AUTH_SECRET_ID"),
             redis_timeout: Duration::from_millis(parsed("REDIS_TIMEOUT_MS", or("REDIS_TIMEOUT_MS", "1500"))?),
@@ -141,7 +142,7 @@ impl Config {
             return Err(ConfigError("PAPER_START_BALANCE must be positive".into()));
         }
         if self.app_env == AppEnv::Prod {
-            if !self.redis_url.starts_with("rediss://") {
+            if !self.redis_url.expose().starts_with("rediss://") {
                 return Err(ConfigError("production requires TLS to Redis (a rediss:// REDIS_URL)".into()));
             }
             if self.cors_allowed_origins.is_empty() || self.cors_allowed_origins.iter().any(|o| o == "*") {

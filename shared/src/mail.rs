@@ -5,7 +5,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Email {
     pub to: String,
     pub subject: String,
@@ -13,6 +13,19 @@ pub struct Email {
     /// Only in the local outbox, so tests and developers can read the code without parsing prose.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+}
+
+impl std::fmt::Debug for Email {
+    // The body carries the code (or a link token); the address is personal data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = self.to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        f.debug_struct("Email")
+            .field("to", &format_args!("***@{domain}"))
+            .field("subject", &self.subject)
+            .field("body", &"[redacted]")
+            .field("code", &self.code.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 pub enum Mailer {

@@ -12,11 +12,11 @@ pub fn connection_manager(config: &Config) -> redis::RedisResult<ConnectionManag
             let root_cert = std::fs::read(path)
                 .map_err(|e| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_CA_FILE unreadable", e.to_string())))?;
             redis::Client::build_with_tls(
-                config.redis_url.as_str(),
+                config.redis_url.expose().as_str(),
                 redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
             )?
         }
-        None => redis::Client::open(config.redis_url.as_str())?,
+        None => redis::Client::open(config.redis_url.expose().as_str())?,
     };
     // Short timeouts: a request should fail fast with 503 rather than hang to the Lambda timeout.
     let manager_config = ConnectionManagerConfig::new()

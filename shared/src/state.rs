@@ -74,7 +74,7 @@ impl AppState {
         if let (Some(id), true) = (config.redis_auth_secret_id.clone(), needs.contains(&Need::Redis)) {
             let client = aws_sdk_secretsmanager::Client::new(&sdk);
             let auth = CachedSecret::new(client, id, config.secrets_ttl, config.app_env == AppEnv::Prod, parse_redis_auth);
-            config.redis_url = auth.get().await?.with_credentials(&config.redis_url)?;
+            config.redis_url = crate::secrets::Secret::new(auth.get().await?.with_credentials(config.redis_url.expose())?);
         }
         let state = AppState::new(config, &sdk)?;
         state.warm(needs).await?;

@@ -593,3 +593,32 @@ async fn a_verification_whose_write_fails_keeps_the_code_for_the_retry() {
     assert_eq!(res.status, 200, "the same code verifies once the database answers: {}", res.raw);
     assert_eq!(verify(&app, &email, &code).await.code(), "invalid_code", "and only once");
 }
+
+#[test]
+fn no_type_holding_a_secret_prints_it_in_debug() {
+    let refresh = shared::auth::store::RefreshToken::issue(&uuid::Uuid::new_v4().to_string(), &uuid::Uuid::new_v4().to_string(), 1);
+    let secret_part = refresh.expose().rsplit('.').next().unwrap().to_owned();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    let creds = shared::auth::store::Credentials { user_id: "u".into(), password_hash: hash.into(), email_verified: true };
+    let mail = shared::mail::Email {
+        to: "owner@example.com".into(),
+        subject: "Your verification code".into(),
+        body: "Your verification code is 493027.".into(),
+        code: Some("493027".into()),
+    };
+    let values = std::collections::HashMap::from([
+        ("APP_ENV".to_owned(), "local".to_owned()),
+        ("REDIS_URL".to_owned(), "rediss://app-user:hunter2-redis-pass@cache.example:6379".to_owned()),
+    ]);
+    let config = shared::config::Config::from_lookup(|k| values.get(k).cloned()).unwrap();
+    for (printed, secret) in [
+        (format!("{refresh:?}"), secret_part.as_str()),
+        (format!("{creds:?}"), "c2FsdHNhbHQ"),
+        (format!("{mail:?}"), "493027"),
+        (format!("{mail:?}"), "owner@"),
+        (format!("{config:?}"), "hunter2-redis-pass"),
+        (format!("{config:#?}"), "hunter2-redis-pass"),
+    ] {
+        assert!(!printed.contains(secret), "{secret:?} printed: {printed}");
+    }
+}

@@ -10,11 +10,22 @@ use serde::{Deserialize, Serialize};
 pub const REFRESH_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 
 /// The login record, keyed by email: what login needs, in one read.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Credentials {
     pub user_id: String,
     pub password_hash: String,
     pub email_verified: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    // A password hash is an offline guessing target: never in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user_id", &self.user_id)
+            .field("password_hash", &"[redacted]")
+            .field("email_verified", &self.email_verified)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,12 +127,24 @@ impl UserStore<'_> {
 /// `rt1.<user id>.<family id>.<family created, ms>.<256 random bits>`: the random part makes it
 /// unguessable; the rest lets a refresh be one transaction with no read first. Only the SHA-256 of
 /// the whole string is stored, so a changed field simply matches nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken {
     pub user_id: String,
     pub family_id: String,
     pub family_created_ms: i64,
     raw: String,
+}
+
+impl std::fmt::Debug for RefreshToken {
+    // The raw token is a bearer credential for 30 days.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("user_id", &self.user_id)
+            .field("family_id", &self.family_id)
+            .field("family_created_ms", &self.family_created_ms)
+            .field("raw", &"[redacted]")
+            .finish()
+    }
 }
 
 impl RefreshToken {

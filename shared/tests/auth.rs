@@ -622,3 +622,37 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
         assert!(!printed.contains(secret), "{secret:?} printed: {printed}");
     }
 }
+
+#[tokio::test]
+async fn refresh_tokens_with_malformed_fields_are_refused_with_401_never_a_5xx() {
+    let mut app = spawn_app().await;
+    let (_, login) = signed_in_user(&app).await;
+    let real = login["refresh_token"].as_str().unwrap();
+    let parts: Vec<&str> = real.split('.').collect();
+    let long = "a".repeat(2048);
+    let very_long = "b".repeat(10_000);
+    for forged in [
+        format!("rt1.{long}.{}.{}.{}", parts[2], parts[3], parts[4]),
+        format!("rt1.{}.{long}.{}.{}", parts[1], parts[3], parts[4]),
+        format!("rt1.not-a-uuid.{}.{}.{}", parts[2], parts[3], parts[4]),
+        format!("rt1.{}.{very_long}.{}.{}", parts[1], parts[3], parts[4]),
+        format!("rt1.{}.{}.-5.{}", parts[1], parts[2], parts[4]),
+        format!("rt1.{}.{}.{}.{}", parts[1], parts[2], parts[3], "é".repeat(43)),
+    ] {
+        let res = refresh(&app, &forged).await;
+        assert_eq!((res.status, res.code()), (401, "invalid_refresh_token"), "{}", res.raw);
+        let res = app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(json!({"refresh_token": forged.clone()})))).await;
+        assert_eq!((res.status, res.code()), (401, "invalid_refresh_token"), "{}", res.raw);
+    }
+    assert_eq!(refresh(&app, real).await.status, 200, "the real one still works");
+    // Refused on their shape alone, before any key is built: even with the table unreachable
+    // (where AWS would refuse an oversized key) the answer is the 401.
+    let unreachable = aws_sdk_dynamodb::config::Builder::from(&app.sdk).endpoint_url(format!("http://127.0.0.1:{}", free_port())).build();
+    app.state.dynamo = aws_sdk_dynamodb::Client::from_conf(unreachable);
+    for forged in
+        [format!("rt1.{long}.{}.{}.{}", parts[2], parts[3], parts[4]), format!("rt1.not-a-uuid.{}.{}.{}", parts[2], parts[3], parts[4])]
+    {
+        let res = refresh(&app, &forged).await;
+        assert_eq!((res.status, res.code()), (401, "invalid_refresh_token"), "{}", res.raw);
+    }
+}

@@ -168,7 +168,11 @@ impl RefreshToken {
         else {
             return None;
         };
-        if user_id.is_empty() || family_id.is_empty() || secret.len() != 43 {
+        // Only ids this service issues (hyphenated UUIDs) ever reach a key: anything else would
+        // make DynamoDB refuse the key (a 2 KB id) and the route answer 5xx.
+        let uuid = |id: &str| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok();
+        let random_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !uuid(user_id) || !uuid(family_id) || !random_ok || created.is_empty() || !created.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         Some(RefreshToken {

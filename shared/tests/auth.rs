@@ -656,3 +656,28 @@ async fn refresh_tokens_with_malformed_fields_are_refused_with_401_never_a_5xx()
         assert_eq!((res.status, res.code()), (401, "invalid_refresh_token"), "{}", res.raw);
     }
 }
+
+#[tokio::test]
+async fn a_spent_or_revoked_refresh_token_cannot_log_anyone_out() {
+    let app = spawn_app_with(&[("REFRESH_REUSE_GRACE_SECS", "1".into())]).await;
+    let (email, tokens) = signed_in_user(&app).await;
+    let stolen = tokens["refresh_token"].as_str().unwrap().to_owned();
+    // The owner refreshes; the thief keeps the old token, past its grace window.
+    let owner = refresh(&app, &stolen).await.body["refresh_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let logout = |token: &str, scope: &str| {
+        app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(json!({"refresh_token": token, "scope": scope}))))
+    };
+    for scope in ["global", "local", "global"] {
+        let res = logout(&stolen, scope).await;
+        assert_eq!((res.status, res.code()), (401, "invalid_refresh_token"), "{scope}: {}", res.raw);
+    }
+    let owner = refresh(&app, &owner).await;
+    assert_eq!(owner.status, 200, "nothing was revoked: {}", owner.raw);
+    // A token of a family already logged out cannot log out the user's other sessions.
+    let other = login(&app, &email, PASSWORD).await.body["refresh_token"].as_str().unwrap().to_owned();
+    let current = owner.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(logout(&current, "local").await.status, 204);
+    assert_eq!(logout(&current, "global").await.code(), "invalid_refresh_token");
+    assert_eq!(refresh(&app, &other).await.status, 200, "the other session lives");
+}

@@ -306,13 +306,26 @@ pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     limits(state).check_ip(&state.redis, "logout", &ctx.source_ip).await?;
     let token = RefreshToken::parse(&body.refresh_token).ok_or_else(invalid_refresh_token)?;
     let store = refresh_store(state);
-    let known = store.token(&token).await?.is_some_and(|t| t.user_id == token.user_id && t.family_id == token.family_id);
-    if !known {
+    // Only a token that could still refresh may log out: unspent (or inside its grace window),
+    // unexpired, and of a live family. A spent or revoked one (a thief's copy) revokes nothing.
+    let now = now_ms();
+    let users = users(state);
+    let (stored, family, profile) = tokio::join!(store.token(&token), store.family(&token.family_id), users.profile(&token.user_id));
+    let grace = state.config.refresh_reuse_grace.as_millis() as i64;
+    let usable = stored?.is_some_and(|t| {
+        t.user_id == token.user_id
+            && t.family_id == token.family_id
+            && t.expires_at > now / 1000
+            && t.used_at_ms.is_none_or(|used| now - used <= grace)
+    });
+    let family_live = family?.is_some_and(|f| !f.revoked && f.user_id == token.user_id);
+    let not_logged_out_since = profile?.is_some_and(|p| p.revoked_before_ms.is_none_or(|cutoff| cutoff < token.family_created_ms));
+    if !(usable && family_live && not_logged_out_since) {
         return Err(invalid_refresh_token());
     }
     store.revoke_family(&token.family_id, &token.user_id, "logout").await?;
     if body.scope == LogoutScope::Global {
-        users(state).revoke_all_sessions(&token.user_id, now_ms()).await?;
+        users.revoke_all_sessions(&token.user_id, now_ms()).await?;
     }
     empty_response(StatusCode::NO_CONTENT)
 }

@@ -653,6 +653,20 @@ async fn order_left_in_flight(app: &TestApp, fake: &FakeBitget, token: &str, key
         .send()
         .await
         .unwrap();
+    // And its order older than any request that could still be sending it.
+    let pending = app.trading().pending_orders(&user).await.unwrap();
+    let minute_ago = (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339();
+    for order in pending {
+        app.dynamo()
+            .update_item()
+            .table_name(&app.state.config.table_name)
+            .set_key(Some(shared::keys::order(&user, &order.intent.client_order_id)))
+            .update_expression("SET created_at = :old")
+            .expression_attribute_values(":old", aws_sdk_dynamodb::types::AttributeValue::S(minute_ago.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
     user
 }
 
@@ -667,9 +681,13 @@ async fn a_resumed_idempotency_key_is_held_to_the_kill_switch_before_anything_is
     let retry = submit(&app, &token, &key, market_buy("0.01")).await;
     assert_eq!((retry.status, retry.code()), (503, "trading_halted"), "{}", retry.raw);
     assert_eq!(fake.order_count(), 0, "a halted retry sends nothing");
-    // That refusal is now the key's answer.
+    // A halt is lifted: it is not the key's answer, and once lifted the same retry goes.
     let again = submit(&app, &token, &key, market_buy("0.01")).await;
-    assert_eq!((again.status, again.header("idempotent-replayed")), (503, Some("true")));
+    assert_eq!((again.status, again.code(), again.header("idempotent-replayed")), (503, "trading_halted", None));
+    app.trading().set_kill_switch(false).await.unwrap();
+    let lifted = submit(&app, &token, &key, market_buy("0.01")).await;
+    assert_eq!((lifted.status, lifted.body["status"].as_str()), (201, Some("filled")), "{}", lifted.raw);
+    assert_eq!(fake.order_count(), 1);
 }
 
 #[tokio::test]
@@ -1115,22 +1133,9 @@ async fn a_conflicting_transaction_is_retried_and_never_read_as_a_failed_conditi
 async fn a_resumed_key_racing_a_stop_never_sends_behind_the_stopped_bot() {
     let fake = FakeBitget::start().await;
     let (app, token) = live_trader(&fake, true).await;
-    // Recorded, never placed (Bitget never answered), its request long dead, and older than any
-    // request that could still be sending it.
+    // Recorded, never placed (Bitget never answered), and its request long dead.
     let order_key = key();
-    let user = order_left_in_flight(&app, &fake, &token, &order_key, market_buy("0.01")).await;
-    let pending = app.trading().pending_orders(&user).await.unwrap();
-    assert_eq!(pending.len(), 1);
-    let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
-    app.dynamo()
-        .update_item()
-        .table_name(&app.state.config.table_name)
-        .set_key(Some(shared::keys::order(&user, &pending[0].intent.client_order_id)))
-        .update_expression("SET created_at = :old")
-        .expression_attribute_values(":old", aws_sdk_dynamodb::types::AttributeValue::S(minute_ago.to_rfc3339()))
-        .send()
-        .await
-        .unwrap();
+    order_left_in_flight(&app, &fake, &token, &order_key, market_buy("0.01")).await;
 
     // The retry resumes the key; while its risk check waits on Bitget, the user stops the bot.
     let slow = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -1303,15 +1308,27 @@ async fn a_resumed_key_is_held_to_the_risk_rules_and_the_bots_state_of_now() {
     assert_eq!((retry.status, retry.code()), (422, "max_position_notional_exceeded"), "{}", retry.raw);
     assert_eq!(fake.position("BTCUSDT", "long"), d("0.3"), "the resumed order was not sent");
 
-    // The bot's state: a stop began while the key waited.
+    // The bot's state: a stop began while the key waited (it has marked the bot stopping and
+    // not reached the orders yet).
     let fake = FakeBitget::start().await;
     let (app, token) = live_trader(&fake, true).await;
     let waiting = key();
-    order_left_in_flight(&app, &fake, &token, &waiting, market_buy("0.01")).await;
-    assert_eq!(stop(&app, &token).await.code(), "close_failed", "the order in flight keeps the bot stopping");
+    let user = order_left_in_flight(&app, &fake, &token, &waiting, market_buy("0.01")).await;
+    let running = app.trading().bot(&user).await.unwrap().unwrap();
+    let stopping = shared::trading::store::BotRecord {
+        state: shared::trading::store::BotState::Stopping,
+        version: running.version + 1,
+        stop_id: Some("stop-test".into()),
+        ..running.clone()
+    };
+    assert!(app.trading().put_bot(&stopping, Some(running.version)).await.unwrap());
     let retry = submit(&app, &token, &waiting, market_buy("0.01")).await;
     assert_eq!((retry.status, retry.code()), (409, "bot_not_running"), "{}", retry.raw);
     assert_eq!(fake.order_count(), 0, "nothing was sent behind the stopping bot");
+    // The stop finishes: the order was never placed, and the key keeps its answer.
+    let res = stop(&app, &token).await;
+    assert_eq!((res.status, res.body["state"].as_str()), (200, Some("stopped")), "{}", res.raw);
+    assert_eq!(submit(&app, &token, &waiting, market_buy("0.01")).await.code(), "bot_not_running");
 }
 
 #[tokio::test]
@@ -1365,4 +1382,130 @@ async fn start_open_stop_three_times_over_closes_every_position_paper_and_live()
             assert_eq!(account(app, token).await.body["positions"], json!([]), "cycle {cycle}");
         }
     }
+}
+
+/// A live trader on `fake` whose exchange calls may take up to 5 s (for holding one in a test).
+async fn patient_live_trader(fake: &FakeBitget) -> (TestApp, String) {
+    let app = spawn_app_with(&[("BITGET_BASE_URL", fake.url.clone()), ("EXCHANGE_TIMEOUT_MS", "5000".into())]).await;
+    app.set_mark("BTCUSDT", "65000").await;
+    let token = access_token(&app).await;
+    assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204);
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    (app, token)
+}
+
+/// Waits until the double has seen one more call of `path` than `before`.
+async fn until_called(fake: &FakeBitget, path: &str, before: u32) {
+    while fake.calls(path) == before {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_retries_of_one_key_send_once_and_the_loser_never_settles_the_winners_order() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = patient_live_trader(&fake).await;
+    let waiting = key();
+    order_left_in_flight(&app, &fake, &token, &waiting, market_buy("0.01")).await;
+    // Retry A takes the order and is sending it (Bitget slow); retry B comes meanwhile.
+    let slow = std::sync::Arc::new(tokio::sync::Notify::new());
+    let place = "/api/v2/mix/order/place-order";
+    fake.fault(place, Fault::Hold(slow.clone()));
+    let before = fake.calls(place);
+    let a = submit(&app, &token, &waiting, market_buy("0.01"));
+    let b_meanwhile = async {
+        until_called(&fake, place, before).await;
+        let b = submit(&app, &token, &waiting, market_buy("0.01")).await;
+        // While A's order is on its way, a stop cannot call the bot stopped either.
+        let stopped = stop(&app, &token).await;
+        slow.notify_one();
+        (b, stopped)
+    };
+    let (a, (b, stopped)) = tokio::join!(a, b_meanwhile);
+    assert_eq!((b.status, b.code()), (409, "request_in_progress"), "{}", b.raw);
+    assert_eq!((stopped.status, stopped.code()), (502, "close_failed"), "{}", stopped.raw);
+    assert_eq!(a.status, 201, "{}", a.raw);
+    assert_eq!(fake.order_count(), 1, "one order for the key");
+    // The next stop closes what A opened.
+    let res = stop(&app, &token).await;
+    assert_eq!((res.status, res.body["state"].as_str()), (200, Some("stopped")), "{}", res.raw);
+    assert_eq!(closed_sizes(&res), vec![d("0.01")]);
+}
+
+#[tokio::test]
+async fn an_order_that_reaches_the_book_after_the_stops_cancel_is_canceled_too() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = patient_live_trader(&fake).await;
+    let place = "/api/v2/mix/order/place-order";
+    let detail = "/api/v2/mix/order/detail";
+    let placing = std::sync::Arc::new(tokio::sync::Notify::new());
+    let looking = std::sync::Arc::new(tokio::sync::Notify::new());
+    fake.fault(place, Fault::Hold(placing.clone()));
+    let (placed_before, detail_before) = (fake.calls(place), fake.calls(detail));
+    let order_key = key();
+    // A resting limit buy is recorded and on its way; the stop cancels (nothing rests yet), then
+    // looks the order up: by then it rests on the book.
+    let submitted = submit(&app, &token, &order_key, limit_buy("0.01", "62000"));
+    let stop_meanwhile = async {
+        until_called(&fake, place, placed_before).await;
+        fake.fault(detail, Fault::Hold(looking.clone()));
+        let stopping = stop(&app, &token);
+        let land_then_answer = async {
+            until_called(&fake, detail, detail_before).await;
+            placing.notify_one();
+            while fake.order_count() == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            looking.notify_one();
+        };
+        tokio::join!(stopping, land_then_answer).0
+    };
+    let (submitted, stopped) = tokio::join!(submitted, stop_meanwhile);
+    assert_eq!((submitted.status, submitted.body["status"].as_str()), (201, Some("open")), "{}", submitted.raw);
+    assert_eq!((stopped.status, stopped.body["state"].as_str()), (200, Some("stopped")), "{}", stopped.raw);
+    assert_eq!(stopped.body["canceled_orders"], json!([submitted.body["order_id"]]), "{}", stopped.raw);
+    assert_eq!(fake.order(submitted.body["client_order_id"].as_str().unwrap()).unwrap().state, "canceled");
+}
+
+#[tokio::test]
+async fn a_stale_guardian_run_never_closes_the_position_opened_after_the_one_it_saw() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let user = user_id_of(&app, &token).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 201);
+    let snapshot = app.trading().snapshot(&user).await.unwrap();
+    let exchange = shared::trading::service::exchange_for(&app.state, &user, &snapshot, &[]).await.unwrap();
+    let seen = exchange.positions().await.unwrap().remove(0);
+    let bot = snapshot.bot.clone().unwrap();
+    // Run A closes it; the user opens a new long; run B still holds A's view of the old one.
+    let a = shared::trading::bot::close_triggered(&app.state, exchange.as_ref(), &user, &bot, &seen, "stop_loss").await.unwrap();
+    assert_eq!(a.map(|c| c.size), Some(d("0.01")));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await; // a new cTime
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
+    let b = shared::trading::bot::close_triggered(&app.state, exchange.as_ref(), &user, &bot, &seen, "stop_loss").await.unwrap();
+    assert!(b.is_none(), "nothing left of the position B saw: {b:?}");
+    assert_eq!(fake.position("BTCUSDT", "long"), d("0.02"), "the new position is untouched");
+}
+
+#[tokio::test]
+async fn credentials_saved_before_versions_existed_still_start_a_bot_and_can_be_replaced() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, false).await;
+    let user = user_id_of(&app, &token).await;
+    // As an earlier release stored them: no version attribute.
+    app.dynamo()
+        .update_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::credentials(&user)))
+        .update_expression("REMOVE version")
+        .send()
+        .await
+        .unwrap();
+    for cycle in 1..=2 {
+        let started = start(&app, &token, bot_config()).await;
+        assert_eq!(started.status, 200, "cycle {cycle}: {}", started.raw);
+        assert_eq!(stop(&app, &token).await.status, 200);
+    }
+    assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204, "replaced, not a false conflict");
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
 }

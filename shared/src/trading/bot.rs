@@ -1,6 +1,6 @@
 //! The bot's lifecycle: start (configure the exchange, then `running`), status, and stop
-//! (`stopping`, settle orders in flight, cancel resting orders, flatten the bot's symbol, then
-//! `stopped`). The HTTP handlers and the guardian both call these; neither holds the logic.
+//! (`stopping`, cancel resting orders, settle orders in flight (canceling those that turn out to
+//! rest), flatten the bot's symbol, then `stopped`). The HTTP handlers and the guardian both call these; neither holds the logic.
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
@@ -8,7 +8,7 @@ use crate::state::AppState;
 use crate::trading::exchange::{Exchange, ExchangeError};
 use crate::trading::model::{CancelOutcome, ExchangeKind, OrderFill, OrderStatus, Position};
 use crate::trading::service::{close_position, exchange_error, exchange_for, ClosedPosition};
-use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, OrderRecord, StartOutcome, TradingStore, UserSnapshot};
+use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, StartOutcome, TradingStore, UserSnapshot};
 use serde::Serialize;
 
 /// How long after it was recorded an order may still be sent: well past the order function's
@@ -222,13 +222,19 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
         // Resting orders first: one that filled later would open a position behind a stopped bot,
         // and resting closes lock size the closing orders need.
         canceled_orders.extend(cancel_open_orders(&trading, exchange.as_ref(), user_id, &bot.config.symbol, |_| true).await?);
-        if settle_pending_orders(&trading, exchange.as_ref(), user_id).await? == Pending::MayStillBeSent {
-            let why =
-                "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop";
-            return Err(match repeat {
-                true => ApiError::conflict("bot_stopping", why),
-                false => close_failed(why, None),
-            });
+        match settle_pending_orders(&trading, exchange.as_ref(), user_id).await? {
+            Pending::Settled => {}
+            // One reached the book after the cancel above: cancel it too before going on.
+            Pending::SomeRest => {
+                canceled_orders.extend(cancel_open_orders(&trading, exchange.as_ref(), user_id, &bot.config.symbol, |_| true).await?)
+            }
+            Pending::MayStillBeSent => {
+                let why = "an order of the bot may still be on its way to the exchange; the bot stays stopping and the guardian finishes the stop";
+                return Err(match repeat {
+                    true => ApiError::conflict("bot_stopping", why),
+                    false => close_failed(why, None),
+                });
+            }
         }
         // The bot's symbol only: the user's other positions on the account are theirs to manage.
         let positions: Vec<Position> =
@@ -250,7 +256,7 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
             // instance with ids of its own.
             let key = format!("{stop_id}-{}-r{round}", position.instance);
             match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
-                Ok(c) => closed.push(c),
+                Ok(c) => closed.extend(c),
                 Err(e) => {
                     return Err(close_failed(
                         format!("closing the {} position failed; the bot stays stopping and the guardian retries", position.symbol),
@@ -287,7 +293,7 @@ pub async fn close_triggered(
         }
     }
     let key = format!("{reason}-{}", position.instance);
-    close_position(state, exchange, user_id, &position, bot.config.leverage, &key, reason).await.map(Some)
+    close_position(state, exchange, user_id, &position, bot.config.leverage, &key, reason).await
 }
 
 /// Cancels the orders resting on `symbol` that `which` selects; the exchange's ids of those it
@@ -329,12 +335,20 @@ async fn settle_pending_orders(trading: &TradingStore<'_>, exchange: &dyn Exchan
     if exchange.kind() == ExchangeKind::Paper {
         return Ok(Pending::Settled);
     }
+    let mut outcome = Pending::Settled;
     for order in trading.pending_orders(user_id).await? {
         match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
-            Some(fill) => trading.complete_order(user_id, &order.intent.client_order_id, &fill).await?,
+            // At the exchange in a state we cannot read: not settled.
+            Some(fill) if fill.status == OrderStatus::Pending => return Ok(Pending::MayStillBeSent),
+            Some(fill) => {
+                trading.complete_order(user_id, &order.intent.client_order_id, &fill).await?;
+                if fill.status == OrderStatus::Open {
+                    outcome = Pending::SomeRest;
+                }
+            }
             // Recorded, not at the exchange, and its request may still be sending it: the bot
             // cannot be called stopped yet (the guardian finishes the stop once it is settled).
-            None if still_in_flight(&order) => return Ok(Pending::MayStillBeSent),
+            None if order.may_be_in_flight() => return Ok(Pending::MayStillBeSent),
             // Older than any request that could still send it: it was never placed, unless a
             // resumed request took it since it was read (then it may be on its way).
             None => {
@@ -344,17 +358,15 @@ async fn settle_pending_orders(trading: &TradingStore<'_>, exchange: &dyn Exchan
             }
         }
     }
-    Ok(Pending::Settled)
+    Ok(outcome)
 }
 
 /// What became of the orders recorded but not confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Settled,
+    /// All settled, and some of them rest on the book (they reached it after the cancel).
+    SomeRest,
     /// One is not at the exchange yet and a request may still be sending it.
     MayStillBeSent,
-}
-
-fn still_in_flight(order: &OrderRecord) -> bool {
-    chrono::Utc::now().timestamp_millis() - order.last_send_ms() < SEND_WINDOW_MS
 }

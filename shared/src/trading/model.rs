@@ -164,6 +164,11 @@ pub struct OrderFill {
 
 impl OrderFill {
     /// What an order the exchange refused, or that was never sent, ends as.
+    /// Settled as rejected before it ever reached the exchange (no exchange order id).
+    pub fn never_placed(&self) -> bool {
+        self.status == OrderStatus::Rejected && self.order_id.is_empty()
+    }
+
     pub fn rejected() -> OrderFill {
         OrderFill {
             order_id: String::new(),

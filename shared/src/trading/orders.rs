@@ -17,7 +17,7 @@ use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{client_order_id, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Side};
 use crate::trading::risk::{check_order, OrderCheck};
 use crate::trading::service::{exchange_error, exchange_for, load_snapshot};
-use crate::trading::store::{BotConfig, BotState, ClaimOutcome, LivePosition, OrderRecord, RecordOutcome};
+use crate::trading::store::{BotConfig, BotRecord, BotState, ClaimOutcome, LivePosition, OrderRecord, RecordOutcome};
 use rust_decimal::Decimal;
 use std::time::Duration;
 
@@ -153,12 +153,7 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
                 }
                 match wait_for_twin(state, user_id, key, stored).await? {
                     Twin::Answered(done) => Next::Replay(done),
-                    Twin::StillRunning => {
-                        return Err(ApiError::conflict(
-                            "request_in_progress",
-                            "a request with this Idempotency-Key is still being processed",
-                        ))
-                    }
+                    Twin::StillRunning => return Err(in_progress()),
                     Twin::Died(dead) => Next::LookUp(trading.order(user_id, &dead.client_order_id).await?.ok_or_else(missing_record)?),
                 }
             }
@@ -170,13 +165,16 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
             }
             Next::LookUp(order) => match order.fill.clone().filter(|f| f.status != OrderStatus::Pending) {
                 // Settled as never placed (a stop got to it first): not sent, and not an order.
-                Some(fill) if fill.status == OrderStatus::Rejected && fill.order_id.is_empty() => {
+                Some(fill) if fill.never_placed() => {
                     let refusal = never_sent();
                     let body = crate::http::problem_body(&refusal).to_string();
                     trading.complete_idempotency(user_id, key, refusal.status().as_u16(), &body).await?;
                     return Err(refusal);
                 }
                 Some(fill) => Next::Settle(order.intent, fill),
+                // Taken to be sent a moment ago (by the first request or another retry): its
+                // outcome is not known yet, and only that request may settle it.
+                None if order.may_be_in_flight() => return Err(in_progress()),
                 None => {
                     let exchange = exchange().await?;
                     match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
@@ -185,10 +183,19 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
                             Next::Settle(order.intent, fill)
                         }
                         // Provably never placed: sending it now is a new decision, held to today's rules.
-                        None => match may_still_send(state, user_id, exchange.as_ref(), &order).await? {
+                        None => match may_still_send(state, user_id, exchange.as_ref(), &order, snapshot.bot.as_ref()).await? {
                             Ok(()) => Next::Send(order.intent),
+                            // Not the key's answer: a halt is lifted, and the same request may then go.
+                            Err(refusal) if refusal.code() == "trading_halted" => return Err(refusal),
                             Err(refusal) => {
-                                trading.complete_order(user_id, &order.intent.client_order_id, &OrderFill::rejected()).await?;
+                                // Settled as never sent (by us, or by a stop that got there
+                                // first), unless another request took it to send meanwhile.
+                                let never_placed = |o: &OrderRecord| o.fill.as_ref().is_some_and(OrderFill::never_placed);
+                                let settled_unsent = trading.reject_unsent_order(user_id, &order).await?
+                                    || trading.order(user_id, &order.intent.client_order_id).await?.is_some_and(|o| never_placed(&o));
+                                if !settled_unsent {
+                                    return Err(in_progress());
+                                }
                                 let body = crate::http::problem_body(&refusal).to_string();
                                 trading.complete_idempotency(user_id, key, refusal.status().as_u16(), &body).await?;
                                 return Err(refusal);
@@ -212,6 +219,10 @@ enum Twin {
     StillRunning,
     /// Older than any live request: it died with the outcome unknown.
     Died(IdempotencyRecord),
+}
+
+fn in_progress() -> ApiError {
+    ApiError::conflict("request_in_progress", "a request with this Idempotency-Key is still being processed")
 }
 
 /// A record this flow just read or wrote is not there: a bug, never the client's doing.
@@ -341,6 +352,7 @@ async fn may_still_send(
     user_id: &str,
     exchange: &dyn Exchange,
     order: &OrderRecord,
+    decided_on: Option<&BotRecord>,
 ) -> Result<Result<(), ApiError>, ApiError> {
     let intent = &order.intent;
     let trading = state.trading_store();
@@ -357,7 +369,12 @@ async fn may_still_send(
     if let Err(refusal) = check_risk(state, exchange, &bot.config, intent).await? {
         return Ok(Err(refusal));
     }
-    Ok(match trading.claim_unsent_order(user_id, order, &bot).await? {
+    // The claim holds the bot to what `exchange` was built from: the same exchange kind and
+    // credentials, so a stop, a key change and a restart in between cannot redirect the order.
+    let Some(decided_on) = decided_on else {
+        return Ok(Err(bot_not_running()));
+    };
+    Ok(match trading.claim_unsent_order(user_id, order, decided_on).await? {
         ClaimOutcome::Claimed => Ok(()),
         ClaimOutcome::Settled => Err(never_sent()),
         ClaimOutcome::BotNotRunning => Err(bot_not_running()),

@@ -191,17 +191,14 @@ pub async fn close_position(
     leverage: u32,
     reason_key: &str,
     reason: &str,
-) -> Result<ClosedPosition, ApiError> {
+) -> Result<Option<ClosedPosition>, ApiError> {
+    let mut position = position.clone();
     let side_name = match position.side {
         crate::trading::model::PositionSide::Long => "long",
         crate::trading::model::PositionSide::Short => "short",
     };
     if position.available.is_zero() {
-        return Err(ApiError::BadGateway {
-            code: "close_failed",
-            detail: format!("the {} position is locked by resting close orders", position.symbol),
-            cause: None,
-        });
+        return Err(locked(&position.symbol));
     }
     let store = state.trading_store();
     // The closes of this action on this position, one after another: a close that ended (filled
@@ -241,8 +238,21 @@ pub async fn close_position(
             place().await?
         } else {
             match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {
-                // Ended before, and the position is still here: the next close is a new order.
-                Some(fill) if matches!(fill.status, OrderStatus::Filled | OrderStatus::Canceled) => continue,
+                // Ended before. If this very position is still open (the close filled partly, or
+                // more was added), the next close is a new order sized on what is open now;
+                // if it is gone (closed by that order, or replaced by a new one), nothing is left
+                // for this action to do.
+                Some(fill) if matches!(fill.status, OrderStatus::Filled | OrderStatus::Canceled) => {
+                    let same = |p: &Position| p.symbol == position.symbol && p.side == position.side && p.instance == position.instance;
+                    match exchange.positions().await.map_err(exchange_error)?.into_iter().find(same) {
+                        Some(now) if !now.available.is_zero() => {
+                            position = now;
+                            continue;
+                        }
+                        Some(_) => return Err(locked(&position.symbol)),
+                        None => return Ok(None),
+                    }
+                }
                 Some(fill) if fill.status == OrderStatus::Open => fill,
                 // Recorded by an earlier run that died before the exchange answered, or refused
                 // then: ask the exchange before sending it (again).
@@ -256,13 +266,17 @@ pub async fn close_position(
         if exchange.kind() != crate::trading::model::ExchangeKind::Paper && fill.status != OrderStatus::Pending {
             store.complete_order(user_id, &intent.client_order_id, &fill).await?;
         }
-        return Ok(closed_from(position, &fill));
+        return Ok(Some(closed_from(&position, &fill)));
     }
     Err(ApiError::BadGateway {
         code: "close_failed",
         detail: format!("the {} position is still open after {CLOSES_PER_ACTION} closing orders", position.symbol),
         cause: None,
     })
+}
+
+fn locked(symbol: &str) -> ApiError {
+    ApiError::BadGateway { code: "close_failed", detail: format!("the {symbol} position is locked by resting close orders"), cause: None }
 }
 
 /// Closing orders one action (a trigger on a position instance, a stop round) may send before

@@ -157,6 +157,11 @@ impl OrderRecord {
         let recorded = chrono::DateTime::parse_from_rfc3339(&self.created_at).map(|t| t.timestamp_millis()).unwrap_or(0);
         self.sent_at_ms.map_or(recorded, |s| s.max(recorded))
     }
+
+    /// Whether a request may still be sending it (it took it less than `SEND_WINDOW_MS` ago).
+    pub fn may_be_in_flight(&self) -> bool {
+        chrono::Utc::now().timestamp_millis() - self.last_send_ms() < crate::trading::bot::SEND_WINDOW_MS
+    }
 }
 
 /// What the store last saw of a live position on the exchange: reconciliation compares it with
@@ -726,6 +731,8 @@ impl TradingStore<'_> {
         let put = aws_sdk_dynamodb::types::Put::builder().table_name(self.table).set_item(Some(item));
         let put = match read {
             None => put.condition_expression("attribute_not_exists(PK)"),
+            // Saved before versions existed: the item has none (it reads as 0).
+            Some(0) => put.condition_expression("attribute_exists(PK) AND attribute_not_exists(version)"),
             Some(v) => put.condition_expression("version = :read").expression_attribute_values(":read", n(v)),
         };
         let put = put.build()?;
@@ -773,6 +780,7 @@ impl TradingStore<'_> {
         };
         let mut check = ConditionCheck::builder().table_name(self.table).set_key(Some(keys::credentials(&bot.user_id)));
         check = match (bot.exchange, bot.credentials_version) {
+            (ExchangeKind::Bitget, Some(0)) => check.condition_expression("attribute_exists(PK) AND attribute_not_exists(version)"),
             (ExchangeKind::Bitget, Some(v)) => check.condition_expression("version = :cv").expression_attribute_values(":cv", n(v)),
             // A live bot without a credentials version was decided on nothing: never written.
             (ExchangeKind::Bitget, None) => check.condition_expression("attribute_exists(PK) AND attribute_not_exists(PK)"),

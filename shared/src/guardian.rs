@@ -8,7 +8,7 @@
 
 use crate::alerts::{self, Transition};
 use crate::config::MarketData;
-use crate::dynamo::{from_item, Item};
+use crate::dynamo::Item;
 use crate::error::ApiError;
 use crate::keys;
 use crate::probes;
@@ -18,7 +18,7 @@ use crate::trading::contracts::MAINTENANCE_MARGIN_RATE;
 use crate::trading::model::{Position, PositionSide};
 use crate::trading::paper::{liquidated_at, position_view};
 use crate::trading::service::{exchange_for, marks, paper_exchange};
-use crate::trading::store::{BotConfig, BotRecord, BotState, LivePosition, PaperPosition, RestingOrder};
+use crate::trading::store::{BotConfig, BotRecord, BotState, IndexRecord, LivePosition, PaperPosition, RestingOrder};
 use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -126,10 +126,6 @@ struct UserGroup {
     resting: Vec<RestingOrder>,
     live: Vec<LivePosition>,
     last_key: Option<Item>,
-}
-
-fn index_key(item: &Item) -> Item {
-    [keys::PK, keys::SK, keys::GSI1_PK, keys::GSI1_SK].iter().filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect()
 }
 
 async fn load_cursor(state: &AppState, cursor_key: &keys::Key) -> Result<Option<Item>, ApiError> {
@@ -266,26 +262,16 @@ async fn sweep_partition(
                 return;
             }
         };
-        for item in page.items {
-            let gsi_sk = item.get(keys::GSI1_SK).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-            let user_id = gsi_sk.split('#').next().unwrap_or_default().to_owned();
-            let sk = keys::sort_key(&item).unwrap_or_default().to_owned();
-            let key = index_key(&item);
-            let group = pending.entry(user_id).or_default();
-            group.last_key = Some(key);
-            let parsed = if sk == "BOT" {
-                from_item::<BotRecord>(item).map(|b| group.bot = Some(b))
-            } else if sk.starts_with(keys::POSITION_PREFIX) {
-                from_item::<PaperPosition>(item).map(|p| group.paper.push(p))
-            } else if sk.starts_with(keys::LIVE_POSITION_PREFIX) {
-                from_item::<LivePosition>(item).map(|p| group.live.push(p))
-            } else if sk.starts_with(keys::RESTING_PREFIX) {
-                from_item::<RestingOrder>(item).map(|r| group.resting.push(r))
-            } else {
-                Ok(())
-            };
-            if let Err(e) = parsed {
-                tracing::error!(sort_key = %sk, error = %ApiError::from(e).chain(), "unreadable item in the active-bots index");
+        for entry in page.entries {
+            let group = pending.entry(entry.user_id).or_default();
+            group.last_key = Some(entry.position);
+            match entry.record {
+                Ok(IndexRecord::Bot(b)) => group.bot = Some(b),
+                Ok(IndexRecord::PaperPosition(p)) => group.paper.push(p),
+                Ok(IndexRecord::LivePosition(p)) => group.live.push(p),
+                Ok(IndexRecord::RestingOrder(r)) => group.resting.push(r),
+                Ok(IndexRecord::Other) => {}
+                Err(e) => tracing::error!(error = %ApiError::from(e).chain(), "unreadable item in the active-bots index"),
             }
         }
         let more = page.next_start.clone();

@@ -147,6 +147,42 @@ pub fn sort_key(item: &HashMap<String, AttributeValue>) -> Option<&str> {
     item.get(SK).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
+/// What an item of a user's partition is, from its sort key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserItem {
+    Profile,
+    Bot,
+    Paper,
+    Credentials,
+    PaperPosition,
+    LivePosition,
+    RestingOrder,
+    Other,
+}
+
+pub fn user_item(item: &HashMap<String, AttributeValue>) -> UserItem {
+    match sort_key(item).unwrap_or("") {
+        "PROFILE" => UserItem::Profile,
+        "BOT" => UserItem::Bot,
+        "PAPER" => UserItem::Paper,
+        "CREDENTIALS" => UserItem::Credentials,
+        sk if sk.starts_with(POSITION_PREFIX) => UserItem::PaperPosition,
+        sk if sk.starts_with(LIVE_POSITION_PREFIX) => UserItem::LivePosition,
+        sk if sk.starts_with(RESTING_PREFIX) => UserItem::RestingOrder,
+        _ => UserItem::Other,
+    }
+}
+
+/// The user an active-bots index item belongs to (its index sort key starts with the user id).
+pub fn index_owner(item: &HashMap<String, AttributeValue>) -> Option<&str> {
+    item.get(GSI1_SK).and_then(|v| v.as_s().ok()).and_then(|sk| sk.split('#').next())
+}
+
+/// The key attributes of an index item: where a sweep that stopped at it goes on.
+pub fn index_position(item: &HashMap<String, AttributeValue>) -> HashMap<String, AttributeValue> {
+    [PK, SK, GSI1_PK, GSI1_SK].iter().filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect()
+}
+
 /// The GSI attributes that put a bot into the active-bots index.
 pub fn active_bot_index(user_id: &str) -> [(String, AttributeValue); 2] {
     active_index(user_id, user_id.to_owned())

@@ -4,7 +4,7 @@
 
 use crate::auth::store::Profile;
 use crate::dynamo::{db_error, from_item, n, s, to_item, Item, StoreError};
-use crate::keys;
+use crate::keys::{self, UserItem};
 use crate::trading::model::{ExchangeKind, OrderFill, OrderIntent, OrderStatus, PositionSide};
 use aws_sdk_dynamodb::types::AttributeValue;
 use rust_decimal::Decimal;
@@ -298,15 +298,15 @@ impl TradingStore<'_> {
         })
         .await?;
         for item in items {
-            match keys::sort_key(&item).unwrap_or("") {
-                "PROFILE" => snapshot.profile = Some(from_item(item)?),
-                "BOT" => snapshot.bot = Some(from_item(item)?),
-                "PAPER" => snapshot.paper = Some(from_item(item)?),
-                "CREDENTIALS" => snapshot.credentials = Some(from_item(item)?),
-                sk if sk.starts_with(keys::POSITION_PREFIX) => snapshot.positions.push(from_item(item)?),
-                sk if sk.starts_with(keys::LIVE_POSITION_PREFIX) => snapshot.live_positions.push(from_item(item)?),
-                sk if sk.starts_with(keys::RESTING_PREFIX) => snapshot.resting.push(from_item(item)?),
-                _ => {}
+            match keys::user_item(&item) {
+                UserItem::Profile => snapshot.profile = Some(from_item(item)?),
+                UserItem::Bot => snapshot.bot = Some(from_item(item)?),
+                UserItem::Paper => snapshot.paper = Some(from_item(item)?),
+                UserItem::Credentials => snapshot.credentials = Some(from_item(item)?),
+                UserItem::PaperPosition => snapshot.positions.push(from_item(item)?),
+                UserItem::LivePosition => snapshot.live_positions.push(from_item(item)?),
+                UserItem::RestingOrder => snapshot.resting.push(from_item(item)?),
+                UserItem::Other => {}
             }
         }
         Ok(snapshot)
@@ -891,12 +891,46 @@ impl TradingStore<'_> {
             .send()
             .await
             .map_err(db_error)?;
-        Ok(IndexPage { items: out.items.unwrap_or_default(), next_start: out.last_evaluated_key })
+        let entries = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| {
+                let user_id = keys::index_owner(&item).unwrap_or_default().to_owned();
+                let position = keys::index_position(&item);
+                let record = match keys::user_item(&item) {
+                    UserItem::Bot => from_item(item).map(IndexRecord::Bot),
+                    UserItem::PaperPosition => from_item(item).map(IndexRecord::PaperPosition),
+                    UserItem::LivePosition => from_item(item).map(IndexRecord::LivePosition),
+                    UserItem::RestingOrder => from_item(item).map(IndexRecord::RestingOrder),
+                    _ => Ok(IndexRecord::Other),
+                };
+                IndexEntry { user_id, position, record }
+            })
+            .collect();
+        Ok(IndexPage { entries, next_start: out.last_evaluated_key })
     }
 }
 
 /// A page of the active-bots index and where the next one starts (None: it was the last).
 pub struct IndexPage {
-    pub items: Vec<Item>,
+    pub entries: Vec<IndexEntry>,
     pub next_start: Option<Item>,
+}
+
+/// One item of the active-bots index, decoded.
+pub struct IndexEntry {
+    pub user_id: String,
+    /// Its key attributes: a cursor that stops here goes on after it.
+    pub position: Item,
+    /// The record, or why it did not decode.
+    pub record: Result<IndexRecord, StoreError>,
+}
+
+pub enum IndexRecord {
+    Bot(BotRecord),
+    PaperPosition(PaperPosition),
+    LivePosition(LivePosition),
+    RestingOrder(RestingOrder),
+    Other,
 }

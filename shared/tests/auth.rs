@@ -14,9 +14,9 @@ fn unique_email() -> String {
     format!("user-{}@Example.COM", uuid::Uuid::new_v4().simple())
 }
 
+/// The canonical form of a plain ASCII address: all of it lower case.
 fn normalised(email: &str) -> String {
-    let (local, domain) = email.rsplit_once('@').unwrap();
-    format!("{local}@{}", domain.to_lowercase())
+    email.trim().to_lowercase()
 }
 
 async fn register(app: &TestApp, email: &str) -> TestResponse {
@@ -680,4 +680,67 @@ async fn a_spent_or_revoked_refresh_token_cannot_log_anyone_out() {
     assert_eq!(logout(&current, "local").await.status, 204);
     assert_eq!(logout(&current, "global").await.code(), "invalid_refresh_token");
     assert_eq!(refresh(&app, &other).await.status, 200, "the other session lives");
+}
+
+#[tokio::test]
+async fn one_address_in_any_case_or_width_is_one_account() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let first = format!("Alice.{id}@Example.com");
+    assert_eq!(register(&app, &first).await.status, 202);
+    let code = last_code(&app, &first);
+    // The same address in other cases, and in full-width letters: taken, the owner is told.
+    for twin in [format!("alice.{id}@example.COM"), format!("ＡＬＩＣＥ.{id}@example.com")] {
+        let res = register(&app, &twin).await;
+        assert_eq!(res.status, 202);
+    }
+    let canonical = format!("alice.{id}@example.com");
+    let mails: Vec<Value> = app.outbox().into_iter().filter(|m| m["to"] == canonical.as_str()).collect();
+    assert_eq!(mails.len(), 3, "{mails:?}");
+    assert_eq!(mails.iter().filter(|m| m["code"].is_string()).count(), 1, "one account, one code: {mails:?}");
+    assert_eq!(verify(&app, &format!("ALICE.{id}@EXAMPLE.COM"), &code).await.status, 200);
+    for spelling in [first.clone(), canonical.clone(), format!("ａlice.{id}@example.com")] {
+        let res = login(&app, &spelling, PASSWORD).await;
+        assert_eq!(res.status, 200, "{spelling}: {}", res.raw);
+    }
+}
+
+#[tokio::test]
+async fn invisible_characters_in_an_address_are_refused_with_400() {
+    let app = spawn_app().await;
+    for hidden in ["ali\u{200B}ce@example.com", "alice\u{202E}@example.com", "al\u{00AD}ice@example.com"] {
+        let res =
+            app.call(auth::register, request("POST", "/api/v1/auth/register", Some(json!({"email": hidden, "password": PASSWORD})))).await;
+        assert_eq!((res.status, res.code()), (400, "invalid_email"), "{hidden:?}: {}", res.raw);
+    }
+}
+
+#[tokio::test]
+async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_was_made() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let typed = format!("Bob.{id}@example.com");
+    // As an earlier release stored it: under the local part as typed.
+    let user_id = uuid::Uuid::new_v4().to_string();
+    let hash = shared::auth::password::hash(PASSWORD.to_owned()).await.unwrap();
+    let creds = shared::auth::store::Credentials { user_id: user_id.clone(), password_hash: hash, email_verified: true };
+    let profile = shared::auth::store::Profile {
+        id: user_id.clone(),
+        email: typed.clone(),
+        username: None,
+        email_verified: true,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        revoked_before_ms: None,
+    };
+    let items = vec![
+        shared::keys::with_key(serde_dynamo::to_item(&creds).unwrap(), shared::keys::email(&typed)),
+        shared::keys::with_key(serde_dynamo::to_item(&profile).unwrap(), shared::keys::profile(&user_id)),
+    ];
+    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    let res = login(&app, &typed, PASSWORD).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(me(&app, res.body["access_token"].as_str().unwrap()).await.body["id"], user_id.as_str());
+    // Registering it again as typed finds the older account: no twin.
+    assert_eq!(register(&app, &typed).await.status, 202);
+    assert!(app.outbox().iter().all(|m| !m["code"].is_string() || m["to"] != normalised(&typed).as_str()), "no new account's code");
 }

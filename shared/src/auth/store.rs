@@ -1,5 +1,6 @@
 //! Users, credentials and refresh-token families in DynamoDB.
 
+use crate::auth::email::EmailAddress;
 use crate::dynamo::StoreError;
 use crate::dynamo::{self, n, s, to_item, Item};
 use crate::error::ApiError;
@@ -51,17 +52,46 @@ fn put(table: &str, item: Item, condition: &str) -> Result<TransactWriteItem, St
 }
 
 impl UserStore<'_> {
-    /// Creates the email record and the profile in one transaction; `Ok(false)` when the email is
-    /// taken (nothing is written then).
-    pub async fn create(&self, email: &str, creds: &Credentials, profile: &Profile) -> Result<bool, StoreError> {
-        let email_item = keys::with_key(to_item(creds)?, keys::email(email));
+    /// Creates the email record (under the canonical address) and the profile in one
+    /// transaction; `Ok(false)` when the address is taken, in any form it may be stored under
+    /// (nothing is written then).
+    pub async fn create(&self, email: &EmailAddress, creds: &Credentials, profile: &Profile) -> Result<bool, StoreError> {
+        let email_item = keys::with_key(to_item(creds)?, keys::email(email.as_str()));
         let profile_item = keys::with_key(to_item(profile)?, keys::profile(&profile.id));
-        let request = self
+        let mut request = self
             .client
             .transact_write_items()
             .transact_items(put(self.table, email_item, "attribute_not_exists(PK)")?)
             .transact_items(put(self.table, profile_item, "attribute_not_exists(PK)")?);
+        for older in email.stored_forms().skip(1) {
+            let check = ConditionCheck::builder()
+                .table_name(self.table)
+                .set_key(Some(keys::email(older)))
+                .condition_expression("attribute_not_exists(PK)")
+                .build()?;
+            request = request.transact_items(TransactWriteItem::builder().condition_check(check).build());
+        }
         Ok(dynamo::transact(request).await?.written())
+    }
+
+    /// The login record of `email` and the form it is stored under: the canonical address, or
+    /// for an account made before addresses were canonical, the form it was made with.
+    pub async fn find(&self, email: &EmailAddress) -> Result<Option<(String, Credentials)>, StoreError> {
+        for form in email.stored_forms() {
+            if let Some(creds) = self.credentials(form).await? {
+                return Ok(Some((form.to_owned(), creds)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The form `email`'s record is stored under (the canonical one when there is no older form
+    /// to look for, without a read).
+    pub async fn stored_form(&self, email: &EmailAddress) -> Result<String, StoreError> {
+        if email.stored_forms().count() == 1 {
+            return Ok(email.as_str().to_owned());
+        }
+        Ok(self.find(email).await?.map(|(form, _)| form).unwrap_or_else(|| email.as_str().to_owned()))
     }
 
     pub async fn credentials(&self, email: &str) -> Result<Option<Credentials>, StoreError> {

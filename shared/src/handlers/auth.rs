@@ -87,7 +87,7 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false };
     let profile =
         Profile { id: user_id.clone(), email: email.to_string(), username, email_verified: false, created_at, revoked_before_ms: None };
-    if users(state).create(email.as_str(), &creds, &profile).await? {
+    if users(state).create(&email, &creds, &profile).await? {
         // The registration's mail counts as the first send of the resend limits.
         send_code(state, &email, &user_id, true).await?;
     } else {
@@ -119,7 +119,12 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let consumed = limits
         .consume_code(&state.redis, &ctx.source_ip, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), code))
         .await?;
-    match users(state).mark_verified(email.as_str(), &consumed.user_id).await {
+    let users = users(state);
+    let verified = match users.stored_form(&email).await {
+        Ok(form) => users.mark_verified(&form, &consumed.user_id).await,
+        Err(e) => Err(e),
+    };
+    match verified {
         Ok(true) => {}
         Ok(false) => return Err(invalid()),
         Err(e) => {
@@ -144,7 +149,7 @@ pub async fn resend(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let email = EmailAddress::parse(&body.email)?;
     // Limits apply whether or not the address has an account, so they reveal nothing.
     limits(state).reserve_send(&state.redis, &ctx.source_ip, "resend", email.as_str()).await?;
-    if let Some(creds) = users(state).credentials(email.as_str()).await? {
+    if let Some((_, creds)) = users(state).find(&email).await? {
         if !creds.email_verified {
             send_code(state, &email, &creds.user_id, false).await?;
         }
@@ -200,9 +205,9 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     }
     let limits = limits(state);
     limits.login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
-    let creds = users(state).credentials(email.as_str()).await?;
-    let verification = password::verify(body.password.clone(), creds.as_ref().map(|c| c.password_hash.clone())).await?;
-    let Some(creds) = creds.filter(|_| verification.ok) else {
+    let found = users(state).find(&email).await?;
+    let verification = password::verify(body.password.clone(), found.as_ref().map(|(_, c)| c.password_hash.clone())).await?;
+    let Some((form, creds)) = found.filter(|_| verification.ok) else {
         return Err(invalid_credentials());
     };
     if !creds.email_verified {
@@ -213,7 +218,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     let rehash = async {
         if verification.needs_rehash {
             let hash = password::hash(body.password).await?;
-            users(state).update_password_hash(email.as_str(), &creds.user_id, &hash).await?;
+            users(state).update_password_hash(&form, &creds.user_id, &hash).await?;
         }
         Ok::<_, ApiError>(())
     };

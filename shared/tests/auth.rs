@@ -744,3 +744,30 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
     assert_eq!(register(&app, &typed).await.status, 202);
     assert!(app.outbox().iter().all(|m| !m["code"].is_string() || m["to"] != normalised(&typed).as_str()), "no new account's code");
 }
+
+#[tokio::test]
+async fn an_access_token_from_a_refresh_racing_a_global_logout_dies_with_the_logout() {
+    let mut app = spawn_app().await;
+    let (email, tokens) = signed_in_user(&app).await;
+    let other = login(&app, &email, PASSWORD).await.body["refresh_token"].as_str().unwrap().to_owned();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    // The refresh's rotation commits; before it answers, the user logs out everywhere.
+    let gate = hold_next_transaction_answer(&mut app);
+    let app = std::sync::Arc::new(app);
+    let refreshing = {
+        let app = app.clone();
+        tokio::spawn(async move { refresh(&app, &refresh_token).await })
+    };
+    while !gate.held.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(!refreshing.is_finished(), "the refresh answered without writing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await; // a later millisecond than the rotation
+    let body = json!({"refresh_token": other, "scope": "global"});
+    assert_eq!(app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(body))).await.status, 204);
+    gate.open();
+    let refreshed = refreshing.await.unwrap();
+    assert_eq!(refreshed.status, 200, "{}", refreshed.raw);
+    let res = me(&app, refreshed.body["access_token"].as_str().unwrap()).await;
+    assert_eq!((res.status, res.code()), (401, "invalid_token"), "the token outlived the logout: {}", res.raw);
+}

@@ -176,18 +176,24 @@ fn invalid_credentials() -> ApiError {
     ApiError::Unauthorized { code: "invalid_credentials", detail: "the email or password is wrong" }
 }
 
-async fn token_response(state: &AppState, user_id: &str, refresh: &RefreshToken) -> HandlerResult {
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+/// An access token's claims, stamped now. Taken *before* the write that makes its session live
+/// (a login's family, a refresh's rotation): a global logout that lands after that write has a
+/// later cutoff than the token's `jti` time, so the token dies with the logout.
+fn access_claims(state: &AppState, user_id: &str) -> AccessClaims {
     let now = chrono::Utc::now().timestamp();
-    let ttl = state.config.access_token_ttl.as_secs();
-    let claims = AccessClaims {
+    AccessClaims {
         iss: state.config.jwt_issuer.clone(),
         aud: state.config.jwt_audience.clone(),
         sub: user_id.to_owned(),
-        exp: now + ttl as i64,
+        exp: now + state.config.access_token_ttl.as_secs() as i64,
         iat: now,
         jti: uuid::Uuid::now_v7().to_string(),
-    };
+    }
+}
+
+async fn token_response(state: &AppState, claims: AccessClaims, refresh: &RefreshToken) -> HandlerResult {
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let ttl = state.config.access_token_ttl.as_secs();
     let access_token = keys.sign(&claims).map_err(|e| ApiError::internal("signing access token", e))?;
     let mut response = json_response(
         StatusCode::OK,
@@ -214,6 +220,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         limits.login_succeeded(&state.redis, email.as_str()).await?;
         return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
+    let claims = access_claims(state, &creds.user_id);
     let refresh = RefreshToken::issue(&creds.user_id, &uuid::Uuid::new_v4().to_string(), now_ms());
     let rehash = async {
         if verification.needs_rehash {
@@ -231,7 +238,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     if let Err(e) = rehashed {
         tracing::warn!(code = e.code(), "password rehash failed; will retry on the next login");
     }
-    token_response(state, &creds.user_id, &refresh).await
+    token_response(state, claims, &refresh).await
 }
 
 #[derive(Deserialize)]
@@ -266,8 +273,9 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
     let store = refresh_store(state);
     let now = now_ms();
     let new = RefreshToken::issue(&old.user_id, &old.family_id, old.family_created_ms);
+    let claims = access_claims(state, &old.user_id);
     match store.rotate(&old, &new, now).await? {
-        RotateOutcome::Rotated => token_response(state, &old.user_id, &new).await,
+        RotateOutcome::Rotated => token_response(state, claims, &new).await,
         RotateOutcome::FamilyRevoked => Err(revoked_family_error(state, &old.family_id).await?),
         RotateOutcome::TokenSpent => {
             let stored =
@@ -279,7 +287,7 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
             if now - used_at <= state.config.refresh_reuse_grace.as_millis() as i64 {
                 // A lost response or two tabs racing: a fresh pair, nothing revoked.
                 if store.add_to_family(&new).await? {
-                    return token_response(state, &old.user_id, &new).await;
+                    return token_response(state, claims, &new).await;
                 }
                 return Err(revoked_family_error(state, &old.family_id).await?);
             }

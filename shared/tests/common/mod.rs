@@ -346,3 +346,59 @@ impl aws_sdk_dynamodb::config::Intercept for Conflicts {
         Ok(())
     }
 }
+
+/// Holds the answer of the next DynamoDB transaction of `app` (after DynamoDB committed it) until
+/// the returned gate is opened: a request that has just made its write and not yet answered.
+/// `held` turns true while it waits. The hold is in the HTTP connector, so nothing blocks.
+pub fn hold_next_transaction_answer(app: &mut TestApp) -> std::sync::Arc<Gate> {
+    use aws_smithy_runtime_api::client::http::{http_client_fn, HttpClient, SharedHttpConnector};
+    // The local endpoints are plain HTTP: the SDK's own hyper client without TLS.
+    let inner = aws_smithy_http_client::Builder::new().build_http();
+    let gate = std::sync::Arc::new(Gate::default());
+    let for_client = gate.clone();
+    let client = http_client_fn(move |settings, components| {
+        SharedHttpConnector::new(Holding { inner: inner.http_connector(settings, components), gate: for_client.clone() })
+    });
+    let config = aws_sdk_dynamodb::config::Builder::from(&app.sdk).http_client(client).build();
+    app.state.dynamo = aws_sdk_dynamodb::Client::from_conf(config);
+    gate
+}
+
+#[derive(Debug, Default)]
+pub struct Gate {
+    pub held: std::sync::atomic::AtomicBool,
+    used: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        self.opened.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct Holding {
+    inner: aws_smithy_runtime_api::client::http::SharedHttpConnector,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl aws_smithy_runtime_api::client::http::HttpConnector for Holding {
+    fn call(
+        &self,
+        request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+        use std::sync::atomic::Ordering;
+        let transaction = request.headers().get("x-amz-target").is_some_and(|t| t.ends_with(".TransactWriteItems"));
+        let answer = self.inner.call(request);
+        let gate = self.gate.clone();
+        aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(async move {
+            let response = answer.await?;
+            if transaction && !gate.used.swap(true, Ordering::SeqCst) {
+                gate.held.store(true, Ordering::SeqCst);
+                gate.opened.notified().await;
+            }
+            Ok(response)
+        })
+    }
+}

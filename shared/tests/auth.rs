@@ -61,6 +61,13 @@ async fn signed_in_user(app: &TestApp) -> (String, Value) {
     (email, res.body)
 }
 
+/// As if the address's 60 s mail cooldown had run out (its hourly count stays).
+async fn a_minute_passes(app: &TestApp, email: &str) {
+    let mut conn = redis_conn(app).await;
+    let keys = shared::auth::limits::EmailKeys::new(&normalised(email));
+    redis::cmd("DEL").arg(&keys.cooldown).query_async::<()>(&mut conn).await.unwrap();
+}
+
 async fn redis_conn(app: &TestApp) -> redis::aio::ConnectionManager {
     app.state.redis.clone()
 }
@@ -136,6 +143,7 @@ async fn registering_an_existing_email_answers_identically_and_notifies_the_owne
     let app = spawn_app().await;
     let email = unique_email();
     let first = register(&app, &email).await;
+    a_minute_passes(&app, &email).await;
     let second = register(&app, &email).await;
     assert_eq!((first.status, &first.raw), (second.status, &second.raw), "byte for byte");
     let mails: Vec<Value> = app.outbox().into_iter().filter(|m| m["to"] == normalised(&email).as_str()).collect();
@@ -691,6 +699,7 @@ async fn one_address_in_any_case_or_width_is_one_account() {
     let code = last_code(&app, &first);
     // The same address in other cases, and in full-width letters: taken, the owner is told.
     for twin in [format!("alice.{id}@example.COM"), format!("ＡＬＩＣＥ.{id}@example.com")] {
+        a_minute_passes(&app, &first).await;
         let res = register(&app, &twin).await;
         assert_eq!(res.status, 202);
     }
@@ -770,4 +779,20 @@ async fn an_access_token_from_a_refresh_racing_a_global_logout_dies_with_the_log
     assert_eq!(refreshed.status, 200, "{}", refreshed.raw);
     let res = me(&app, refreshed.body["access_token"].as_str().unwrap()).await;
     assert_eq!((res.status, res.code()), (401, "invalid_token"), "the token outlived the logout: {}", res.raw);
+}
+
+#[tokio::test]
+async fn the_owners_notice_counts_against_the_addresss_mail_limits() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    // Someone registers the address over and over, a minute apart and all at once.
+    for _ in 0..10 {
+        a_minute_passes(&app, &email).await;
+        for res in join_all((0..3).map(|_| register(&app, &email))).await {
+            assert_eq!(res.status, 202, "the same answer whatever the limits say: {}", res.raw);
+        }
+    }
+    let mails = app.outbox().into_iter().filter(|m| m["to"] == normalised(&email).as_str()).count();
+    assert_eq!(mails, shared::auth::limits::RESEND_MAX_PER_HOUR as usize, "the code plus four notices in the hour, not 31 mails");
 }

@@ -167,6 +167,13 @@ fn as_u64(v: &redis::Value) -> u64 {
     }
 }
 
+/// Whether one more mail to an address fits its send limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailBudget {
+    Reserved,
+    Limited { retry_after_secs: u64 },
+}
+
 /// A code that matched and was consumed.
 pub struct ConsumedCode {
     pub user_id: String,
@@ -266,19 +273,28 @@ impl Limits {
     /// Reserves one verification mail for `email` (60 s apart, 5 an hour).
     pub async fn reserve_send(&self, redis: &ConnectionManager, ip: &str, route: &str, email: &str) -> Result<(), ApiError> {
         self.check_ip(redis, route, ip).await?;
+        match self.reserve_mail(redis, email).await? {
+            MailBudget::Reserved => Ok(()),
+            MailBudget::Limited { retry_after_secs } => Err(ApiError::too_many_requests(retry_after_secs)),
+        }
+    }
+
+    /// Reserves one mail of any kind to `email` against its send limits (60 s apart, 5 an hour):
+    /// codes, reset mails and notices alike, so no address can be mail-bombed through any route.
+    pub async fn reserve_mail(&self, redis: &ConnectionManager, email: &str) -> Result<MailBudget, ApiError> {
         let keys = EmailKeys::new(email);
         let mut conn = redis.clone();
-        let (tag, value): Outcome = SEND_RESERVATION
+        let (tag, retry): Outcome = SEND_RESERVATION
             .key(&keys.cooldown)
             .key(&keys.hourly)
             .arg(RESEND_MAX_PER_HOUR)
             .arg(RESEND_COOLDOWN_SECS)
             .invoke_async(&mut conn)
             .await?;
-        match tag.as_str() {
-            "ok" => Ok(()),
-            _ => Err(ip_limited(&value)),
-        }
+        Ok(match tag.as_str() {
+            "ok" => MailBudget::Reserved,
+            _ => MailBudget::Limited { retry_after_secs: as_u64(&retry).max(1) },
+        })
     }
 
     /// Stores the pending code; `count_send` also starts the resend limits (a registration's

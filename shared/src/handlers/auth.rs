@@ -1,7 +1,7 @@
 //! The auth routes. Each is served by its own function crate.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::limits::{hash_code, new_code, Limits};
+use crate::auth::limits::{hash_code, new_code, Limits, MailBudget};
 use crate::auth::password;
 use crate::auth::session::authenticate;
 use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore};
@@ -90,8 +90,9 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     if users(state).create(&email, &creds, &profile).await? {
         // The registration's mail counts as the first send of the resend limits.
         send_code(state, &email, &user_id, true).await?;
-    } else {
-        // Same answer as a new account; the owner hears about it instead of the caller.
+    } else if limits(state).reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved {
+        // Same answer as a new account; the owner hears about it instead of the caller, within
+        // the address's mail limits like every other mail to it.
         let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
         send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None }).await;
     }

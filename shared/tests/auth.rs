@@ -796,3 +796,23 @@ async fn the_owners_notice_counts_against_the_addresss_mail_limits() {
     let mails = app.outbox().into_iter().filter(|m| m["to"] == normalised(&email).as_str()).count();
     assert_eq!(mails, shared::auth::limits::RESEND_MAX_PER_HOUR as usize, "the code plus four notices in the hour, not 31 mails");
 }
+
+#[tokio::test]
+async fn a_replay_inside_the_grace_window_gets_the_same_successor_so_the_family_never_branches() {
+    let app = spawn_app_with(&[("REFRESH_REUSE_GRACE_SECS", "4".into())]).await;
+    let (_, tokens) = signed_in_user(&app).await;
+    let first = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let answers = join_all((0..5).map(|_| refresh(&app, &first))).await;
+    let successors: std::collections::BTreeSet<&str> = answers.iter().map(|r| r.body["refresh_token"].as_str().unwrap_or("-")).collect();
+    assert_eq!(successors.len(), 1, "one successor for one token: {successors:?}");
+    let successor = successors.into_iter().next().unwrap().to_owned();
+    // A thief's replay inside the window gets that same token, not a line of its own...
+    let stolen = refresh(&app, &first).await;
+    assert_eq!(stolen.body["refresh_token"].as_str(), Some(successor.as_str()), "{}", stolen.raw);
+    // ...so once the owner moves on, the thief's use is a reuse everyone sees.
+    let owner = refresh(&app, &successor).await;
+    assert_eq!(owner.status, 200);
+    tokio::time::sleep(Duration::from_millis(4300)).await;
+    assert_eq!(refresh(&app, &successor).await.code(), "refresh_token_reused");
+    assert_eq!(refresh(&app, owner.body["refresh_token"].as_str().unwrap()).await.code(), "refresh_token_reused", "the family is revoked");
+}

@@ -191,6 +191,25 @@ impl RefreshToken {
         }
     }
 
+    /// The one token that succeeds this one, derived from it and a server key: a replay of this
+    /// token inside the grace window gets the very successor the first rotation stored, so a
+    /// family never branches into parallel lines that reuse detection could not see.
+    pub fn successor(&self, server_key: &[u8]) -> RefreshToken {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(server_key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"refresh-successor:");
+        mac.update(self.hash().as_bytes());
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let (user_id, family_id, created) = (&self.user_id, &self.family_id, self.family_created_ms);
+        RefreshToken {
+            user_id: user_id.clone(),
+            family_id: family_id.clone(),
+            family_created_ms: created,
+            raw: format!("rt1.{user_id}.{family_id}.{created}.{secret}"),
+        }
+    }
+
     pub fn parse(raw: &str) -> Option<Self> {
         let mut parts = raw.split('.');
         let (Some("rt1"), Some(user_id), Some(family_id), Some(created), Some(secret), None) =
@@ -341,15 +360,11 @@ impl RefreshStore<'_> {
         })
     }
 
-    /// Adds a token to a live family without spending another (the grace-window answer).
-    pub async fn add_to_family(&self, token: &RefreshToken) -> Result<bool, StoreError> {
+    /// Whether `token`'s family is still live (not revoked, and the user has not logged out
+    /// everywhere since it began), checked as one consistent transaction of two conditions.
+    pub async fn family_is_live(&self, token: &RefreshToken) -> Result<bool, StoreError> {
         let [family_check, profile_check] = self.live_family_checks(token)?;
-        let request = self
-            .client
-            .transact_write_items()
-            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
-            .transact_items(family_check)
-            .transact_items(profile_check);
+        let request = self.client.transact_write_items().transact_items(family_check).transact_items(profile_check);
         Ok(dynamo::transact(request).await?.written())
     }
 

@@ -273,7 +273,8 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
     let old = RefreshToken::parse(&body.refresh_token).ok_or_else(invalid_refresh_token)?;
     let store = refresh_store(state);
     let now = now_ms();
-    let new = RefreshToken::issue(&old.user_id, &old.family_id, old.family_created_ms);
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let new = old.successor(keys.code_pepper.expose());
     let claims = access_claims(state, &old.user_id);
     match store.rotate(&old, &new, now).await? {
         RotateOutcome::Rotated => token_response(state, claims, &new).await,
@@ -286,8 +287,9 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
             };
             let used_at = stored.used_at_ms.unwrap_or(now);
             if now - used_at <= state.config.refresh_reuse_grace.as_millis() as i64 {
-                // A lost response or two tabs racing: a fresh pair, nothing revoked.
-                if store.add_to_family(&new).await? {
+                // A lost response or two tabs racing: the same successor the first rotation
+                // stored (nothing new is written, nothing revoked), while the family lives.
+                if store.family_is_live(&old).await? {
                     return token_response(state, claims, &new).await;
                 }
                 return Err(revoked_family_error(state, &old.family_id).await?);

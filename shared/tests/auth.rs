@@ -302,7 +302,8 @@ async fn five_failures_lock_the_account_even_for_the_right_password() {
 async fn the_lock_doubles_with_each_further_failure_up_to_fifteen_minutes() {
     let app = spawn_app().await;
     let (email, _) = signed_in_user(&app).await;
-    let key = shared::auth::limits::EmailKeys::new(&normalised(&email)).lockout;
+    // The pair of this address and the tests' source address (`request`'s 198.51.100.1).
+    let key = shared::auth::limits::EmailKeys::new(&normalised(&email)).pair_lockout("198.51.100.1");
     let mut conn = redis_conn(&app).await;
     for _ in 0..5 {
         login(&app, &email, "wrong password here").await;
@@ -815,4 +816,41 @@ async fn a_replay_inside_the_grace_window_gets_the_same_successor_so_the_family_
     tokio::time::sleep(Duration::from_millis(4300)).await;
     assert_eq!(refresh(&app, &successor).await.code(), "refresh_token_reused");
     assert_eq!(refresh(&app, owner.body["refresh_token"].as_str().unwrap()).await.code(), "refresh_token_reused", "the family is revoked");
+}
+
+async fn login_from(app: &TestApp, email: &str, password: &str, ip: &str) -> TestResponse {
+    let req = from_ip(request("POST", "/api/v1/auth/login", Some(json!({"email": email, "password": password}))), ip);
+    app.call(auth::login, req).await
+}
+
+#[tokio::test]
+async fn one_sources_failures_never_lock_the_owner_out_from_another() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    for attacker in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        for _ in 0..shared::auth::limits::LOCKOUT_THRESHOLD {
+            assert_eq!(login_from(&app, &email, "wrong password guess", attacker).await.status, 401);
+        }
+        // That source is locked, even with the right password...
+        let res = login_from(&app, &email, PASSWORD, attacker).await;
+        assert_eq!((res.status, res.code()), (429, "account_locked"), "{}", res.raw);
+        // ...and the owner, elsewhere, is not.
+        let res = login_from(&app, &email, PASSWORD, "198.51.100.77").await;
+        assert_eq!(res.status, 200, "{}", res.raw);
+    }
+}
+
+#[tokio::test]
+async fn fifty_failures_an_hour_lock_the_address_for_every_source_known_or_not() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    let unknown = unique_email();
+    for target in [email.as_str(), unknown.as_str()] {
+        for i in 0..shared::auth::limits::EMAIL_FAILURES_PER_HOUR {
+            let res = login_from(&app, target, "wrong password guess", &format!("192.0.2.{i}")).await;
+            assert_eq!(res.status, 401, "{target} failure {i}: {}", res.raw);
+        }
+        let res = login_from(&app, target, PASSWORD, "198.51.100.200").await;
+        assert_eq!((res.status, res.code()), (429, "account_locked"), "{target}: {}", res.raw);
+    }
 }

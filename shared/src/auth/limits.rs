@@ -17,6 +17,9 @@ pub const RESEND_MAX_PER_HOUR: u32 = 5;
 pub const LOCKOUT_THRESHOLD: u32 = 5;
 pub const LOCKOUT_BASE_SECS: u64 = 60;
 pub const LOCKOUT_MAX_SECS: u64 = 15 * 60;
+/// Failures for one address from every source in an hour before it is locked for every source.
+pub const EMAIL_FAILURES_PER_HOUR: u32 = 50;
+pub const EMAIL_LOCK_SECS: u64 = 15 * 60;
 
 /// KEYS[1] = the address's counter for this route and minute, ARGV[1] = its limit.
 static IP_LIMIT: LazyLock<Script> = LazyLock::new(|| {
@@ -30,14 +33,18 @@ return {'ok', 0}
     )
 });
 
-/// KEYS[1] = the account's lockout hash, ARGV[1] = now (unix seconds), ARGV[2..4] = threshold,
-/// base and cap. Each attempt takes a ticket *before* the password is checked, so parallel
-/// guesses cannot all slip in under the limit; the ticket that reaches the threshold sets the lock
-/// at once, and a success deletes the hash.
+/// KEYS[1] = the (address, source) pair's lockout hash, KEYS[2] = the address's hourly hash;
+/// ARGV[1] = now (unix seconds), ARGV[2..4] = the pair's threshold, base and cap, ARGV[5..6] = the
+/// address's hourly limit and lock. Each attempt takes a ticket *before* the password is checked,
+/// so parallel guesses cannot all slip in under a limit: the pair's 5th ticket locks that pair
+/// (1 minute, doubling to 15), the address's 50th in an hour locks the address for every source.
+/// One source's guesses never lock the owner out from another; a success clears the pair.
 static LOGIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now = tonumber(ARGV[1])
+local all_until = tonumber(redis.call('HGET', KEYS[2], 'lock_until') or '0')
+if all_until > now then return {'locked', all_until - now} end
 local lock_until = tonumber(redis.call('HGET', KEYS[1], 'lock_until') or '0')
 if lock_until > now then return {'locked', lock_until - now} end
 local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
@@ -47,7 +54,25 @@ if fails >= threshold then
   redis.call('HSET', KEYS[1], 'lock_until', now + secs)
 end
 redis.call('EXPIRE', KEYS[1], 86400)
+local all = redis.call('HINCRBY', KEYS[2], 'fails', 1)
+if all == 1 then redis.call('EXPIRE', KEYS[2], 3600) end
+if all >= tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[2], 'lock_until', now + tonumber(ARGV[6]))
+  redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[2]), tonumber(ARGV[6])))
+end
 return {'ok', fails}
+"#,
+    )
+});
+
+/// A right password: KEYS[1] = the pair's lockout (cleared), KEYS[2] = the address's hourly hash,
+/// whose ticket this attempt took back (a success is not a failure).
+static LOGIN_SUCCEEDED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('HGET', KEYS[2], 'fails') or '0') > 0 then redis.call('HINCRBY', KEYS[2], 'fails', -1) end
+return 1
 "#,
     )
 });
@@ -129,7 +154,10 @@ fn ip_key(route: &str, ip: &str) -> String {
 /// sit in one slot whatever characters the address holds (`{` and `}` are legal in a local
 /// part), and no address appears in a Redis key.
 pub struct EmailKeys {
+    /// Failures from every source in the hour (and the lock of the address they set).
     pub lockout: String,
+    /// Prefix of the per-(address, source) lockouts: `pair_lockout(ip)`.
+    pair_prefix: String,
     pub code: String,
     pub cooldown: String,
     pub hourly: String,
@@ -139,17 +167,30 @@ impl EmailKeys {
     pub fn new(email: &str) -> Self {
         let digest = hex::encode(&sha2::Sha256::digest(email.as_bytes())[..16]);
         let tagged = |what: &str| format!("auth:{{{digest}}}:{what}");
-        EmailKeys { lockout: tagged("lockout"), code: tagged("vcode"), cooldown: tagged("resend:cooldown"), hourly: tagged("resend:hour") }
+        EmailKeys {
+            lockout: tagged("lockout"),
+            pair_prefix: tagged("lockout:"),
+            code: tagged("vcode"),
+            cooldown: tagged("resend:cooldown"),
+            hourly: tagged("resend:hour"),
+        }
+    }
+
+    /// The lockout of this address from one source (a digest of the address, not the address).
+    pub fn pair_lockout(&self, ip: &str) -> String {
+        format!("{}{}", self.pair_prefix, hex::encode(&sha2::Sha256::digest(ip.as_bytes())[..8]))
     }
 
     /// The keys each script is given, in order: what the one-slot test checks.
-    pub fn script_keys(&self) -> [(&'static str, Vec<&str>); 5] {
+    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 6] {
+        let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
-            ("login", vec![&self.lockout]),
-            ("verify", vec![&self.code]),
-            ("send_reservation", vec![&self.cooldown, &self.hourly]),
-            ("store_code", vec![&self.code, &self.cooldown, &self.hourly]),
-            ("restore_code", vec![&self.code]),
+            ("login", vec![self.pair_lockout("203.0.113.9"), self.lockout.clone()]),
+            ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.lockout.clone()]),
+            ("verify", owned(&[&self.code])),
+            ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
+            ("store_code", owned(&[&self.code, &self.cooldown, &self.hourly])),
+            ("restore_code", owned(&[&self.code])),
         ]
     }
 }
@@ -209,12 +250,16 @@ impl Limits {
     pub async fn login_attempt(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
         self.check_ip(redis, "login", ip).await?;
         let mut conn = redis.clone();
+        let keys = EmailKeys::new(email);
         let (tag, value): Outcome = LOGIN
-            .key(EmailKeys::new(email).lockout)
+            .key(keys.pair_lockout(ip))
+            .key(&keys.lockout)
             .arg(chrono::Utc::now().timestamp())
             .arg(LOCKOUT_THRESHOLD)
             .arg(LOCKOUT_BASE_SECS)
             .arg(LOCKOUT_MAX_SECS)
+            .arg(EMAIL_FAILURES_PER_HOUR)
+            .arg(EMAIL_LOCK_SECS)
             .invoke_async(&mut conn)
             .await?;
         match tag.as_str() {
@@ -227,9 +272,12 @@ impl Limits {
         }
     }
 
-    pub async fn login_succeeded(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
+    /// A right password from `ip` clears that pair's failures and gives back its own ticket of the
+    /// address's hourly count (what other sources tried stays counted).
+    pub async fn login_succeeded(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
-        redis::cmd("DEL").arg(EmailKeys::new(email).lockout).query_async::<()>(&mut conn).await?;
+        let keys = EmailKeys::new(email);
+        LOGIN_SUCCEEDED.key(keys.pair_lockout(ip)).key(&keys.lockout).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 

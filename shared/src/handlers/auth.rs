@@ -218,7 +218,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         return Err(invalid_credentials());
     };
     if !creds.email_verified {
-        limits.login_succeeded(&state.redis, email.as_str()).await?;
+        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str()).await?;
         return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
     let claims = access_claims(state, &creds.user_id);
@@ -233,7 +233,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     let store = refresh_store(state);
     // The lockout reset, the new session and a rehash are independent: one round trip for all.
     let (reset, started, rehashed) =
-        tokio::join!(limits.login_succeeded(&state.redis, email.as_str()), store.start_family(&refresh), rehash);
+        tokio::join!(limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str()), store.start_family(&refresh), rehash);
     reset?;
     started?;
     if let Err(e) = rehashed {

@@ -65,7 +65,7 @@ pub async fn transition(state: &AppState, check: &str, ok: bool) -> Transition {
 /// channel must not break the sweep.
 pub async fn send(state: &AppState, text: &str) -> bool {
     if state.config.is_local() {
-        let mail = Email { to: "telegram".into(), subject: "guardian alert".into(), body: text.to_owned(), code: None };
+        let mail = Email { to: "telegram".into(), subject: "guardian alert".into(), body: text.to_owned(), code: None, token: None };
         if let Err(e) = state.mailer.send(&mail).await {
             tracing::warn!(error = %e, "alert not written to the outbox");
         }

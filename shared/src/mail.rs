@@ -13,6 +13,9 @@ pub struct Email {
     /// Only in the local outbox, so tests and developers can read the code without parsing prose.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// The mail's link token, likewise only in the local outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for Email {
@@ -24,6 +27,7 @@ impl std::fmt::Debug for Email {
             .field("subject", &self.subject)
             .field("body", &"[redacted]")
             .field("code", &self.code.as_ref().map(|_| "[redacted]"))
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .finish()
     }
 }

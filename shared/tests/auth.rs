@@ -614,6 +614,7 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
         subject: "Your verification code".into(),
         body: "Your verification code is 493027.".into(),
         code: Some("493027".into()),
+        token: Some("f4k3-l1nk-t0k3n-0000000000000000000000000000".into()),
     };
     let values = std::collections::HashMap::from([
         ("APP_ENV".to_owned(), "local".to_owned()),
@@ -625,6 +626,7 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
         (format!("{creds:?}"), "c2FsdHNhbHQ"),
         (format!("{mail:?}"), "493027"),
         (format!("{mail:?}"), "owner@"),
+        (format!("{mail:?}"), "f4k3-l1nk"),
         (format!("{config:?}"), "hunter2-redis-pass"),
         (format!("{config:#?}"), "hunter2-redis-pass"),
     ] {
@@ -853,4 +855,68 @@ async fn fifty_failures_an_hour_lock_the_address_for_every_source_known_or_not()
         let res = login_from(&app, target, PASSWORD, "198.51.100.200").await;
         assert_eq!((res.status, res.code()), (429, "account_locked"), "{target}: {}", res.raw);
     }
+}
+
+fn last_token(app: &TestApp, email: &str) -> String {
+    let email = normalised(email);
+    app.outbox()
+        .iter()
+        .rev()
+        .find(|m| m["to"] == email.as_str() && m["token"].is_string())
+        .map(|m| m["token"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no token mail for {email}"))
+}
+
+async fn verify_with_token(app: &TestApp, email: &str, token: &str) -> TestResponse {
+    app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(json!({"email": email, "token": token})))).await
+}
+
+async fn resend(app: &TestApp, email: &str) -> TestResponse {
+    app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(json!({"email": email})))).await
+}
+
+#[tokio::test]
+async fn ten_wrong_codes_a_day_refuse_every_code_of_the_address_whatever_the_resends() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    for round in 0..2 {
+        for _ in 0..5 {
+            assert_eq!(verify(&app, &email, "000000").await.code(), "invalid_code");
+        }
+        a_minute_passes(&app, &email).await;
+        assert_eq!(resend(&app, &email).await.status, 202, "round {round}");
+    }
+    // Ten wrong in the window: even the right, fresh code is refused...
+    let res = verify(&app, &email, &last_code(&app, &email)).await;
+    assert_eq!((res.status, res.code()), (400, "invalid_code"), "{}", res.raw);
+    // ...and the owner, who has the mail, finishes with its link token.
+    assert_eq!(verify_with_token(&app, &email, &last_token(&app, &email)).await.status, 200);
+}
+
+#[tokio::test]
+async fn wrong_guesses_by_others_never_stop_the_owner_finishing_with_the_mailed_token() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    let token = last_token(&app, &email);
+    for i in 0..30 {
+        let req = from_ip(
+            request("POST", "/api/v1/auth/verify", Some(json!({"email": email, "verification_code": format!("{i:06}")}))),
+            &format!("203.0.113.{i}"),
+        );
+        assert_eq!(app.call(auth::verify, req).await.status, 400);
+    }
+    let res = verify_with_token(&app, &email, &token).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(verify_with_token(&app, &email, &token).await.code(), "invalid_code", "single use");
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+    // A wrong token, or both fields, or neither: refused.
+    let fresh = unique_email();
+    assert_eq!(register(&app, &fresh).await.status, 202);
+    assert_eq!(verify_with_token(&app, &fresh, &"A".repeat(43)).await.code(), "invalid_code");
+    let both = json!({"email": fresh, "token": last_token(&app, &fresh), "verification_code": last_code(&app, &fresh)});
+    assert_eq!(app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(both))).await.code(), "invalid_request");
+    let neither = json!({"email": fresh});
+    assert_eq!(app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(neither))).await.code(), "invalid_request");
 }

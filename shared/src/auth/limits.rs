@@ -12,6 +12,10 @@ use std::sync::LazyLock;
 
 pub const CODE_TTL_SECS: u64 = 15 * 60;
 pub const CODE_MAX_ATTEMPTS: u32 = 5;
+/// Wrong codes for one address, whatever resends came between, before every code of it is
+/// refused until the window has passed (the mailed link token still works).
+pub const CODE_FAILURES_PER_WINDOW: u32 = 10;
+pub const CODE_FAILURE_WINDOW_SECS: u64 = 24 * 3600;
 pub const RESEND_COOLDOWN_SECS: u64 = 60;
 pub const RESEND_MAX_PER_HOUR: u32 = 5;
 pub const LOCKOUT_THRESHOLD: u32 = 5;
@@ -77,35 +81,47 @@ return 1
     )
 });
 
-/// KEYS[1] = the pending code hash, ARGV[1] = the presented code's hash, ARGV[2] = attempt cap.
-/// The code is consumed by the same step that compares it: one success however many race.
+/// KEYS[1] = the pending code hash, KEYS[2] = the address's failure count; ARGV[1] = what was
+/// presented, hashed; ARGV[2] = `code` or `token`; ARGV[3] = the per-code cap, ARGV[4..5] = the
+/// address's failure budget and its window. The code (or token) is consumed by the same step that
+/// compares it: one success however many race. Wrong codes count against the code (5 burn it)
+/// and against the address (10 in 24 h refuse every code of it, resends notwithstanding). The link
+/// token is never burned by wrong codes, so the owner of the mailbox can always finish.
 static VERIFY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local stored = redis.call('HGET', KEYS[1], 'hash')
-if not stored then return {'no_code', 0} end
-if stored == ARGV[1] then
-  local user_id = redis.call('HGET', KEYS[1], 'user_id')
-  local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+local by_token = ARGV[2] == 'token'
+if not by_token and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return {'burned', 0} end
+local stored = redis.call('HGET', KEYS[1], by_token and 'token' or 'hash')
+if stored and stored == ARGV[1] then
+  local fields = redis.call('HMGET', KEYS[1], 'user_id', 'attempts', 'hash', 'token')
   local ttl = redis.call('PTTL', KEYS[1])
   redis.call('DEL', KEYS[1])
-  return {'ok', user_id, attempts, ttl}
+  return {'ok', fields[1], fields[2] or '0', ttl, fields[3] or '', fields[4] or ''}
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
-return {'invalid', attempts}
+if by_token then return {'invalid', 0} end
+local fails = redis.call('INCR', KEYS[2])
+if fails == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5])) end
+if stored then
+  local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  if attempts >= tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], 'hash') end
+end
+return {'invalid', fails}
 "#,
     )
 });
 
 /// Puts a consumed code back (the write it was consumed for did not happen), unless a newer
-/// code has replaced it meanwhile: KEYS[1] = the code key, ARGV = hash, user id, attempts, ttl (ms).
+/// code has replaced it meanwhile: KEYS[1] = the code key, ARGV = user id, attempts, ttl (ms),
+/// code hash, token hash (either may be empty: a burned code keeps only its token).
 static RESTORE_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 1 or tonumber(ARGV[4]) <= 0 then return 0 end
-redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+if redis.call('EXISTS', KEYS[1]) == 1 or tonumber(ARGV[3]) <= 0 then return 0 end
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'hash', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'token', ARGV[5]) end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 "#,
     )
@@ -126,14 +142,15 @@ return {'ok', 0}
     )
 });
 
-/// Replaces the pending code (attempts reset): KEYS[1] = code key, KEYS[2..3] = the email's send
-/// counters, ARGV = hash, user id, ttl, whether to count this send (registration's first mail)
-/// and the cooldown.
+/// Replaces the pending code and link token (the code's attempts reset; the address's failure
+/// budget does not): KEYS[1] = code key, KEYS[2..3] = the email's send counters, ARGV = code
+/// hash, user id, ttl, whether to count this send (registration's first mail), the cooldown and
+/// the token hash.
 static STORE_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', 0)
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', 0, 'token', ARGV[6])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 if ARGV[4] == '1' then
   redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[5]))
@@ -161,6 +178,8 @@ pub struct EmailKeys {
     pub code: String,
     pub cooldown: String,
     pub hourly: String,
+    /// Wrong codes for the address in the failure window, across resends.
+    pub code_failures: String,
 }
 
 impl EmailKeys {
@@ -173,6 +192,7 @@ impl EmailKeys {
             code: tagged("vcode"),
             cooldown: tagged("resend:cooldown"),
             hourly: tagged("resend:hour"),
+            code_failures: tagged("vcode:fails"),
         }
     }
 
@@ -187,7 +207,7 @@ impl EmailKeys {
         [
             ("login", vec![self.pair_lockout("203.0.113.9"), self.lockout.clone()]),
             ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.lockout.clone()]),
-            ("verify", owned(&[&self.code])),
+            ("verify", owned(&[&self.code, &self.code_failures])),
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
             ("store_code", owned(&[&self.code, &self.cooldown, &self.hourly])),
             ("restore_code", owned(&[&self.code])),
@@ -218,9 +238,17 @@ pub enum MailBudget {
 /// A code that matched and was consumed.
 pub struct ConsumedCode {
     pub user_id: String,
-    code_hash: String,
     attempts: String,
     ttl_ms: i64,
+    code_hash: String,
+    token_hash: String,
+}
+
+/// What a verification presents: the mailed 6-digit code or the mailed link token (hashed).
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    Code(&'a str),
+    Token(&'a str),
 }
 
 impl std::fmt::Debug for ConsumedCode {
@@ -281,24 +309,40 @@ impl Limits {
         Ok(())
     }
 
-    /// Consumes the pending code if `code_hash` matches: the user id it was issued for, and what
-    /// `restore_code` needs to put it back should the write it was consumed for not happen.
-    pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, code_hash: &str) -> Result<ConsumedCode, ApiError> {
+    /// Consumes the pending code (or, with `Proof::Token`, the link token) if it matches: the
+    /// user id it was issued for, and what `restore_code` needs to put it back should the write
+    /// it was consumed for not happen.
+    pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, proof: Proof<'_>) -> Result<ConsumedCode, ApiError> {
         self.check_ip(redis, "verify", ip).await?;
+        let keys = EmailKeys::new(email);
+        let (mode, presented) = match proof {
+            Proof::Code(hash) => ("code", hash),
+            Proof::Token(hash) => ("token", hash),
+        };
         let mut conn = redis.clone();
-        let reply: Vec<redis::Value> =
-            VERIFY.key(EmailKeys::new(email).code).arg(code_hash).arg(CODE_MAX_ATTEMPTS).invoke_async(&mut conn).await?;
-        let text = |v: Option<&redis::Value>| match v {
+        let reply: Vec<redis::Value> = VERIFY
+            .key(&keys.code)
+            .key(&keys.code_failures)
+            .arg(presented)
+            .arg(mode)
+            .arg(CODE_MAX_ATTEMPTS)
+            .arg(CODE_FAILURES_PER_WINDOW)
+            .arg(CODE_FAILURE_WINDOW_SECS)
+            .invoke_async(&mut conn)
+            .await?;
+        let text = |i: usize| match reply.get(i) {
             Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
             Some(redis::Value::Int(i)) => Some(i.to_string()),
             _ => None,
         };
-        match (text(reply.first()).as_deref(), text(reply.get(1))) {
+        match (text(0).as_deref(), text(1)) {
             (Some("ok"), Some(user_id)) => Ok(ConsumedCode {
                 user_id,
-                code_hash: code_hash.to_owned(),
-                attempts: text(reply.get(2)).unwrap_or_else(|| "0".into()),
-                ttl_ms: text(reply.get(3)).and_then(|t| t.parse().ok()).unwrap_or(0),
+                attempts: text(2).unwrap_or_else(|| "0".into()),
+                ttl_ms: text(3).and_then(|t| t.parse().ok()).unwrap_or(0),
+                code_hash: text(4).unwrap_or_default(),
+                token_hash: text(5).unwrap_or_default(),
             }),
             _ => Err(ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() }),
         }
@@ -309,10 +353,11 @@ impl Limits {
         let mut conn = redis.clone();
         RESTORE_CODE
             .key(EmailKeys::new(email).code)
-            .arg(&consumed.code_hash)
             .arg(&consumed.user_id)
             .arg(&consumed.attempts)
             .arg(consumed.ttl_ms)
+            .arg(&consumed.code_hash)
+            .arg(&consumed.token_hash)
             .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
@@ -352,6 +397,7 @@ impl Limits {
         redis: &ConnectionManager,
         email: &str,
         code_hash: &str,
+        token_hash: &str,
         user_id: &str,
         count_send: bool,
     ) -> Result<(), ApiError> {
@@ -366,10 +412,24 @@ impl Limits {
             .arg(CODE_TTL_SECS)
             .arg(if count_send { "1" } else { "0" })
             .arg(RESEND_COOLDOWN_SECS)
+            .arg(token_hash)
             .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
     }
+}
+
+/// A link token: 256 bits from the OS CSPRNG, base64url (43 characters).
+pub fn new_link_token() -> String {
+    use base64::Engine;
+    let mut random = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+}
+
+/// Whether `token` has the shape of one `new_link_token` makes.
+pub fn is_link_token(token: &str) -> bool {
+    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A 6-digit code from the OS CSPRNG, uniform over 000000–999999.

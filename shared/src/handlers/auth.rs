@@ -1,7 +1,7 @@
 //! The auth routes. Each is served by its own function crate.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::limits::{hash_code, new_code, Limits, MailBudget};
+use crate::auth::limits::{hash_code, is_link_token, new_code, new_link_token, Limits, MailBudget, Proof};
 use crate::auth::password;
 use crate::auth::session::authenticate;
 use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore};
@@ -40,15 +40,25 @@ async fn send_mail(state: &AppState, email: Email) {
     }
 }
 
+/// The link token's hash, kept apart from the codes' by its prefix.
+fn token_hash(pepper: &[u8], email: &EmailAddress, token: &str) -> String {
+    hash_code(pepper, email.as_str(), &format!("link-token:{token}"))
+}
+
 async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool) -> Result<(), ApiError> {
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
-    let code = new_code();
-    limits(state)
-        .store_code(&state.redis, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), &code), user_id, count_send)
-        .await?;
-    let body = format!("Your verification code is {code}. It expires in 15 minutes. If you did not ask for it, ignore this mail.");
-    let code = state.config.is_local().then_some(code);
-    send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code }).await;
+    let (code, token) = (new_code(), new_link_token());
+    let pepper = keys.code_pepper.expose();
+    let code_hash = hash_code(pepper, email.as_str(), &code);
+    limits(state).store_code(&state.redis, email.as_str(), &code_hash, &token_hash(pepper, email, &token), user_id, count_send).await?;
+    let body = format!(
+        "Your verification code is {code}. Or verify with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail."
+    );
+    let (code, token) = match state.config.is_local() {
+        true => (Some(code), Some(token)),
+        false => (None, None),
+    };
+    send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code, token }).await;
     Ok(())
 }
 
@@ -94,32 +104,42 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         // Same answer as a new account; the owner hears about it instead of the caller, within
         // the address's mail limits like every other mail to it.
         let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
-        send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None }).await;
+        send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None, token: None }).await;
     }
     verification_required()
 }
 
+/// `verification_code` (the mailed 6 digits) or `token` (the mailed link token), not both.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyRequest {
     email: String,
-    verification_code: String,
+    verification_code: Option<String>,
+    token: Option<String>,
 }
 
 pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let body: VerifyRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
-    let code = body.verification_code.trim();
     let invalid = || ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() };
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        limits(state).check_ip(&state.redis, "verify", &ctx.source_ip).await?;
-        return Err(invalid());
-    }
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let pepper = keys.code_pepper.expose();
+    let (by_token, hash) = match (body.verification_code.as_deref().map(str::trim), body.token.as_deref()) {
+        (Some(code), None) if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) => {
+            (false, hash_code(pepper, email.as_str(), code))
+        }
+        (None, Some(token)) if is_link_token(token) => (true, token_hash(pepper, &email, token)),
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ApiError::invalid_request("send either verification_code or token"));
+        }
+        _ => {
+            limits(state).check_ip(&state.redis, "verify", &ctx.source_ip).await?;
+            return Err(invalid());
+        }
+    };
+    let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
     let limits = limits(state);
-    let consumed = limits
-        .consume_code(&state.redis, &ctx.source_ip, email.as_str(), &hash_code(keys.code_pepper.expose(), email.as_str(), code))
-        .await?;
+    let consumed = limits.consume_code(&state.redis, &ctx.source_ip, email.as_str(), proof).await?;
     let users = users(state);
     let verified = match users.stored_form(&email).await {
         Ok(form) => users.mark_verified(&form, &consumed.user_id).await,

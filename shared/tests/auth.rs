@@ -143,6 +143,7 @@ async fn registering_an_existing_email_answers_identically_and_notifies_the_owne
     let app = spawn_app().await;
     let email = unique_email();
     let first = register(&app, &email).await;
+    assert_eq!(verify(&app, &email, &last_code(&app, &email)).await.status, 200);
     a_minute_passes(&app, &email).await;
     let second = register(&app, &email).await;
     assert_eq!((first.status, &first.raw), (second.status, &second.raw), "byte for byte");
@@ -150,8 +151,8 @@ async fn registering_an_existing_email_answers_identically_and_notifies_the_owne
     assert_eq!(mails.len(), 2);
     assert!(mails[0]["code"].is_string());
     assert!(mails[1].get("code").is_none(), "the owner gets a notice, not a code");
-    // The first code still verifies: the second attempt changed nothing.
-    assert_eq!(verify(&app, &email, mails[0]["code"].as_str().unwrap()).await.status, 200);
+    // The second attempt changed nothing: the owner's password still signs in.
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
 }
 
 #[tokio::test]
@@ -608,7 +609,8 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
     let refresh = shared::auth::store::RefreshToken::issue(&uuid::Uuid::new_v4().to_string(), &uuid::Uuid::new_v4().to_string(), 1);
     let secret_part = refresh.expose().rsplit('.').next().unwrap().to_owned();
     let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-    let creds = shared::auth::store::Credentials { user_id: "u".into(), password_hash: hash.into(), email_verified: true };
+    let creds =
+        shared::auth::store::Credentials { user_id: "u".into(), password_hash: hash.into(), email_verified: true, expires_at: None };
     let mail = shared::mail::Email {
         to: "owner@example.com".into(),
         subject: "Your verification code".into(),
@@ -700,6 +702,7 @@ async fn one_address_in_any_case_or_width_is_one_account() {
     let first = format!("Alice.{id}@Example.com");
     assert_eq!(register(&app, &first).await.status, 202);
     let code = last_code(&app, &first);
+    assert_eq!(verify(&app, &format!("ALICE.{id}@EXAMPLE.COM"), &code).await.status, 200);
     // The same address in other cases, and in full-width letters: taken, the owner is told.
     for twin in [format!("alice.{id}@example.COM"), format!("ＡＬＩＣＥ.{id}@example.com")] {
         a_minute_passes(&app, &first).await;
@@ -710,7 +713,6 @@ async fn one_address_in_any_case_or_width_is_one_account() {
     let mails: Vec<Value> = app.outbox().into_iter().filter(|m| m["to"] == canonical.as_str()).collect();
     assert_eq!(mails.len(), 3, "{mails:?}");
     assert_eq!(mails.iter().filter(|m| m["code"].is_string()).count(), 1, "one account, one code: {mails:?}");
-    assert_eq!(verify(&app, &format!("ALICE.{id}@EXAMPLE.COM"), &code).await.status, 200);
     for spelling in [first.clone(), canonical.clone(), format!("ａlice.{id}@example.com")] {
         let res = login(&app, &spelling, PASSWORD).await;
         assert_eq!(res.status, 200, "{spelling}: {}", res.raw);
@@ -735,7 +737,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
     // As an earlier release stored it: under the local part as typed.
     let user_id = uuid::Uuid::new_v4().to_string();
     let hash = shared::auth::password::hash(PASSWORD.to_owned()).await.unwrap();
-    let creds = shared::auth::store::Credentials { user_id: user_id.clone(), password_hash: hash, email_verified: true };
+    let creds = shared::auth::store::Credentials { user_id: user_id.clone(), password_hash: hash, email_verified: true, expires_at: None };
     let profile = shared::auth::store::Profile {
         id: user_id.clone(),
         email: typed.clone(),
@@ -743,6 +745,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
         email_verified: true,
         created_at: "2026-01-01T00:00:00Z".into(),
         revoked_before_ms: None,
+        expires_at: None,
     };
     let items = vec![
         shared::keys::with_key(serde_dynamo::to_item(&creds).unwrap(), shared::keys::email(&typed)),
@@ -919,4 +922,45 @@ async fn wrong_guesses_by_others_never_stop_the_owner_finishing_with_the_mailed_
     assert_eq!(app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(both))).await.code(), "invalid_request");
     let neither = json!({"email": fresh});
     assert_eq!(app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(neither))).await.code(), "invalid_request");
+}
+
+#[tokio::test]
+async fn registering_an_unverified_address_again_replaces_it_so_a_squatter_gets_nothing() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    // Someone registers the owner's address with their own password; it is never verified.
+    let squatter = json!({"email": email, "password": "a squatter's own passphrase"});
+    assert_eq!(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(squatter))).await.status, 202);
+    let squatters_code = last_code(&app, &email);
+    // It expires by itself within a day (the table's TTL)...
+    let item = app
+        .dynamo()
+        .get_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::email(&normalised(&email))))
+        .send()
+        .await
+        .unwrap();
+    let ttl: i64 = item.item.unwrap()["expires_at"].as_n().unwrap().parse().unwrap();
+    let day = chrono::Utc::now().timestamp() + 24 * 3600;
+    assert!((day - 60..=day).contains(&ttl), "expires within a day: {ttl}");
+    // ...and the owner can register it at once: same answer, their password, a fresh code.
+    a_minute_passes(&app, &email).await;
+    assert_eq!(register(&app, &email).await.status, 202);
+    let owners_code = last_code(&app, &email);
+    assert_ne!(owners_code, squatters_code);
+    assert_eq!(verify(&app, &email, &squatters_code).await.code(), "invalid_code", "the squatter's code is dead");
+    assert_eq!(verify(&app, &email, &owners_code).await.status, 200);
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+    assert_eq!(login(&app, &email, "a squatter's own passphrase").await.code(), "invalid_credentials");
+    // Verified: nothing expires any more.
+    let item = app
+        .dynamo()
+        .get_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::email(&normalised(&email))))
+        .send()
+        .await
+        .unwrap();
+    assert!(!item.item.unwrap().contains_key("expires_at"));
 }

@@ -16,7 +16,14 @@ pub struct Credentials {
     pub user_id: String,
     pub password_hash: String,
     pub email_verified: bool,
+    /// An unverified account's end (unix seconds, the table's TTL attribute): 24 h after it was
+    /// made. Verification removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
+
+/// How long an account may stay unverified before it is gone.
+pub const UNVERIFIED_LIFETIME_SECS: i64 = 24 * 3600;
 
 impl std::fmt::Debug for Credentials {
     // A password hash is an offline guessing target: never in a log line.
@@ -25,6 +32,7 @@ impl std::fmt::Debug for Credentials {
             .field("user_id", &self.user_id)
             .field("password_hash", &"[redacted]")
             .field("email_verified", &self.email_verified)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
@@ -39,6 +47,9 @@ pub struct Profile {
     /// Global logout: access tokens and refresh families issued before this instant are dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_before_ms: Option<i64>,
+    /// As the login record's: an unverified account's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 pub struct UserStore<'a> {
@@ -71,6 +82,36 @@ impl UserStore<'_> {
                 .build()?;
             request = request.transact_items(TransactWriteItem::builder().condition_check(check).build());
         }
+        Ok(dynamo::transact(request).await?.written())
+    }
+
+    /// Replaces an account that was never verified (stored under `form`, by `old_user_id`) with
+    /// a new registration of the address: new id, password and profile, the old profile gone.
+    /// `false` when it was verified or replaced meanwhile (nothing is written then).
+    pub async fn replace_unverified(
+        &self,
+        form: &str,
+        old_user_id: &str,
+        creds: &Credentials,
+        profile: &Profile,
+    ) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::types::Delete;
+        let email_item = keys::with_key(to_item(creds)?, keys::email(form));
+        let email = Put::builder()
+            .table_name(self.table)
+            .set_item(Some(email_item))
+            .condition_expression("email_verified = :f AND user_id = :old")
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":old", s(old_user_id))
+            .build()?;
+        let old_profile = Delete::builder().table_name(self.table).set_key(Some(keys::profile(old_user_id))).build()?;
+        let profile_item = keys::with_key(to_item(profile)?, keys::profile(&profile.id));
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(email).build())
+            .transact_items(TransactWriteItem::builder().delete(old_profile).build())
+            .transact_items(put(self.table, profile_item, "attribute_not_exists(PK)")?);
         Ok(dynamo::transact(request).await?.written())
     }
 
@@ -108,7 +149,7 @@ impl UserStore<'_> {
             let u = Update::builder()
                 .table_name(self.table)
                 .set_key(Some(key))
-                .update_expression("SET email_verified = :t")
+                .update_expression("SET email_verified = :t REMOVE expires_at")
                 .condition_expression(condition)
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .expression_attribute_values(":uid", s(user_id))

@@ -4,7 +4,7 @@ use crate::auth::email::EmailAddress;
 use crate::auth::limits::{hash_code, is_link_token, new_code, new_link_token, Limits, MailBudget, Proof};
 use crate::auth::password;
 use crate::auth::session::authenticate;
-use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore};
+use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore, UNVERIFIED_LIFETIME_SECS};
 use crate::auth::tokens::AccessClaims;
 use crate::error::ApiError;
 use crate::http::{empty_response, json_response, parse_json, RequestContext};
@@ -94,17 +94,39 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     let user_id = uuid::Uuid::new_v4().to_string();
     let password_hash = password::hash(body.password).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false };
-    let profile =
-        Profile { id: user_id.clone(), email: email.to_string(), username, email_verified: false, created_at, revoked_before_ms: None };
-    if users(state).create(&email, &creds, &profile).await? {
+    let expires_at = Some(chrono::Utc::now().timestamp() + UNVERIFIED_LIFETIME_SECS);
+    let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false, expires_at };
+    let profile = Profile {
+        id: user_id.clone(),
+        email: email.to_string(),
+        username,
+        email_verified: false,
+        created_at,
+        revoked_before_ms: None,
+        expires_at,
+    };
+    let users = users(state);
+    if users.create(&email, &creds, &profile).await? {
         // The registration's mail counts as the first send of the resend limits.
         send_code(state, &email, &user_id, true).await?;
-    } else if limits(state).reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved {
-        // Same answer as a new account; the owner hears about it instead of the caller, within
-        // the address's mail limits like every other mail to it.
-        let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
-        send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None, token: None }).await;
+        return verification_required();
+    }
+    // Taken. Every mail to the address counts against its limits; past them, nothing is sent
+    // and nothing changes, with the same answer.
+    if limits(state).reserve_mail(&state.redis, email.as_str()).await? != MailBudget::Reserved {
+        return verification_required();
+    }
+    match users.find(&email).await? {
+        // Never verified (someone may have registered another's address): this registration
+        // replaces it, and only the mailbox's owner can verify it.
+        Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
+            send_code(state, &email, &user_id, false).await?;
+        }
+        // Same answer as a new account; the owner hears about it instead of the caller.
+        _ => {
+            let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
+            send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None, token: None }).await;
+        }
     }
     verification_required()
 }

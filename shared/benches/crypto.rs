@@ -15,6 +15,7 @@ fn tokens(c: &mut Criterion) {
         exp: now + 900,
         iat: now,
         jti: uuid::Uuid::now_v7().to_string(),
+        sid: None,
     };
     let token = keys.sign(&claims).unwrap();
     c.bench_function("access token sign (EdDSA)", |b| b.iter(|| keys.sign(&claims).unwrap()));

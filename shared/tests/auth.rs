@@ -746,6 +746,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
         created_at: "2026-01-01T00:00:00Z".into(),
         revoked_before_ms: None,
         expires_at: None,
+        revoked_sessions: Default::default(),
     };
     let items = vec![
         shared::keys::with_key(serde_dynamo::to_item(&creds).unwrap(), shared::keys::email(&typed)),
@@ -963,4 +964,36 @@ async fn registering_an_unverified_address_again_replaces_it_so_a_squatter_gets_
         .await
         .unwrap();
     assert!(!item.item.unwrap().contains_key("expires_at"));
+}
+
+#[tokio::test]
+async fn revoking_a_session_kills_its_access_tokens_at_once_and_no_other_sessions() {
+    let app = spawn_app_with(&[("REFRESH_REUSE_GRACE_SECS", "1".into())]).await;
+    let (email, a) = signed_in_user(&app).await;
+    let b = login(&app, &email, PASSWORD).await.body;
+    let bot_status = |token: String| {
+        let app = &app;
+        async move { app.call(shared::handlers::trading::status, with_bearer(request("GET", "/api/v1/bot/status", None), &token)).await }
+    };
+    let (a_access, b_access) = (a["access_token"].as_str().unwrap().to_owned(), b["access_token"].as_str().unwrap().to_owned());
+    // A's refresh token is stolen and replayed after the owner used it: reuse detected.
+    let stolen = a["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = refresh(&app, &stolen).await;
+    let a_fresh_access = rotated.body["access_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(refresh(&app, &stolen).await.code(), "refresh_token_reused");
+    for token in [a_access, a_fresh_access] {
+        let res = me(&app, &token).await;
+        assert_eq!((res.status, res.code()), (401, "invalid_token"), "a token of the revoked session: {}", res.raw);
+        assert_eq!(bot_status(token).await.code(), "invalid_token");
+    }
+    assert_eq!(me(&app, &b_access).await.status, 200, "the other session lives");
+    assert_eq!(bot_status(b_access.clone()).await.status, 200);
+    // A local logout kills its own session's access token at once too.
+    let body = json!({"refresh_token": b["refresh_token"]});
+    assert_eq!(app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(body))).await.status, 204);
+    assert_eq!(me(&app, &b_access).await.code(), "invalid_token");
+    // A new login is a new session and works.
+    let c = login(&app, &email, PASSWORD).await;
+    assert_eq!(me(&app, c.body["access_token"].as_str().unwrap()).await.status, 200);
 }

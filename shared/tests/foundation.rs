@@ -103,6 +103,7 @@ async fn rotating_the_jwt_keys_keeps_earlier_tokens_valid_and_signs_with_the_new
         exp: chrono::Utc::now().timestamp() + 600,
         iat: chrono::Utc::now().timestamp(),
         jti: uuid::Uuid::now_v7().to_string(),
+        sid: None,
     };
     let old_token = before.sign(&claims).unwrap();
     let client = aws_sdk_secretsmanager::Client::new(&app.sdk);

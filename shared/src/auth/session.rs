@@ -11,12 +11,16 @@ pub struct Caller {
     pub user_id: String,
     /// When the token was issued, to the millisecond (from its UUIDv7 `jti`).
     pub issued_at_ms: i64,
+    /// The session the token was issued for.
+    pub session_id: Option<String>,
 }
 
 impl Caller {
-    /// A global logout at `revoked_before_ms` kills every token issued before it.
-    pub fn revoked_by(&self, revoked_before_ms: Option<i64>) -> bool {
-        revoked_before_ms.is_some_and(|cutoff| self.issued_at_ms < cutoff)
+    /// Whether the user's profile says this token is dead: a global logout after it was issued,
+    /// or its session revoked (reuse detected, logged out, ended from another device).
+    pub fn revoked_by(&self, profile: &crate::auth::store::Profile) -> bool {
+        profile.revoked_before_ms.is_some_and(|cutoff| self.issued_at_ms < cutoff)
+            || self.session_id.as_ref().is_some_and(|sid| profile.revoked_sessions.contains_key(sid))
     }
 }
 
@@ -35,5 +39,5 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, Api
             secs as i64 * 1000 + i64::from(nanos / 1_000_000)
         })
         .unwrap_or(claims.iat * 1000);
-    Ok(Caller { user_id: claims.sub, issued_at_ms })
+    Ok(Caller { user_id: claims.sub, issued_at_ms, session_id: claims.sid })
 }

@@ -50,6 +50,10 @@ pub struct Profile {
     /// As the login record's: an unverified account's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Sessions revoked one by one (session id → when, ms): their access tokens are refused at
+    /// once, read with the profile every protected route reads anyway.
+    #[serde(default)]
+    pub revoked_sessions: std::collections::HashMap<String, i64>,
 }
 
 pub struct UserStore<'a> {
@@ -417,6 +421,7 @@ impl RefreshStore<'_> {
         crate::dynamo::get_item(self.client, self.table, keys::refresh_family(family_id)).await
     }
 
+    /// Revokes a session: its refresh family, and (in the profile) its access tokens.
     pub async fn revoke_family(&self, family_id: &str, user_id: &str, reason: &str) -> Result<(), ApiError> {
         self.client
             .update_item()
@@ -430,6 +435,50 @@ impl RefreshStore<'_> {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))
+            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))?;
+        self.revoke_session_tokens(family_id, user_id).await
+    }
+
+    /// Adds the session to the profile's revoked sessions, so its access tokens die now rather
+    /// than at expiry.
+    async fn revoke_session_tokens(&self, family_id: &str, user_id: &str) -> Result<(), ApiError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let update = |expression: &str, condition: &str| {
+            self.client
+                .update_item()
+                .table_name(self.table)
+                .set_key(Some(keys::profile(user_id)))
+                .update_expression(expression.to_owned())
+                .condition_expression(condition.to_owned())
+                .expression_attribute_names("#sid", family_id)
+                .expression_attribute_values(":now", n(now))
+        };
+        // Profiles made before sessions were revoked one by one have no map yet: make it.
+        let added = update("SET revoked_sessions.#sid = :now", "attribute_exists(revoked_sessions)").send().await;
+        match added {
+            Ok(_) => Ok(()),
+            Err(e) if dynamo::is_condition_failure(&e) => {
+                let first = update("SET revoked_sessions = :map", "attribute_exists(PK) AND attribute_not_exists(revoked_sessions)")
+                    .expression_attribute_values(
+                        ":map",
+                        AttributeValue::M(std::collections::HashMap::from([(family_id.to_owned(), n(now))])),
+                    )
+                    .send()
+                    .await;
+                match first {
+                    Ok(_) => Ok(()),
+                    // Made meanwhile by another revocation: add to it.
+                    Err(e) if dynamo::is_condition_failure(&e) => {
+                        update("SET revoked_sessions.#sid = :now", "attribute_exists(revoked_sessions)")
+                            .send()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))
+                    }
+                    Err(e) => Err(dynamo::db_error(e).into()),
+                }
+            }
+            Err(e) => Err(dynamo::db_error(e).into()),
+        }
     }
 }

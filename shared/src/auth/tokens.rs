@@ -22,6 +22,10 @@ pub struct AccessClaims {
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
+    /// The session (refresh-token family) the token was issued for: revoking that session kills
+    /// the token at once. Absent on tokens issued before sessions were carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 pub struct JwtKeys {
@@ -153,7 +157,7 @@ mod tests {
 
     fn claims(exp_in: i64) -> AccessClaims {
         let now = Utc::now().timestamp();
-        AccessClaims { iss: ISS.into(), aud: AUD.into(), sub: "user-1".into(), exp: now + exp_in, iat: now, jti: "j".into() }
+        AccessClaims { iss: ISS.into(), aud: AUD.into(), sub: "user-1".into(), exp: now + exp_in, iat: now, jti: "j".into(), sid: None }
     }
 
     #[test]

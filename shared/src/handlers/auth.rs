@@ -104,6 +104,7 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         created_at,
         revoked_before_ms: None,
         expires_at,
+        revoked_sessions: Default::default(),
     };
     let users = users(state);
     if users.create(&email, &creds, &profile).await? {
@@ -222,7 +223,7 @@ fn invalid_credentials() -> ApiError {
 /// An access token's claims, stamped now. Taken *before* the write that makes its session live
 /// (a login's family, a refresh's rotation): a global logout that lands after that write has a
 /// later cutoff than the token's `jti` time, so the token dies with the logout.
-fn access_claims(state: &AppState, user_id: &str) -> AccessClaims {
+fn access_claims(state: &AppState, user_id: &str, session_id: &str) -> AccessClaims {
     let now = chrono::Utc::now().timestamp();
     AccessClaims {
         iss: state.config.jwt_issuer.clone(),
@@ -231,6 +232,7 @@ fn access_claims(state: &AppState, user_id: &str) -> AccessClaims {
         exp: now + state.config.access_token_ttl.as_secs() as i64,
         iat: now,
         jti: uuid::Uuid::now_v7().to_string(),
+        sid: Some(session_id.to_owned()),
     }
 }
 
@@ -263,8 +265,9 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str()).await?;
         return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
-    let claims = access_claims(state, &creds.user_id);
-    let refresh = RefreshToken::issue(&creds.user_id, &uuid::Uuid::new_v4().to_string(), now_ms());
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let claims = access_claims(state, &creds.user_id, &session_id);
+    let refresh = RefreshToken::issue(&creds.user_id, &session_id, now_ms());
     let rehash = async {
         if verification.needs_rehash {
             let hash = password::hash(body.password).await?;
@@ -317,7 +320,7 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
     let now = now_ms();
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let new = old.successor(keys.code_pepper.expose());
-    let claims = access_claims(state, &old.user_id);
+    let claims = access_claims(state, &old.user_id, &old.family_id);
     match store.rotate(&old, &new, now).await? {
         RotateOutcome::Rotated => token_response(state, claims, &new).await,
         RotateOutcome::FamilyRevoked => Err(revoked_family_error(state, &old.family_id).await?),
@@ -391,7 +394,7 @@ pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> Hand
 pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = authenticate(state, &req).await?;
     let profile = users(state).profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
-    if caller.revoked_by(profile.revoked_before_ms) {
+    if caller.revoked_by(&profile) {
         return Err(ApiError::invalid_token());
     }
     json_response(

@@ -32,7 +32,7 @@ pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiErro
 pub async fn load_snapshot(state: &AppState, caller: &Caller) -> Result<UserSnapshot, ApiError> {
     let snapshot = state.trading_store().snapshot(&caller.user_id).await?;
     let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
-    if caller.revoked_by(profile.revoked_before_ms) {
+    if caller.revoked_by(profile) {
         return Err(ApiError::invalid_token());
     }
     Ok(snapshot)

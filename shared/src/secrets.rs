@@ -49,11 +49,13 @@ pub struct CachedSecret<T> {
     production: bool,
     parse: SecretParser<T>,
     slot: RwLock<Option<(Arc<T>, Instant)>>,
+    /// When `refetch_at_most_every` last fetched.
+    last_forced: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<T> CachedSecret<T> {
     pub fn new(client: aws_sdk_secretsmanager::Client, id: String, ttl: Duration, production: bool, parse: SecretParser<T>) -> Self {
-        CachedSecret { client, id, ttl, production, parse, slot: RwLock::new(None) }
+        CachedSecret { client, id, ttl, production, parse, slot: RwLock::new(None), last_forced: std::sync::Mutex::new(None) }
     }
 
     pub fn id(&self) -> &str {
@@ -83,6 +85,35 @@ impl<T> CachedSecret<T> {
             Err(err) => match slot.as_ref() {
                 Some((stale, _)) => {
                     tracing::warn!(secret_id = %self.id, error = %err, "secret refresh failed; serving the cached value");
+                    Ok(stale.clone())
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// A fresh fetch, for a reader that met something newer than what it holds (a key it does not
+    /// know), at most once per `min_interval` however many ask (else the cached value).
+    pub async fn refetch_at_most_every(&self, min_interval: Duration) -> Result<Arc<T>, SecretError> {
+        let mut slot = self.slot.write().await;
+        {
+            let mut last = self.last_forced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let (Some(at), Some((value, _))) = (*last, slot.as_ref()) {
+                if at.elapsed() < min_interval {
+                    return Ok(value.clone());
+                }
+            }
+            *last = Some(Instant::now());
+        }
+        match self.fetch().await {
+            Ok(value) => {
+                let value = Arc::new(value);
+                *slot = Some((value.clone(), Instant::now()));
+                Ok(value)
+            }
+            Err(err) => match slot.as_ref() {
+                Some((stale, _)) => {
+                    tracing::warn!(secret_id = %self.id, error = %err, "secret refetch failed; serving the cached value");
                     Ok(stale.clone())
                 }
                 None => Err(err),

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use shared::handlers::health;
+use shared::http::serve;
 use std::time::Duration;
 
 #[tokio::test]
@@ -92,27 +93,62 @@ async fn redis_over_tls_works_with_the_ca_the_test_setup_generated() {
     assert!(redis::cmd("PING").query_async::<String>(&mut conn).await.is_err());
 }
 
+/// The kid an access token names.
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
 #[tokio::test]
-async fn rotating_the_jwt_keys_keeps_earlier_tokens_valid_and_signs_with_the_new_key() {
+async fn after_a_key_rotation_every_function_accepts_every_token_whatever_the_age_of_its_cache() {
+    // Function A signs (login); function B verifies, its key set cached before the rotation.
     let app = spawn_app().await;
-    let before = app.state.jwt_keys.get().await.unwrap();
-    let claims = shared::auth::tokens::AccessClaims {
-        iss: app.state.config.jwt_issuer.clone(),
-        aud: app.state.config.jwt_audience.clone(),
-        sub: "user-1".into(),
-        exp: chrono::Utc::now().timestamp() + 600,
-        iat: chrono::Utc::now().timestamp(),
-        jti: uuid::Uuid::now_v7().to_string(),
-        sid: None,
+    let b = shared::AppState::new((*app.state.config).clone(), &app.sdk).unwrap();
+    b.warm(&[shared::Need::Redis, shared::Need::JwtKeys]).await.unwrap();
+    let at_b = |token: String| {
+        let b = &b;
+        async move {
+            into_test_response(
+                serve(b, with_bearer(request("GET", "/api/v1/users/me", None), &token), shared::handlers::auth::me).await.unwrap(),
+            )
+        }
     };
-    let old_token = before.sign(&claims).unwrap();
+    let first = access_token(&app).await;
+    let old_kid = kid_of(&first);
+
     let client = aws_sdk_secretsmanager::Client::new(&app.sdk);
-    let kid = shared::devstack::rotate_jwt_keys(&client, &app.state.config.jwt_secret_id, 3).await.unwrap();
-    app.state.jwt_keys.invalidate().await; // what the TTL does in a warm Lambda
-    let after = app.state.jwt_keys.get().await.unwrap();
-    assert_eq!(after.signing_kid(), kid);
-    assert_eq!(after.jwks()["keys"].as_array().unwrap().len(), 2);
-    assert!(after.verify(&old_token, &app.state.config.jwt_issuer, &app.state.config.jwt_audience).is_ok());
+    let id = &app.state.config.jwt_secret_id;
+    let new_kid = shared::devstack::rotate_jwt_keys(&client, id, 3).await.unwrap();
+    app.state.jwt_keys.invalidate().await; // A's cache runs out first
+                                           // Just added: A does not sign with it yet, since B and any JWKS cache may not know it.
+    let during = access_token(&app).await;
+    assert_eq!(kid_of(&during), old_kid);
+    assert_eq!(at_b(during).await.status, 200);
+
+    // Once the key is older than SECRETS_TTL + the JWKS max-age, A signs with it; B, its cache
+    // still from before the rotation, meets an unknown kid and fetches the set once.
+    let mut secret: serde_json::Value =
+        serde_json::from_str(client.get_secret_value().secret_id(id).send().await.unwrap().secret_string().unwrap()).unwrap();
+    let ready =
+        chrono::Utc::now() - chrono::Duration::from_std(shared::auth::tokens::activation_delay(app.state.config.secrets_ttl)).unwrap();
+    for key in secret["keys"].as_array_mut().unwrap() {
+        if key["kid"] == new_kid.as_str() {
+            key["created_at"] = serde_json::json!((ready - chrono::Duration::seconds(1)).to_rfc3339());
+        }
+    }
+    client.put_secret_value().secret_id(id).secret_string(secret.to_string()).send().await.unwrap();
+    app.state.jwt_keys.invalidate().await;
+    let after = access_token(&app).await;
+    assert_eq!(kid_of(&after), new_kid);
+    let res = at_b(after).await;
+    assert_eq!(res.status, 200, "B accepts a token of the new key: {}", res.raw);
+    // Earlier tokens still verify everywhere.
+    assert_eq!(at_b(first).await.status, 200);
+    // A token naming a key nobody has stays refused (and B refetched at most once meanwhile).
+    let forged = format!(
+        "{}.x.y",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r#"{"alg":"EdDSA","typ":"at+jwt","kid":"nobody"}"#)
+    );
+    assert_eq!(at_b(forged).await.code(), "invalid_token");
 }
 
 #[tokio::test]

@@ -24,11 +24,19 @@ impl Caller {
     }
 }
 
+/// How often a token with an unknown `kid` may make an environment fetch the key set again.
+pub const KEY_REFETCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Verifies the bearer token's signature and claims. Revocation is checked by the caller, which
 /// reads the user's data anyway (no extra round trip).
 pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     let token = bearer_token(req).ok_or_else(ApiError::invalid_token)?;
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let mut keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    if keys.is_unknown_key(token) {
+        // Signed with a key newer than this environment's cached set: fetch the set again, at
+        // most once every `KEY_REFETCH_INTERVAL` however many such tokens arrive.
+        keys = state.jwt_keys.refetch_at_most_every(KEY_REFETCH_INTERVAL).await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    }
     let claims: AccessClaims =
         keys.verify(token, &state.config.jwt_issuer, &state.config.jwt_audience).map_err(|_| ApiError::invalid_token())?;
     let issued_at_ms = uuid::Uuid::parse_str(&claims.jti)

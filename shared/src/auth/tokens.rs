@@ -28,10 +28,19 @@ pub struct AccessClaims {
     pub sid: Option<String>,
 }
 
+/// How long the JWKS may be cached by verifiers (`Cache-Control: max-age` of `GET /jwks`).
+pub const JWKS_MAX_AGE_SECS: u64 = 300;
+
+/// How old a key must be before it signs: every function's cached key set (`SECRETS_TTL_SECS`)
+/// and every verifier's cached JWKS (`JWKS_MAX_AGE_SECS`) know it by then.
+pub fn activation_delay(secrets_ttl: std::time::Duration) -> std::time::Duration {
+    secrets_ttl + std::time::Duration::from_secs(JWKS_MAX_AGE_SECS)
+}
+
 pub struct JwtKeys {
     pub code_pepper: Secret<Vec<u8>>,
-    signing_kid: String,
-    encoding: EncodingKey,
+    /// Every key that may sign, oldest first.
+    signers: Vec<(chrono::DateTime<chrono::Utc>, String, EncodingKey)>,
     decoding: HashMap<String, DecodingKey>,
     jwks: serde_json::Value,
 }
@@ -61,10 +70,12 @@ pub fn parse_jwt_keys(text: &str, production: bool) -> Result<JwtKeys, String> {
         _ if production => return Err("production requires a code_pepper of at least 32 characters".into()),
         _ => b"local-development-pepper".to_vec(),
     };
-    let newest = set.keys.iter().max_by_key(|k| k.created_at).ok_or("the key set is empty")?;
+    if set.keys.is_empty() {
+        return Err("the key set is empty".into());
+    }
     let mut decoding = HashMap::new();
     let mut jwks = Vec::new();
-    let mut encoding = None;
+    let mut signers = Vec::new();
     for entry in &set.keys {
         if entry.kid.is_empty() || decoding.contains_key(&entry.kid) {
             return Err("every key needs a distinct, non-empty kid".into());
@@ -74,17 +85,11 @@ pub fn parse_jwt_keys(text: &str, production: bool) -> Result<JwtKeys, String> {
         let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
         decoding.insert(entry.kid.clone(), DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?);
         jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": entry.kid, "x": x}));
-        if entry.kid == newest.kid {
-            encoding = Some(EncodingKey::from_ed_der(signing.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes()));
-        }
+        let encoding = EncodingKey::from_ed_der(signing.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes());
+        signers.push((entry.created_at, entry.kid.clone(), encoding));
     }
-    Ok(JwtKeys {
-        code_pepper: Secret::new(code_pepper),
-        signing_kid: newest.kid.clone(),
-        encoding: encoding.ok_or("no signing key")?,
-        decoding,
-        jwks: serde_json::json!({ "keys": jwks }),
-    })
+    signers.sort_by_key(|(created_at, _, _)| *created_at);
+    Ok(JwtKeys { code_pepper: Secret::new(code_pepper), signers, decoding, jwks: serde_json::json!({ "keys": jwks }) })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,15 +101,30 @@ impl JwtKeys {
         &self.jwks
     }
 
-    pub fn signing_kid(&self) -> &str {
-        &self.signing_kid
+    /// The key that signs now: the newest one older than `activation` (so every other function
+    /// and verifier knows it), else the oldest (a fresh key set, which nobody else can know less).
+    fn signer(&self, activation: std::time::Duration) -> &(chrono::DateTime<chrono::Utc>, String, EncodingKey) {
+        let ready_by = chrono::Utc::now() - chrono::Duration::from_std(activation).unwrap_or(chrono::Duration::MAX);
+        let ready = self.signers.iter().rev().find(|(created_at, _, _)| *created_at <= ready_by);
+        // `signers` is never empty: parsing refuses an empty key set.
+        ready.unwrap_or(&self.signers[0])
     }
 
-    pub fn sign(&self, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn signing_kid(&self, activation: std::time::Duration) -> &str {
+        &self.signer(activation).1
+    }
+
+    pub fn sign(&self, claims: &AccessClaims, activation: std::time::Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let (_, kid, encoding) = self.signer(activation);
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.signing_kid.clone());
+        header.kid = Some(kid.clone());
         header.typ = Some(TOKEN_TYPE.to_owned());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
+        jsonwebtoken::encode(&header, claims, encoding)
+    }
+
+    /// Whether the token names a key this set does not hold (a newer key than the cached set).
+    pub fn is_unknown_key(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid).is_some_and(|kid| !self.decoding.contains_key(&kid))
     }
 
     /// Verifies with the algorithm pinned to EdDSA, the key chosen by `kid` among ours only, and
@@ -163,11 +183,27 @@ mod tests {
     #[test]
     fn a_signed_token_verifies_and_carries_kid_and_typ() {
         let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
-        let token = keys.sign(&claims(900)).unwrap();
+        let token = keys.sign(&claims(900), NOW).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some("k1"));
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(keys.verify(&token, ISS, AUD).unwrap().sub, "user-1");
+    }
+
+    /// No activation delay.
+    const NOW: std::time::Duration = std::time::Duration::ZERO;
+
+    #[test]
+    fn a_new_key_signs_only_once_every_cache_can_know_it() {
+        let delay = activation_delay(std::time::Duration::from_secs(300));
+        let old = generate_key_entry("old", Utc::now() - Duration::days(30));
+        let fresh = generate_key_entry("fresh", Utc::now());
+        assert_eq!(keyset(&[old.clone(), fresh]).signing_kid(delay), "old", "a key added a moment ago does not sign yet");
+        let ready = generate_key_entry("ready", Utc::now() - Duration::seconds(601));
+        assert_eq!(keyset(&[old.clone(), ready]).signing_kid(delay), "ready");
+        // A first key set signs with its oldest key at once.
+        let (a, b) = (generate_key_entry("a", Utc::now() - Duration::seconds(5)), generate_key_entry("b", Utc::now()));
+        assert_eq!(keyset(&[b, a]).signing_kid(delay), "a");
     }
 
     #[test]
@@ -176,8 +212,8 @@ mod tests {
         let new = generate_key_entry("new", Utc::now());
         let before_rotation = keyset(std::slice::from_ref(&old));
         let after_rotation = keyset(&[old, new]);
-        assert_eq!(after_rotation.signing_kid(), "new");
-        let issued_before = before_rotation.sign(&claims(900)).unwrap();
+        assert_eq!(after_rotation.signing_kid(NOW), "new");
+        let issued_before = before_rotation.sign(&claims(900), NOW).unwrap();
         assert!(after_rotation.verify(&issued_before, ISS, AUD).is_ok());
         assert_eq!(after_rotation.jwks()["keys"].as_array().unwrap().len(), 2);
     }
@@ -185,10 +221,10 @@ mod tests {
     #[test]
     fn wrong_issuer_audience_expiry_or_unknown_kid_are_refused() {
         let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
-        let token = keys.sign(&claims(900)).unwrap();
+        let token = keys.sign(&claims(900), NOW).unwrap();
         assert_eq!(keys.verify(&token, "https://other", AUD), Err(InvalidToken));
         assert_eq!(keys.verify(&token, ISS, "other"), Err(InvalidToken));
-        assert_eq!(keys.verify(&keys.sign(&claims(-120)).unwrap(), ISS, AUD), Err(InvalidToken));
+        assert_eq!(keys.verify(&keys.sign(&claims(-120), NOW).unwrap(), ISS, AUD), Err(InvalidToken));
         let stranger = keyset(&[generate_key_entry("k1", Utc::now())]);
         assert_eq!(stranger.verify(&token, ISS, AUD), Err(InvalidToken), "same kid, different key");
     }
@@ -213,7 +249,7 @@ mod tests {
     #[test]
     fn a_tampered_payload_is_refused() {
         let keys = keyset(&[generate_key_entry("k1", Utc::now())]);
-        let token = keys.sign(&claims(900)).unwrap();
+        let token = keys.sign(&claims(900), NOW).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         let mut c = claims(900);
         c.sub = "someone-else".into();
@@ -227,7 +263,7 @@ mod tests {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some("k1".into());
         header.typ = Some("JWT".into());
-        let token = jsonwebtoken::encode(&header, &claims(900), &keys.encoding).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims(900), &keys.signers[0].2).unwrap();
         assert_eq!(keys.verify(&token, ISS, AUD), Err(InvalidToken));
     }
 }

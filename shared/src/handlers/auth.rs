@@ -239,7 +239,8 @@ fn access_claims(state: &AppState, user_id: &str, session_id: &str) -> AccessCla
 async fn token_response(state: &AppState, claims: AccessClaims, refresh: &RefreshToken) -> HandlerResult {
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     let ttl = state.config.access_token_ttl.as_secs();
-    let access_token = keys.sign(&claims).map_err(|e| ApiError::internal("signing access token", e))?;
+    let activation = crate::auth::tokens::activation_delay(state.config.secrets_ttl);
+    let access_token = keys.sign(&claims, activation).map_err(|e| ApiError::internal("signing access token", e))?;
     let mut response = json_response(
         StatusCode::OK,
         &TokenResponse { access_token, refresh_token: refresh.expose().to_owned(), token_type: "Bearer", expires_in: ttl },
@@ -413,6 +414,9 @@ pub async fn jwks(state: &AppState, _req: Request, _ctx: RequestContext) -> Hand
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     let mut response = json_response(StatusCode::OK, keys.jwks())?;
     // Public keys: let verifiers cache them for a while (less than the secret TTL + token life).
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    let cache = format!("public, max-age={}", crate::auth::tokens::JWKS_MAX_AGE_SECS);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_str(&cache).map_err(|e| ApiError::internal("jwks cache header", e))?);
     Ok(response)
 }

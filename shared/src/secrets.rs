@@ -76,20 +76,7 @@ impl<T> CachedSecret<T> {
                 return Ok(value.clone());
             }
         }
-        match self.fetch().await {
-            Ok(value) => {
-                let value = Arc::new(value);
-                *slot = Some((value.clone(), Instant::now()));
-                Ok(value)
-            }
-            Err(err) => match slot.as_ref() {
-                Some((stale, _)) => {
-                    tracing::warn!(secret_id = %self.id, error = %err, "secret refresh failed; serving the cached value");
-                    Ok(stale.clone())
-                }
-                None => Err(err),
-            },
-        }
+        self.refill(&mut slot).await
     }
 
     /// A fresh fetch, for a reader that met something newer than what it holds (a key it does not
@@ -105,6 +92,12 @@ impl<T> CachedSecret<T> {
             }
             *last = Some(Instant::now());
         }
+        self.refill(&mut slot).await
+    }
+
+    /// Fetches into `slot`; a failed fetch keeps serving the last good value (logged), so a
+    /// Secrets Manager hiccup does not take the API down.
+    async fn refill(&self, slot: &mut Option<(Arc<T>, Instant)>) -> Result<Arc<T>, SecretError> {
         match self.fetch().await {
             Ok(value) => {
                 let value = Arc::new(value);
@@ -113,7 +106,7 @@ impl<T> CachedSecret<T> {
             }
             Err(err) => match slot.as_ref() {
                 Some((stale, _)) => {
-                    tracing::warn!(secret_id = %self.id, error = %err, "secret refetch failed; serving the cached value");
+                    tracing::warn!(secret_id = %self.id, error = %err, "secret refresh failed; serving the cached value");
                     Ok(stale.clone())
                 }
                 None => Err(err),

@@ -997,3 +997,45 @@ async fn revoking_a_session_kills_its_access_tokens_at_once_and_no_other_session
     let c = login(&app, &email, PASSWORD).await;
     assert_eq!(me(&app, c.body["access_token"].as_str().unwrap()).await.status, 200);
 }
+
+#[tokio::test]
+async fn revoking_a_session_of_a_profile_older_than_the_map_works_and_old_entries_are_dropped() {
+    let app = spawn_app().await;
+    let (email, first) = signed_in_user(&app).await;
+    let user = me(&app, first["access_token"].as_str().unwrap()).await.body["id"].as_str().unwrap().to_owned();
+    let table = &app.state.config.table_name;
+    // As a profile made before sessions were revoked one by one: no map at all.
+    app.dynamo()
+        .update_item()
+        .table_name(table)
+        .set_key(Some(shared::keys::profile(&user)))
+        .update_expression("REMOVE revoked_sessions")
+        .send()
+        .await
+        .unwrap();
+    let logout = |token: &Value| {
+        let body = json!({"refresh_token": token["refresh_token"]});
+        app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(body)))
+    };
+    let res = logout(&first).await;
+    assert_eq!(res.status, 204, "{}", res.raw);
+    assert_eq!(me(&app, first["access_token"].as_str().unwrap()).await.code(), "invalid_token");
+    // An entry older than any access token can live is dropped by the next revocation.
+    let hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).timestamp_millis();
+    app.dynamo()
+        .update_item()
+        .table_name(table)
+        .set_key(Some(shared::keys::profile(&user)))
+        .update_expression("SET revoked_sessions.#old = :t")
+        .expression_attribute_names("#old", "long-gone-session")
+        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::N(hours_ago.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let second = login(&app, &email, PASSWORD).await.body;
+    assert_eq!(logout(&second).await.status, 204);
+    let item = app.dynamo().get_item().table_name(table).set_key(Some(shared::keys::profile(&user))).send().await.unwrap().item.unwrap();
+    let sessions = item["revoked_sessions"].as_m().unwrap();
+    assert!(!sessions.contains_key("long-gone-session"), "{sessions:?}");
+    assert_eq!(sessions.len(), 2, "the two sessions revoked within the hour: {sessions:?}");
+}

@@ -56,6 +56,10 @@ pub struct Profile {
     pub revoked_sessions: std::collections::HashMap<String, i64>,
 }
 
+/// How long a revoked session is remembered: longer than any access token lives (at most an
+/// hour, plus the clock leeway).
+pub const REVOKED_SESSION_KEPT_MS: i64 = (3600 + crate::auth::tokens::LEEWAY_SECS as i64 + 60) * 1000;
+
 pub struct UserStore<'a> {
     pub client: &'a aws_sdk_dynamodb::Client,
     pub table: &'a str,
@@ -440,45 +444,63 @@ impl RefreshStore<'_> {
     }
 
     /// Adds the session to the profile's revoked sessions, so its access tokens die now rather
-    /// than at expiry.
+    /// than at expiry, and drops entries older than any access token can live (the map stays as
+    /// small as the sessions revoked within the last hour).
     async fn revoke_session_tokens(&self, family_id: &str, user_id: &str) -> Result<(), ApiError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let update = |expression: &str, condition: &str| {
-            self.client
-                .update_item()
+        let forget_before = chrono::Utc::now().timestamp_millis() - REVOKED_SESSION_KEPT_MS;
+        for _ in 0..3 {
+            let now = chrono::Utc::now().timestamp_millis();
+            let item = self
+                .client
+                .get_item()
                 .table_name(self.table)
                 .set_key(Some(keys::profile(user_id)))
-                .update_expression(expression.to_owned())
-                .condition_expression(condition.to_owned())
-                .expression_attribute_names("#sid", family_id)
-                .expression_attribute_values(":now", n(now))
-        };
-        // Profiles made before sessions were revoked one by one have no map yet: make it.
-        let added = update("SET revoked_sessions.#sid = :now", "attribute_exists(revoked_sessions)").send().await;
-        match added {
-            Ok(_) => Ok(()),
-            Err(e) if dynamo::is_condition_failure(&e) => {
-                let first = update("SET revoked_sessions = :map", "attribute_exists(PK) AND attribute_not_exists(revoked_sessions)")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(dynamo::db_error)?
+                .item;
+            let Some(item) = item else { return Err(ApiError::invalid_token()) };
+            let has_map = item.contains_key("revoked_sessions");
+            let profile: Profile = dynamo::from_item(item)?;
+            let update = self.client.update_item().table_name(self.table).set_key(Some(keys::profile(user_id)));
+            // Profiles made before sessions were revoked one by one have no map yet: make it.
+            let update = if has_map {
+                let stale: Vec<&String> = profile
+                    .revoked_sessions
+                    .iter()
+                    .filter(|(sid, at)| **at < forget_before && *sid != family_id)
+                    .map(|(sid, _)| sid)
+                    .collect();
+                let mut expression = "SET revoked_sessions.#sid = :now".to_owned();
+                let mut update = update.expression_attribute_names("#sid", family_id).expression_attribute_values(":now", n(now));
+                if !stale.is_empty() {
+                    let names: Vec<String> = (0..stale.len()).map(|i| format!("#old{i}")).collect();
+                    expression.push_str(&format!(
+                        " REMOVE {}",
+                        names.iter().map(|n| format!("revoked_sessions.{n}")).collect::<Vec<_>>().join(", ")
+                    ));
+                    for (name, sid) in names.iter().zip(stale) {
+                        update = update.expression_attribute_names(name, sid);
+                    }
+                }
+                update.update_expression(expression).condition_expression("attribute_exists(revoked_sessions)")
+            } else {
+                update
+                    .update_expression("SET revoked_sessions = :map")
+                    .condition_expression("attribute_exists(PK) AND attribute_not_exists(revoked_sessions)")
                     .expression_attribute_values(
                         ":map",
                         AttributeValue::M(std::collections::HashMap::from([(family_id.to_owned(), n(now))])),
                     )
-                    .send()
-                    .await;
-                match first {
-                    Ok(_) => Ok(()),
-                    // Made meanwhile by another revocation: add to it.
-                    Err(e) if dynamo::is_condition_failure(&e) => {
-                        update("SET revoked_sessions.#sid = :now", "attribute_exists(revoked_sessions)")
-                            .send()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))
-                    }
-                    Err(e) => Err(dynamo::db_error(e).into()),
-                }
+            };
+            match update.send().await {
+                Ok(_) => return Ok(()),
+                // Made or changed meanwhile by another revocation: read it again.
+                Err(e) if dynamo::is_condition_failure(&e) => continue,
+                Err(e) => return Err(dynamo::db_error(e).into()),
             }
-            Err(e) => Err(dynamo::db_error(e).into()),
         }
+        Err(ApiError::conflict("conflict", "the sessions changed concurrently; try again"))
     }
 }

@@ -1039,3 +1039,55 @@ async fn revoking_a_session_of_a_profile_older_than_the_map_works_and_old_entrie
     assert!(!sessions.contains_key("long-gone-session"), "{sessions:?}");
     assert_eq!(sessions.len(), 2, "the two sessions revoked within the hour: {sessions:?}");
 }
+
+#[tokio::test]
+async fn an_unverified_account_past_its_day_is_gone_even_before_the_ttl_sweep() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    let code = last_code(&app, &email);
+    let yesterday = (chrono::Utc::now().timestamp() - 60).to_string();
+    app.dynamo()
+        .update_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::email(&normalised(&email))))
+        .update_expression("SET expires_at = :t")
+        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::N(yesterday))
+        .send()
+        .await
+        .unwrap();
+    let mails = app.outbox().len();
+    a_minute_passes(&app, &email).await;
+    assert_eq!(resend(&app, &email).await.status, 202);
+    assert_eq!(app.outbox().len(), mails, "no code for an account that is gone");
+    assert_eq!(verify(&app, &email, &code).await.code(), "invalid_code");
+    assert_eq!(login(&app, &email, PASSWORD).await.code(), "invalid_credentials");
+    // And the address can be registered again at once.
+    a_minute_passes(&app, &email).await;
+    assert_eq!(register(&app, &email).await.status, 202);
+    assert_eq!(verify(&app, &email, &last_code(&app, &email)).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_squatter_spending_the_mail_budget_cannot_keep_their_password_in_place() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    let squatter = json!({"email": email, "password": "a squatter's own passphrase"});
+    assert_eq!(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(squatter))).await.status, 202);
+    for _ in 1..shared::auth::limits::RESEND_MAX_PER_HOUR {
+        a_minute_passes(&app, &email).await;
+        assert_eq!(resend(&app, &email).await.status, 202);
+    }
+    // The hour's mails are spent; the owner registers: nothing can be mailed, but the squatter's
+    // registration is replaced.
+    a_minute_passes(&app, &email).await;
+    assert_eq!(register(&app, &email).await.status, 202);
+    // An hour later the owner asks again and verifies.
+    let mut conn = redis_conn(&app).await;
+    let keys = shared::auth::limits::EmailKeys::new(&normalised(&email));
+    redis::cmd("DEL").arg(&keys.hourly).arg(&keys.cooldown).query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(resend(&app, &email).await.status, 202);
+    assert_eq!(verify(&app, &email, &last_code(&app, &email)).await.status, 200);
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+    assert_eq!(login(&app, &email, "a squatter's own passphrase").await.code(), "invalid_credentials");
+}

@@ -209,8 +209,8 @@ async fn every_auth_script_keeps_its_keys_in_one_hash_slot() {
         }
     }
     // And the keys of two addresses are not forced into one slot.
-    let a = shared::auth::limits::EmailKeys::new("alice@example.com").lockout;
-    let b = shared::auth::limits::EmailKeys::new("bob@example.com").lockout;
+    let a = shared::auth::limits::EmailKeys::new("alice@example.com").login_failures;
+    let b = shared::auth::limits::EmailKeys::new("bob@example.com").login_failures;
     let slot_a: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(a).query_async(&mut conn).await.unwrap();
     let slot_b: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(b).query_async(&mut conn).await.unwrap();
     assert_ne!(slot_a, slot_b);

@@ -37,7 +37,8 @@ return {'ok', 0}
     )
 });
 
-/// KEYS[1] = the (address, source) pair's lockout hash, KEYS[2] = the address's hourly hash;
+/// KEYS[1] = the (address, source) pair's lockout hash, KEYS[2] = the address's hourly count,
+/// KEYS[3] = the address's lock (its own key: a lock never stretches the count's hour);
 /// ARGV[1] = now (unix seconds), ARGV[2..4] = the pair's threshold, base and cap, ARGV[5..6] = the
 /// address's hourly limit and lock. Each attempt takes a ticket *before* the password is checked,
 /// so parallel guesses cannot all slip in under a limit: the pair's 5th ticket locks that pair
@@ -47,8 +48,8 @@ static LOGIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now = tonumber(ARGV[1])
-local all_until = tonumber(redis.call('HGET', KEYS[2], 'lock_until') or '0')
-if all_until > now then return {'locked', all_until - now} end
+local all_locked = redis.call('TTL', KEYS[3])
+if all_locked > 0 then return {'locked', all_locked} end
 local lock_until = tonumber(redis.call('HGET', KEYS[1], 'lock_until') or '0')
 if lock_until > now then return {'locked', lock_until - now} end
 local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
@@ -61,8 +62,8 @@ redis.call('EXPIRE', KEYS[1], 86400)
 local all = redis.call('HINCRBY', KEYS[2], 'fails', 1)
 if all == 1 then redis.call('EXPIRE', KEYS[2], 3600) end
 if all >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[2], 'lock_until', now + tonumber(ARGV[6]))
-  redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[2]), tonumber(ARGV[6])))
+  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[6]))
+  redis.call('DEL', KEYS[2])
 end
 return {'ok', fails}
 "#,
@@ -171,8 +172,10 @@ fn ip_key(route: &str, ip: &str) -> String {
 /// sit in one slot whatever characters the address holds (`{` and `}` are legal in a local
 /// part), and no address appears in a Redis key.
 pub struct EmailKeys {
-    /// Failures from every source in the hour (and the lock of the address they set).
-    pub lockout: String,
+    /// Failures from every source in the hour.
+    pub login_failures: String,
+    /// The address locked for every source (set by the hour's 50th failure, 15 minutes).
+    pub login_lock: String,
     /// Prefix of the per-(address, source) lockouts: `pair_lockout(ip)`.
     pair_prefix: String,
     pub code: String,
@@ -187,8 +190,9 @@ impl EmailKeys {
         let digest = hex::encode(&sha2::Sha256::digest(email.as_bytes())[..16]);
         let tagged = |what: &str| format!("auth:{{{digest}}}:{what}");
         EmailKeys {
-            lockout: tagged("lockout"),
-            pair_prefix: tagged("lockout:"),
+            login_failures: tagged("login:all"),
+            login_lock: tagged("login:all:lock"),
+            pair_prefix: tagged("login:pair:"),
             code: tagged("vcode"),
             cooldown: tagged("resend:cooldown"),
             hourly: tagged("resend:hour"),
@@ -205,8 +209,8 @@ impl EmailKeys {
     pub fn script_keys(&self) -> [(&'static str, Vec<String>); 6] {
         let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
-            ("login", vec![self.pair_lockout("203.0.113.9"), self.lockout.clone()]),
-            ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.lockout.clone()]),
+            ("login", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone(), self.login_lock.clone()]),
+            ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone()]),
             ("verify", owned(&[&self.code, &self.code_failures])),
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
             ("store_code", owned(&[&self.code, &self.cooldown, &self.hourly])),
@@ -244,8 +248,9 @@ pub struct ConsumedCode {
     token_hash: String,
 }
 
-/// What a verification presents: the mailed 6-digit code or the mailed link token (hashed).
-#[derive(Debug, Clone, Copy)]
+/// What a verification presents: the mailed 6-digit code or the mailed link token (hashed; no
+/// `Debug`, as a code's hash is as good as the code to whoever has the pepper).
+#[derive(Clone, Copy)]
 pub enum Proof<'a> {
     Code(&'a str),
     Token(&'a str),
@@ -281,7 +286,8 @@ impl Limits {
         let keys = EmailKeys::new(email);
         let (tag, value): Outcome = LOGIN
             .key(keys.pair_lockout(ip))
-            .key(&keys.lockout)
+            .key(&keys.login_failures)
+            .key(&keys.login_lock)
             .arg(chrono::Utc::now().timestamp())
             .arg(LOCKOUT_THRESHOLD)
             .arg(LOCKOUT_BASE_SECS)
@@ -305,7 +311,7 @@ impl Limits {
     pub async fn login_succeeded(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         let keys = EmailKeys::new(email);
-        LOGIN_SUCCEEDED.key(keys.pair_lockout(ip)).key(&keys.lockout).invoke_async::<i64>(&mut conn).await?;
+        LOGIN_SUCCEEDED.key(keys.pair_lockout(ip)).key(&keys.login_failures).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 

@@ -22,6 +22,14 @@ pub struct Credentials {
     pub expires_at: Option<i64>,
 }
 
+impl Credentials {
+    /// Verified, or unverified and not yet past its end (DynamoDB's TTL sweep may lag by days:
+    /// an account past it is gone, whether or not the item still is).
+    pub fn is_live(&self, now_secs: i64) -> bool {
+        self.email_verified || self.expires_at.is_none_or(|end| end > now_secs)
+    }
+}
+
 /// How long an account may stay unverified before it is gone.
 pub const UNVERIFIED_LIFETIME_SECS: i64 = 24 * 3600;
 
@@ -134,6 +142,12 @@ impl UserStore<'_> {
         Ok(None)
     }
 
+    /// As `find`, for an account that is live (an unverified one past its end is gone).
+    pub async fn find_live(&self, email: &EmailAddress) -> Result<Option<(String, Credentials)>, StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        Ok(self.find(email).await?.filter(|(_, creds)| creds.is_live(now)))
+    }
+
     /// The form `email`'s record is stored under (the canonical one when there is no older form
     /// to look for, without a read).
     pub async fn stored_form(&self, email: &EmailAddress) -> Result<String, StoreError> {
@@ -158,9 +172,10 @@ impl UserStore<'_> {
                 .table_name(self.table)
                 .set_key(Some(key))
                 .update_expression("SET email_verified = :t REMOVE expires_at")
-                .condition_expression(condition)
+                .condition_expression(format!("{condition} AND (attribute_not_exists(expires_at) OR expires_at > :now)"))
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .expression_attribute_values(":uid", s(user_id))
+                .expression_attribute_values(":now", n(chrono::Utc::now().timestamp()))
                 .build()
                 .map_err(StoreError::from)?;
             Ok(TransactWriteItem::builder().update(u).build())

@@ -46,6 +46,12 @@ fn token_hash(pepper: &[u8], email: &EmailAddress, token: &str) -> String {
 }
 
 async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool) -> Result<(), ApiError> {
+    store_and_send_code(state, email, user_id, count_send, true).await
+}
+
+/// Stores a fresh code and link token for `user_id`, and mails them when `mail` (the address's
+/// mail limits allowed it; otherwise a later resend mails new ones).
+async fn store_and_send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool, mail: bool) -> Result<(), ApiError> {
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let (code, token) = (new_code(), new_link_token());
     let pepper = keys.code_pepper.expose();
@@ -58,7 +64,9 @@ async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_
         true => (Some(code), Some(token)),
         false => (None, None),
     };
-    send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code, token }).await;
+    if mail {
+        send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code, token }).await;
+    }
     Ok(())
 }
 
@@ -112,22 +120,22 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         send_code(state, &email, &user_id, true).await?;
         return verification_required();
     }
-    // Taken. Every mail to the address counts against its limits; past them, nothing is sent
-    // and nothing changes, with the same answer.
-    if limits(state).reserve_mail(&state.redis, email.as_str()).await? != MailBudget::Reserved {
-        return verification_required();
-    }
+    // Taken. Every mail to the address counts against its limits: past them nothing is sent,
+    // with the same answer.
+    let mail = limits(state).reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved;
     match users.find(&email).await? {
         // Never verified (someone may have registered another's address): this registration
-        // replaces it, and only the mailbox's owner can verify it.
+        // replaces it whatever the mail limits (a squatter spending them cannot keep their
+        // password in place), and only the mailbox's owner can verify it.
         Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
-            send_code(state, &email, &user_id, false).await?;
+            store_and_send_code(state, &email, &user_id, false, mail).await?;
         }
         // Same answer as a new account; the owner hears about it instead of the caller.
-        _ => {
+        _ if mail => {
             let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
             send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None, token: None }).await;
         }
+        _ => {}
     }
     verification_required()
 }
@@ -193,7 +201,7 @@ pub async fn resend(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let email = EmailAddress::parse(&body.email)?;
     // Limits apply whether or not the address has an account, so they reveal nothing.
     limits(state).reserve_send(&state.redis, &ctx.source_ip, "resend", email.as_str()).await?;
-    if let Some((_, creds)) = users(state).find(&email).await? {
+    if let Some((_, creds)) = users(state).find_live(&email).await? {
         if !creds.email_verified {
             send_code(state, &email, &creds.user_id, false).await?;
         }
@@ -257,7 +265,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     }
     let limits = limits(state);
     limits.login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
-    let found = users(state).find(&email).await?;
+    let found = users(state).find_live(&email).await?;
     let verification = password::verify(body.password.clone(), found.as_ref().map(|(_, c)| c.password_hash.clone())).await?;
     let Some((form, creds)) = found.filter(|_| verification.ok) else {
         return Err(invalid_credentials());

@@ -1091,3 +1091,27 @@ async fn a_squatter_spending_the_mail_budget_cannot_keep_their_password_in_place
     assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
     assert_eq!(login(&app, &email, "a squatter's own passphrase").await.code(), "invalid_credentials");
 }
+
+#[tokio::test]
+async fn anothers_resend_never_kills_the_token_in_the_owners_mail_but_a_replaced_accounts_token_is_dead() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    let owners = last_token(&app, &email);
+    for _ in 0..3 {
+        a_minute_passes(&app, &email).await;
+        assert_eq!(resend(&app, &email).await.status, 202); // someone else, every minute
+    }
+    assert_eq!(verify_with_token(&app, &email, &owners).await.status, 200, "the first mail's token still works");
+
+    // A squatter's token dies with the registration the owner's replaced.
+    let taken = unique_email();
+    let squatter = json!({"email": taken, "password": "a squatter's own passphrase"});
+    assert_eq!(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(squatter))).await.status, 202);
+    let squatters = last_token(&app, &taken);
+    a_minute_passes(&app, &taken).await;
+    assert_eq!(register(&app, &taken).await.status, 202);
+    assert_eq!(verify_with_token(&app, &taken, &squatters).await.code(), "invalid_code");
+    assert_eq!(verify_with_token(&app, &taken, &last_token(&app, &taken)).await.status, 200);
+    assert_eq!(login(&app, &taken, PASSWORD).await.status, 200);
+}

@@ -82,8 +82,9 @@ return 1
     )
 });
 
-/// KEYS[1] = the pending code hash, KEYS[2] = the address's failure count; ARGV[1] = what was
-/// presented, hashed; ARGV[2] = `code` or `token`; ARGV[3] = the per-code cap, ARGV[4..5] = the
+/// KEYS[1] = the pending code hash, KEYS[2] = the address's failure count, KEYS[3] = the
+/// presented link token's key (each mailed token has its own, so a later mail never kills an
+/// earlier one); ARGV[1] = the presented code, hashed; ARGV[2] = `code` or `token`; ARGV[3] = the per-code cap, ARGV[4..5] = the
 /// address's failure budget and its window. The code (or token) is consumed by the same step that
 /// compares it: one success however many race. Wrong codes count against the code (5 burn it)
 /// and against the address (10 in 24 h refuse every code of it, resends notwithstanding). The link
@@ -91,16 +92,21 @@ return 1
 static VERIFY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local by_token = ARGV[2] == 'token'
-if not by_token and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return {'burned', 0} end
-local stored = redis.call('HGET', KEYS[1], by_token and 'token' or 'hash')
+if ARGV[2] == 'token' then
+  local user_id = redis.call('GET', KEYS[3])
+  if not user_id then return {'invalid', 0} end
+  local ttl = redis.call('PTTL', KEYS[3])
+  redis.call('DEL', KEYS[3])
+  return {'ok', user_id, '0', ttl, ''}
+end
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[4]) then return {'burned', 0} end
+local stored = redis.call('HGET', KEYS[1], 'hash')
 if stored and stored == ARGV[1] then
-  local fields = redis.call('HMGET', KEYS[1], 'user_id', 'attempts', 'hash', 'token')
+  local fields = redis.call('HMGET', KEYS[1], 'user_id', 'attempts')
   local ttl = redis.call('PTTL', KEYS[1])
   redis.call('DEL', KEYS[1])
-  return {'ok', fields[1], fields[2] or '0', ttl, fields[3] or '', fields[4] or ''}
+  return {'ok', fields[1], fields[2] or '0', ttl, ARGV[1]}
 end
-if by_token then return {'invalid', 0} end
 local fails = redis.call('INCR', KEYS[2])
 if fails == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5])) end
 if stored then
@@ -114,14 +120,12 @@ return {'invalid', fails}
 
 /// Puts a consumed code back (the write it was consumed for did not happen), unless a newer
 /// code has replaced it meanwhile: KEYS[1] = the code key, ARGV = user id, attempts, ttl (ms),
-/// code hash, token hash (either may be empty: a burned code keeps only its token).
+/// code hash.
 static RESTORE_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 or tonumber(ARGV[3]) <= 0 then return 0 end
-redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', ARGV[2])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'hash', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'token', ARGV[5]) end
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', ARGV[2], 'hash', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 "#,
@@ -143,16 +147,17 @@ return {'ok', 0}
     )
 });
 
-/// Replaces the pending code and link token (the code's attempts reset; the address's failure
-/// budget does not): KEYS[1] = code key, KEYS[2..3] = the email's send counters, ARGV = code
-/// hash, user id, ttl, whether to count this send (registration's first mail), the cooldown and
-/// the token hash.
+/// Replaces the pending code (its attempts reset; the address's failure budget does not) and adds
+/// a link token (earlier ones stay valid until their own expiry): KEYS[1] = code key, KEYS[2..3]
+/// = the email's send counters, KEYS[4] = the new token's key; ARGV = code hash, user id, ttl,
+/// whether to count this send (registration's first mail) and the cooldown.
 static STORE_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', 0, 'token', ARGV[6])
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', 0)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('SET', KEYS[4], ARGV[2], 'EX', tonumber(ARGV[3]))
 if ARGV[4] == '1' then
   redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[5]))
   if redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], 3600) end
@@ -178,6 +183,8 @@ pub struct EmailKeys {
     pub login_lock: String,
     /// Prefix of the per-(address, source) lockouts: `pair_lockout(ip)`.
     pair_prefix: String,
+    /// Prefix of the link tokens' keys: `link_token(hash)`.
+    token_prefix: String,
     pub code: String,
     pub cooldown: String,
     pub hourly: String,
@@ -193,6 +200,7 @@ impl EmailKeys {
             login_failures: tagged("login:all"),
             login_lock: tagged("login:all:lock"),
             pair_prefix: tagged("login:pair:"),
+            token_prefix: tagged("vtoken:"),
             code: tagged("vcode"),
             cooldown: tagged("resend:cooldown"),
             hourly: tagged("resend:hour"),
@@ -205,15 +213,20 @@ impl EmailKeys {
         format!("{}{}", self.pair_prefix, hex::encode(&sha2::Sha256::digest(ip.as_bytes())[..8]))
     }
 
+    /// The key of the link token whose hash is `token_hash`.
+    pub fn link_token(&self, token_hash: &str) -> String {
+        format!("{}{}", self.token_prefix, token_hash.get(..32).unwrap_or(token_hash))
+    }
+
     /// The keys each script is given, in order: what the one-slot test checks.
     pub fn script_keys(&self) -> [(&'static str, Vec<String>); 6] {
         let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
             ("login", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone(), self.login_lock.clone()]),
             ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone()]),
-            ("verify", owned(&[&self.code, &self.code_failures])),
+            ("verify", vec![self.code.clone(), self.code_failures.clone(), self.link_token("00ff")]),
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
-            ("store_code", owned(&[&self.code, &self.cooldown, &self.hourly])),
+            ("store_code", vec![self.code.clone(), self.cooldown.clone(), self.hourly.clone(), self.link_token("00ff")]),
             ("restore_code", owned(&[&self.code])),
         ]
     }
@@ -245,7 +258,8 @@ pub struct ConsumedCode {
     attempts: String,
     ttl_ms: i64,
     code_hash: String,
-    token_hash: String,
+    /// The consumed link token's key, when it was a token.
+    token_key: Option<String>,
 }
 
 /// What a verification presents: the mailed 6-digit code or the mailed link token (hashed; no
@@ -321,14 +335,15 @@ impl Limits {
     pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, proof: Proof<'_>) -> Result<ConsumedCode, ApiError> {
         self.check_ip(redis, "verify", ip).await?;
         let keys = EmailKeys::new(email);
-        let (mode, presented) = match proof {
-            Proof::Code(hash) => ("code", hash),
-            Proof::Token(hash) => ("token", hash),
+        let (mode, presented, token_key) = match proof {
+            Proof::Code(hash) => ("code", hash, keys.link_token("-")),
+            Proof::Token(hash) => ("token", "", keys.link_token(hash)),
         };
         let mut conn = redis.clone();
         let reply: Vec<redis::Value> = VERIFY
             .key(&keys.code)
             .key(&keys.code_failures)
+            .key(&token_key)
             .arg(presented)
             .arg(mode)
             .arg(CODE_MAX_ATTEMPTS)
@@ -348,7 +363,7 @@ impl Limits {
                 attempts: text(2).unwrap_or_else(|| "0".into()),
                 ttl_ms: text(3).and_then(|t| t.parse().ok()).unwrap_or(0),
                 code_hash: text(4).unwrap_or_default(),
-                token_hash: text(5).unwrap_or_default(),
+                token_key: (mode == "token").then_some(token_key),
             }),
             _ => Err(ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() }),
         }
@@ -357,13 +372,25 @@ impl Limits {
     /// Puts a consumed code back as it was (same expiry, same attempts), unless a newer one exists.
     pub async fn restore_code(&self, redis: &ConnectionManager, email: &str, consumed: &ConsumedCode) -> Result<(), ApiError> {
         let mut conn = redis.clone();
+        if let Some(token_key) = &consumed.token_key {
+            if consumed.ttl_ms > 0 {
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(token_key)
+                    .arg(&consumed.user_id)
+                    .arg("PX")
+                    .arg(consumed.ttl_ms)
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            return Ok(());
+        }
         RESTORE_CODE
             .key(EmailKeys::new(email).code)
             .arg(&consumed.user_id)
             .arg(&consumed.attempts)
             .arg(consumed.ttl_ms)
             .arg(&consumed.code_hash)
-            .arg(&consumed.token_hash)
             .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
@@ -413,12 +440,12 @@ impl Limits {
             .key(&keys.code)
             .key(&keys.cooldown)
             .key(&keys.hourly)
+            .key(keys.link_token(token_hash))
             .arg(code_hash)
             .arg(user_id)
             .arg(CODE_TTL_SECS)
             .arg(if count_send { "1" } else { "0" })
             .arg(RESEND_COOLDOWN_SECS)
-            .arg(token_hash)
             .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())

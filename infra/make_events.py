@@ -62,6 +62,10 @@ SAMPLES = {
     "register": event("POST", "/api/v1/auth/register", {"email": "alice@example.com", "password": "correct horse battery staple", "username": "alice"}),
     "verify": event("POST", "/api/v1/auth/verify", {"email": "alice@example.com", "verification_code": "123456"}),
     "resend": event("POST", "/api/v1/auth/resend", {"email": "alice@example.com"}),
+    "password-forgot": event("POST", "/api/v1/auth/password/forgot", {"email": "alice@example.com"}),
+    "password-reset": event(
+        "POST", "/api/v1/auth/password/reset", {"email": "alice@example.com", "code": "123456", "new_password": "a new long passphrase"}
+    ),
     "login": event("POST", "/api/v1/auth/login", {"email": "alice@example.com", "password": "correct horse battery staple"}),
     "refresh": event("POST", "/api/v1/auth/refresh", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
     "logout": event("POST", "/api/v1/auth/logout", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "scope": "local"}),

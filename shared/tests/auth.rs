@@ -1115,3 +1115,94 @@ async fn anothers_resend_never_kills_the_token_in_the_owners_mail_but_a_replaced
     assert_eq!(verify_with_token(&app, &taken, &last_token(&app, &taken)).await.status, 200);
     assert_eq!(login(&app, &taken, PASSWORD).await.status, 200);
 }
+
+async fn forgot(app: &TestApp, email: &str) -> TestResponse {
+    app.call(auth::forgot_password, request("POST", "/api/v1/auth/password/forgot", Some(json!({"email": email})))).await
+}
+
+async fn reset(app: &TestApp, body: Value) -> TestResponse {
+    app.call(auth::reset_password, request("POST", "/api/v1/auth/password/reset", Some(body))).await
+}
+
+fn last_reset_mail(app: &TestApp, email: &str) -> Value {
+    let email = normalised(email);
+    app.outbox()
+        .into_iter()
+        .rev()
+        .find(|m| m["to"] == email.as_str() && m["subject"].as_str().is_some_and(|s| s.to_lowercase().contains("reset")))
+        .unwrap_or_else(|| panic!("no reset mail for {email}"))
+}
+
+const NEW_PASSWORD: &str = "a brand new long passphrase";
+
+#[tokio::test]
+async fn forgot_answers_the_same_bytes_for_unknown_pending_and_verified_addresses() {
+    let app = spawn_app().await;
+    let (verified, _) = signed_in_user(&app).await;
+    let pending = unique_email();
+    assert_eq!(register(&app, &pending).await.status, 202);
+    let unknown = unique_email();
+    for email in [&verified, &pending, &unknown] {
+        a_minute_passes(&app, email).await;
+    }
+    let answers: Vec<TestResponse> = vec![forgot(&app, &unknown).await, forgot(&app, &pending).await, forgot(&app, &verified).await];
+    for res in &answers {
+        assert_eq!((res.status, res.raw.as_str()), (202, r#"{"status":"reset_requested"}"#));
+    }
+    // Only the verified account is mailed.
+    let resets: Vec<Value> = app.outbox().into_iter().filter(|m| m["subject"] == "Reset your password").collect();
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    assert_eq!(resets[0]["to"], normalised(&verified).as_str());
+    assert!(resets[0]["code"].is_string() && resets[0]["token"].is_string());
+}
+
+#[tokio::test]
+async fn a_reset_sets_the_new_password_revokes_every_session_and_clears_the_lockout() {
+    let app = spawn_app().await;
+    let (email, tokens) = signed_in_user(&app).await;
+    // Someone locked the owner out from the owner's own address.
+    for _ in 0..shared::auth::limits::LOCKOUT_THRESHOLD {
+        login(&app, &email, "wrong password guess").await;
+    }
+    assert_eq!(login(&app, &email, PASSWORD).await.code(), "account_locked");
+    a_minute_passes(&app, &email).await;
+    assert_eq!(forgot(&app, &email).await.status, 202);
+    let mail = last_reset_mail(&app, &email);
+    let code = mail["code"].as_str().unwrap();
+    // The policy applies, and a wrong code is refused without spending the right one.
+    let weak = reset(&app, json!({"email": email, "code": code, "new_password": "short"})).await;
+    assert_eq!((weak.status, weak.code()), (400, "weak_password"));
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(reset(&app, json!({"email": email, "code": wrong, "new_password": NEW_PASSWORD})).await.code(), "invalid_code");
+    let res = reset(&app, json!({"email": email, "code": code, "new_password": NEW_PASSWORD})).await;
+    assert_eq!((res.status, res.raw.as_str()), (200, r#"{"status":"password_reset"}"#), "{}", res.raw);
+    // Every session and access token of before is dead.
+    assert_eq!(refresh(&app, tokens["refresh_token"].as_str().unwrap()).await.status, 401);
+    assert_eq!(me(&app, tokens["access_token"].as_str().unwrap()).await.code(), "invalid_token");
+    // The lock is gone, the old password is, and the new one works, from the same source.
+    assert_eq!(login(&app, &email, PASSWORD).await.code(), "invalid_credentials");
+    let res = login(&app, &email, NEW_PASSWORD).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    // The code worked once.
+    assert_eq!(
+        reset(&app, json!({"email": email, "code": code, "new_password": "yet another long passphrase"})).await.code(),
+        "invalid_code"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_by_link_token_works_once_and_a_verification_code_cannot_reset() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    a_minute_passes(&app, &email).await;
+    assert_eq!(forgot(&app, &email).await.status, 202);
+    let token = last_reset_mail(&app, &email)["token"].as_str().unwrap().to_owned();
+    assert_eq!(reset(&app, json!({"email": email, "token": token, "new_password": NEW_PASSWORD})).await.status, 200);
+    assert_eq!(reset(&app, json!({"email": email, "token": token, "new_password": NEW_PASSWORD})).await.code(), "invalid_code");
+    assert_eq!(login(&app, &email, NEW_PASSWORD).await.status, 200);
+    // A pending account's verification code is not a reset code.
+    let pending = unique_email();
+    assert_eq!(register(&app, &pending).await.status, 202);
+    let res = reset(&app, json!({"email": pending, "code": last_code(&app, &pending), "new_password": NEW_PASSWORD})).await;
+    assert_eq!(res.code(), "invalid_code");
+}

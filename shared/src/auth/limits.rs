@@ -38,7 +38,8 @@ return {'ok', 0}
 });
 
 /// KEYS[1] = the (address, source) pair's lockout hash, KEYS[2] = the address's hourly count,
-/// KEYS[3] = the address's lock (its own key: a lock never stretches the count's hour);
+/// KEYS[3] = the address's lock (its own key: a lock never stretches the count's hour), KEYS[4] =
+/// when a password reset last cleared every lock of the address (pairs older are dropped);
 /// ARGV[1] = now (unix seconds), ARGV[2..4] = the pair's threshold, base and cap, ARGV[5..6] = the
 /// address's hourly limit and lock. Each attempt takes a ticket *before* the password is checked,
 /// so parallel guesses cannot all slip in under a limit: the pair's 5th ticket locks that pair
@@ -48,11 +49,14 @@ static LOGIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now = tonumber(ARGV[1])
+local cleared = tonumber(redis.call('GET', KEYS[4]) or '0')
+if cleared > 0 and tonumber(redis.call('HGET', KEYS[1], 'at') or '0') <= cleared then redis.call('DEL', KEYS[1]) end
 local all_locked = redis.call('TTL', KEYS[3])
 if all_locked > 0 then return {'locked', all_locked} end
 local lock_until = tonumber(redis.call('HGET', KEYS[1], 'lock_until') or '0')
 if lock_until > now then return {'locked', lock_until - now} end
 local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+redis.call('HSET', KEYS[1], 'at', now)
 local threshold = tonumber(ARGV[2])
 if fails >= threshold then
   local secs = math.min(tonumber(ARGV[3]) * (2 ^ (fails - threshold)), tonumber(ARGV[4]))
@@ -66,6 +70,18 @@ if all >= tonumber(ARGV[5]) then
   redis.call('DEL', KEYS[2])
 end
 return {'ok', fails}
+"#,
+    )
+});
+
+/// A password reset: KEYS[1..2] = the address's count and lock (gone), KEYS[3] = when (pairs that
+/// failed before it are dropped when next met); ARGV[1] = now.
+static CLEAR_LOCKOUTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], ARGV[1], 'EX', 86400)
+return 1
 "#,
     )
 });
@@ -181,6 +197,8 @@ pub struct EmailKeys {
     pub login_failures: String,
     /// The address locked for every source (set by the hour's 50th failure, 15 minutes).
     pub login_lock: String,
+    /// When a password reset last cleared the address's locks, every source's included.
+    pub login_cleared: String,
     /// Prefix of the per-(address, source) lockouts: `pair_lockout(ip)`.
     pair_prefix: String,
     /// Prefix of the link tokens' keys: `link_token(hash)`.
@@ -199,6 +217,7 @@ impl EmailKeys {
         EmailKeys {
             login_failures: tagged("login:all"),
             login_lock: tagged("login:all:lock"),
+            login_cleared: tagged("login:cleared"),
             pair_prefix: tagged("login:pair:"),
             token_prefix: tagged("vtoken:"),
             code: tagged("vcode"),
@@ -218,11 +237,24 @@ impl EmailKeys {
         format!("{}{}", self.token_prefix, token_hash.get(..32).unwrap_or(token_hash))
     }
 
+    /// The code key, failure count and link-token key of `purpose`.
+    fn of(&self, purpose: Purpose, token_hash: &str) -> (String, String, String) {
+        let token = self.link_token(token_hash);
+        match purpose {
+            Purpose::Verify => (self.code.clone(), self.code_failures.clone(), token),
+            Purpose::Reset => (format!("{}:reset", self.code), format!("{}:reset", self.code_failures), format!("{token}:reset")),
+        }
+    }
+
     /// The keys each script is given, in order: what the one-slot test checks.
-    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 6] {
+    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 7] {
         let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
-            ("login", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone(), self.login_lock.clone()]),
+            (
+                "login",
+                vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone(), self.login_lock.clone(), self.login_cleared.clone()],
+            ),
+            ("clear_lockouts", vec![self.login_failures.clone(), self.login_lock.clone(), self.login_cleared.clone()]),
             ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone()]),
             ("verify", vec![self.code.clone(), self.code_failures.clone(), self.link_token("00ff")]),
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
@@ -252,12 +284,32 @@ pub enum MailBudget {
     Limited { retry_after_secs: u64 },
 }
 
+/// What a mailed code (and its link token) is for: each has its own codes, tokens and failure
+/// budget, so a reset never spends a verification's tries or the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Verify,
+    Reset,
+}
+
+/// A code (and link token) about to be mailed, hashed, for the user it was issued to.
+#[derive(Clone, Copy)]
+pub struct NewCode<'a> {
+    pub purpose: Purpose,
+    pub code_hash: &'a str,
+    pub token_hash: &'a str,
+    pub user_id: &'a str,
+    /// Whether storing it also counts as the address's first mail (a registration's).
+    pub count_send: bool,
+}
+
 /// A code that matched and was consumed.
 pub struct ConsumedCode {
     pub user_id: String,
     attempts: String,
     ttl_ms: i64,
     code_hash: String,
+    code_key: String,
     /// The consumed link token's key, when it was a token.
     token_key: Option<String>,
 }
@@ -302,6 +354,7 @@ impl Limits {
             .key(keys.pair_lockout(ip))
             .key(&keys.login_failures)
             .key(&keys.login_lock)
+            .key(&keys.login_cleared)
             .arg(chrono::Utc::now().timestamp())
             .arg(LOCKOUT_THRESHOLD)
             .arg(LOCKOUT_BASE_SECS)
@@ -320,6 +373,21 @@ impl Limits {
         }
     }
 
+    /// A password reset: every lock of the address goes, the per-address one and every source's
+    /// (pairs are dropped as they are next met: their keys cannot be listed in a cluster).
+    pub async fn clear_lockouts(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
+        let keys = EmailKeys::new(email);
+        let mut conn = redis.clone();
+        CLEAR_LOCKOUTS
+            .key(&keys.login_failures)
+            .key(&keys.login_lock)
+            .key(&keys.login_cleared)
+            .arg(chrono::Utc::now().timestamp())
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// A right password from `ip` clears that pair's failures and gives back its own ticket of the
     /// address's hourly count (what other sources tried stays counted).
     pub async fn login_succeeded(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
@@ -332,17 +400,25 @@ impl Limits {
     /// Consumes the pending code (or, with `Proof::Token`, the link token) if it matches: the
     /// user id it was issued for, and what `restore_code` needs to put it back should the write
     /// it was consumed for not happen.
-    pub async fn consume_code(&self, redis: &ConnectionManager, ip: &str, email: &str, proof: Proof<'_>) -> Result<ConsumedCode, ApiError> {
-        self.check_ip(redis, "verify", ip).await?;
+    pub async fn consume_code(
+        &self,
+        redis: &ConnectionManager,
+        ip: &str,
+        email: &str,
+        purpose: Purpose,
+        proof: Proof<'_>,
+    ) -> Result<ConsumedCode, ApiError> {
+        self.check_ip(redis, if purpose == Purpose::Verify { "verify" } else { "reset" }, ip).await?;
         let keys = EmailKeys::new(email);
-        let (mode, presented, token_key) = match proof {
-            Proof::Code(hash) => ("code", hash, keys.link_token("-")),
-            Proof::Token(hash) => ("token", "", keys.link_token(hash)),
+        let (mode, presented, token_hash) = match proof {
+            Proof::Code(hash) => ("code", hash, "-"),
+            Proof::Token(hash) => ("token", "", hash),
         };
+        let (code_key, failures_key, token_key) = keys.of(purpose, token_hash);
         let mut conn = redis.clone();
         let reply: Vec<redis::Value> = VERIFY
-            .key(&keys.code)
-            .key(&keys.code_failures)
+            .key(&code_key)
+            .key(&failures_key)
             .key(&token_key)
             .arg(presented)
             .arg(mode)
@@ -363,6 +439,7 @@ impl Limits {
                 attempts: text(2).unwrap_or_else(|| "0".into()),
                 ttl_ms: text(3).and_then(|t| t.parse().ok()).unwrap_or(0),
                 code_hash: text(4).unwrap_or_default(),
+                code_key,
                 token_key: (mode == "token").then_some(token_key),
             }),
             _ => Err(ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() }),
@@ -370,7 +447,7 @@ impl Limits {
     }
 
     /// Puts a consumed code back as it was (same expiry, same attempts), unless a newer one exists.
-    pub async fn restore_code(&self, redis: &ConnectionManager, email: &str, consumed: &ConsumedCode) -> Result<(), ApiError> {
+    pub async fn restore_code(&self, redis: &ConnectionManager, consumed: &ConsumedCode) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         if let Some(token_key) = &consumed.token_key {
             if consumed.ttl_ms > 0 {
@@ -386,7 +463,7 @@ impl Limits {
             return Ok(());
         }
         RESTORE_CODE
-            .key(EmailKeys::new(email).code)
+            .key(&consumed.code_key)
             .arg(&consumed.user_id)
             .arg(&consumed.attempts)
             .arg(consumed.ttl_ms)
@@ -423,24 +500,18 @@ impl Limits {
         })
     }
 
-    /// Stores the pending code; `count_send` also starts the resend limits (a registration's
-    /// first mail), in the same step.
-    pub async fn store_code(
-        &self,
-        redis: &ConnectionManager,
-        email: &str,
-        code_hash: &str,
-        token_hash: &str,
-        user_id: &str,
-        count_send: bool,
-    ) -> Result<(), ApiError> {
+    /// Stores a pending code and its link token; `count_send` also starts the resend limits (a
+    /// registration's first mail), in the same step.
+    pub async fn store_code(&self, redis: &ConnectionManager, email: &str, new: &NewCode<'_>) -> Result<(), ApiError> {
+        let NewCode { purpose, code_hash, token_hash, user_id, count_send } = *new;
         let keys = EmailKeys::new(email);
+        let (code_key, _, token_key) = keys.of(purpose, token_hash);
         let mut conn = redis.clone();
         STORE_CODE
-            .key(&keys.code)
+            .key(&code_key)
             .key(&keys.cooldown)
             .key(&keys.hourly)
-            .key(keys.link_token(token_hash))
+            .key(&token_key)
             .arg(code_hash)
             .arg(user_id)
             .arg(CODE_TTL_SECS)

@@ -1,7 +1,7 @@
 //! The auth routes. Each is served by its own function crate.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::limits::{hash_code, is_link_token, new_code, new_link_token, Limits, MailBudget, Proof};
+use crate::auth::limits::{hash_code, is_link_token, new_code, new_link_token, Limits, MailBudget, NewCode, Proof, Purpose};
 use crate::auth::password;
 use crate::auth::session::authenticate;
 use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore, UNVERIFIED_LIFETIME_SECS};
@@ -56,7 +56,9 @@ async fn store_and_send_code(state: &AppState, email: &EmailAddress, user_id: &s
     let (code, token) = (new_code(), new_link_token());
     let pepper = keys.code_pepper.expose();
     let code_hash = hash_code(pepper, email.as_str(), &code);
-    limits(state).store_code(&state.redis, email.as_str(), &code_hash, &token_hash(pepper, email, &token), user_id, count_send).await?;
+    let token_hash = token_hash(pepper, email, &token);
+    let new = NewCode { purpose: Purpose::Verify, code_hash: &code_hash, token_hash: &token_hash, user_id, count_send };
+    limits(state).store_code(&state.redis, email.as_str(), &new).await?;
     let body = format!(
         "Your verification code is {code}. Or verify with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail."
     );
@@ -170,7 +172,7 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     };
     let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
     let limits = limits(state);
-    let consumed = limits.consume_code(&state.redis, &ctx.source_ip, email.as_str(), proof).await?;
+    let consumed = limits.consume_code(&state.redis, &ctx.source_ip, email.as_str(), Purpose::Verify, proof).await?;
     let users = users(state);
     let verified = match users.stored_form(&email).await {
         Ok(form) => users.mark_verified(&form, &consumed.user_id).await,
@@ -181,7 +183,7 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
         Ok(false) => return Err(invalid()),
         Err(e) => {
             // Nothing was verified: the owner's code must still work on the retry.
-            if let Err(restore) = limits.restore_code(&state.redis, email.as_str(), &consumed).await {
+            if let Err(restore) = limits.restore_code(&state.redis, &consumed).await {
                 tracing::warn!(code = restore.code(), "a consumed verification code could not be put back");
             }
             return Err(e.into());
@@ -427,4 +429,104 @@ pub async fn jwks(state: &AppState, _req: Request, _ctx: RequestContext) -> Hand
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_str(&cache).map_err(|e| ApiError::internal("jwks cache header", e))?);
     Ok(response)
+}
+
+// ---------------------------------------------------------------- password reset
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForgotRequest {
+    email: String,
+}
+
+/// `POST /api/v1/auth/password/forgot`: the same 202 whether or not the address has an account;
+/// a verified one gets a reset code and link token, within the address's mail limits.
+pub async fn forgot_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    let body: ForgotRequest = parse_json(&req)?;
+    let email = EmailAddress::parse(&body.email)?;
+    let limits = limits(state);
+    limits.check_ip(&state.redis, "forgot", &ctx.source_ip).await?;
+    let account = users(state).find_live(&email).await?.filter(|(_, creds)| creds.email_verified);
+    if let Some((_, creds)) = account {
+        if limits.reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved {
+            let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+            let pepper = keys.code_pepper.expose();
+            let (code, token) = (new_code(), new_link_token());
+            let code_hash = hash_code(pepper, email.as_str(), &code);
+            let token_hash = token_hash(pepper, &email, &token);
+            let new = NewCode {
+                purpose: Purpose::Reset,
+                code_hash: &code_hash,
+                token_hash: &token_hash,
+                user_id: &creds.user_id,
+                count_send: false,
+            };
+            limits.store_code(&state.redis, email.as_str(), &new).await?;
+            let body = format!(
+                "Your password reset code is {code}. Or reset with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail: your password stays as it is."
+            );
+            let local = state.config.is_local();
+            let mail = Email {
+                to: email.to_string(),
+                subject: "Reset your password".into(),
+                body,
+                code: local.then_some(code),
+                token: local.then_some(token),
+            };
+            send_mail(state, mail).await;
+        }
+    }
+    json_response(StatusCode::ACCEPTED, &serde_json::json!({"status": "reset_requested"}))
+}
+
+/// `code` (the mailed 6 digits) or `token` (the mailed link token), not both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    email: String,
+    code: Option<String>,
+    token: Option<String>,
+    new_password: String,
+}
+
+/// `POST /api/v1/auth/password/reset`: a new password behind the mailed code or token; every
+/// session and access token of the user is revoked (as a global logout), and every lock of the
+/// address is cleared.
+pub async fn reset_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    let body: ResetRequest = parse_json(&req)?;
+    let email = EmailAddress::parse(&body.email)?;
+    let invalid = || ApiError::BadRequest { code: "invalid_code", detail: "the reset code is wrong or has expired".into() };
+    password::check_policy(&body.new_password, email.as_str(), None)?;
+    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let pepper = keys.code_pepper.expose();
+    let (by_token, hash) = match (body.code.as_deref().map(str::trim), body.token.as_deref()) {
+        (Some(code), None) if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) => {
+            (false, hash_code(pepper, email.as_str(), code))
+        }
+        (None, Some(token)) if is_link_token(token) => (true, token_hash(pepper, &email, token)),
+        (Some(_), Some(_)) | (None, None) => return Err(ApiError::invalid_request("send either code or token")),
+        _ => {
+            limits(state).check_ip(&state.redis, "reset", &ctx.source_ip).await?;
+            return Err(invalid());
+        }
+    };
+    let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
+    let limits = limits(state);
+    let consumed = limits.consume_code(&state.redis, &ctx.source_ip, email.as_str(), Purpose::Reset, proof).await?;
+    let users = users(state);
+    let Some((form, creds)) = users.find_live(&email).await?.filter(|(_, c)| c.user_id == consumed.user_id && c.email_verified) else {
+        return Err(invalid());
+    };
+    let new_hash = password::hash(body.new_password).await?;
+    if let Err(e) = users.update_password_hash(&form, &creds.user_id, &new_hash).await {
+        // Nothing changed: the owner's code must still work on the retry.
+        if let Err(restore) = limits.restore_code(&state.redis, &consumed).await {
+            tracing::warn!(code = restore.code(), "a consumed reset code could not be put back");
+        }
+        return Err(e);
+    }
+    // As a global logout: every session and every access token issued before now dies.
+    users.revoke_all_sessions(&creds.user_id, now_ms()).await?;
+    limits.clear_lockouts(&state.redis, email.as_str()).await?;
+    json_response(StatusCode::OK, &serde_json::json!({"status": "password_reset"}))
 }

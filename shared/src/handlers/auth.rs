@@ -142,6 +142,25 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     verification_required()
 }
 
+/// What a verification or reset presents, hashed: `(true, hash)` for a link token, `(false,
+/// hash)` for a 6-digit code. `None`: malformed, so certainly wrong. Both or neither: 400.
+fn presented(
+    pepper: &[u8],
+    email: &EmailAddress,
+    code: Option<&str>,
+    token: Option<&str>,
+    code_field: &str,
+) -> Result<Option<(bool, String)>, ApiError> {
+    Ok(match (code.map(str::trim), token) {
+        (Some(code), None) if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((false, hash_code(pepper, email.as_str(), code)))
+        }
+        (None, Some(token)) if is_link_token(token) => Some((true, token_hash(pepper, email, token))),
+        (Some(_), Some(_)) | (None, None) => return Err(ApiError::invalid_request(format!("send either {code_field} or token"))),
+        _ => None,
+    })
+}
+
 /// `verification_code` (the mailed 6 digits) or `token` (the mailed link token), not both.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,18 +176,10 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let invalid = || ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() };
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let pepper = keys.code_pepper.expose();
-    let (by_token, hash) = match (body.verification_code.as_deref().map(str::trim), body.token.as_deref()) {
-        (Some(code), None) if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) => {
-            (false, hash_code(pepper, email.as_str(), code))
-        }
-        (None, Some(token)) if is_link_token(token) => (true, token_hash(pepper, &email, token)),
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(ApiError::invalid_request("send either verification_code or token"));
-        }
-        _ => {
-            limits(state).check_ip(&state.redis, "verify", &ctx.source_ip).await?;
-            return Err(invalid());
-        }
+    let Some((by_token, hash)) = presented(pepper, &email, body.verification_code.as_deref(), body.token.as_deref(), "verification_code")?
+    else {
+        limits(state).check_ip(&state.redis, "verify", &ctx.source_ip).await?;
+        return Err(invalid());
     };
     let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
     let limits = limits(state);
@@ -499,16 +510,9 @@ pub async fn reset_password(state: &AppState, req: Request, ctx: RequestContext)
     password::check_policy(&body.new_password, email.as_str(), None)?;
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let pepper = keys.code_pepper.expose();
-    let (by_token, hash) = match (body.code.as_deref().map(str::trim), body.token.as_deref()) {
-        (Some(code), None) if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) => {
-            (false, hash_code(pepper, email.as_str(), code))
-        }
-        (None, Some(token)) if is_link_token(token) => (true, token_hash(pepper, &email, token)),
-        (Some(_), Some(_)) | (None, None) => return Err(ApiError::invalid_request("send either code or token")),
-        _ => {
-            limits(state).check_ip(&state.redis, "reset", &ctx.source_ip).await?;
-            return Err(invalid());
-        }
+    let Some((by_token, hash)) = presented(pepper, &email, body.code.as_deref(), body.token.as_deref(), "code")? else {
+        limits(state).check_ip(&state.redis, "reset", &ctx.source_ip).await?;
+        return Err(invalid());
     };
     let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
     let limits = limits(state);

@@ -69,6 +69,11 @@ where
     }
 }
 
+/// Puts `item` only if no item has its key: `false` when one has (nothing written).
+pub async fn put_new(client: &aws_sdk_dynamodb::Client, table: &str, item: Item) -> Result<bool, StoreError> {
+    written(client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").send().await)
+}
+
 /// Was this SDK error a single write's failed condition? (A cancelled transaction is told apart
 /// by its reasons, in [`transact`].)
 pub fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {

@@ -61,6 +61,12 @@ async fn signed_in_user(app: &TestApp) -> (String, Value) {
     (email, res.body)
 }
 
+/// The stored login record of `email`, as DynamoDB holds it.
+async fn login_record(app: &TestApp, email: &str) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    let key = shared::keys::email(&normalised(email));
+    app.dynamo().get_item().table_name(&app.state.config.table_name).set_key(Some(key)).send().await.unwrap().item.expect("stored")
+}
+
 /// As if the address's 60 s mail cooldown had run out (its hourly count stays).
 async fn a_minute_passes(app: &TestApp, email: &str) {
     let mut conn = redis_conn(app).await;
@@ -934,15 +940,7 @@ async fn registering_an_unverified_address_again_replaces_it_so_a_squatter_gets_
     assert_eq!(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(squatter))).await.status, 202);
     let squatters_code = last_code(&app, &email);
     // It expires by itself within a day (the table's TTL)...
-    let item = app
-        .dynamo()
-        .get_item()
-        .table_name(&app.state.config.table_name)
-        .set_key(Some(shared::keys::email(&normalised(&email))))
-        .send()
-        .await
-        .unwrap();
-    let ttl: i64 = item.item.unwrap()["expires_at"].as_n().unwrap().parse().unwrap();
+    let ttl: i64 = login_record(&app, &email).await["expires_at"].as_n().unwrap().parse().unwrap();
     let day = chrono::Utc::now().timestamp() + 24 * 3600;
     assert!((day - 60..=day).contains(&ttl), "expires within a day: {ttl}");
     // ...and the owner can register it at once: same answer, their password, a fresh code.
@@ -955,15 +953,7 @@ async fn registering_an_unverified_address_again_replaces_it_so_a_squatter_gets_
     assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
     assert_eq!(login(&app, &email, "a squatter's own passphrase").await.code(), "invalid_credentials");
     // Verified: nothing expires any more.
-    let item = app
-        .dynamo()
-        .get_item()
-        .table_name(&app.state.config.table_name)
-        .set_key(Some(shared::keys::email(&normalised(&email))))
-        .send()
-        .await
-        .unwrap();
-    assert!(!item.item.unwrap().contains_key("expires_at"));
+    assert!(!login_record(&app, &email).await.contains_key("expires_at"));
 }
 
 #[tokio::test]

@@ -46,29 +46,40 @@ fn token_hash(pepper: &[u8], email: &EmailAddress, token: &str) -> String {
 }
 
 async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool) -> Result<(), ApiError> {
-    store_and_send_code(state, email, user_id, count_send, true).await
+    store_and_send_code(state, email, user_id, Purpose::Verify, count_send, true).await
 }
 
-/// Stores a fresh code and link token for `user_id`, and mails them when `mail` (the address's
-/// mail limits allowed it; otherwise a later resend mails new ones).
-async fn store_and_send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool, mail: bool) -> Result<(), ApiError> {
+/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them when `mail`
+/// (the address's mail limits allowed it; otherwise a later request mails new ones).
+async fn store_and_send_code(
+    state: &AppState,
+    email: &EmailAddress,
+    user_id: &str,
+    purpose: Purpose,
+    count_send: bool,
+    mail: bool,
+) -> Result<(), ApiError> {
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let (code, token) = (new_code(), new_link_token());
     let pepper = keys.code_pepper.expose();
     let code_hash = hash_code(pepper, email.as_str(), &code);
     let token_hash = token_hash(pepper, email, &token);
-    let new = NewCode { purpose: Purpose::Verify, code_hash: &code_hash, token_hash: &token_hash, user_id, count_send };
+    let new = NewCode { purpose, code_hash: &code_hash, token_hash: &token_hash, user_id, count_send };
     limits(state).store_code(&state.redis, email.as_str(), &new).await?;
-    let body = format!(
-        "Your verification code is {code}. Or verify with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail."
-    );
-    let (code, token) = match state.config.is_local() {
-        true => (Some(code), Some(token)),
-        false => (None, None),
-    };
-    if mail {
-        send_mail(state, Email { to: email.to_string(), subject: "Your verification code".into(), body, code, token }).await;
+    if !mail {
+        return Ok(());
     }
+    let (subject, body) = match purpose {
+        Purpose::Verify => ("Your verification code", format!(
+            "Your verification code is {code}. Or verify with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail."
+        )),
+        Purpose::Reset => ("Reset your password", format!(
+            "Your password reset code is {code}. Or reset with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail: your password stays as it is."
+        )),
+    };
+    let local = state.config.is_local();
+    let email = Email { to: email.to_string(), subject: subject.into(), body, code: local.then_some(code), token: local.then_some(token) };
+    send_mail(state, email).await;
     Ok(())
 }
 
@@ -130,7 +141,7 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         // replaces it whatever the mail limits (a squatter spending them cannot keep their
         // password in place), and only the mailbox's owner can verify it.
         Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
-            store_and_send_code(state, &email, &user_id, false, mail).await?;
+            store_and_send_code(state, &email, &user_id, Purpose::Verify, false, mail).await?;
         }
         // Same answer as a new account; the owner hears about it instead of the caller.
         _ if mail => {
@@ -460,31 +471,7 @@ pub async fn forgot_password(state: &AppState, req: Request, ctx: RequestContext
     let account = users(state).find_live(&email).await?.filter(|(_, creds)| creds.email_verified);
     if let Some((_, creds)) = account {
         if limits.reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved {
-            let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
-            let pepper = keys.code_pepper.expose();
-            let (code, token) = (new_code(), new_link_token());
-            let code_hash = hash_code(pepper, email.as_str(), &code);
-            let token_hash = token_hash(pepper, &email, &token);
-            let new = NewCode {
-                purpose: Purpose::Reset,
-                code_hash: &code_hash,
-                token_hash: &token_hash,
-                user_id: &creds.user_id,
-                count_send: false,
-            };
-            limits.store_code(&state.redis, email.as_str(), &new).await?;
-            let body = format!(
-                "Your password reset code is {code}. Or reset with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail: your password stays as it is."
-            );
-            let local = state.config.is_local();
-            let mail = Email {
-                to: email.to_string(),
-                subject: "Reset your password".into(),
-                body,
-                code: local.then_some(code),
-                token: local.then_some(token),
-            };
-            send_mail(state, mail).await;
+            store_and_send_code(state, &email, &creds.user_id, Purpose::Reset, false, true).await?;
         }
     }
     json_response(StatusCode::ACCEPTED, &serde_json::json!({"status": "reset_requested"}))

@@ -93,14 +93,6 @@ impl crate::trading::store::TradingStore<'_> {
         record.status = Some(status);
         record.body = Some(body.to_owned());
         let item = keys::with_key(to_item(&record)?, keys::idempotency(user_id, key));
-        crate::dynamo::written(
-            self.client
-                .put_item()
-                .table_name(self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(PK)")
-                .send()
-                .await,
-        )
+        crate::dynamo::put_new(self.client, self.table, item).await
     }
 }

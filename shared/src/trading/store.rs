@@ -623,15 +623,7 @@ impl TradingStore<'_> {
             sent_at_ms: None,
         };
         let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
-        crate::dynamo::written(
-            self.client
-                .put_item()
-                .table_name(self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(PK)")
-                .send()
-                .await,
-        )
+        crate::dynamo::put_new(self.client, self.table, item).await
     }
 
     /// Stores what the exchange answered for a recorded order.

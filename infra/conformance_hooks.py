@@ -13,7 +13,9 @@ Business rules no schema can state (refused with 400 by the contract):
 - `weak_password` on register: a password from the list of most-used ones, or one that contains
   the email or username;
 - `invalid_code` on verify: a well-formed code that is not the one mailed;
-- `invalid_code` and `weak_password` on password reset, for the same two reasons.
+- `invalid_code` and `weak_password` on password reset, for the same two reasons;
+- `weak_password` on password change; `invalid_code` on two-factor enable, disable and verify: a
+  well-formed TOTP code that is not the authenticator's of now.
 """
 import json
 
@@ -25,6 +27,10 @@ UNSTATABLE_RULES = {
     "POST /api/v1/auth/register": {"weak_password"},
     "POST /api/v1/auth/verify": {"invalid_code"},
     "POST /api/v1/auth/password/reset": {"invalid_code", "weak_password"},
+    "POST /api/v1/auth/password/change": {"weak_password"},
+    "POST /api/v1/auth/mfa/totp/enable": {"invalid_code"},
+    "POST /api/v1/auth/mfa/totp/disable": {"invalid_code"},
+    "POST /api/v1/auth/mfa/verify": {"invalid_code"},
 }
 
 

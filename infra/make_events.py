@@ -14,12 +14,12 @@ EVENTS = pathlib.Path(__file__).resolve().parent.parent / "events"
 SAMPLE_TOKEN = "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSIsImtpZCI6InNhbXBsZSJ9.e30.c2lnbmF0dXJl"
 
 
-def event(method, path, body=None, headers=None):
+def event(method, path, body=None, headers=None, route_path=None, path_parameters=None):
     h = {"accept": "application/json", "user-agent": "curl/8.5.0", "x-forwarded-for": "203.0.113.7", "host": "api.example.com"}
     if body is not None:
         h["content-type"] = "application/json"
     h.update(headers or {})
-    route = f"{method} {path}"
+    route = f"{method} {route_path or path}"
     e = {
         "version": "2.0",
         "routeKey": route,
@@ -40,6 +40,8 @@ def event(method, path, body=None, headers=None):
         },
         "isBase64Encoded": False,
     }
+    if path_parameters:
+        e["pathParameters"] = path_parameters
     if body is not None:
         e["body"] = json.dumps(body)
     return e
@@ -66,6 +68,22 @@ SAMPLES = {
     "password-reset": event(
         "POST", "/api/v1/auth/password/reset", {"email": "alice@example.com", "code": "123456", "new_password": "a new long passphrase"}
     ),
+    "password-change": event(
+        "POST", "/api/v1/auth/password/change", {"current_password": "correct horse battery staple", "new_password": "a new long passphrase"}, bearer()
+    ),
+    "mfa-totp-setup": event("POST", "/api/v1/auth/mfa/totp/setup", headers=bearer()),
+    "mfa-totp-enable": event("POST", "/api/v1/auth/mfa/totp/enable", {"code": "123456"}, bearer()),
+    "mfa-totp-disable": event("POST", "/api/v1/auth/mfa/totp/disable", {"password": "correct horse battery staple", "code": "123456"}, bearer()),
+    "mfa-verify": event("POST", "/api/v1/auth/mfa/verify", {"mfa_token": "A" * 43, "code": "123456"}),
+    "sessions-list": event("GET", "/api/v1/auth/sessions", headers=bearer()),
+    "session-delete": event(
+        "DELETE",
+        "/api/v1/auth/sessions/00000000-0000-0000-0000-000000000000",
+        headers=bearer(),
+        route_path="/api/v1/auth/sessions/{session_id}",
+        path_parameters={"session_id": "00000000-0000-0000-0000-000000000000"},
+    ),
+    "me-delete": event("DELETE", "/api/v1/users/me", {"password": "correct horse battery staple"}, bearer()),
     "login": event("POST", "/api/v1/auth/login", {"email": "alice@example.com", "password": "correct horse battery staple"}),
     "refresh": event("POST", "/api/v1/auth/refresh", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
     "logout": event("POST", "/api/v1/auth/logout", {"refresh_token": "rt1.00000000-0000-0000-0000-000000000000.00000000-0000-0000-0000-000000000000.1795478400000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "scope": "local"}),

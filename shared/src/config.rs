@@ -52,6 +52,9 @@ pub struct Config {
     pub access_token_ttl: Duration,
     /// A refresh token presented again within this window still gets a pair and revokes nothing.
     pub refresh_reuse_grace: Duration,
+    /// The least time register, resend and forgot take to answer, whatever the address: the
+    /// paths (account or not, mail sent or not) then cannot be told apart by their timing.
+    pub auth_answer_floor: Duration,
     /// Per source address and auth route, per minute.
     pub ip_rate_limit_per_minute: u32,
     pub cors_allowed_origins: Vec<String>,
@@ -106,6 +109,7 @@ impl Config {
             jwt_audience: or("JWT_AUDIENCE", "trading-bot-api"),
             access_token_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900)?,
             refresh_reuse_grace: secs("REFRESH_REUSE_GRACE_SECS", 10)?,
+            auth_answer_floor: Duration::from_millis(parsed("AUTH_ANSWER_FLOOR_MS", or("AUTH_ANSWER_FLOOR_MS", "500"))?),
             ip_rate_limit_per_minute: parsed("IP_RATE_LIMIT_PER_MINUTE", or("IP_RATE_LIMIT_PER_MINUTE", "30"))?,
             cors_allowed_origins: or("CORS_ALLOWED_ORIGINS", if local { "http://localhost:3000" } else { "" })
                 .split(',')
@@ -134,6 +138,9 @@ impl Config {
         }
         if self.refresh_reuse_grace > Duration::from_secs(10) {
             return Err(ConfigError("REFRESH_REUSE_GRACE_SECS must be at most 10".into()));
+        }
+        if self.auth_answer_floor > Duration::from_secs(5) {
+            return Err(ConfigError("AUTH_ANSWER_FLOOR_MS must be at most 5000".into()));
         }
         if self.ip_rate_limit_per_minute == 0 {
             return Err(ConfigError("IP_RATE_LIMIT_PER_MINUTE must be positive".into()));

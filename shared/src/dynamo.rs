@@ -188,3 +188,61 @@ pub fn s(value: impl Into<String>) -> AttributeValue {
 pub fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
+
+/// Every item a query finds, through all its pages (`query` builds one page from its start key).
+pub async fn query_all(
+    query: impl Fn(Option<Item>) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+) -> Result<Vec<Item>, StoreError> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let out = query(start.take()).send().await.map_err(db_error)?;
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// Every item of one partition, strongly consistent, through all its pages.
+pub async fn partition(client: &aws_sdk_dynamodb::Client, table: &str, pk: String) -> Result<Vec<Item>, StoreError> {
+    query_all(|start| {
+        client
+            .query()
+            .table_name(table)
+            .key_condition_expression("PK = :pk")
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+    })
+    .await
+}
+
+/// Deletes every item at `keys`, 25 to a batch, retrying what DynamoDB leaves unprocessed.
+pub async fn delete_all(client: &aws_sdk_dynamodb::Client, table: &str, keys: Vec<crate::keys::Key>) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+    for chunk in keys.chunks(25) {
+        let mut requests = chunk
+            .iter()
+            .map(|key| Ok(WriteRequest::builder().delete_request(DeleteRequest::builder().set_key(Some(key.clone())).build()?).build()))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        for attempt in 0.. {
+            let out = client.batch_write_item().request_items(table, requests).send().await.map_err(db_error)?;
+            requests = out.unprocessed_items.and_then(|mut u| u.remove(table)).unwrap_or_default();
+            if requests.is_empty() {
+                break;
+            }
+            if attempt >= 5 {
+                return Err(StoreError::Unavailable("DynamoDB kept items of a batch delete unprocessed (throttled)".into()));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The key (`PK`, `SK`) of an item read back.
+pub fn key_of(item: &Item) -> crate::keys::Key {
+    [crate::keys::PK, crate::keys::SK].iter().filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect()
+}

@@ -25,6 +25,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("no such route")]
     NotFound,
+    /// The route exists; the thing it names does not (or is not the caller's).
+    #[error("{detail}")]
+    NoSuch { code: &'static str, detail: &'static str },
     #[error("{detail}")]
     Unauthorized { code: &'static str, detail: &'static str },
     #[error("{detail}")]
@@ -69,7 +72,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuch { .. } => StatusCode::NOT_FOUND,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unauthorized { code, .. }
             | ApiError::Forbidden { code, .. }
+            | ApiError::NoSuch { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::TooManyRequests { code, .. }

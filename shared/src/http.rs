@@ -181,3 +181,12 @@ pub fn bearer_token(req: &Request) -> Option<&str> {
 pub fn header_str<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
+
+/// A path parameter of the route (`{name}` in the template), as API Gateway passes it; `cargo
+/// lambda watch` and tests without it get the last segment of the path.
+pub fn path_parameter(req: &Request, name: &str) -> Option<String> {
+    if let Some(value) = req.path_parameters_ref().and_then(|p| p.first(name)) {
+        return Some(value.to_owned());
+    }
+    req.uri().path().rsplit('/').next().filter(|s| !s.is_empty()).map(str::to_owned)
+}

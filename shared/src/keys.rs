@@ -10,6 +10,8 @@
 //! | paper resting order| `USER#<id>`             | `RESTING#<client oid>` | `ACTIVE_BOTS#<shard>` / `<id>#RESTING#<client oid>` |
 //! | live position mirror| `USER#<id>`             | `LIVEPOS#<symbol>#<side>` | `ACTIVE_BOTS#<shard>` / `<id>#LIVEPOS#<symbol>#<side>` |
 //! | exchange credential | `USER#<id>`             | `CREDENTIALS`      |                           |
+//! | TOTP second factor  | `USER#<id>`             | `MFA#TOTP`         |                           |
+//! | session (one per refresh family) | `SESSIONS#<id>` | `<family id>`   |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
 //! | refresh token       | `REFRESH#<sha256>`      | `REFRESH`          |                           |
@@ -116,6 +118,21 @@ pub fn sweep_cursor(shard: u16) -> Key {
 pub fn credentials(user_id: &str) -> Key {
     key(user_partition(user_id), "CREDENTIALS")
 }
+/// A user's TOTP secret (pending or active), its last accepted step and its recovery codes.
+pub fn totp(user_id: &str) -> Key {
+    key(user_partition(user_id), "MFA#TOTP")
+}
+/// The partition of a user's sessions: listed by one Query, apart from the partition every
+/// trading request reads.
+pub fn sessions_partition(user_id: &str) -> String {
+    format!("SESSIONS#{user_id}")
+}
+pub fn session(user_id: &str, family_id: &str) -> Key {
+    key(sessions_partition(user_id), family_id)
+}
+pub fn idempotency_partition(user_id: &str) -> String {
+    format!("IDEMPOTENCY#{user_id}")
+}
 /// The partition of a user's order history.
 pub fn order_partition(user_id: &str) -> String {
     format!("ORDERS#{user_id}")
@@ -124,7 +141,7 @@ pub fn order(user_id: &str, client_oid: &str) -> Key {
     key(order_partition(user_id), format!("ORDER#{client_oid}"))
 }
 pub fn idempotency(user_id: &str, idempotency_key: &str) -> Key {
-    key(format!("IDEMPOTENCY#{user_id}"), idempotency_key)
+    key(idempotency_partition(user_id), idempotency_key)
 }
 pub fn refresh_token(token_hash_hex: &str) -> Key {
     key(format!("REFRESH#{token_hash_hex}"), "REFRESH")

@@ -8,8 +8,6 @@ use serde_json::{json, Value};
 use shared::handlers::auth;
 use std::time::Duration;
 
-const PASSWORD: &str = "correct horse battery staple";
-
 fn unique_email() -> String {
     format!("user-{}@Example.COM", uuid::Uuid::new_v4().simple())
 }
@@ -612,11 +610,21 @@ async fn a_verification_whose_write_fails_keeps_the_code_for_the_retry() {
 
 #[test]
 fn no_type_holding_a_secret_prints_it_in_debug() {
-    let refresh = shared::auth::store::RefreshToken::issue(&uuid::Uuid::new_v4().to_string(), &uuid::Uuid::new_v4().to_string(), 1);
+    let refresh = shared::auth::store::RefreshToken::issue(
+        &uuid::Uuid::new_v4().to_string(),
+        &uuid::Uuid::new_v4().to_string(),
+        1,
+        shared::auth::tokens::SignIn::Password,
+    );
     let secret_part = refresh.expose().rsplit('.').next().unwrap().to_owned();
     let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-    let creds =
-        shared::auth::store::Credentials { user_id: "u".into(), password_hash: hash.into(), email_verified: true, expires_at: None };
+    let creds = shared::auth::store::Credentials {
+        user_id: "u".into(),
+        password_hash: hash.into(),
+        email_verified: true,
+        expires_at: None,
+        mfa_enabled: false,
+    };
     let mail = shared::mail::Email {
         to: "owner@example.com".into(),
         subject: "Your verification code".into(),
@@ -629,7 +637,17 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
         ("REDIS_URL".to_owned(), "rediss://app-user:hunter2-redis-pass@cache.example:6379".to_owned()),
     ]);
     let config = shared::config::Config::from_lookup(|k| values.get(k).cloned()).unwrap();
+    let second_factor = shared::auth::store::TotpRecord {
+        pending_secret: Some("enc1.cGVuZGluZy1zZWNyZXQ".into()),
+        secret: Some("enc1.YWN0aXZlLXNlY3JldA".into()),
+        enabled: true,
+        last_step: 1,
+        recovery_codes: std::collections::HashMap::from([("9f86d081884c7d65".to_owned(), true)]),
+    };
     for (printed, secret) in [
+        (format!("{second_factor:?}"), "cGVuZGluZy1zZWNyZXQ"),
+        (format!("{second_factor:?}"), "YWN0aXZlLXNlY3JldA"),
+        (format!("{second_factor:?}"), "9f86d081884c7d65"),
         (format!("{refresh:?}"), secret_part.as_str()),
         (format!("{creds:?}"), "c2FsdHNhbHQ"),
         (format!("{mail:?}"), "493027"),
@@ -743,7 +761,13 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
     // As an earlier release stored it: under the local part as typed.
     let user_id = uuid::Uuid::new_v4().to_string();
     let hash = shared::auth::password::hash(PASSWORD.to_owned()).await.unwrap();
-    let creds = shared::auth::store::Credentials { user_id: user_id.clone(), password_hash: hash, email_verified: true, expires_at: None };
+    let creds = shared::auth::store::Credentials {
+        user_id: user_id.clone(),
+        password_hash: hash,
+        email_verified: true,
+        expires_at: None,
+        mfa_enabled: false,
+    };
     let profile = shared::auth::store::Profile {
         id: user_id.clone(),
         email: typed.clone(),
@@ -753,6 +777,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
         revoked_before_ms: None,
         expires_at: None,
         revoked_sessions: Default::default(),
+        mfa_enabled: false,
     };
     let items = vec![
         shared::keys::with_key(serde_dynamo::to_item(&creds).unwrap(), shared::keys::email(&typed)),
@@ -1195,4 +1220,86 @@ async fn a_reset_by_link_token_works_once_and_a_verification_code_cannot_reset()
     assert_eq!(register(&app, &pending).await.status, 202);
     let res = reset(&app, json!({"email": pending, "code": last_code(&app, &pending), "new_password": NEW_PASSWORD})).await;
     assert_eq!(res.code(), "invalid_code");
+}
+
+/// The median of `samples`, in milliseconds.
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// Runs `call` 30 times for each kind of address, the three kinds side by side each time (so
+/// load falls on all alike), and checks the answers agree and the median times lie within 10 %.
+async fn answers_alike<F, Fut>(route: &str, call: F)
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = TestResponse>,
+{
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for i in 0..30 {
+        let timed = |kind: usize| {
+            let answer = call(kind, i);
+            async move {
+                let started = std::time::Instant::now();
+                let res = answer.await;
+                (res, started.elapsed())
+            }
+        };
+        let (unknown, pending, verified) = tokio::join!(timed(0), timed(1), timed(2));
+        // Every field but the request's own id.
+        let answer = |res: &TestResponse| {
+            let mut body = res.body.clone();
+            body.as_object_mut().map(|b| b.remove("request_id"));
+            (res.status, body)
+        };
+        for (kind, (res, _)) in [&unknown, &pending, &verified].iter().enumerate() {
+            assert_eq!(answer(res), answer(&unknown.0), "{route} call {i}: kind {kind} answered otherwise");
+        }
+        for (kind, (_, took)) in [unknown, pending, verified].into_iter().enumerate() {
+            times[kind].push(took);
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median_ms).collect();
+    let (low, high) = medians.iter().fold((f64::MAX, 0f64), |(lo, hi), m| (lo.min(*m), hi.max(*m)));
+    eprintln!("{route}: median ms unknown {:.1}, pending {:.1}, verified {:.1}", medians[0], medians[1], medians[2]);
+    assert!(high <= low * 1.10, "{route}: medians {medians:?} differ by more than 10 %");
+}
+
+#[tokio::test]
+async fn register_resend_and_forgot_answer_alike_and_in_equal_time_for_unknown_pending_and_verified_addresses() {
+    let app = spawn_app_with(&[("AUTH_ANSWER_FLOOR_MS", "400".into())]).await;
+    let (pending, verified) = (unique_email(), signed_in_user(&app).await.0);
+    register(&app, &pending).await;
+    let unknown = unique_email();
+    let address = |kind: usize| [&unknown, &pending, &verified][kind].clone();
+
+    answers_alike("register", |kind, _| {
+        // A new address each time is unknown each time.
+        let email = if kind == 0 { unique_email() } else { address(kind) };
+        let app = &app;
+        async move {
+            app.call(auth::register, request("POST", "/api/v1/auth/register", Some(json!({"email": email, "password": PASSWORD})))).await
+        }
+    })
+    .await;
+    // Resend and forgot, each on addresses with the same recent history: made over a minute ago
+    // (their registration mail out of the cooldown), nothing else sent since.
+    let (unknown, pending, verified) = (unique_email(), unique_email(), signed_in_user(&app).await.0);
+    register(&app, &pending).await;
+    for email in [&pending, &verified] {
+        a_minute_passes(&app, email).await;
+    }
+    let address = |kind: usize| [&unknown, &pending, &verified][kind].clone();
+    answers_alike("resend", |kind, _| {
+        let email = address(kind);
+        let app = &app;
+        async move { app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(json!({"email": email})))).await }
+    })
+    .await;
+    answers_alike("forgot", |kind, _| {
+        let email = address(kind);
+        let app = &app;
+        async move { forgot(app, &email).await }
+    })
+    .await;
 }

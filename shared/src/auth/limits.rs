@@ -86,13 +86,16 @@ return 1
     )
 });
 
-/// A right password: KEYS[1] = the pair's lockout (cleared), KEYS[2] = the address's hourly hash,
-/// whose ticket this attempt took back (a success is not a failure).
+/// A sign-in completed: KEYS[1] = the pair's lockout (cleared), KEYS[2] = the address's hourly
+/// hash, whose ARGV[1] tickets the sign-in took are given back (a success is not a failure: the
+/// password's, and with two-factor the second factor's).
 static LOGIN_SUCCEEDED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 redis.call('DEL', KEYS[1])
-if tonumber(redis.call('HGET', KEYS[2], 'fails') or '0') > 0 then redis.call('HINCRBY', KEYS[2], 'fails', -1) end
+local fails = tonumber(redis.call('HGET', KEYS[2], 'fails') or '0')
+local back = math.min(fails, tonumber(ARGV[1]))
+if back > 0 then redis.call('HINCRBY', KEYS[2], 'fails', -back) end
 return 1
 "#,
     )
@@ -388,12 +391,14 @@ impl Limits {
         Ok(())
     }
 
-    /// A right password from `ip` clears that pair's failures and gives back its own ticket of the
-    /// address's hourly count (what other sources tried stays counted).
-    pub async fn login_succeeded(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
+    /// A sign-in from `ip` completed: that pair's failures are cleared and the `tickets` it took of
+    /// the address's hourly count are given back (what other sources tried stays counted). With
+    /// two-factor on, a right password alone clears nothing: its ticket stays a failure until the
+    /// second factor is right, so a stolen password buys no fresh guesses at the code.
+    pub async fn login_succeeded(&self, redis: &ConnectionManager, ip: &str, email: &str, tickets: u32) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         let keys = EmailKeys::new(email);
-        LOGIN_SUCCEEDED.key(keys.pair_lockout(ip)).key(&keys.login_failures).invoke_async::<i64>(&mut conn).await?;
+        LOGIN_SUCCEEDED.key(keys.pair_lockout(ip)).key(&keys.login_failures).arg(tickets).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 

@@ -1,6 +1,9 @@
+pub mod deletion;
 pub mod email;
 pub mod limits;
+pub mod mfa;
 pub mod password;
 pub mod session;
 pub mod store;
 pub mod tokens;
+pub mod totp;

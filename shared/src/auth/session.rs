@@ -1,6 +1,6 @@
 //! Access-token checks shared by every protected route.
 
-use crate::auth::tokens::AccessClaims;
+use crate::auth::tokens::{AccessClaims, SignIn};
 use crate::error::ApiError;
 use crate::http::bearer_token;
 use crate::state::AppState;
@@ -13,11 +13,24 @@ pub struct Caller {
     pub issued_at_ms: i64,
     /// The session the token was issued for.
     pub session_id: Option<String>,
+    /// How the token's session was signed in.
+    pub sign_in: SignIn,
 }
 
 impl Caller {
     /// Whether the user's profile says this token is dead: a global logout after it was issued,
     /// or its session revoked (reuse detected, logged out, ended from another device).
+    /// With two-factor on, what guards the exchange keys needs a session signed in with it.
+    pub fn require_second_factor(&self, profile: &crate::auth::store::Profile) -> Result<(), ApiError> {
+        if profile.mfa_enabled && self.sign_in != SignIn::PasswordAndOtp {
+            return Err(ApiError::Forbidden {
+                code: "mfa_required",
+                detail: "two-factor authentication is on: sign in with your second factor to do this",
+            });
+        }
+        Ok(())
+    }
+
     pub fn revoked_by(&self, profile: &crate::auth::store::Profile) -> bool {
         profile.revoked_before_ms.is_some_and(|cutoff| self.issued_at_ms < cutoff)
             || self.session_id.as_ref().is_some_and(|sid| profile.revoked_sessions.contains_key(sid))
@@ -47,5 +60,5 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, Api
             secs as i64 * 1000 + i64::from(nanos / 1_000_000)
         })
         .unwrap_or(claims.iat * 1000);
-    Ok(Caller { user_id: claims.sub, issued_at_ms, session_id: claims.sid })
+    Ok(Caller { user_id: claims.sub, issued_at_ms, session_id: claims.sid, sign_in: SignIn::from_amr(&claims.amr) })
 }

@@ -1,6 +1,7 @@
 //! Users, credentials and refresh-token families in DynamoDB.
 
 use crate::auth::email::EmailAddress;
+use crate::auth::tokens::SignIn;
 use crate::dynamo::StoreError;
 use crate::dynamo::{self, n, s, to_item, Item};
 use crate::error::ApiError;
@@ -20,6 +21,9 @@ pub struct Credentials {
     /// made. Verification removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Two-factor sign-in is on: a right password answers `mfa_required`, never tokens.
+    #[serde(default)]
+    pub mfa_enabled: bool,
 }
 
 impl Credentials {
@@ -41,6 +45,7 @@ impl std::fmt::Debug for Credentials {
             .field("password_hash", &"[redacted]")
             .field("email_verified", &self.email_verified)
             .field("expires_at", &self.expires_at)
+            .field("mfa_enabled", &self.mfa_enabled)
             .finish()
     }
 }
@@ -62,6 +67,9 @@ pub struct Profile {
     /// once, read with the profile every protected route reads anyway.
     #[serde(default)]
     pub revoked_sessions: std::collections::HashMap<String, i64>,
+    /// As the login record's: what guards the exchange keys asks for a second factor.
+    #[serde(default)]
+    pub mfa_enabled: bool,
 }
 
 /// How long a revoked session is remembered: longer than any access token lives (at most an
@@ -218,6 +226,273 @@ impl UserStore<'_> {
     }
 }
 
+/// The TOTP second factor of one user. The secrets are AES-GCM envelopes (the exchange keys'
+/// encryption key, bound to the user id); recovery codes are kept as peppered hashes only.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct TotpRecord {
+    /// Set up and not yet confirmed by a code; replaced by each setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_secret: Option<String>,
+    /// The active secret, once enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub enabled: bool,
+    /// The last 30-second step whose code was accepted: no code of it or of an earlier step is
+    /// accepted again (RFC 6238 §5.2).
+    #[serde(default)]
+    pub last_step: i64,
+    /// Unused recovery codes, by hash (a used one is removed by the write that accepts it).
+    #[serde(default)]
+    pub recovery_codes: std::collections::HashMap<String, bool>,
+}
+
+impl std::fmt::Debug for TotpRecord {
+    // Even encrypted, a second factor's secret and its recovery hashes stay out of log lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpRecord")
+            .field("pending_secret", &self.pending_secret.as_ref().map(|_| "[redacted]"))
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("enabled", &self.enabled)
+            .field("last_step", &self.last_step)
+            .field("recovery_codes_left", &self.recovery_codes.len())
+            .finish()
+    }
+}
+
+/// One conditional update inside a transaction.
+fn update(
+    table: &str,
+    key: keys::Key,
+    expression: &str,
+    condition: &str,
+    values: Vec<(&str, AttributeValue)>,
+) -> Result<TransactWriteItem, StoreError> {
+    let mut update = Update::builder().table_name(table).set_key(Some(key)).update_expression(expression).condition_expression(condition);
+    for (name, value) in values {
+        update = update.expression_attribute_values(name, value);
+    }
+    Ok(TransactWriteItem::builder().update(update.build()?).build())
+}
+
+/// What a second factor's write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorWrite {
+    Written,
+    /// Two-factor is on already (setup) or not on (disable), or the setup changed meanwhile.
+    WrongState,
+}
+
+impl UserStore<'_> {
+    pub async fn totp(&self, user_id: &str) -> Result<Option<TotpRecord>, StoreError> {
+        crate::dynamo::get_item(self.client, self.table, keys::totp(user_id)).await
+    }
+
+    /// Stores a new pending secret, unless two-factor is on.
+    pub async fn set_pending_totp(&self, user_id: &str, ciphertext: &str) -> Result<FactorWrite, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::totp(user_id)))
+            .update_expression("SET pending_secret = :p, enabled = :f, last_step = if_not_exists(last_step, :zero)")
+            .condition_expression("attribute_not_exists(PK) OR enabled = :f")
+            .expression_attribute_values(":p", s(ciphertext))
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        Ok(if dynamo::written(result)? { FactorWrite::Written } else { FactorWrite::WrongState })
+    }
+
+    /// Turns two-factor on with the pending secret `pending` (still the one set up), the step
+    /// its confirming code used, and the recovery codes' hashes; the login record and the
+    /// profile learn it in the same transaction.
+    pub async fn enable_totp(
+        &self,
+        email_form: &str,
+        user_id: &str,
+        pending: &str,
+        step: i64,
+        recovery_hashes: &[String],
+    ) -> Result<FactorWrite, StoreError> {
+        let codes = recovery_hashes.iter().map(|h| (h.clone(), AttributeValue::Bool(true))).collect();
+        let t = || AttributeValue::Bool(true);
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(update(
+                self.table,
+                keys::totp(user_id),
+                "SET secret = :p, enabled = :t, last_step = :step, recovery_codes = :codes REMOVE pending_secret",
+                "pending_secret = :p AND enabled = :f",
+                vec![
+                    (":p", s(pending)),
+                    (":t", t()),
+                    (":f", AttributeValue::Bool(false)),
+                    (":step", n(step)),
+                    (":codes", AttributeValue::M(codes)),
+                ],
+            )?)
+            .transact_items(update(
+                self.table,
+                keys::email(email_form),
+                "SET mfa_enabled = :t",
+                "user_id = :uid",
+                vec![(":t", t()), (":uid", s(user_id))],
+            )?)
+            .transact_items(update(self.table, keys::profile(user_id), "SET mfa_enabled = :t", "attribute_exists(PK)", vec![(":t", t())])?);
+        Ok(if dynamo::transact(request).await?.written() { FactorWrite::Written } else { FactorWrite::WrongState })
+    }
+
+    /// Turns two-factor off: the secret and recovery codes go, and the login record and profile
+    /// learn it in the same transaction.
+    pub async fn disable_totp(&self, email_form: &str, user_id: &str) -> Result<FactorWrite, StoreError> {
+        use aws_sdk_dynamodb::types::Delete;
+        let delete = Delete::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::totp(user_id)))
+            .condition_expression("enabled = :t")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .build()?;
+        let f = || AttributeValue::Bool(false);
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(update(
+                self.table,
+                keys::email(email_form),
+                "SET mfa_enabled = :f",
+                "user_id = :uid",
+                vec![(":f", f()), (":uid", s(user_id))],
+            )?)
+            .transact_items(update(self.table, keys::profile(user_id), "SET mfa_enabled = :f", "attribute_exists(PK)", vec![(":f", f())])?);
+        Ok(if dynamo::transact(request).await?.written() { FactorWrite::Written } else { FactorWrite::WrongState })
+    }
+
+    /// Accepts a code of `step`: `false` when a code of this step or a later one was accepted
+    /// already (a replay) or two-factor is off. One write decides, however many race.
+    pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::totp(user_id)))
+            .update_expression("SET last_step = :s")
+            .condition_expression("enabled = :t AND last_step < :s")
+            .expression_attribute_values(":s", n(step))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await;
+        dynamo::written(result)
+    }
+
+    /// Spends the recovery code whose hash is `hash`: `false` when it is not (or no longer) one.
+    pub async fn use_recovery_code(&self, user_id: &str, hash: &str) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::totp(user_id)))
+            .update_expression("REMOVE recovery_codes.#h")
+            .condition_expression("enabled = :t AND attribute_exists(recovery_codes.#h)")
+            .expression_attribute_names("#h", hash)
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await;
+        dynamo::written(result)
+    }
+}
+
+/// What deleting an account found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountRemoval {
+    Removed,
+    /// The bot is running or stopping: nothing was removed.
+    BotActive,
+    /// The login record is not this user's any more (replaced or removed meanwhile).
+    Changed,
+}
+
+impl UserStore<'_> {
+    /// Removes what signs the account in and what the exchange trusts it with, in one
+    /// transaction, while its bot is stopped: the login record (so the address can register
+    /// again), the profile (so every access and refresh token of it dies at once), the bot, the
+    /// exchange credentials and the second factor.
+    pub async fn remove_account(&self, email_form: &str, user_id: &str) -> Result<AccountRemoval, StoreError> {
+        use aws_sdk_dynamodb::types::Delete;
+        let login = Delete::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::email(email_form)))
+            .condition_expression("user_id = :uid")
+            .expression_attribute_values(":uid", s(user_id))
+            .build()?;
+        let profile = Delete::builder().table_name(self.table).set_key(Some(keys::profile(user_id))).build()?;
+        let bot = Delete::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::bot(user_id)))
+            .condition_expression("attribute_not_exists(PK) OR #state = :stopped")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":stopped", s("stopped"))
+            .build()?;
+        let credentials = Delete::builder().table_name(self.table).set_key(Some(keys::credentials(user_id))).build()?;
+        let second_factor = Delete::builder().table_name(self.table).set_key(Some(keys::totp(user_id))).build()?;
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(login).build())
+            .transact_items(TransactWriteItem::builder().delete(profile).build())
+            .transact_items(TransactWriteItem::builder().delete(bot).build())
+            .transact_items(TransactWriteItem::builder().delete(credentials).build())
+            .transact_items(TransactWriteItem::builder().delete(second_factor).build());
+        let outcome = dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            AccountRemoval::Removed
+        } else if outcome.failed(2) {
+            AccountRemoval::BotActive
+        } else {
+            AccountRemoval::Changed
+        })
+    }
+
+    /// Deletes an account's personal data but what `remove_account` removes (so a failure here
+    /// leaves an account that still signs in, and the request can be retried): the rest of its
+    /// partition (paper account, positions, resting orders), its sessions and its idempotency
+    /// records.
+    pub async fn erase_personal_data(&self, user_id: &str) -> Result<(), StoreError> {
+        const KEPT_FOR_REMOVAL: [&str; 4] = ["PROFILE", "BOT", "CREDENTIALS", "MFA#TOTP"];
+        let own = keys::user_partition(user_id);
+        for partition in [own.clone(), keys::sessions_partition(user_id), keys::idempotency_partition(user_id)] {
+            let kept: &[&str] = if partition == own { &KEPT_FOR_REMOVAL } else { &[] };
+            let items = dynamo::partition(self.client, self.table, partition).await?;
+            let doomed = items.iter().filter(|item| !keys::sort_key(item).is_some_and(|sk| kept.contains(&sk)));
+            dynamo::delete_all(self.client, self.table, doomed.map(dynamo::key_of).collect()).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives every order of a removed account an end (unix seconds, the table's TTL), unless it
+    /// has an earlier one: the history outlives the account only that long, tied to nobody.
+    pub async fn expire_order_history(&self, user_id: &str, end: i64) -> Result<(), StoreError> {
+        let items = dynamo::partition(self.client, self.table, keys::order_partition(user_id)).await?;
+        for item in items {
+            let result = self
+                .client
+                .update_item()
+                .table_name(self.table)
+                .set_key(Some(dynamo::key_of(&item)))
+                .update_expression("SET expires_at = :end")
+                .condition_expression("attribute_exists(PK) AND (attribute_not_exists(expires_at) OR expires_at > :end)")
+                .expression_attribute_values(":end", n(end))
+                .send()
+                .await;
+            dynamo::written(result)?;
+        }
+        Ok(())
+    }
+}
+
 /// `rt1.<user id>.<family id>.<family created, ms>.<256 random bits>`: the random part makes it
 /// unguessable; the rest lets a refresh be one transaction with no read first. Only the SHA-256 of
 /// the whole string is stored, so a changed field simply matches nothing.
@@ -226,6 +501,9 @@ pub struct RefreshToken {
     pub user_id: String,
     pub family_id: String,
     pub family_created_ms: i64,
+    /// How the family was signed in, carried by every successor: `rt1.<user>.<family>.<created>.otp.<random>`
+    /// after a second factor. The stored hash covers it, so it cannot be added by hand.
+    pub sign_in: SignIn,
     raw: String,
 }
 
@@ -236,22 +514,32 @@ impl std::fmt::Debug for RefreshToken {
             .field("user_id", &self.user_id)
             .field("family_id", &self.family_id)
             .field("family_created_ms", &self.family_created_ms)
+            .field("sign_in", &self.sign_in)
             .field("raw", &"[redacted]")
             .finish()
     }
 }
 
 impl RefreshToken {
-    pub fn issue(user_id: &str, family_id: &str, family_created_ms: i64) -> Self {
+    pub fn issue(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn) -> Self {
         use base64::Engine;
         let mut random = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+        Self::with_secret(user_id, family_id, family_created_ms, sign_in, &secret)
+    }
+
+    fn with_secret(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn, secret: &str) -> Self {
+        let factor = match sign_in {
+            SignIn::Password => "",
+            SignIn::PasswordAndOtp => "otp.",
+        };
         RefreshToken {
             user_id: user_id.to_owned(),
             family_id: family_id.to_owned(),
             family_created_ms,
-            raw: format!("rt1.{user_id}.{family_id}.{family_created_ms}.{secret}"),
+            sign_in,
+            raw: format!("rt1.{user_id}.{family_id}.{family_created_ms}.{factor}{secret}"),
         }
     }
 
@@ -265,33 +553,29 @@ impl RefreshToken {
         mac.update(b"refresh-successor:");
         mac.update(self.hash().as_bytes());
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        let (user_id, family_id, created) = (&self.user_id, &self.family_id, self.family_created_ms);
-        RefreshToken {
-            user_id: user_id.clone(),
-            family_id: family_id.clone(),
-            family_created_ms: created,
-            raw: format!("rt1.{user_id}.{family_id}.{created}.{secret}"),
-        }
+        Self::with_secret(&self.user_id, &self.family_id, self.family_created_ms, self.sign_in, &secret)
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        let mut parts = raw.split('.');
-        let (Some("rt1"), Some(user_id), Some(family_id), Some(created), Some(secret), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
+        let parts: Vec<&str> = raw.split('.').collect();
+        let (user_id, family_id, created, sign_in, secret) = match parts.as_slice() {
+            ["rt1", user, family, created, secret] => (*user, *family, *created, SignIn::Password, *secret),
+            ["rt1", user, family, created, "otp", secret] => (*user, *family, *created, SignIn::PasswordAndOtp, *secret),
+            _ => return None,
         };
         // Only ids this service issues (hyphenated UUIDs) ever reach a key: anything else would
         // make DynamoDB refuse the key (a 2 KB id) and the route answer 5xx.
         let uuid = |id: &str| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok();
         let random_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !uuid(user_id) || !uuid(family_id) || !random_ok || created.is_empty() || !created.bytes().all(|b| b.is_ascii_digit()) {
+        let created_ok = !created.is_empty() && created.len() <= 15 && created.bytes().all(|b| b.is_ascii_digit());
+        if !uuid(user_id) || !uuid(family_id) || !random_ok || !created_ok {
             return None;
         }
         Some(RefreshToken {
             user_id: user_id.to_owned(),
             family_id: family_id.to_owned(),
             family_created_ms: created.parse().ok()?,
+            sign_in,
             raw: raw.to_owned(),
         })
     }
@@ -327,6 +611,39 @@ pub struct Family {
     pub revoked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_reason: Option<String>,
+}
+
+/// What a sign-in tells about its device, shown in the session list.
+#[derive(Debug, Clone, Default)]
+pub struct Device {
+    pub user_agent: Option<String>,
+    pub ip: String,
+}
+
+/// One session (refresh family) in the user's own partition, for the session list. Revoking the
+/// family deletes it in the same transaction; a global logout leaves it, and the list drops
+/// sessions begun before the profile's cutoff.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user_id: String,
+    pub family_id: String,
+    pub created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub expires_at: i64,
+}
+
+impl SessionRecord {
+    /// Unexpired, and begun after the user's last global logout.
+    pub fn is_live(&self, profile: &Profile, now_ms: i64) -> bool {
+        self.expires_at > now_ms / 1000
+            && profile.revoked_before_ms.is_none_or(|cutoff| cutoff < self.created_ms)
+            && !profile.revoked_sessions.contains_key(&self.family_id)
+    }
 }
 
 pub enum RotateOutcome {
@@ -373,8 +690,8 @@ impl RefreshStore<'_> {
         Ok([TransactWriteItem::builder().condition_check(family).build(), TransactWriteItem::builder().condition_check(profile).build()])
     }
 
-    /// A new family with its first token, in one transaction.
-    pub async fn start_family(&self, token: &RefreshToken) -> Result<(), StoreError> {
+    /// A new family with its first token and its session record, in one transaction.
+    pub async fn start_family(&self, token: &RefreshToken, device: &Device) -> Result<(), StoreError> {
         let family = Family {
             user_id: token.user_id.clone(),
             created_ms: token.family_created_ms,
@@ -383,16 +700,33 @@ impl RefreshStore<'_> {
             revoked_reason: None,
         };
         let family_item = keys::with_key(to_item(&family)?, keys::refresh_family(&token.family_id));
+        let session = SessionRecord {
+            user_id: token.user_id.clone(),
+            family_id: token.family_id.clone(),
+            created_ms: token.family_created_ms,
+            last_used_ms: None,
+            user_agent: device.user_agent.clone(),
+            ip: Some(device.ip.clone()),
+            expires_at: token.expires_at(),
+        };
+        let session_item = keys::with_key(to_item(&session)?, keys::session(&token.user_id, &token.family_id));
         let request = self
             .client
             .transact_write_items()
             .transact_items(put(self.table, family_item, "attribute_not_exists(PK)")?)
-            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?);
+            .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
+            .transact_items(put(self.table, session_item, "attribute_not_exists(PK)")?);
         match dynamo::transact(request).await? {
             dynamo::Transacted::Written => Ok(()),
             // A fresh random family id and token: taken only if something is badly wrong.
             dynamo::Transacted::ConditionFailed(_) => Err(StoreError::Missing("a fresh session id was already taken")),
         }
+    }
+
+    /// The user's sessions as stored, live or not (the caller judges them against the profile).
+    pub async fn sessions(&self, user_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let items = dynamo::partition(self.client, self.table, keys::sessions_partition(user_id)).await?;
+        items.into_iter().map(dynamo::from_item).collect()
     }
 
     /// Marks `old` used and stores `new` in the same family, in one transaction.
@@ -407,13 +741,28 @@ impl RefreshStore<'_> {
             .build()
             .map_err(StoreError::from)?;
         let [family_check, profile_check] = self.live_family_checks(old)?;
+        // The session's last use; a family begun before sessions were listed gets its record.
+        let touch = Update::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::session(&old.user_id, &old.family_id)))
+            .update_expression(
+                "SET last_used_ms = :now, user_id = :uid, family_id = :fid, created_ms = if_not_exists(created_ms, :created), expires_at = if_not_exists(expires_at, :exp)",
+            )
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":uid", s(&old.user_id))
+            .expression_attribute_values(":fid", s(&old.family_id))
+            .expression_attribute_values(":created", n(old.family_created_ms))
+            .expression_attribute_values(":exp", n(old.expires_at()))
+            .build()
+            .map_err(StoreError::from)?;
         let request = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(spend).build())
             .transact_items(put(self.table, Self::token_item(new), "attribute_not_exists(PK)")?)
             .transact_items(family_check)
-            .transact_items(profile_check);
+            .transact_items(profile_check)
+            .transact_items(TransactWriteItem::builder().update(touch).build());
         let outcome = dynamo::transact(request).await?;
         Ok(if outcome.written() {
             RotateOutcome::Rotated
@@ -440,10 +789,11 @@ impl RefreshStore<'_> {
         crate::dynamo::get_item(self.client, self.table, keys::refresh_family(family_id)).await
     }
 
-    /// Revokes a session: its refresh family, and (in the profile) its access tokens.
-    pub async fn revoke_family(&self, family_id: &str, user_id: &str, reason: &str) -> Result<(), ApiError> {
-        self.client
-            .update_item()
+    /// Revokes a session: its refresh family and its session record in one transaction, then
+    /// (in the profile) its access tokens. `false`: no such session of this user.
+    pub async fn revoke_family(&self, family_id: &str, user_id: &str, reason: &str) -> Result<bool, ApiError> {
+        use aws_sdk_dynamodb::types::Delete;
+        let family = Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::refresh_family(family_id)))
             .update_expression("SET revoked = :t, revoked_reason = if_not_exists(revoked_reason, :r)")
@@ -451,11 +801,20 @@ impl RefreshStore<'_> {
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":r", s(reason))
             .expression_attribute_values(":uid", s(user_id))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))?;
-        self.revoke_session_tokens(family_id, user_id).await
+            .build()
+            .map_err(StoreError::from)?;
+        let session =
+            Delete::builder().table_name(self.table).set_key(Some(keys::session(user_id, family_id))).build().map_err(StoreError::from)?;
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(family).build())
+            .transact_items(TransactWriteItem::builder().delete(session).build());
+        if !dynamo::transact(request).await?.written() {
+            return Ok(false);
+        }
+        self.revoke_session_tokens(family_id, user_id).await?;
+        Ok(true)
     }
 
     /// Adds the session to the profile's revoked sessions, so its access tokens die now rather

@@ -26,6 +26,35 @@ pub struct AccessClaims {
     /// the token at once. Absent on tokens issued before sessions were carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// How the session was signed in (RFC 8176): `["pwd"]`, or `["pwd","otp"]` after a second
+    /// factor. Absent on tokens issued before it was carried: password only.
+    #[serde(default)]
+    pub amr: Vec<String>,
+}
+
+/// How a session was signed in: what its access tokens say in `amr`, and what its refresh tokens
+/// carry to every successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignIn {
+    Password,
+    PasswordAndOtp,
+}
+
+impl SignIn {
+    pub fn amr(self) -> Vec<String> {
+        match self {
+            SignIn::Password => vec!["pwd".into()],
+            SignIn::PasswordAndOtp => vec!["pwd".into(), "otp".into()],
+        }
+    }
+
+    pub fn from_amr(amr: &[String]) -> Self {
+        if amr.iter().any(|m| m == "otp") {
+            SignIn::PasswordAndOtp
+        } else {
+            SignIn::Password
+        }
+    }
 }
 
 /// How long the JWKS may be cached by verifiers (`Cache-Control: max-age` of `GET /jwks`).
@@ -177,7 +206,16 @@ mod tests {
 
     fn claims(exp_in: i64) -> AccessClaims {
         let now = Utc::now().timestamp();
-        AccessClaims { iss: ISS.into(), aud: AUD.into(), sub: "user-1".into(), exp: now + exp_in, iat: now, jti: "j".into(), sid: None }
+        AccessClaims {
+            iss: ISS.into(),
+            aud: AUD.into(),
+            sub: "user-1".into(),
+            exp: now + exp_in,
+            iat: now,
+            jti: "j".into(),
+            sid: None,
+            amr: vec!["pwd".into()],
+        }
     }
 
     #[test]

@@ -2,10 +2,11 @@
 
 use crate::auth::email::EmailAddress;
 use crate::auth::limits::{hash_code, is_link_token, new_code, new_link_token, Limits, MailBudget, NewCode, Proof, Purpose};
+use crate::auth::mfa::{self, PendingSignIn};
 use crate::auth::password;
-use crate::auth::session::authenticate;
-use crate::auth::store::{Credentials, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore, UNVERIFIED_LIFETIME_SECS};
-use crate::auth::tokens::AccessClaims;
+use crate::auth::session::{authenticate, Caller};
+use crate::auth::store::{Credentials, Device, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore, UNVERIFIED_LIFETIME_SECS};
+use crate::auth::tokens::{AccessClaims, SignIn};
 use crate::error::ApiError;
 use crate::http::{empty_response, json_response, parse_json, RequestContext};
 use crate::mail::Email;
@@ -27,6 +28,26 @@ fn limits(state: &AppState) -> Limits {
 }
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Answers no sooner than the configured floor after the request began, whatever path it took
+/// (an account or not, a mail sent or not, an error or not), so the time tells nothing about the
+/// address. A path slower than the floor is logged: the floor is then too low.
+async fn in_equal_time(state: &AppState, route: &'static str, answer: impl std::future::Future<Output = HandlerResult>) -> HandlerResult {
+    let floor = state.config.auth_answer_floor;
+    let started = tokio::time::Instant::now();
+    let result = answer.await;
+    let took = started.elapsed();
+    if took > floor && !floor.is_zero() {
+        tracing::warn!(
+            route,
+            took_ms = took.as_millis() as u64,
+            floor_ms = floor.as_millis() as u64,
+            "an answer took longer than AUTH_ANSWER_FLOOR_MS"
+        );
+    }
+    tokio::time::sleep_until(started + floor).await;
+    result
 }
 
 fn verification_required() -> HandlerResult {
@@ -106,6 +127,11 @@ fn validate_username(username: Option<String>) -> Result<Option<String>, ApiErro
 }
 
 pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    // Boxed: the answer future is large, and three of them side by side overflow a test stack.
+    in_equal_time(state, "register", Box::pin(register_now(state, req, ctx))).await
+}
+
+async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let body: RegisterRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let username = validate_username(body.username)?;
@@ -116,7 +142,7 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     let password_hash = password::hash(body.password).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let expires_at = Some(chrono::Utc::now().timestamp() + UNVERIFIED_LIFETIME_SECS);
-    let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false, expires_at };
+    let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false, expires_at, mfa_enabled: false };
     let profile = Profile {
         id: user_id.clone(),
         email: email.to_string(),
@@ -126,6 +152,7 @@ pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         revoked_before_ms: None,
         expires_at,
         revoked_sessions: Default::default(),
+        mfa_enabled: false,
     };
     let users = users(state);
     if users.create(&email, &creds, &profile).await? {
@@ -221,6 +248,11 @@ struct ResendRequest {
 }
 
 pub async fn resend(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    // Boxed: the answer future is large, and three of them side by side overflow a test stack.
+    in_equal_time(state, "resend", Box::pin(resend_now(state, req, ctx))).await
+}
+
+async fn resend_now(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let body: ResendRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     // Limits apply whether or not the address has an account, so they reveal nothing.
@@ -255,7 +287,7 @@ fn invalid_credentials() -> ApiError {
 /// An access token's claims, stamped now. Taken *before* the write that makes its session live
 /// (a login's family, a refresh's rotation): a global logout that lands after that write has a
 /// later cutoff than the token's `jti` time, so the token dies with the logout.
-fn access_claims(state: &AppState, user_id: &str, session_id: &str) -> AccessClaims {
+fn access_claims(state: &AppState, user_id: &str, session_id: &str, sign_in: SignIn) -> AccessClaims {
     let now = chrono::Utc::now().timestamp();
     AccessClaims {
         iss: state.config.jwt_issuer.clone(),
@@ -265,7 +297,23 @@ fn access_claims(state: &AppState, user_id: &str, session_id: &str) -> AccessCla
         iat: now,
         jti: uuid::Uuid::now_v7().to_string(),
         sid: Some(session_id.to_owned()),
+        amr: sign_in.amr(),
     }
+}
+
+/// A new session's first access token and refresh token, the session begun at `created_ms`.
+fn new_session(state: &AppState, user_id: &str, sign_in: SignIn, created_ms: i64) -> (AccessClaims, RefreshToken) {
+    let session_id = uuid::Uuid::new_v4().to_string();
+    (access_claims(state, user_id, &session_id, sign_in), RefreshToken::issue(user_id, &session_id, created_ms, sign_in))
+}
+
+/// What the session list shows of the device signing in: its address and its `User-Agent`,
+/// cut to 256 characters without control characters.
+fn device(req: &Request, ctx: &RequestContext) -> Device {
+    let user_agent = crate::http::header_str(req, "user-agent")
+        .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect::<String>())
+        .filter(|ua| !ua.trim().is_empty());
+    Device { user_agent, ip: ctx.source_ip.clone() }
 }
 
 async fn token_response(state: &AppState, claims: AccessClaims, refresh: &RefreshToken) -> HandlerResult {
@@ -295,12 +343,9 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         return Err(invalid_credentials());
     };
     if !creds.email_verified {
-        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str()).await?;
+        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1).await?;
         return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let claims = access_claims(state, &creds.user_id, &session_id);
-    let refresh = RefreshToken::issue(&creds.user_id, &session_id, now_ms());
     let rehash = async {
         if verification.needs_rehash {
             let hash = password::hash(body.password).await?;
@@ -308,16 +353,33 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         }
         Ok::<_, ApiError>(())
     };
-    let store = refresh_store(state);
+    if creds.mfa_enabled {
+        // The password's ticket stays counted until the second factor is right.
+        let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned() };
+        let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(&state.redis, &pending), rehash);
+        log_rehash_failure(rehashed);
+        let mut response = json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}))?;
+        response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        return Ok(response);
+    }
+    let (claims, refresh) = new_session(state, &creds.user_id, SignIn::Password, now_ms());
+    let (store, device) = (refresh_store(state), device(&req, &ctx));
     // The lockout reset, the new session and a rehash are independent: one round trip for all.
-    let (reset, started, rehashed) =
-        tokio::join!(limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str()), store.start_family(&refresh), rehash);
+    let (reset, started, rehashed) = tokio::join!(
+        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1),
+        store.start_family(&refresh, &device),
+        rehash
+    );
     reset?;
     started?;
+    log_rehash_failure(rehashed);
+    token_response(state, claims, &refresh).await
+}
+
+fn log_rehash_failure(rehashed: Result<(), ApiError>) {
     if let Err(e) = rehashed {
         tracing::warn!(code = e.code(), "password rehash failed; will retry on the next login");
     }
-    token_response(state, claims, &refresh).await
 }
 
 #[derive(Deserialize)]
@@ -353,7 +415,7 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
     let now = now_ms();
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let new = old.successor(keys.code_pepper.expose());
-    let claims = access_claims(state, &old.user_id, &old.family_id);
+    let claims = access_claims(state, &old.user_id, &old.family_id, old.sign_in);
     match store.rotate(&old, &new, now).await? {
         RotateOutcome::Rotated => token_response(state, claims, &new).await,
         RotateOutcome::FamilyRevoked => Err(revoked_family_error(state, &old.family_id).await?),
@@ -417,7 +479,9 @@ pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     if !(usable && family_live && not_logged_out_since) {
         return Err(invalid_refresh_token());
     }
-    store.revoke_family(&token.family_id, &token.user_id, "logout").await?;
+    if !store.revoke_family(&token.family_id, &token.user_id, "logout").await? {
+        return Err(invalid_refresh_token());
+    }
     if body.scope == LogoutScope::Global {
         users.revoke_all_sessions(&token.user_id, now_ms()).await?;
     }
@@ -425,11 +489,7 @@ pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> Hand
 }
 
 pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
-    let caller = authenticate(state, &req).await?;
-    let profile = users(state).profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
-    if caller.revoked_by(&profile) {
-        return Err(ApiError::invalid_token());
-    }
+    let (_, profile) = signed_in(state, &req).await?;
     json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -437,6 +497,7 @@ pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> Handler
             "email": profile.email,
             "username": profile.username,
             "email_verified": profile.email_verified,
+            "mfa_enabled": profile.mfa_enabled,
             "created_at": profile.created_at,
         }),
     )
@@ -464,6 +525,11 @@ struct ForgotRequest {
 /// `POST /api/v1/auth/password/forgot`: the same 202 whether or not the address has an account;
 /// a verified one gets a reset code and link token, within the address's mail limits.
 pub async fn forgot_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    // Boxed: the answer future is large, and three of them side by side overflow a test stack.
+    in_equal_time(state, "forgot", Box::pin(forgot_password_now(state, req, ctx))).await
+}
+
+async fn forgot_password_now(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let body: ForgotRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let limits = limits(state);
@@ -520,4 +586,254 @@ pub async fn reset_password(state: &AppState, req: Request, ctx: RequestContext)
     users.revoke_all_sessions(&creds.user_id, now_ms()).await?;
     limits.clear_lockouts(&state.redis, email.as_str()).await?;
     json_response(StatusCode::OK, &serde_json::json!({"status": "password_reset"}))
+}
+
+// ---------------------------------------------------------------- the signed-in account
+
+/// The caller and their profile; 401 `invalid_token` if the token is revoked.
+async fn signed_in(state: &AppState, req: &Request) -> Result<(Caller, Profile), ApiError> {
+    let caller = authenticate(state, req).await?;
+    let profile = users(state).profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
+    if caller.revoked_by(&profile) {
+        return Err(ApiError::invalid_token());
+    }
+    Ok((caller, profile))
+}
+
+/// The profile's address (canonical, as login keys its lockout), and its login record with the
+/// form that record is stored under.
+async fn login_record(state: &AppState, profile: &Profile) -> Result<(EmailAddress, String, Credentials), ApiError> {
+    let email = EmailAddress::parse(&profile.email).map_err(|_| ApiError::bug("a stored address does not parse"))?;
+    let (form, creds) = users(state).find(&email).await?.filter(|(_, c)| c.user_id == profile.id).ok_or_else(ApiError::invalid_token)?;
+    Ok((email, form, creds))
+}
+
+/// A signed-in user's password, checked as login checks it: a lockout ticket first, which a
+/// wrong password leaves counted (401 `invalid_credentials`), so a stolen access token buys no
+/// more guesses than the login form.
+async fn check_password(
+    state: &AppState,
+    ctx: &RequestContext,
+    email: &EmailAddress,
+    creds: &Credentials,
+    password: String,
+) -> Result<(), ApiError> {
+    limits(state).login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    if password.chars().count() > password::MAX_LEN {
+        return Err(invalid_credentials());
+    }
+    if !password::verify(password, Some(creds.password_hash.clone())).await?.ok {
+        return Err(invalid_credentials());
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePasswordRequest {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /api/v1/auth/password/change`: a new password behind the current one. Every session
+/// ends (as a global logout), and the caller gets a fresh one, signed in as theirs was.
+pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    let (caller, profile) = signed_in(state, &req).await?;
+    let body: ChangePasswordRequest = parse_json(&req)?;
+    let (email, form, creds) = login_record(state, &profile).await?;
+    password::check_policy(&body.new_password, email.as_str(), profile.username.as_deref())?;
+    check_password(state, &ctx, &email, &creds, body.current_password).await?;
+    let hash = password::hash(body.new_password).await?;
+    let users = users(state);
+    users.update_password_hash(&form, &caller.user_id, &hash).await?;
+    let cutoff = now_ms();
+    users.revoke_all_sessions(&caller.user_id, cutoff).await?;
+    limits(state).login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1).await?;
+    // Begun after the cutoff, so the logout above does not end it.
+    let (claims, refresh) = new_session(state, &caller.user_id, caller.sign_in, now_ms().max(cutoff + 1));
+    refresh_store(state).start_family(&refresh, &device(&req, &ctx)).await?;
+    token_response(state, claims, &refresh).await
+}
+
+// ---------------------------------------------------------------- two-factor
+
+fn no_store(mut response: Response<Body>) -> HandlerResult {
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// `POST /api/v1/auth/mfa/totp/setup`: a new secret, pending until `enable` confirms it.
+pub async fn totp_setup(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let (caller, profile) = signed_in(state, &req).await?;
+    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let setup = mfa::setup(&users(state), &keys, &caller.user_id, &profile.email).await?;
+    no_store(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"secret": setup.secret_base32.expose(), "otpauth_uri": setup.otpauth_uri.expose()}),
+    )?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableTotpRequest {
+    code: String,
+}
+
+/// `POST /api/v1/auth/mfa/totp/enable`: two-factor on, confirmed by a code of the pending secret.
+pub async fn totp_enable(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let (caller, profile) = signed_in(state, &req).await?;
+    let body: EnableTotpRequest = parse_json(&req)?;
+    let (_, form, _) = login_record(state, &profile).await?;
+    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
+    let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let codes = mfa::enable(&users(state), &keys, jwt.code_pepper.expose(), &form, &caller.user_id, &body.code).await?;
+    let codes: Vec<&str> = codes.iter().map(|c| c.expose().as_str()).collect();
+    no_store(json_response(StatusCode::OK, &serde_json::json!({"recovery_codes": codes}))?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisableTotpRequest {
+    password: String,
+    code: String,
+}
+
+/// `POST /api/v1/auth/mfa/totp/disable`: two-factor off, behind the password and a code (a
+/// TOTP or a recovery code), each failure counted as a login's.
+pub async fn totp_disable(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    let (caller, profile) = signed_in(state, &req).await?;
+    let body: DisableTotpRequest = parse_json(&req)?;
+    if !profile.mfa_enabled {
+        return Err(mfa::not_enabled());
+    }
+    let (email, form, creds) = login_record(state, &profile).await?;
+    check_password(state, &ctx, &email, &creds, body.password).await?;
+    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
+    let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let users = users(state);
+    if !mfa::accept_second_factor(&users, &keys, jwt.code_pepper.expose(), &caller.user_id, &body.code).await? {
+        return Err(mfa::invalid_code());
+    }
+    mfa::disable(&users, &form, &caller.user_id).await?;
+    limits(state).login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1).await?;
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaVerifyRequest {
+    mfa_token: String,
+    code: String,
+}
+
+fn invalid_mfa_token() -> ApiError {
+    ApiError::Unauthorized { code: "invalid_mfa_token", detail: "the mfa_token is unknown, expired or already used; sign in again" }
+}
+
+/// `POST /api/v1/auth/mfa/verify`: the second step of a sign-in with two-factor on. A wrong
+/// code counts toward the lockout as a wrong password does; the `mfa_token` is spent by the
+/// first right code.
+pub async fn mfa_verify(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    let body: MfaVerifyRequest = parse_json(&req)?;
+    let pending = mfa::pending_sign_in(&state.redis, &body.mfa_token).await?.ok_or_else(invalid_mfa_token)?;
+    let limits = limits(state);
+    limits.login_attempt(&state.redis, &ctx.source_ip, &pending.email).await?;
+    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
+    let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    if !mfa::accept_second_factor(&users(state), &keys, jwt.code_pepper.expose(), &pending.user_id, &body.code).await? {
+        return Err(mfa::invalid_code());
+    }
+    if !mfa::spend_mfa_token(&state.redis, &body.mfa_token).await? {
+        return Err(invalid_mfa_token());
+    }
+    let (claims, refresh) = new_session(state, &pending.user_id, SignIn::PasswordAndOtp, now_ms());
+    let (store, device) = (refresh_store(state), device(&req, &ctx));
+    // The password's ticket and this one's both come back: the sign-in succeeded.
+    let (reset, started) =
+        tokio::join!(limits.login_succeeded(&state.redis, &ctx.source_ip, &pending.email, 2), store.start_family(&refresh, &device));
+    reset?;
+    started?;
+    token_response(state, claims, &refresh).await
+}
+
+// ---------------------------------------------------------------- sessions
+
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// `GET /api/v1/auth/sessions`: one entry per live session, most recently used first.
+pub async fn list_sessions(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let (caller, profile) = signed_in(state, &req).await?;
+    let now = now_ms();
+    let mut sessions: Vec<_> =
+        refresh_store(state).sessions(&caller.user_id).await?.into_iter().filter(|s| s.is_live(&profile, now)).collect();
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_ms.unwrap_or(s.created_ms)));
+    let sessions: Vec<serde_json::Value> = sessions
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "session_id": s.family_id,
+                "created_at": rfc3339_ms(s.created_ms),
+                // Signing in is the first use.
+                "last_used_at": rfc3339_ms(s.last_used_ms.unwrap_or(s.created_ms)),
+                "user_agent": s.user_agent,
+                "ip": s.ip,
+                "current": caller.session_id.as_deref() == Some(s.family_id.as_str()),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &serde_json::json!({ "sessions": sessions }))
+}
+
+fn session_not_found() -> ApiError {
+    ApiError::NoSuch { code: "session_not_found", detail: "no session of yours has this id" }
+}
+
+/// `DELETE /api/v1/auth/sessions/{session_id}`: that session's refresh family and its access
+/// tokens die at once. Ending one already ended answers 204 again.
+pub async fn end_session(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let (caller, _) = signed_in(state, &req).await?;
+    let session_id = crate::http::path_parameter(&req, "session_id").ok_or_else(session_not_found)?;
+    if uuid::Uuid::try_parse(&session_id).is_err() || session_id.len() != 36 {
+        return Err(session_not_found());
+    }
+    if !refresh_store(state).revoke_family(&session_id, &caller.user_id, "ended").await? {
+        return Err(session_not_found());
+    }
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- deletion
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteAccountRequest {
+    password: String,
+}
+
+/// `DELETE /api/v1/users/me`: the account and its personal data go, behind the password (and,
+/// with two-factor on, a session signed in with it); 409 `bot_running` unless the bot is stopped
+/// and flat.
+pub async fn delete_me(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+    let caller = authenticate(state, &req).await?;
+    let body: DeleteAccountRequest = parse_json(&req)?;
+    let snapshot = crate::trading::service::load_snapshot(state, &caller).await?;
+    let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
+    caller.require_second_factor(profile)?;
+    let (email, form, creds) = login_record(state, profile).await?;
+    check_password(state, &ctx, &email, &creds, body.password).await?;
+    crate::auth::deletion::delete_account(&users(state), &snapshot, &form, &caller.user_id).await?;
+    let limits = limits(state);
+    let (succeeded, cleared) = tokio::join!(
+        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1),
+        limits.clear_lockouts(&state.redis, email.as_str())
+    );
+    if let Err(e) = succeeded.and(cleared) {
+        tracing::warn!(code = e.code(), "a deleted account's sign-in counters were left to expire");
+    }
+    empty_response(StatusCode::NO_CONTENT)
 }

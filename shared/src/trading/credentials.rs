@@ -14,10 +14,17 @@ fn bot_running_conflict() -> ApiError {
     ApiError::conflict("bot_running", "stop the bot before changing exchange credentials")
 }
 
+/// With two-factor on, the exchange keys change only from a session signed in with it (403
+/// `mfa_required`): a stolen password, or a session from before two-factor, cannot swap them.
+fn second_factor_if_on(caller: &Caller, snapshot: &crate::trading::store::UserSnapshot) -> Result<(), ApiError> {
+    snapshot.profile.as_ref().map_or(Ok(()), |profile| caller.require_second_factor(profile))
+}
+
 /// Checks `creds` against Bitget (and learns the account's position mode), then stores them
 /// encrypted under the next version.
 pub async fn save(state: &AppState, caller: &Caller, creds: BitgetCredentials) -> Result<(), ApiError> {
     let snapshot = load_snapshot(state, caller).await?;
+    second_factor_if_on(caller, &snapshot)?;
     if snapshot.bot.as_ref().is_some_and(|b| b.state != crate::trading::store::BotState::Stopped) {
         return Err(bot_running_conflict());
     }
@@ -53,7 +60,8 @@ fn next_version(read: Option<u64>) -> u64 {
 }
 
 pub async fn delete(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    load_snapshot(state, caller).await?;
+    let snapshot = load_snapshot(state, caller).await?;
+    second_factor_if_on(caller, &snapshot)?;
     match state.trading_store().delete_credentials(&caller.user_id).await? {
         CredentialsWrite::Written | CredentialsWrite::Changed => Ok(()),
         CredentialsWrite::BotActive => Err(bot_running_conflict()),

@@ -3,7 +3,7 @@
 //! on a version.
 
 use crate::auth::store::Profile;
-use crate::dynamo::{db_error, from_item, n, s, to_item, Item, StoreError};
+use crate::dynamo::{db_error, from_item, n, query_all, s, to_item, Item, StoreError};
 use crate::keys::{self, UserItem};
 use crate::trading::model::{ExchangeKind, OrderFill, OrderIntent, OrderStatus, PositionSide};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -266,22 +266,6 @@ pub enum RecordOutcome {
 pub struct TradingStore<'a> {
     pub client: &'a aws_sdk_dynamodb::Client,
     pub table: &'a str,
-}
-
-/// Every item a query finds, through all its pages (`query` builds one page from its start key).
-async fn query_all(
-    query: impl Fn(Option<Item>) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
-) -> Result<Vec<Item>, StoreError> {
-    let mut items = Vec::new();
-    let mut start: Option<Item> = None;
-    loop {
-        let out = query(start.take()).send().await.map_err(db_error)?;
-        items.extend(out.items.unwrap_or_default());
-        match out.last_evaluated_key {
-            Some(key) => start = Some(key),
-            None => return Ok(items),
-        }
-    }
 }
 
 impl TradingStore<'_> {

@@ -58,6 +58,8 @@ pub fn test_config(overrides: &[(&str, String)]) -> Config {
         ("EXCHANGE_TIMEOUT_MS".into(), "800".into()),
         // Many tests share two cores with Argon2; a slow answer is not a dead server here.
         ("REDIS_TIMEOUT_MS".into(), "10000".into()),
+        // The equal-time floor is checked by its own test; the others need no waiting.
+        ("AUTH_ANSWER_FLOOR_MS".into(), "0".into()),
     ]);
     for (k, v) in overrides {
         values.insert((*k).to_owned(), v.clone());
@@ -239,13 +241,21 @@ pub use doubles::bitget as fake_bitget;
 #[allow(unused_imports)]
 pub use doubles::telegram as fake_telegram;
 
-/// Registers, verifies and logs in a fresh user; their access token.
-pub async fn access_token(app: &TestApp) -> String {
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A user who registered, verified and logged in: what a test needs to act as them.
+pub struct SignedIn {
+    pub email: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Registers, verifies and logs in a fresh user (password `PASSWORD`).
+pub async fn sign_up(app: &TestApp) -> SignedIn {
     use shared::handlers::auth;
-    let email = format!("trader-{}@example.com", uuid::Uuid::new_v4().simple());
-    let password = "correct horse battery staple";
+    let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
     let res = app
-        .call(auth::register, request("POST", "/api/v1/auth/register", Some(serde_json::json!({"email": email, "password": password}))))
+        .call(auth::register, request("POST", "/api/v1/auth/register", Some(serde_json::json!({"email": email, "password": PASSWORD}))))
         .await;
     assert_eq!(res.status, 202, "{}", res.raw);
     let code = app.outbox().iter().rev().find(|m| m["to"] == email.as_str() && m["code"].is_string()).expect("code mail")["code"]
@@ -257,9 +267,15 @@ pub async fn access_token(app: &TestApp) -> String {
         .await;
     assert_eq!(res.status, 200, "{}", res.raw);
     let res =
-        app.call(auth::login, request("POST", "/api/v1/auth/login", Some(serde_json::json!({"email": email, "password": password})))).await;
+        app.call(auth::login, request("POST", "/api/v1/auth/login", Some(serde_json::json!({"email": email, "password": PASSWORD})))).await;
     assert_eq!(res.status, 200, "{}", res.raw);
-    res.body["access_token"].as_str().unwrap().to_owned()
+    let token = |name: &str| res.body[name].as_str().unwrap().to_owned();
+    SignedIn { access: token("access_token"), refresh: token("refresh_token"), email }
+}
+
+/// Registers, verifies and logs in a fresh user; their access token.
+pub async fn access_token(app: &TestApp) -> String {
+    sign_up(app).await.access
 }
 
 impl TestApp {

@@ -32,5 +32,16 @@ fn argon2(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tokens, argon2);
+/// What a second-factor check computes: the TOTP codes of three steps (now and one either side),
+/// compared in constant time.
+fn totp(c: &mut Criterion) {
+    use shared::auth::totp;
+    let secret = totp::new_secret();
+    let now = chrono::Utc::now().timestamp();
+    let code = format!("{:06}", totp::hotp(secret.expose(), totp::step_at(now) as u64));
+    c.bench_function("TOTP check (RFC 6238, 3 steps)", |b| b.iter(|| assert!(totp::matching_step(secret.expose(), &code, now).is_some())));
+    c.bench_function("TOTP check, wrong code (3 steps)", |b| b.iter(|| totp::matching_step(secret.expose(), "000000", now)));
+}
+
+criterion_group!(benches, tokens, argon2, totp);
 criterion_main!(benches);

@@ -86,5 +86,61 @@ fn handlers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, handlers);
+/// A sign-in with two-factor on, both requests (login answering `mfa_required`, then mfa/verify
+/// with the authenticator's code): what a user waits for. Replay protection accepts one code per
+/// 30-second step, so before each timed sign-in (untimed) the stored last step is set back.
+fn two_factor_sign_in(c: &mut Criterion) {
+    use shared::auth::totp;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (app, user, secret) = rt.block_on(async {
+        let app = spawn_app().await;
+        let user = sign_up(&app).await;
+        let setup = app.call_as(auth::totp_setup, &user.access, "POST", "/api/v1/auth/mfa/totp/setup", None).await;
+        let secret = totp_rs::Secret::Encoded(setup.body["secret"].as_str().unwrap().to_owned()).to_bytes().unwrap();
+        let code = format!("{:06}", totp::hotp(&secret, totp::step_at(chrono::Utc::now().timestamp()) as u64));
+        let res = app.call_as(auth::totp_enable, &user.access, "POST", "/api/v1/auth/mfa/totp/enable", Some(json!({"code": code}))).await;
+        assert_eq!(res.status, 200, "{}", res.raw);
+        (app, user, secret)
+    });
+    let user_id = {
+        use base64::Engine;
+        let payload = user.access.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["sub"].as_str().unwrap().to_owned()
+    };
+    let mut group = c.benchmark_group("handler");
+    group.sample_size(20);
+    group.bench_function("POST /api/v1/auth/login + POST /api/v1/auth/mfa/verify (two-factor sign-in)", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (app, user, secret, user_id) = (&app, &user, &secret, &user_id);
+            async move {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    app.dynamo()
+                        .update_item()
+                        .table_name(&app.state.config.table_name)
+                        .set_key(Some(shared::keys::totp(user_id)))
+                        .update_expression("SET last_step = :zero")
+                        .expression_attribute_values(":zero", aws_sdk_dynamodb::types::AttributeValue::N("0".into()))
+                        .send()
+                        .await
+                        .unwrap();
+                    let code = format!("{:06}", totp::hotp(secret, totp::step_at(chrono::Utc::now().timestamp()) as u64));
+                    let started = std::time::Instant::now();
+                    let body = json!({"email": user.email, "password": "correct horse battery staple"});
+                    let res = app.call(auth::login, request("POST", "/api/v1/auth/login", Some(body))).await;
+                    let body = json!({"mfa_token": res.body["mfa_token"], "code": code});
+                    let res = app.call(auth::mfa_verify, request("POST", "/api/v1/auth/mfa/verify", Some(body))).await;
+                    total += started.elapsed();
+                    assert_eq!(res.status, 200, "{}", res.raw);
+                }
+                total
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, handlers, two_factor_sign_in);
 criterion_main!(benches);

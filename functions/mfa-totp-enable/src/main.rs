@@ -4,6 +4,6 @@ use shared::{handlers::auth, http::serve, AppState, Need};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let state = AppState::from_env(&[Need::JwtKeys, Need::EncryptionKeys]).await?;
+    let state = AppState::from_env(&[Need::Redis, Need::JwtKeys, Need::EncryptionKeys]).await?;
     run(service_fn(|req: Request| serve(&state, req, auth::totp_enable))).await
 }

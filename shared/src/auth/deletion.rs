@@ -30,13 +30,23 @@ fn ensure_stopped_and_flat(snapshot: &UserSnapshot) -> Result<(), ApiError> {
 /// `snapshot`. The caller has checked the password (and the second factor, when on).
 pub async fn delete_account(users: &UserStore<'_>, snapshot: &UserSnapshot, email_form: &str, user_id: &str) -> Result<(), ApiError> {
     ensure_stopped_and_flat(snapshot)?;
-    // What can go first goes first: should any of it fail, the account still signs in and the
-    // request can be retried.
-    users.erase_personal_data(user_id).await?;
+    // The account goes first, in one conditional transaction: from then on nothing can be
+    // written for it (a sign-in, a refresh, a bot start and saved credentials each check in their
+    // own transaction that the profile exists), so what is erased next stays erased.
     match users.remove_account(email_form, user_id).await? {
         AccountRemoval::Removed => {}
         AccountRemoval::BotActive => return Err(bot_running()),
         AccountRemoval::Changed => return Err(ApiError::invalid_token()),
+    }
+    // The request cannot be retried once the profile is gone (its token is dead): try harder.
+    let mut attempt = 0;
+    while let Err(e) = users.erase_personal_data(user_id).await {
+        attempt += 1;
+        if attempt == 3 {
+            tracing::error!(error = %e, user_id, "a deleted account's personal data was left behind");
+            break;
+        }
+        tokio::time::sleep(crate::dynamo::backoff(attempt)).await;
     }
     let end = chrono::Utc::now().timestamp() + ORDER_HISTORY_KEPT_SECS;
     if let Err(e) = users.expire_order_history(user_id, end).await {

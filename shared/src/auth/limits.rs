@@ -101,6 +101,23 @@ return 1
     )
 });
 
+/// A right password outside a sign-in (a password change, two-factor off, account deletion):
+/// KEYS[1] = the pair's lockout, KEYS[2] = the address's hourly hash, ARGV[1] = the pair's
+/// threshold; the one ticket it took is given back to each, and nothing else is cleared (earlier
+/// failures, a second factor's included, stay counted).
+static PASSWORD_ACCEPTED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('HGET', key, 'fails') or '0') > 0 then redis.call('HINCRBY', key, 'fails', -1) end
+end
+-- A lock this ticket set (it was the threshold's) goes with it; one earlier failures earn stays.
+if tonumber(redis.call('HGET', KEYS[1], 'fails') or '0') < tonumber(ARGV[1]) then redis.call('HDEL', KEYS[1], 'lock_until') end
+return 1
+"#,
+    )
+});
+
 /// KEYS[1] = the pending code hash, KEYS[2] = the address's failure count, KEYS[3] = the
 /// presented link token's key (each mailed token has its own, so a later mail never kills an
 /// earlier one); ARGV[1] = the presented code, hashed; ARGV[2] = `code` or `token`; ARGV[3] = the per-code cap, ARGV[4..5] = the
@@ -151,14 +168,17 @@ return 1
     )
 });
 
-/// KEYS[1] = the email's cooldown key, KEYS[2] = its hourly counter. Reserves one send.
+/// KEYS[1] = the email's cooldown key, KEYS[2] = its hourly counter. Reserves one send; with
+/// ARGV[3] = '1' the send is counted whatever the limits say (an owner's own security notice).
 static SEND_RESERVATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local cooldown = redis.call('TTL', KEYS[1])
-if cooldown > 0 then return {'cooldown', cooldown} end
-local sent = tonumber(redis.call('GET', KEYS[2]) or '0')
-if sent >= tonumber(ARGV[1]) then return {'hourly', redis.call('TTL', KEYS[2])} end
+if ARGV[3] ~= '1' then
+  local cooldown = redis.call('TTL', KEYS[1])
+  if cooldown > 0 then return {'cooldown', cooldown} end
+  local sent = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if sent >= tonumber(ARGV[1]) then return {'hourly', redis.call('TTL', KEYS[2])} end
+end
 redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
 if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], 3600) end
 return {'ok', 0}
@@ -250,7 +270,7 @@ impl EmailKeys {
     }
 
     /// The keys each script is given, in order: what the one-slot test checks.
-    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 7] {
+    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 8] {
         let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
             (
@@ -259,6 +279,7 @@ impl EmailKeys {
             ),
             ("clear_lockouts", vec![self.login_failures.clone(), self.login_lock.clone(), self.login_cleared.clone()]),
             ("login_succeeded", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone()]),
+            ("password_accepted", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone()]),
             ("verify", vec![self.code.clone(), self.code_failures.clone(), self.link_token("00ff")]),
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
             ("store_code", vec![self.code.clone(), self.cooldown.clone(), self.hourly.clone(), self.link_token("00ff")]),
@@ -402,6 +423,20 @@ impl Limits {
         Ok(())
     }
 
+    /// A right password outside a sign-in: its own ticket comes back, and nothing else is cleared,
+    /// so someone holding the password cannot wipe the failures of guesses at the second factor.
+    pub async fn password_accepted(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
+        let mut conn = redis.clone();
+        let keys = EmailKeys::new(email);
+        PASSWORD_ACCEPTED
+            .key(keys.pair_lockout(ip))
+            .key(&keys.login_failures)
+            .arg(LOCKOUT_THRESHOLD)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Consumes the pending code (or, with `Proof::Token`, the link token) if it matches: the
     /// user id it was issued for, and what `restore_code` needs to put it back should the write
     /// it was consumed for not happen.
@@ -490,6 +525,18 @@ impl Limits {
     /// Reserves one mail of any kind to `email` against its send limits (60 s apart, 5 an hour):
     /// codes, reset mails and notices alike, so no address can be mail-bombed through any route.
     pub async fn reserve_mail(&self, redis: &ConnectionManager, email: &str) -> Result<MailBudget, ApiError> {
+        self.reserve(redis, email, false).await
+    }
+
+    /// Counts a security notice the owner's own act sends (two-factor on or off) against the
+    /// address's limits, and sends it whatever they say: a notice that someone could suppress by
+    /// spending the limits first (a forgot request, say) would warn nobody. Only a signed-in user
+    /// can cause one, so it is no way to mail-bomb an address.
+    pub async fn count_security_notice(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
+        self.reserve(redis, email, true).await.map(|_| ())
+    }
+
+    async fn reserve(&self, redis: &ConnectionManager, email: &str, always: bool) -> Result<MailBudget, ApiError> {
         let keys = EmailKeys::new(email);
         let mut conn = redis.clone();
         let (tag, retry): Outcome = SEND_RESERVATION
@@ -497,6 +544,7 @@ impl Limits {
             .key(&keys.hourly)
             .arg(RESEND_MAX_PER_HOUR)
             .arg(RESEND_COOLDOWN_SECS)
+            .arg(if always { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         Ok(match tag.as_str() {

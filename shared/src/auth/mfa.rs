@@ -164,6 +164,9 @@ pub struct PendingSignIn {
     pub user_id: String,
     /// The address as login keyed its lockout: the second factor's failures count there too.
     pub email: String,
+    /// When the password was checked: a reset, change or global logout after it ends the
+    /// sign-in too.
+    pub password_checked_ms: i64,
 }
 
 fn mfa_token_key(token: &str) -> String {

@@ -456,18 +456,12 @@ impl UserStore<'_> {
         })
     }
 
-    /// Deletes an account's personal data but what `remove_account` removes (so a failure here
-    /// leaves an account that still signs in, and the request can be retried): the rest of its
-    /// partition (paper account, positions, resting orders), its sessions and its idempotency
-    /// records.
+    /// Deletes the rest of a removed account's personal data: its own partition (paper account,
+    /// positions, resting orders), its sessions and its idempotency records.
     pub async fn erase_personal_data(&self, user_id: &str) -> Result<(), StoreError> {
-        const KEPT_FOR_REMOVAL: [&str; 4] = ["PROFILE", "BOT", "CREDENTIALS", "MFA#TOTP"];
-        let own = keys::user_partition(user_id);
-        for partition in [own.clone(), keys::sessions_partition(user_id), keys::idempotency_partition(user_id)] {
-            let kept: &[&str] = if partition == own { &KEPT_FOR_REMOVAL } else { &[] };
+        for partition in [keys::user_partition(user_id), keys::sessions_partition(user_id), keys::idempotency_partition(user_id)] {
             let items = dynamo::partition(self.client, self.table, partition).await?;
-            let doomed = items.iter().filter(|item| !keys::sort_key(item).is_some_and(|sk| kept.contains(&sk)));
-            dynamo::delete_all(self.client, self.table, doomed.map(dynamo::key_of).collect()).await?;
+            dynamo::delete_all(self.client, self.table, items.iter().map(dynamo::key_of).collect()).await?;
         }
         Ok(())
     }
@@ -475,20 +469,26 @@ impl UserStore<'_> {
     /// Gives every order of a removed account an end (unix seconds, the table's TTL), unless it
     /// has an earlier one: the history outlives the account only that long, tied to nobody.
     pub async fn expire_order_history(&self, user_id: &str, end: i64) -> Result<(), StoreError> {
+        use futures::{StreamExt, TryStreamExt};
         let items = dynamo::partition(self.client, self.table, keys::order_partition(user_id)).await?;
-        for item in items {
-            let result = self
-                .client
-                .update_item()
-                .table_name(self.table)
-                .set_key(Some(dynamo::key_of(&item)))
-                .update_expression("SET expires_at = :end")
-                .condition_expression("attribute_exists(PK) AND (attribute_not_exists(expires_at) OR expires_at > :end)")
-                .expression_attribute_values(":end", n(end))
-                .send()
-                .await;
-            dynamo::written(result)?;
-        }
+        // One conditional update each, 16 at a time: a long history must not outlast the request.
+        futures::stream::iter(items)
+            .map(|item| async move {
+                let result = self
+                    .client
+                    .update_item()
+                    .table_name(self.table)
+                    .set_key(Some(dynamo::key_of(&item)))
+                    .update_expression("SET expires_at = :end")
+                    .condition_expression("attribute_exists(PK) AND (attribute_not_exists(expires_at) OR expires_at > :end)")
+                    .expression_attribute_values(":end", n(end))
+                    .send()
+                    .await;
+                dynamo::written(result)
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<bool>>()
+            .await?;
         Ok(())
     }
 }
@@ -690,8 +690,10 @@ impl RefreshStore<'_> {
         Ok([TransactWriteItem::builder().condition_check(family).build(), TransactWriteItem::builder().condition_check(profile).build()])
     }
 
-    /// A new family with its first token and its session record, in one transaction.
-    pub async fn start_family(&self, token: &RefreshToken, device: &Device) -> Result<(), StoreError> {
+    /// A new family with its first token and its session record, in one transaction, for a
+    /// password checked at `password_checked_ms`. `false` (nothing written): the account is gone,
+    /// or its user logged out everywhere (a reset, a change, a global logout) since that check.
+    pub async fn start_family(&self, token: &RefreshToken, device: &Device, password_checked_ms: i64) -> Result<bool, StoreError> {
         let family = Family {
             user_id: token.user_id.clone(),
             created_ms: token.family_created_ms,
@@ -710,14 +712,22 @@ impl RefreshStore<'_> {
             expires_at: token.expires_at(),
         };
         let session_item = keys::with_key(to_item(&session)?, keys::session(&token.user_id, &token.family_id));
+        let account = ConditionCheck::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::profile(&token.user_id)))
+            .condition_expression("attribute_exists(PK) AND (attribute_not_exists(revoked_before_ms) OR revoked_before_ms < :checked)")
+            .expression_attribute_values(":checked", n(password_checked_ms))
+            .build()?;
         let request = self
             .client
             .transact_write_items()
             .transact_items(put(self.table, family_item, "attribute_not_exists(PK)")?)
             .transact_items(put(self.table, Self::token_item(token), "attribute_not_exists(PK)")?)
-            .transact_items(put(self.table, session_item, "attribute_not_exists(PK)")?);
+            .transact_items(put(self.table, session_item, "attribute_not_exists(PK)")?)
+            .transact_items(TransactWriteItem::builder().condition_check(account).build());
         match dynamo::transact(request).await? {
-            dynamo::Transacted::Written => Ok(()),
+            dynamo::Transacted::Written => Ok(true),
+            outcome if outcome.failed(3) => Ok(false),
             // A fresh random family id and token: taken only if something is badly wrong.
             dynamo::Transacted::ConditionFailed(_) => Err(StoreError::Missing("a fresh session id was already taken")),
         }

@@ -61,6 +61,18 @@ async fn send_mail(state: &AppState, email: Email) {
     }
 }
 
+async fn send_notice(state: &AppState, email: &EmailAddress, subject: &str, body: &str) {
+    send_mail(state, Email { to: email.to_string(), subject: subject.into(), body: body.into(), code: None, token: None }).await;
+}
+
+/// A security notice to the owner of `email` about what their own session just did: counted
+/// against the address's mail limits, and sent whatever they say.
+async fn notify(state: &AppState, email: &EmailAddress, subject: &str, body: &str) -> Result<(), ApiError> {
+    limits(state).count_security_notice(&state.redis, email.as_str()).await?;
+    send_notice(state, email, subject, body).await;
+    Ok(())
+}
+
 /// The link token's hash, kept apart from the codes' by its prefix.
 fn token_hash(pepper: &[u8], email: &EmailAddress, token: &str) -> String {
     hash_code(pepper, email.as_str(), &format!("link-token:{token}"))
@@ -172,8 +184,8 @@ async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         }
         // Same answer as a new account; the owner hears about it instead of the caller.
         _ if mail => {
-            let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.".to_owned();
-            send_mail(state, Email { to: email.to_string(), subject: "Registration attempt".into(), body, code: None, token: None }).await;
+            let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
+            send_notice(state, &email, "Registration attempt", body).await;
         }
         _ => {}
     }
@@ -355,7 +367,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     };
     if creds.mfa_enabled {
         // The password's ticket stays counted until the second factor is right.
-        let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned() };
+        let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned(), password_checked_ms: now_ms() };
         let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(&state.redis, &pending), rehash);
         log_rehash_failure(rehashed);
         let mut response = json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}))?;
@@ -367,12 +379,15 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     // The lockout reset, the new session and a rehash are independent: one round trip for all.
     let (reset, started, rehashed) = tokio::join!(
         limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1),
-        store.start_family(&refresh, &device),
+        store.start_family(&refresh, &device, refresh.family_created_ms),
         rehash
     );
     reset?;
-    started?;
     log_rehash_failure(rehashed);
+    if !started? {
+        // Deleted, or logged out everywhere, while the password was being checked.
+        return Err(invalid_credentials());
+    }
     token_response(state, claims, &refresh).await
 }
 
@@ -648,10 +663,14 @@ pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext
     users.update_password_hash(&form, &caller.user_id, &hash).await?;
     let cutoff = now_ms();
     users.revoke_all_sessions(&caller.user_id, cutoff).await?;
-    limits(state).login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1).await?;
+    limits(state).password_accepted(&state.redis, &ctx.source_ip, email.as_str()).await?;
     // Begun after the cutoff, so the logout above does not end it.
-    let (claims, refresh) = new_session(state, &caller.user_id, caller.sign_in, now_ms().max(cutoff + 1));
-    refresh_store(state).start_family(&refresh, &device(&req, &ctx)).await?;
+    let begun = now_ms().max(cutoff + 1);
+    let (claims, refresh) = new_session(state, &caller.user_id, caller.sign_in, begun);
+    if !refresh_store(state).start_family(&refresh, &device(&req, &ctx), begun).await? {
+        // Deleted, or logged out everywhere again, meanwhile.
+        return Err(ApiError::invalid_token());
+    }
     token_response(state, claims, &refresh).await
 }
 
@@ -683,11 +702,14 @@ struct EnableTotpRequest {
 pub async fn totp_enable(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let (caller, profile) = signed_in(state, &req).await?;
     let body: EnableTotpRequest = parse_json(&req)?;
-    let (_, form, _) = login_record(state, &profile).await?;
+    let (email, form, _) = login_record(state, &profile).await?;
     let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
     let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let codes = mfa::enable(&users(state), &keys, jwt.code_pepper.expose(), &form, &caller.user_id, &body.code).await?;
+    // The owner hears of it: a stolen access token could turn it on with another's authenticator.
+    let notice = "Two-factor authentication was turned on for your account: signing in now asks for a code from your authenticator app. If this was not you, reset your password and contact support.";
+    notify(state, &email, "Two-factor authentication turned on", notice).await?;
     let codes: Vec<&str> = codes.iter().map(|c| c.expose().as_str()).collect();
     no_store(json_response(StatusCode::OK, &serde_json::json!({"recovery_codes": codes}))?)
 }
@@ -717,7 +739,10 @@ pub async fn totp_disable(state: &AppState, req: Request, ctx: RequestContext) -
         return Err(mfa::invalid_code());
     }
     mfa::disable(&users, &form, &caller.user_id).await?;
-    limits(state).login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1).await?;
+    limits(state).password_accepted(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    let body =
+        "Two-factor authentication was turned off for your account. If this was not you, reset your password now and turn it on again.";
+    notify(state, &email, "Two-factor authentication turned off", body).await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 
@@ -752,10 +777,16 @@ pub async fn mfa_verify(state: &AppState, req: Request, ctx: RequestContext) -> 
     let (claims, refresh) = new_session(state, &pending.user_id, SignIn::PasswordAndOtp, now_ms());
     let (store, device) = (refresh_store(state), device(&req, &ctx));
     // The password's ticket and this one's both come back: the sign-in succeeded.
-    let (reset, started) =
-        tokio::join!(limits.login_succeeded(&state.redis, &ctx.source_ip, &pending.email, 2), store.start_family(&refresh, &device));
+    let (reset, started) = tokio::join!(
+        limits.login_succeeded(&state.redis, &ctx.source_ip, &pending.email, 2),
+        store.start_family(&refresh, &device, pending.password_checked_ms)
+    );
     reset?;
-    started?;
+    if !started? {
+        // A reset, a change or a global logout since the password was checked ends this
+        // sign-in too (or the account is gone).
+        return Err(invalid_mfa_token());
+    }
     token_response(state, claims, &refresh).await
 }
 
@@ -828,11 +859,11 @@ pub async fn delete_me(state: &AppState, req: Request, ctx: RequestContext) -> H
     check_password(state, &ctx, &email, &creds, body.password).await?;
     crate::auth::deletion::delete_account(&users(state), &snapshot, &form, &caller.user_id).await?;
     let limits = limits(state);
-    let (succeeded, cleared) = tokio::join!(
-        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1),
+    let (accepted, cleared) = tokio::join!(
+        limits.password_accepted(&state.redis, &ctx.source_ip, email.as_str()),
         limits.clear_lockouts(&state.redis, email.as_str())
     );
-    if let Err(e) = succeeded.and(cleared) {
+    if let Err(e) = accepted.and(cleared) {
         tracing::warn!(code = e.code(), "a deleted account's sign-in counters were left to expire");
     }
     empty_response(StatusCode::NO_CONTENT)

@@ -130,6 +130,8 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
             StartOutcome::CredentialsChanged => {
                 return Err(ApiError::conflict("credentials_changed", "the exchange credentials changed while starting; start again"))
             }
+            // Deleted while starting: the caller's token died with the account.
+            StartOutcome::AccountGone => return Err(ApiError::invalid_token()),
         }
     }
     Err(concurrent_change())

@@ -48,6 +48,8 @@ pub async fn save(state: &AppState, caller: &Caller, creds: BitgetCredentials) -
         CredentialsWrite::Written => Ok(()),
         CredentialsWrite::BotActive => Err(bot_running_conflict()),
         CredentialsWrite::Changed => Err(ApiError::conflict("conflict", "the credentials changed concurrently; try again")),
+        // Deleted while the keys were being checked: nothing is stored for a deleted account.
+        CredentialsWrite::AccountGone => Err(ApiError::invalid_token()),
     }
 }
 
@@ -63,7 +65,7 @@ pub async fn delete(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let snapshot = load_snapshot(state, caller).await?;
     second_factor_if_on(caller, &snapshot)?;
     match state.trading_store().delete_credentials(&caller.user_id).await? {
-        CredentialsWrite::Written | CredentialsWrite::Changed => Ok(()),
+        CredentialsWrite::Written | CredentialsWrite::Changed | CredentialsWrite::AccountGone => Ok(()),
         CredentialsWrite::BotActive => Err(bot_running_conflict()),
     }
 }

@@ -120,6 +120,8 @@ pub enum CredentialsWrite {
     Changed,
     /// The bot is running or stopping: credentials change only behind a stopped bot.
     BotActive,
+    /// The account was deleted meanwhile: nothing may be stored for it.
+    AccountGone,
 }
 
 /// What became of writing a started bot.
@@ -131,6 +133,8 @@ pub enum StartOutcome {
     /// Credentials were saved or deleted since they were read: the exchange kind was decided on
     /// stale facts.
     CredentialsChanged,
+    /// The account was deleted meanwhile: no bot may run for it.
+    AccountGone,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -683,6 +687,17 @@ impl TradingStore<'_> {
     }
 
     /// The condition "the bot is stopped (or was never started)", on the bot item.
+    /// The account still exists: a write decided before a deletion committed must not outlive it.
+    fn account_exists_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, StoreError> {
+        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::profile(user_id)))
+            .condition_expression("attribute_exists(PK)")
+            .build()
+            .map_err(StoreError::from)?;
+        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build())
+    }
+
     fn bot_stopped_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, StoreError> {
         let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
             .table_name(self.table)
@@ -716,10 +731,13 @@ impl TradingStore<'_> {
             .client
             .transact_write_items()
             .transact_items(aws_sdk_dynamodb::types::TransactWriteItem::builder().put(put).build())
-            .transact_items(self.bot_stopped_check(user_id)?);
+            .transact_items(self.bot_stopped_check(user_id)?)
+            .transact_items(self.account_exists_check(user_id)?);
         let outcome = crate::dynamo::transact(request).await?;
         Ok(if outcome.written() {
             CredentialsWrite::Written
+        } else if outcome.failed(2) {
+            CredentialsWrite::AccountGone
         } else if outcome.failed(1) {
             CredentialsWrite::BotActive
         } else {
@@ -766,10 +784,13 @@ impl TradingStore<'_> {
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(put.build().map_err(StoreError::from)?).build())
-            .transact_items(TransactWriteItem::builder().condition_check(check.build().map_err(StoreError::from)?).build());
+            .transact_items(TransactWriteItem::builder().condition_check(check.build().map_err(StoreError::from)?).build())
+            .transact_items(self.account_exists_check(&bot.user_id)?);
         let outcome = crate::dynamo::transact(request).await?;
         Ok(if outcome.written() {
             StartOutcome::Started
+        } else if outcome.failed(2) {
+            StartOutcome::AccountGone
         } else if outcome.failed(0) {
             StartOutcome::BotChanged
         } else {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """OpenAPI conformance of the served API: signs a fresh user up on it (register, the mailed code
 from the local outbox, verify, login), then runs schemathesis with `--checks all` as that user, so
-the protected routes are exercised past their token check. `infra/conformance.py API_URL`.
+the protected routes are exercised past their token check (the tokens are in
+infra/schemathesis.toml's headers). `infra/conformance.py API_URL`.
 
 No check is excluded. The only failures let through are single answers recognised exactly in
 infra/conformance_hooks.py (each with its reason: the local router's own answers, and two business
@@ -56,12 +57,15 @@ def signed_in_token():
 
 
 def main():
-    token = signed_in_token()
+    # The run's user, and another one whose token ends sessions: the stateful phase chains the
+    # session list into ending a listed session, which with the run's own token would end the
+    # run's session (and every later call would be a 401). As another user it is the 404 of a
+    # session that is not the caller's.
+    tokens = {"CONFORMANCE_TOKEN": signed_in_token(), "CONFORMANCE_OTHER_TOKEN": signed_in_token()}
     command = [
         "schemathesis", "run", "docs/openapi.yaml",
         "--url", API,
         "--checks", "all",
-        "--header", f"Authorization: Bearer {token}",
         "--max-examples", os.environ.get("CONFORMANCE_EXAMPLES", "50"),
         "--workers", "2",
         "--seed", os.environ.get("CONFORMANCE_SEED", "20261125"),
@@ -69,7 +73,7 @@ def main():
         "--suppress-health-check", "too_slow",
     ]
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="conformance_hooks", PYTHONPATH=here)
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="conformance_hooks", PYTHONPATH=here, **tokens)
     command[1:1] = ["--config-file", os.path.join(here, "schemathesis.toml")]
     sys.exit(subprocess.call(command, env=env))
 

@@ -102,17 +102,18 @@ return 1
 });
 
 /// A right password outside a sign-in (a password change, two-factor off, account deletion):
-/// KEYS[1] = the pair's lockout, KEYS[2] = the address's hourly hash, ARGV[1] = the pair's
-/// threshold; the one ticket it took is given back to each, and nothing else is cleared (earlier
-/// failures, a second factor's included, stay counted).
+/// KEYS[1] = the pair's lockout, KEYS[2] = the address's hourly hash; the one ticket it took is
+/// given back to each, with the lock it set, and nothing else is cleared (earlier failures, a
+/// second factor's included, stay counted).
 static PASSWORD_ACCEPTED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 for _, key in ipairs(KEYS) do
   if tonumber(redis.call('HGET', key, 'fails') or '0') > 0 then redis.call('HINCRBY', key, 'fails', -1) end
 end
--- A lock this ticket set (it was the threshold's) goes with it; one earlier failures earn stays.
-if tonumber(redis.call('HGET', KEYS[1], 'fails') or '0') < tonumber(ARGV[1]) then redis.call('HDEL', KEYS[1], 'lock_until') end
+-- A ticket is granted only while the pair is not locked, so a lock now is the one this ticket
+-- set: it goes with the ticket (the failures before it stay counted).
+redis.call('HDEL', KEYS[1], 'lock_until')
 return 1
 "#,
     )
@@ -428,12 +429,7 @@ impl Limits {
     pub async fn password_accepted(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         let keys = EmailKeys::new(email);
-        PASSWORD_ACCEPTED
-            .key(keys.pair_lockout(ip))
-            .key(&keys.login_failures)
-            .arg(LOCKOUT_THRESHOLD)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
+        PASSWORD_ACCEPTED.key(keys.pair_lockout(ip)).key(&keys.login_failures).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 

@@ -66,11 +66,21 @@ async fn send_notice(state: &AppState, email: &EmailAddress, subject: &str, body
 }
 
 /// A security notice to the owner of `email` about what their own session just did: counted
-/// against the address's mail limits, and sent whatever they say.
-async fn notify(state: &AppState, email: &EmailAddress, subject: &str, body: &str) -> Result<(), ApiError> {
-    limits(state).count_security_notice(&state.redis, email.as_str()).await?;
+/// against the address's mail limits, and sent whatever they say. It follows a committed change,
+/// so a failure to count it is logged, never the request's answer.
+async fn notify(state: &AppState, email: &EmailAddress, subject: &str, body: &str) {
+    if let Err(e) = limits(state).count_security_notice(&state.redis, email.as_str()).await {
+        tracing::warn!(code = e.code(), "a security notice went uncounted");
+    }
     send_notice(state, email, subject, body).await;
-    Ok(())
+}
+
+/// Gives a right password's lockout ticket back after the change it allowed committed: a
+/// failure to is logged (the ticket then expires with its hour), never the request's answer.
+async fn give_ticket_back(state: &AppState, ctx: &RequestContext, email: &EmailAddress) {
+    if let Err(e) = limits(state).password_accepted(&state.redis, &ctx.source_ip, email.as_str()).await {
+        tracing::warn!(code = e.code(), "a right password's lockout ticket was not given back");
+    }
 }
 
 /// The link token's hash, kept apart from the codes' by its prefix.
@@ -349,6 +359,9 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     }
     let limits = limits(state);
     limits.login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    // Taken before the record is read: a reset or a global logout that lands while the password
+    // is being checked is later than this, and the new session's transaction refuses it.
+    let password_checked_ms = now_ms();
     let found = users(state).find_live(&email).await?;
     let verification = password::verify(body.password.clone(), found.as_ref().map(|(_, c)| c.password_hash.clone())).await?;
     let Some((form, creds)) = found.filter(|_| verification.ok) else {
@@ -367,7 +380,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     };
     if creds.mfa_enabled {
         // The password's ticket stays counted until the second factor is right.
-        let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned(), password_checked_ms: now_ms() };
+        let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned(), password_checked_ms };
         let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(&state.redis, &pending), rehash);
         log_rehash_failure(rehashed);
         let mut response = json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}))?;
@@ -379,7 +392,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     // The lockout reset, the new session and a rehash are independent: one round trip for all.
     let (reset, started, rehashed) = tokio::join!(
         limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1),
-        store.start_family(&refresh, &device, refresh.family_created_ms),
+        store.start_family(&refresh, &device, password_checked_ms),
         rehash
     );
     reset?;
@@ -663,7 +676,7 @@ pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext
     users.update_password_hash(&form, &caller.user_id, &hash).await?;
     let cutoff = now_ms();
     users.revoke_all_sessions(&caller.user_id, cutoff).await?;
-    limits(state).password_accepted(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    give_ticket_back(state, &ctx, &email).await;
     // Begun after the cutoff, so the logout above does not end it.
     let begun = now_ms().max(cutoff + 1);
     let (claims, refresh) = new_session(state, &caller.user_id, caller.sign_in, begun);
@@ -709,7 +722,7 @@ pub async fn totp_enable(state: &AppState, req: Request, _ctx: RequestContext) -
     let codes = mfa::enable(&users(state), &keys, jwt.code_pepper.expose(), &form, &caller.user_id, &body.code).await?;
     // The owner hears of it: a stolen access token could turn it on with another's authenticator.
     let notice = "Two-factor authentication was turned on for your account: signing in now asks for a code from your authenticator app. If this was not you, reset your password and contact support.";
-    notify(state, &email, "Two-factor authentication turned on", notice).await?;
+    notify(state, &email, "Two-factor authentication turned on", notice).await;
     let codes: Vec<&str> = codes.iter().map(|c| c.expose().as_str()).collect();
     no_store(json_response(StatusCode::OK, &serde_json::json!({"recovery_codes": codes}))?)
 }
@@ -739,10 +752,10 @@ pub async fn totp_disable(state: &AppState, req: Request, ctx: RequestContext) -
         return Err(mfa::invalid_code());
     }
     mfa::disable(&users, &form, &caller.user_id).await?;
-    limits(state).password_accepted(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    give_ticket_back(state, &ctx, &email).await;
     let body =
         "Two-factor authentication was turned off for your account. If this was not you, reset your password now and turn it on again.";
-    notify(state, &email, "Two-factor authentication turned off", body).await?;
+    notify(state, &email, "Two-factor authentication turned off", body).await;
     empty_response(StatusCode::NO_CONTENT)
 }
 
@@ -858,12 +871,8 @@ pub async fn delete_me(state: &AppState, req: Request, ctx: RequestContext) -> H
     let (email, form, creds) = login_record(state, profile).await?;
     check_password(state, &ctx, &email, &creds, body.password).await?;
     crate::auth::deletion::delete_account(&users(state), &snapshot, &form, &caller.user_id).await?;
-    let limits = limits(state);
-    let (accepted, cleared) = tokio::join!(
-        limits.password_accepted(&state.redis, &ctx.source_ip, email.as_str()),
-        limits.clear_lockouts(&state.redis, email.as_str())
-    );
-    if let Err(e) = accepted.and(cleared) {
+    // Its sign-in counters go with it (they would expire anyway).
+    if let Err(e) = limits(state).clear_lockouts(&state.redis, email.as_str()).await {
         tracing::warn!(code = e.code(), "a deleted account's sign-in counters were left to expire");
     }
     empty_response(StatusCode::NO_CONTENT)

@@ -686,7 +686,6 @@ impl TradingStore<'_> {
         Ok(crate::dynamo::transact(request).await?.written())
     }
 
-    /// The condition "the bot is stopped (or was never started)", on the bot item.
     /// The account still exists: a write decided before a deletion committed must not outlive it.
     fn account_exists_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, StoreError> {
         let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
@@ -698,6 +697,7 @@ impl TradingStore<'_> {
         Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder().condition_check(check).build())
     }
 
+    /// The condition "the bot is stopped (or was never started)", on the bot item.
     fn bot_stopped_check(&self, user_id: &str) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, StoreError> {
         let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
             .table_name(self.table)

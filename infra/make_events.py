@@ -96,6 +96,14 @@ SAMPLES = {
     "bot-stop": event("POST", "/api/v1/bot/stop", {}, bearer()),
     "bot-status": event("GET", "/api/v1/bot/status", headers=bearer()),
     "order-submit": event("POST", "/api/v1/order/submit", {"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}, {**bearer(), "idempotency-key": "3f0c2a9e-order-1"}),
+    "bot-signal-token": event("POST", "/api/v1/bot/signal-token", headers=bearer()),
+    "signal": event(
+        "POST",
+        "/api/v1/signals/" + "A" * 43,
+        {"id": "tv-alert-1", "action": "buy", "size": "0.01"},
+        route_path="/api/v1/signals/{token}",
+        path_parameters={"token": "A" * 43},
+    ),
 }
 # One JSON route also replays with a body that is not UTF-8: answered 400 `invalid_json`.
 SAMPLES["login.non-utf8"] = non_utf8(SAMPLES["login"])

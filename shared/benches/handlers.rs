@@ -17,7 +17,7 @@ fn handlers(c: &mut Criterion) {
         app.set_mark("BTCUSDT", "65000").await;
         let token = access_token(&app).await;
         let email = app.outbox().last().unwrap()["to"].as_str().unwrap().to_owned();
-        let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "50", "max_position_notional": "1000000"});
+        let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "5", "max_position_notional": "1000000"});
         assert_eq!(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start)).await.status, 200);
         (app, token, email)
     });

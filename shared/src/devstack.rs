@@ -197,6 +197,7 @@ pub fn running_paper_bot(
             trailing_stop_pct: None,
             max_position_notional: rust_decimal::Decimal::from(100_000),
             margin_mode: Default::default(),
+            strategy: Default::default(),
         },
         version: 1,
         exchange: ExchangeKind::Paper,

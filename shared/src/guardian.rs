@@ -622,6 +622,7 @@ mod tests {
             trailing_stop_pct: trail.map(d),
             max_position_notional: d("10000"),
             margin_mode: Default::default(),
+            strategy: Default::default(),
         }
     }
 

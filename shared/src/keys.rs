@@ -11,6 +11,8 @@
 //! | live position mirror| `USER#<id>`             | `LIVEPOS#<symbol>#<side>` | `ACTIVE_BOTS#<shard>` / `<id>#LIVEPOS#<symbol>#<side>` |
 //! | exchange credential | `USER#<id>`             | `CREDENTIALS`      |                           |
 //! | TOTP second factor  | `USER#<id>`             | `MFA#TOTP`         |                           |
+//! | signal token (the user's current one) | `USER#<id>` | `SIGNAL_TOKEN` |                     |
+//! | signal token lookup | `SIGNAL#<sha256>`       | `SIGNAL`           |                           |
 //! | session (one per refresh family) | `SESSIONS#<id>` | `<family id>`   |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
@@ -117,6 +119,15 @@ pub fn sweep_cursor(shard: u16) -> Key {
 }
 pub fn credentials(user_id: &str) -> Key {
     key(user_partition(user_id), "CREDENTIALS")
+}
+/// Which signal token is a user's (its hash): the one to delete when it rotates.
+pub fn signal_pointer(user_id: &str) -> Key {
+    key(user_partition(user_id), SIGNAL_POINTER)
+}
+pub const SIGNAL_POINTER: &str = "SIGNAL_TOKEN";
+/// Whose a signal token is, by its hash: what `POST /api/v1/signals/{token}` reads.
+pub fn signal_token(token_hash_hex: &str) -> Key {
+    key(format!("SIGNAL#{token_hash_hex}"), "SIGNAL")
 }
 /// A user's TOTP secret (pending or active), its last accepted step and its recovery codes.
 pub fn totp(user_id: &str) -> Key {

@@ -457,11 +457,17 @@ impl UserStore<'_> {
     }
 
     /// Deletes the rest of a removed account's personal data: its own partition (paper account,
-    /// positions, resting orders), its sessions and its idempotency records.
+    /// positions, resting orders, the signal token), its sessions and its idempotency records.
     pub async fn erase_personal_data(&self, user_id: &str) -> Result<(), StoreError> {
         for partition in [keys::user_partition(user_id), keys::sessions_partition(user_id), keys::idempotency_partition(user_id)] {
             let items = dynamo::partition(self.client, self.table, partition).await?;
-            dynamo::delete_all(self.client, self.table, items.iter().map(dynamo::key_of).collect()).await?;
+            let mut doomed: Vec<keys::Key> = items.iter().map(dynamo::key_of).collect();
+            // The signal token's lookup lives in its own partition, named by the pointer.
+            let signal = items.iter().find(|item| keys::sort_key(item) == Some(keys::SIGNAL_POINTER));
+            if let Some(hash) = signal.and_then(|item| item.get("hash")).and_then(|h| h.as_s().ok()) {
+                doomed.push(keys::signal_token(hash));
+            }
+            dynamo::delete_all(self.client, self.table, doomed).await?;
         }
         Ok(())
     }

@@ -84,6 +84,9 @@ struct StartRequest {
     max_position_notional: Decimal,
     #[serde(default)]
     margin_mode: crate::trading::model::MarginMode,
+    /// Parsed after the body, so an unknown kind is the contract's 422 `invalid_strategy`.
+    #[serde(default)]
+    strategy: Option<serde_json::Value>,
 }
 
 pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
@@ -97,6 +100,7 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
         trailing_stop_pct: body.trailing_stop_pct.map(|d| d.normalize()),
         max_position_notional: body.max_position_notional.normalize(),
         margin_mode: body.margin_mode,
+        strategy: crate::trading::strategy::parse(body.strategy)?,
     };
     json_response(StatusCode::OK, &bot::start(state, &caller, config).await?)
 }
@@ -187,4 +191,64 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         response = response.header("idempotent-replayed", "true");
     }
     response.body(Body::Text(answer.body)).map_err(|e| ApiError::internal("building the order response", e))
+}
+
+// ---------------------------------------------------------------- signals
+
+/// `POST /api/v1/bot/signal-token`: a new signal URL for the caller; the old one is refused at once.
+pub async fn signal_token(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    let token = crate::trading::signals::rotate_token(state, &caller).await?;
+    let host = header_str(&req, "host").unwrap_or("localhost");
+    let scheme = if state.config.is_local() { "http" } else { "https" };
+    let url = format!("{scheme}://{host}/api/v1/signals/{}", token.expose());
+    let mut response = json_response(StatusCode::OK, &serde_json::json!({ "signal_url": url }))?;
+    response.headers_mut().insert(http::header::PRAGMA, http::HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalRequest {
+    id: String,
+    action: crate::trading::signals::Action,
+    #[serde(default)]
+    size: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    order_type: Option<OrderType>,
+    #[serde(default)]
+    price: Option<Box<serde_json::value::RawValue>>,
+}
+
+fn optional_exact(raw: Option<&serde_json::value::RawValue>, refusal: fn() -> ApiError) -> Result<Option<Decimal>, ApiError> {
+    match raw.map(serde_json::value::RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => exact_decimal(text, refusal).map(Some),
+    }
+}
+
+/// `POST /api/v1/signals/{token}`: an alert for the token's owner's bot, with no access token (the
+/// token in the URL is the credential). `202 {"order_id","status"}`.
+pub async fn receive_signal(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let token = crate::http::path_parameter(&req, "token").unwrap_or_default();
+    let raw: SignalRequest = parse_json(&req)?;
+    let alert = crate::trading::signals::Alert {
+        id: raw.id,
+        action: raw.action,
+        size: optional_exact(raw.size.as_deref(), || ApiError::unprocessable("invalid_size", "size must be a positive decimal number"))?,
+        order_type: raw.order_type.unwrap_or(OrderType::Market),
+        price: optional_exact(raw.price.as_deref(), || ApiError::unprocessable("invalid_price", "price must be a decimal number"))?,
+    };
+    let answer = crate::trading::signals::receive(state, &token, alert).await?;
+    if !(200..300).contains(&answer.status) {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/problem+json")
+            .body(Body::Text(answer.body))
+            .map_err(|e| ApiError::internal("building the signal response", e));
+    }
+    let order: serde_json::Value =
+        serde_json::from_str(&answer.body).map_err(|e| ApiError::internal("reading a stored order answer", e))?;
+    json_response(StatusCode::ACCEPTED, &serde_json::json!({"order_id": order["order_id"], "status": order["status"]}))
 }

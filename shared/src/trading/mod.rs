@@ -10,4 +10,6 @@ pub mod paper;
 pub mod paper_store;
 pub mod risk;
 pub mod service;
+pub mod signals;
 pub mod store;
+pub mod strategy;

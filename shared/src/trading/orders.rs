@@ -81,6 +81,13 @@ fn replayed(record: &IdempotencyRecord) -> Answer {
     Answer { status: record.status.unwrap_or(500), body: record.body.clone().unwrap_or_default(), replayed: true }
 }
 
+/// The answer stored for `key`, if its request completed: what a repeat gets, without a new order
+/// being computed (a repeated "close" alert must not be judged on the position it closed).
+pub async fn stored_answer(state: &AppState, user_id: &str, key: &str) -> Result<Option<Answer>, ApiError> {
+    let record = state.trading_store().idempotency_record(user_id, key).await?;
+    Ok(record.filter(|r| r.status.is_some()).as_ref().map(replayed))
+}
+
 /// Checks, records and sends `order` under the caller's Idempotency-Key `key` (already valid).
 pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrder) -> Result<Answer, ApiError> {
     let user_id = caller.user_id.as_str();

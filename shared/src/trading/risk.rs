@@ -183,6 +183,7 @@ mod tests {
             trailing_stop_pct: None,
             max_position_notional: d("10000"),
             margin_mode: Default::default(),
+            strategy: Default::default(),
         }
     }
     fn check(side: Side, size: &str, price: Option<&str>, reduce_only: bool, position: Option<&Position>) -> Result<(), ApiError> {

@@ -30,6 +30,9 @@ pub struct BotConfig {
     /// Applied to the symbol on the exchange when the bot starts (Bitget's set-margin-mode).
     #[serde(default)]
     pub margin_mode: crate::trading::model::MarginMode,
+    /// What the bot trades on; bots started before strategies existed are manual.
+    #[serde(default)]
+    pub strategy: crate::trading::strategy::Strategy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +124,15 @@ pub enum CredentialsWrite {
     /// The bot is running or stopping: credentials change only behind a stopped bot.
     BotActive,
     /// The account was deleted meanwhile: nothing may be stored for it.
+    AccountGone,
+}
+
+/// What became of rotating a signal token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalRotation {
+    Rotated,
+    /// Another rotation won meanwhile.
+    Changed,
     AccountGone,
 }
 
@@ -684,6 +696,65 @@ impl TradingStore<'_> {
             .transact_items(TransactWriteItem::builder().update(order).build())
             .transact_items(TransactWriteItem::builder().delete(resting).build());
         Ok(crate::dynamo::transact(request).await?.written())
+    }
+
+    /// The user a signal token (by hash) belongs to.
+    pub async fn signal_owner(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Owner {
+            user_id: String,
+        }
+        let owner: Option<Owner> = crate::dynamo::get_item(self.client, self.table, keys::signal_token(token_hash)).await?;
+        Ok(owner.map(|o| o.user_id))
+    }
+
+    /// Makes `new_hash` the user's signal token and deletes the one before it, in one transaction
+    /// (the old token answers 404 from the moment the new one exists).
+    pub async fn rotate_signal_token(&self, user_id: &str, new_hash: &str) -> Result<SignalRotation, StoreError> {
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        #[derive(Deserialize)]
+        struct Pointer {
+            hash: String,
+        }
+        let old: Option<Pointer> = crate::dynamo::get_item(self.client, self.table, keys::signal_pointer(user_id)).await?;
+        let lookup = keys::with_key(HashMap::from([("user_id".to_owned(), s(user_id))]), keys::signal_token(new_hash));
+        let pointer = keys::with_key(HashMap::from([("hash".to_owned(), s(new_hash))]), keys::signal_pointer(user_id));
+        let pointer = Put::builder().table_name(self.table).set_item(Some(pointer));
+        let pointer = match &old {
+            None => pointer.condition_expression("attribute_not_exists(PK)"),
+            Some(old) => pointer
+                .condition_expression("#h = :old")
+                .expression_attribute_names("#h", "hash")
+                .expression_attribute_values(":old", s(&old.hash)),
+        };
+        let mut request = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(self.table)
+                            .set_item(Some(lookup))
+                            .condition_expression("attribute_not_exists(PK)")
+                            .build()?,
+                    )
+                    .build(),
+            )
+            .transact_items(TransactWriteItem::builder().put(pointer.build()?).build())
+            .transact_items(self.account_exists_check(user_id)?);
+        if let Some(old) = &old {
+            let delete = Delete::builder().table_name(self.table).set_key(Some(keys::signal_token(&old.hash))).build()?;
+            request = request.transact_items(TransactWriteItem::builder().delete(delete).build());
+        }
+        let outcome = crate::dynamo::transact(request).await?;
+        Ok(if outcome.written() {
+            SignalRotation::Rotated
+        } else if outcome.failed(2) {
+            SignalRotation::AccountGone
+        } else {
+            SignalRotation::Changed
+        })
     }
 
     /// The account still exists: a write decided before a deletion committed must not outlive it.

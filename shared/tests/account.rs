@@ -803,3 +803,20 @@ async fn no_session_is_begun_for_an_account_deleted_meanwhile() {
     let left = shared::dynamo::partition(app.dynamo(), &app.state.config.table_name, shared::keys::sessions_partition(&uid)).await.unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn a_global_logout_from_a_clock_behind_never_moves_the_cutoff_back() {
+    let app = spawn_app().await;
+    let user = sign_up(&app).await;
+    let uid = user_id(&user.access);
+    let users = shared::auth::store::UserStore { client: app.dynamo(), table: &app.state.config.table_name };
+    let now = chrono::Utc::now().timestamp_millis();
+    users.revoke_all_sessions(&uid, now).await.unwrap();
+    // Another function whose clock runs a minute behind logs out everywhere too.
+    users.revoke_all_sessions(&uid, now - 60_000).await.unwrap();
+    let profile = users.profile(&uid).await.unwrap().unwrap();
+    assert_eq!(profile.revoked_before_ms, Some(now), "the later cutoff stands");
+    assert_eq!(me(&app, &user.access).await.code(), "invalid_token");
+    let res = users.revoke_all_sessions(&uuid::Uuid::new_v4().to_string(), now).await;
+    assert_eq!(res.unwrap_err().code(), "invalid_token", "no such account");
+}

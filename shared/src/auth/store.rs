@@ -211,18 +211,37 @@ impl UserStore<'_> {
             .map_err(|e| dynamo::write_error(e, ApiError::conflict("conflict", "the account changed")))
     }
 
+    /// A global logout at `now_ms`: access tokens and sessions begun before it die. The cutoff only
+    /// ever moves forward, so a function whose clock runs behind cannot bring back what a later
+    /// logout ended.
     pub async fn revoke_all_sessions(&self, user_id: &str, now_ms: i64) -> Result<(), ApiError> {
-        self.client
+        use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+        let result = self
+            .client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::profile(user_id)))
             .update_expression("SET revoked_before_ms = :now")
-            .condition_expression("attribute_exists(PK)")
+            .condition_expression("attribute_exists(PK) AND (attribute_not_exists(revoked_before_ms) OR revoked_before_ms < :now)")
             .expression_attribute_values(":now", n(now_ms))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| dynamo::write_error(e, ApiError::invalid_token()))
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if dynamo::is_condition_failure(&e) => {
+                // The profile is there with a later cutoff (that logout covers this one), or gone.
+                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+                let exists =
+                    matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(c)) if c.item().is_some());
+                if exists {
+                    Ok(())
+                } else {
+                    Err(ApiError::invalid_token())
+                }
+            }
+            Err(e) => Err(dynamo::db_error(e).into()),
+        }
     }
 }
 

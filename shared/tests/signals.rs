@@ -99,6 +99,9 @@ async fn signals_go_only_to_a_running_signal_bot_through_the_order_rules() {
     app.trading().set_kill_switch(true).await.unwrap();
     assert_eq!(send(&app, &signal, buy("e")).await.code(), "trading_halted");
     app.trading().set_kill_switch(false).await.unwrap();
+    let repeat = send(&app, &signal, buy("e")).await;
+    assert_eq!((repeat.status, repeat.code()), (503, "trading_halted"), "the refusal was recorded as the alert's answer: {}", repeat.raw);
+    assert_eq!(send(&app, &signal, buy("e2")).await.status, 202, "a new alert trades once the halt is lifted");
     assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.status, 200);
     assert_eq!(send(&app, &signal, buy("f")).await.code(), "bot_not_running");
 }

@@ -122,5 +122,16 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
             }
         }
     };
-    orders::submit(state, &caller, &key, order).await
+    let result = orders::submit(state, &caller, &key, order).await;
+    if let Err(refusal) = &result {
+        if refusal.code() == "trading_halted" {
+            // An alert is of its moment: refused under the kill switch, it stays refused (the
+            // refusal is recorded as its answer), so a repeat after the halt lifts never trades
+            // on a stale signal.
+            let record = crate::trading::idempotency::new_record("signal refused under the kill switch".into(), String::new());
+            let body = crate::http::problem_body(refusal).to_string();
+            state.trading_store().put_completed_idempotency(&caller.user_id, &key, record, refusal.status().as_u16(), &body).await?;
+        }
+    }
+    result
 }

@@ -75,6 +75,15 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Result<Resp
         .map_err(|e| ApiError::internal("building response", e))
 }
 
+/// A JSON answer that carries a secret (tokens, a TOTP secret, recovery codes, a signal URL):
+/// no cache may keep it (`Cache-Control: no-store` is on every answer; this adds HTTP/1.0's
+/// `Pragma`).
+pub fn secret_json_response<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, ApiError> {
+    let mut response = json_response(status, value)?;
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
 pub fn empty_response(status: StatusCode) -> Result<Response<Body>, ApiError> {
     Response::builder().status(status).body(Body::Empty).map_err(|e| ApiError::internal("building response", e))
 }

@@ -516,23 +516,6 @@ async fn delete_me(app: &TestApp, token: &str, password: &str) -> TestResponse {
     app.call_as(auth::delete_me, token, "DELETE", "/api/v1/users/me", Some(json!({"password": password}))).await
 }
 
-/// Registers `email` again after its account was deleted, verifies and signs in.
-async fn register_again(app: &TestApp, email: &str) -> SignedIn {
-    let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(json!({"email": email, "password": PASSWORD})))).await;
-    assert_eq!(res.status, 202, "{}", res.raw);
-    let code = app.outbox().iter().rev().find(|m| m["to"] == email && m["code"].is_string()).expect("a code mail")["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let res =
-        app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(json!({"email": email, "verification_code": code})))).await;
-    assert_eq!(res.status, 200, "{}", res.raw);
-    let res = login(app, email, PASSWORD).await;
-    assert_eq!(res.status, 200, "{}", res.raw);
-    let token = |name: &str| res.body[name].as_str().unwrap().to_owned();
-    SignedIn { email: email.to_owned(), access: token("access_token"), refresh: token("refresh_token") }
-}
-
 #[tokio::test]
 async fn an_account_is_deleted_only_with_its_bot_stopped_and_its_address_registers_again_twice() {
     let app = spawn_app().await;
@@ -577,7 +560,7 @@ async fn an_account_is_deleted_only_with_its_bot_stopped_and_its_address_registe
         }
         deleted_ids.push(uid);
         // The address is free: a new account, nothing of the old one.
-        user = register_again(&app, &user.email).await;
+        user = sign_up_as(&app, &user.email).await;
         let account = app.call_as(trading::account, &user.access, "GET", "/api/v1/account", None).await;
         assert!(account.body["positions"].as_array().is_some_and(|p| p.is_empty()), "no position of the old account: {}", account.raw);
     }

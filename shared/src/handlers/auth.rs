@@ -6,14 +6,17 @@ use crate::auth::mfa::{self, PendingSignIn};
 use crate::auth::password;
 use crate::auth::session::{authenticate, Caller};
 use crate::auth::store::{Credentials, Device, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore, UNVERIFIED_LIFETIME_SECS};
+use crate::auth::tokens::JwtKeys;
 use crate::auth::tokens::{AccessClaims, SignIn};
+use crate::crypto::EncryptionKeys;
 use crate::error::ApiError;
-use crate::http::{empty_response, json_response, parse_json, RequestContext};
+use crate::http::{empty_response, json_response, parse_json, secret_json_response, RequestContext};
 use crate::mail::Email;
 use crate::state::AppState;
 use http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 type HandlerResult = Result<Response<Body>, ApiError>;
 
@@ -343,12 +346,10 @@ async fn token_response(state: &AppState, claims: AccessClaims, refresh: &Refres
     let ttl = state.config.access_token_ttl.as_secs();
     let activation = crate::auth::tokens::activation_delay(state.config.secrets_ttl);
     let access_token = keys.sign(&claims, activation).map_err(|e| ApiError::internal("signing access token", e))?;
-    let mut response = json_response(
+    secret_json_response(
         StatusCode::OK,
         &TokenResponse { access_token, refresh_token: refresh.expose().to_owned(), token_type: "Bearer", expires_in: ttl },
-    )?;
-    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    )
 }
 
 pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
@@ -383,9 +384,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned(), password_checked_ms };
         let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(&state.redis, &pending), rehash);
         log_rehash_failure(rehashed);
-        let mut response = json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}))?;
-        response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        return Ok(response);
+        return secret_json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}));
     }
     let (claims, refresh) = new_session(state, &creds.user_id, SignIn::Password, now_ms());
     let (store, device) = (refresh_store(state), device(&req, &ctx));
@@ -689,9 +688,14 @@ pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext
 
 // ---------------------------------------------------------------- two-factor
 
-fn no_store(mut response: Response<Body>) -> HandlerResult {
-    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    Ok(response)
+/// The keys a second factor is checked with: the encryption key of its secret, and the pepper of
+/// its recovery codes.
+async fn second_factor_keys(state: &AppState) -> Result<(Arc<EncryptionKeys>, Arc<JwtKeys>), ApiError> {
+    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
+    Ok((
+        keys.map_err(|e| ApiError::internal("loading encryption keys", e))?,
+        jwt.map_err(|e| ApiError::internal("loading auth secret", e))?,
+    ))
 }
 
 /// `POST /api/v1/auth/mfa/totp/setup`: a new secret, pending until `enable` confirms it.
@@ -699,10 +703,10 @@ pub async fn totp_setup(state: &AppState, req: Request, _ctx: RequestContext) ->
     let (caller, profile) = signed_in(state, &req).await?;
     let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let setup = mfa::setup(&users(state), &keys, &caller.user_id, &profile.email).await?;
-    no_store(json_response(
+    secret_json_response(
         StatusCode::OK,
         &serde_json::json!({"secret": setup.secret_base32.expose(), "otpauth_uri": setup.otpauth_uri.expose()}),
-    )?)
+    )
 }
 
 #[derive(Deserialize)]
@@ -716,15 +720,13 @@ pub async fn totp_enable(state: &AppState, req: Request, _ctx: RequestContext) -
     let (caller, profile) = signed_in(state, &req).await?;
     let body: EnableTotpRequest = parse_json(&req)?;
     let (email, form, _) = login_record(state, &profile).await?;
-    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
-    let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
-    let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let (keys, jwt) = second_factor_keys(state).await?;
     let codes = mfa::enable(&users(state), &keys, jwt.code_pepper.expose(), &form, &caller.user_id, &body.code).await?;
     // The owner hears of it: a stolen access token could turn it on with another's authenticator.
     let notice = "Two-factor authentication was turned on for your account: signing in now asks for a code from your authenticator app. If this was not you, reset your password and contact support.";
     notify(state, &email, "Two-factor authentication turned on", notice).await;
     let codes: Vec<&str> = codes.iter().map(|c| c.expose().as_str()).collect();
-    no_store(json_response(StatusCode::OK, &serde_json::json!({"recovery_codes": codes}))?)
+    secret_json_response(StatusCode::OK, &serde_json::json!({"recovery_codes": codes}))
 }
 
 #[derive(Deserialize)]
@@ -744,9 +746,7 @@ pub async fn totp_disable(state: &AppState, req: Request, ctx: RequestContext) -
     }
     let (email, form, creds) = login_record(state, &profile).await?;
     check_password(state, &ctx, &email, &creds, body.password).await?;
-    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
-    let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
-    let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let (keys, jwt) = second_factor_keys(state).await?;
     let users = users(state);
     if !mfa::accept_second_factor(&users, &keys, jwt.code_pepper.expose(), &caller.user_id, &body.code).await? {
         return Err(mfa::invalid_code());
@@ -778,9 +778,7 @@ pub async fn mfa_verify(state: &AppState, req: Request, ctx: RequestContext) -> 
     let pending = mfa::pending_sign_in(&state.redis, &body.mfa_token).await?.ok_or_else(invalid_mfa_token)?;
     let limits = limits(state);
     limits.login_attempt(&state.redis, &ctx.source_ip, &pending.email).await?;
-    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
-    let keys = keys.map_err(|e| ApiError::internal("loading encryption keys", e))?;
-    let jwt = jwt.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let (keys, jwt) = second_factor_keys(state).await?;
     if !mfa::accept_second_factor(&users(state), &keys, jwt.code_pepper.expose(), &pending.user_id, &body.code).await? {
         return Err(mfa::invalid_code());
     }

@@ -202,9 +202,7 @@ pub async fn signal_token(state: &AppState, req: Request, _ctx: RequestContext) 
     let host = header_str(&req, "host").unwrap_or("localhost");
     let scheme = if state.config.is_local() { "http" } else { "https" };
     let url = format!("{scheme}://{host}/api/v1/signals/{}", token.expose());
-    let mut response = json_response(StatusCode::OK, &serde_json::json!({ "signal_url": url }))?;
-    response.headers_mut().insert(http::header::PRAGMA, http::HeaderValue::from_static("no-cache"));
-    Ok(response)
+    crate::http::secret_json_response(StatusCode::OK, &serde_json::json!({ "signal_url": url }))
 }
 
 #[derive(Deserialize)]

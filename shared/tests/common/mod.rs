@@ -252,8 +252,13 @@ pub struct SignedIn {
 
 /// Registers, verifies and logs in a fresh user (password `PASSWORD`).
 pub async fn sign_up(app: &TestApp) -> SignedIn {
+    sign_up_as(app, &format!("user-{}@example.com", uuid::Uuid::new_v4().simple())).await
+}
+
+/// Registers `email` (lower case), verifies it from the mailed code and logs in.
+pub async fn sign_up_as(app: &TestApp, email: &str) -> SignedIn {
     use shared::handlers::auth;
-    let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+    let email = email.to_owned();
     let res = app
         .call(auth::register, request("POST", "/api/v1/auth/register", Some(serde_json::json!({"email": email, "password": PASSWORD}))))
         .await;

@@ -84,6 +84,20 @@ pub fn generate_key_secret(id: &str) -> serde_json::Value {
     serde_json::json!({"keys": [{"id": id, "key": STANDARD.encode(key)}]})
 }
 
+/// 256 random bits, URL-safe base64 without padding (43 characters): every bearer secret this
+/// service mints (refresh tokens' random part, mailed link tokens, `mfa_token`s, signal tokens).
+pub fn random_token() -> String {
+    let mut random = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+}
+
+/// Whether `token` has the shape `random_token` makes: anything else is refused before it
+/// reaches a key or a hash.
+pub fn is_random_token(token: &str) -> bool {
+    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -572,19 +572,6 @@ impl Limits {
     }
 }
 
-/// A link token: 256 bits from the OS CSPRNG, base64url (43 characters).
-pub fn new_link_token() -> String {
-    use base64::Engine;
-    let mut random = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
-}
-
-/// Whether `token` has the shape of one `new_link_token` makes.
-pub fn is_link_token(token: &str) -> bool {
-    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// A 6-digit code from the OS CSPRNG, uniform over 000000–999999.
 pub fn new_code() -> String {
     use rand::Rng;

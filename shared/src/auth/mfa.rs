@@ -177,23 +177,16 @@ fn mfa_token_key(token: &str) -> String {
 
 /// 256 random bits, URL-safe: what `POST /auth/mfa/verify` takes back.
 pub async fn issue_mfa_token(redis: &ConnectionManager, pending: &PendingSignIn) -> Result<Secret<String>, ApiError> {
-    use base64::Engine;
-    let mut random = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+    let token = crate::crypto::random_token();
     let value = serde_json::to_string(pending).map_err(|e| ApiError::internal("encoding a pending sign-in", e))?;
     let mut conn = redis.clone();
     redis::cmd("SET").arg(mfa_token_key(&token)).arg(value).arg("EX").arg(MFA_TOKEN_TTL_SECS).query_async::<()>(&mut conn).await?;
     Ok(Secret::new(token))
 }
 
-fn is_mfa_token(token: &str) -> bool {
-    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The sign-in `token` stands for, if it is live (not spent, not older than 5 minutes).
 pub async fn pending_sign_in(redis: &ConnectionManager, token: &str) -> Result<Option<PendingSignIn>, ApiError> {
-    if !is_mfa_token(token) {
+    if !crate::crypto::is_random_token(token) {
         return Ok(None);
     }
     let mut conn = redis.clone();

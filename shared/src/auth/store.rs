@@ -547,11 +547,7 @@ impl std::fmt::Debug for RefreshToken {
 
 impl RefreshToken {
     pub fn issue(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn) -> Self {
-        use base64::Engine;
-        let mut random = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
-        Self::with_secret(user_id, family_id, family_created_ms, sign_in, &secret)
+        Self::with_secret(user_id, family_id, family_created_ms, sign_in, &crate::crypto::random_token())
     }
 
     fn with_secret(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn, secret: &str) -> Self {
@@ -591,9 +587,8 @@ impl RefreshToken {
         // Only ids this service issues (hyphenated UUIDs) ever reach a key: anything else would
         // make DynamoDB refuse the key (a 2 KB id) and the route answer 5xx.
         let uuid = |id: &str| id.len() == 36 && uuid::Uuid::try_parse(id).is_ok();
-        let random_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         let created_ok = !created.is_empty() && created.len() <= 15 && created.bytes().all(|b| b.is_ascii_digit());
-        if !uuid(user_id) || !uuid(family_id) || !random_ok || !created_ok {
+        if !uuid(user_id) || !uuid(family_id) || !crate::crypto::is_random_token(secret) || !created_ok {
             return None;
         }
         Some(RefreshToken {

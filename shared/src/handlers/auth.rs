@@ -1,7 +1,7 @@
 //! The auth routes. Each is served by its own function crate.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::limits::{hash_code, is_link_token, new_code, new_link_token, Limits, MailBudget, NewCode, Proof, Purpose};
+use crate::auth::limits::{hash_code, new_code, Limits, MailBudget, NewCode, Proof, Purpose};
 use crate::auth::mfa::{self, PendingSignIn};
 use crate::auth::password;
 use crate::auth::session::{authenticate, Caller};
@@ -106,7 +106,7 @@ async fn store_and_send_code(
     mail: bool,
 ) -> Result<(), ApiError> {
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
-    let (code, token) = (new_code(), new_link_token());
+    let (code, token) = (new_code(), crate::crypto::random_token());
     let pepper = keys.code_pepper.expose();
     let code_hash = hash_code(pepper, email.as_str(), &code);
     let token_hash = token_hash(pepper, email, &token);
@@ -218,7 +218,7 @@ fn presented(
         (Some(code), None) if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) => {
             Some((false, hash_code(pepper, email.as_str(), code)))
         }
-        (None, Some(token)) if is_link_token(token) => Some((true, token_hash(pepper, email, token))),
+        (None, Some(token)) if crate::crypto::is_random_token(token) => Some((true, token_hash(pepper, email, token))),
         (Some(_), Some(_)) | (None, None) => return Err(ApiError::invalid_request(format!("send either {code_field} or token"))),
         _ => None,
     })

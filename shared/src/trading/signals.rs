@@ -23,18 +23,11 @@ fn token_hash(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn is_token(token: &str) -> bool {
-    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// A new signal token for the caller; the one before it is refused from now on.
 pub async fn rotate_token(state: &AppState, caller: &Caller) -> Result<Secret<String>, ApiError> {
-    use base64::Engine;
     load_snapshot(state, caller).await?;
     for _ in 0..3 {
-        let mut random = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+        let token = crate::crypto::random_token();
         match state.trading_store().rotate_signal_token(&caller.user_id, &token_hash(&token)).await? {
             SignalRotation::Rotated => return Ok(Secret::new(token)),
             // Two rotations raced: the other one's token stands unless this one tries again.
@@ -69,7 +62,7 @@ fn not_found() -> ApiError {
 
 /// Turns `alert`, sent to the URL of `token`, into an order of its owner's bot.
 pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answer, ApiError> {
-    if !is_token(token) {
+    if !crate::crypto::is_random_token(token) {
         return Err(not_found());
     }
     if alert.id.is_empty() || alert.id.chars().count() > 128 {

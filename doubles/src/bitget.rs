@@ -15,6 +15,10 @@
 //! - a duplicate `clientOid` refused with code `40786`;
 //! - limit orders that rest (state `live`) until the mark crosses them and fill at their price with
 //!   the maker fee; `cancel-order` cancels them; `orders-pending` lists them;
+//! - candles (`market/candles`, up to 1,000 a call, and `market/history-candles`, up to 200) from
+//!   a series loaded per symbol (`load_candles`, or `POST /double/candles?symbol=…` with the CSV
+//!   `make candles` sends) and extended by ticks (`tick`, `POST /double/tick`, what `make price`
+//!   sends), bucketed into the asked granularity, the newest last and the forming one included;
 //! - scripted faults: a timeout, an accept-then-timeout, 429, 5xx, or any business code.
 //!
 //! `make test` runs ccxt's own bitget client against this double, so its shapes are vouched for by
@@ -228,6 +232,65 @@ pub struct FakeState {
     next_order_id: u64,
     /// Set by `Fault::FillPart` for the one request it scripts.
     fill_limit: Option<Decimal>,
+    /// Per symbol, the loaded candle series (open time in ms → candle), at its own spacing.
+    pub candles: HashMap<String, BTreeMap<i64, Candle>>,
+}
+
+/// One candle of a loaded series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candle {
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+}
+
+/// Bitget's USDT-M candle granularities and their length in ms (the UTC-aligned ones).
+pub fn granularity_ms(granularity: &str) -> Option<i64> {
+    const MINUTE: i64 = 60_000;
+    Some(match granularity {
+        "1m" => MINUTE,
+        "3m" => 3 * MINUTE,
+        "5m" => 5 * MINUTE,
+        "15m" => 15 * MINUTE,
+        "30m" => 30 * MINUTE,
+        "1H" => 60 * MINUTE,
+        "2H" => 120 * MINUTE,
+        "4H" => 240 * MINUTE,
+        "6Hutc" => 360 * MINUTE,
+        "12Hutc" => 720 * MINUTE,
+        "1Dutc" => 1440 * MINUTE,
+        _ => return None,
+    })
+}
+
+/// Parses a candle CSV: `time,open,high,low,close,volume` per line, time in ms or RFC 3339, an
+/// optional header line. The error names the first bad line.
+pub fn parse_candle_csv(text: &str) -> Result<Vec<(i64, Candle)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || (n == 0 && line.chars().next().is_some_and(|c| c.is_ascii_alphabetic())) {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = || format!("line {}: expected time,open,high,low,close,volume", n + 1);
+        let [time, open, high, low, close, volume] = fields.as_slice() else { return Err(bad()) };
+        let time = time
+            .parse::<i64>()
+            .ok()
+            .or_else(|| chrono::DateTime::parse_from_rfc3339(time).ok().map(|t| t.timestamp_millis()))
+            .ok_or_else(bad)?;
+        let d = |v: &str| Decimal::from_str(v).map_err(|_| bad());
+        let candle = Candle { open: d(open)?, high: d(high)?, low: d(low)?, close: d(close)?, volume: d(volume)? };
+        let ordered = candle.low <= candle.open.min(candle.close) && candle.high >= candle.open.max(candle.close);
+        if !ordered || candle.low <= Decimal::ZERO || candle.volume < Decimal::ZERO {
+            return Err(format!("line {}: low ≤ open, close ≤ high, prices above 0 and a volume of 0 or more", n + 1));
+        }
+        out.push((time, candle));
+    }
+    Ok(out)
 }
 
 #[derive(Clone)]
@@ -324,6 +387,7 @@ impl FakeBitget {
             rate_windows: HashMap::new(),
             next_order_id: 1_000_000,
             fill_limit: None,
+            candles: HashMap::new(),
         };
         let state = Arc::new(Mutex::new(state));
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
@@ -371,6 +435,17 @@ impl FakeBitget {
     pub fn position(&self, symbol: &str, side: &str) -> Decimal {
         self.lock().positions.get(&(symbol.to_owned(), side.to_owned())).map(|p| p.size).unwrap_or_default()
     }
+    /// Replaces `symbol`'s candle series.
+    pub fn load_candles(&self, symbol: &str, candles: Vec<(i64, Candle)>) {
+        self.lock().candles.insert(symbol.to_owned(), candles.into_iter().collect());
+    }
+
+    /// A trade at `price` at `time_ms`: the 1-minute candle it falls in moves (or starts), and
+    /// the mark follows.
+    pub fn tick(&self, symbol: &str, time_ms: i64, price: Decimal) {
+        tick(&mut self.lock(), symbol, time_ms, price);
+    }
+
     pub fn set_pos_mode(&self, mode: &str) {
         self.lock().pos_mode = mode.into();
     }
@@ -562,6 +637,31 @@ fn route(state: &mut FakeState, method: &Method, uri: &Uri, headers: &HeaderMap,
             ),
             None => bad(codes::SYMBOL_NOT_FOUND, "Parameter symbol does not exist"),
         },
+        ("GET", "/api/v2/mix/market/candles") => candles(state, &q, 1000),
+        ("GET", "/api/v2/mix/market/history-candles") => candles(state, &q, 200),
+        // The double's own operator routes (no such path exists on Bitget).
+        ("POST", "/double/candles") => match (q.get("symbol"), parse_candle_csv(body)) {
+            (Some(symbol), Ok(series)) if state.contracts.contains_key(symbol) => {
+                let loaded = series.len();
+                state.candles.insert(symbol.clone(), series.into_iter().collect());
+                ok(json!({"symbol": symbol, "candles": loaded}))
+            }
+            (_, Err(why)) => bad(codes::PARAMETER_VERIFICATION, &why),
+            _ => bad(codes::SYMBOL_NOT_FOUND, "Parameter symbol does not exist"),
+        },
+        ("POST", "/double/tick") => {
+            let tick_body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            let symbol = tick_body["symbol"].as_str().unwrap_or_default().to_owned();
+            let price = tick_body["price"].as_str().and_then(|p| Decimal::from_str(p).ok()).filter(|p| *p > Decimal::ZERO);
+            match price {
+                Some(price) if state.contracts.contains_key(&symbol) => {
+                    let time = tick_body["time_ms"].as_i64().unwrap_or_else(now_ms);
+                    tick(state, &symbol, time, price);
+                    ok(json!({"symbol": symbol, "price": price.to_string(), "time_ms": time}))
+                }
+                _ => bad(codes::PARAMETER_VERIFICATION, "expected {\"symbol\", \"price\": \"65000\", \"time_ms\"?}"),
+            }
+        }
         ("GET", "/api/v2/mix/market/contracts") => {
             // Only USDT-M is served; the other product types exist and are empty here.
             if !q.get("productType").is_some_and(|p| PRODUCT_TYPES.iter().any(|t| t.eq_ignore_ascii_case(p))) {
@@ -586,6 +686,91 @@ fn route(state: &mut FakeState, method: &Method, uri: &Uri, headers: &HeaderMap,
             private(state, method.as_str(), path, &q, body)
         }
     }
+}
+
+fn tick(state: &mut FakeState, symbol: &str, time_ms: i64, price: Decimal) {
+    let series = state.candles.entry(symbol.to_owned()).or_default();
+    // The series' own spacing (a minute when it has fewer than two candles).
+    let spacing = {
+        let mut times = series.keys().rev();
+        match (times.next(), times.next()) {
+            (Some(a), Some(b)) => a - b,
+            _ => 60_000,
+        }
+    };
+    // A tick inside a candle moves it; one past every candle starts the minute it falls in.
+    let within = series.range(..=time_ms).next_back().map(|(t, _)| *t).filter(|t| time_ms < t + spacing);
+    match within.and_then(|t| series.get_mut(&t)) {
+        Some(c) => {
+            c.high = c.high.max(price);
+            c.low = c.low.min(price);
+            c.close = price;
+        }
+        None => {
+            let minute = time_ms.div_euclid(60_000) * 60_000;
+            series.insert(minute, Candle { open: price, high: price, low: price, close: price, volume: Decimal::ZERO });
+        }
+    }
+    state.marks.insert(symbol.to_owned(), price);
+}
+
+/// `GET market/candles` and `market/history-candles`: the series bucketed into `granularity`
+/// (UTC-aligned), those whose open time is within [startTime, endTime], the newest `limit` of them,
+/// oldest first; each `[ts, open, high, low, close, baseVolume, quoteVolume]`, strings.
+fn candles(state: &FakeState, q: &HashMap<String, String>, max_limit: u32) -> Response {
+    if !product_type_ok(q.get("productType").map(String::as_str)) {
+        return bad(codes::PARAMETER_VERIFICATION, "productType is required");
+    }
+    let Some(symbol) = q.get("symbol").filter(|s| state.contracts.contains_key(*s)) else {
+        return bad(codes::SYMBOL_NOT_FOUND, "Parameter symbol does not exist");
+    };
+    let Some(step) = q.get("granularity").and_then(|g| granularity_ms(g)) else {
+        return bad(codes::PARAMETER_VERIFICATION, "Parameter granularity error");
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<u32>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=max_limit).contains(&l) => l,
+        Some(_) => return bad(codes::PARAMETER_VERIFICATION, "Parameter limit error"),
+    };
+    let time = |k: &str| q.get(k).map(|v| v.parse::<i64>());
+    let (start, end) = match (time("startTime"), time("endTime")) {
+        (Some(Err(_)), _) | (_, Some(Err(_))) => return bad(codes::PARAMETER_VERIFICATION, "Parameter time error"),
+        (s, e) => (s.and_then(Result::ok).unwrap_or(i64::MIN), e.and_then(Result::ok).unwrap_or(i64::MAX)),
+    };
+    if start > end {
+        return bad(codes::PARAMETER_VERIFICATION, "startTime must not be after endTime");
+    }
+    let mut buckets: BTreeMap<i64, Candle> = BTreeMap::new();
+    for (t, c) in state.candles.get(symbol).into_iter().flatten() {
+        let bucket = t.div_euclid(step) * step;
+        buckets
+            .entry(bucket)
+            .and_modify(|b| {
+                b.high = b.high.max(c.high);
+                b.low = b.low.min(c.low);
+                b.close = c.close;
+                b.volume += c.volume;
+            })
+            .or_insert(*c);
+    }
+    let chosen: Vec<(&i64, &Candle)> = buckets.range(start..=end).collect();
+    let newest = &chosen[chosen.len().saturating_sub(limit as usize)..];
+    ok(Value::Array(
+        newest
+            .iter()
+            .map(|(t, c)| {
+                json!([
+                    t.to_string(),
+                    c.open.to_string(),
+                    c.high.to_string(),
+                    c.low.to_string(),
+                    c.close.to_string(),
+                    c.volume.to_string(),
+                    (c.volume * c.close).round_dp(8).to_string()
+                ])
+            })
+            .collect(),
+    ))
 }
 
 fn ticker(symbol: &str, price: Decimal) -> Value {

@@ -206,6 +206,9 @@ pub fn running_paper_bot(
         stop_round: 0,
         credentials_version: None,
         position_mode: None,
+        run: None,
+        strategy_state: Default::default(),
+        stop_reason: None,
     };
     let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(&bot)?, crate::keys::bot(user_id));
     bot_item.extend(crate::keys::active_bot_index(user_id));

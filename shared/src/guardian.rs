@@ -493,6 +493,9 @@ async fn check_paper(
             size: closed.size,
             exit_price: closed.exit_price,
         });
+        if end_strategy(state, user_id, bot, reason).await? {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -544,8 +547,22 @@ async fn check_live(
             size: closed.size,
             exit_price: closed.exit_price,
         });
+        if end_strategy(state, user_id, bot, reason).await? {
+            return Ok(());
+        }
     }
     Ok(())
+}
+
+/// A bot that trades by itself (a strategy, signals) is stopped by a triggered exit, with the
+/// exit as its reason, instead of re-entering on its next decision; its resting orders (a grid's)
+/// are canceled by the stop. True when it was stopped.
+async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord, reason: &str) -> Result<bool, ApiError> {
+    if !bot.config.strategy.is_automatic() {
+        return Ok(false);
+    }
+    crate::trading::bot::stop_because(state, user_id, bot.clone(), Some(reason)).await?;
+    Ok(true)
 }
 
 /// The run's health checks, announced once per transition. A run over one shard (the deployed

@@ -18,6 +18,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The user acting now through something other than an access token: a signal URL's
+    /// token, or the bot's own strategy.
+    pub fn acting_now(user_id: String) -> Caller {
+        Caller { user_id, issued_at_ms: chrono::Utc::now().timestamp_millis(), session_id: None, sign_in: SignIn::Password }
+    }
+
     /// Whether the user's profile says this token is dead: a global logout after it was issued,
     /// or its session revoked (reuse detected, logged out, ended from another device).
     /// With two-factor on, what guards the exchange keys needs a session signed in with it.

@@ -86,7 +86,7 @@ struct StartRequest {
     margin_mode: crate::trading::model::MarginMode,
     /// Parsed after the body, so an unknown kind is the contract's 422 `invalid_strategy`.
     #[serde(default)]
-    strategy: Option<serde_json::Value>,
+    strategy: Option<Box<serde_json::value::RawValue>>,
 }
 
 pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
@@ -100,7 +100,7 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
         trailing_stop_pct: body.trailing_stop_pct.map(|d| d.normalize()),
         max_position_notional: body.max_position_notional.normalize(),
         margin_mode: body.margin_mode,
-        strategy: crate::trading::strategy::parse(body.strategy)?,
+        strategy: crate::trading::strategy::parse(body.strategy.as_deref())?,
     };
     json_response(StatusCode::OK, &bot::start(state, &caller, config).await?)
 }

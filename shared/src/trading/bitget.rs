@@ -65,7 +65,11 @@ pub fn requests_per_second(path: &str) -> usize {
         | "/api/v2/mix/account/set-leverage"
         | "/api/v2/mix/account/set-margin-mode"
         | "/api/v2/mix/account/set-position-mode" => 5,
-        "/api/v2/mix/market/tickers" | "/api/v2/mix/market/contracts" | "/api/v2/mix/market/symbol-price" => 20,
+        "/api/v2/mix/market/tickers"
+        | "/api/v2/mix/market/contracts"
+        | "/api/v2/mix/market/symbol-price"
+        | "/api/v2/mix/market/candles"
+        | "/api/v2/mix/market/history-candles" => 20,
         _ => 10,
     }
 }

@@ -42,6 +42,10 @@ pub struct BotStatus {
     pub config: Option<BotConfig>,
     pub positions: Vec<Position>,
     pub updated_at: Option<String>,
+    /// Why a stopped bot stopped by itself (a triggered stop of a strategy bot); absent when it
+    /// was asked to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 async fn status_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot, bot: Option<&BotRecord>) -> Result<BotStatus, ApiError> {
@@ -54,6 +58,7 @@ async fn status_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot, bot
         config: bot.map(|b| b.config.clone()),
         positions,
         updated_at: bot.map(|b| b.updated_at.clone()),
+        stop_reason: bot.filter(|b| b.state != BotState::Running).and_then(|b| b.stop_reason.clone()),
     })
 }
 
@@ -69,6 +74,9 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
     let (snapshot, halted_now) = (snapshot?, halted_now?);
     let specs = crate::trading::service::contract_book(state).await?;
     crate::trading::risk::check_bot_config(&config, specs.get(&config.symbol))?;
+    if let Some(spec) = specs.get(&config.symbol) {
+        crate::trading::strategy::check_against(&config.strategy, spec)?;
+    }
     if halted_now {
         return Err(halted());
     }
@@ -120,6 +128,9 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
             stop_round: 0,
             credentials_version: snapshot.credentials.as_ref().map(|c| c.version),
             position_mode: position_mode.clone(),
+            run: Some(crate::trading::store::BotRun { id: format!("run-v{next}"), started_ms: chrono::Utc::now().timestamp_millis() }),
+            strategy_state: Default::default(),
+            stop_reason: None,
         };
         match trading.start_bot(&record, expected).await? {
             StartOutcome::Started => return status_of(state, user_id, &snapshot, Some(&record)).await,
@@ -194,25 +205,44 @@ async fn claim_round(trading: &TradingStore<'_>, bot: &mut BotRecord) -> Result<
 /// `stopped`. Never reports stopped while a position is open or an order of its own may still
 /// fill; a failure leaves the bot `stopping` for the guardian to finish.
 pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Stopped, ApiError> {
+    stop_because(state, user_id, bot, None).await
+}
+
+/// `stop`, saying why when the bot was not asked to (`reason` shows in its status).
+pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reason: Option<&str>) -> Result<Stopped, ApiError> {
     let trading = state.trading_store();
     let mut bot = bot;
     let mut closed = Vec::new();
     let mut canceled_orders = Vec::new();
     // A stop asked again while one is under way (the user's retry, the guardian finishing it).
     let repeat = bot.state == BotState::Stopping;
-    if bot.state == BotState::Running {
+    // A strategy run may write the running bot's state meanwhile: the stop goes on from the
+    // bot as it is then (a stop is never refused for a strategy's bookkeeping).
+    for _ in 0..5 {
+        if bot.state != BotState::Running {
+            break;
+        }
         let stopping = BotRecord {
             state: BotState::Stopping,
             version: bot.version + 1,
             stop_id: Some(format!("stop-v{}", bot.version + 1)),
             stop_round: 0,
             updated_at: now_rfc3339(),
+            stop_reason: reason.map(str::to_owned),
             ..bot.clone()
         };
-        bot = match claim(&trading, &bot, stopping).await? {
-            Claim::Written(b) | Claim::Adopted(b) => b,
-            Claim::AlreadyStopped(b) => return Ok(Stopped { bot: b, closed, canceled_orders }),
-        };
+        if trading.put_bot(&stopping, Some(bot.version)).await? {
+            bot = stopping;
+            break;
+        }
+        match trading.bot(user_id).await? {
+            Some(latest) if latest.state == BotState::Stopped => return Ok(Stopped { bot: latest, closed, canceled_orders }),
+            Some(latest) => bot = latest,
+            None => return Err(concurrent_change()),
+        }
+    }
+    if bot.state == BotState::Running {
+        return Err(concurrent_change());
     }
     if bot.state == BotState::Stopped {
         return Ok(Stopped { bot, closed, canceled_orders });

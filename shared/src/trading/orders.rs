@@ -88,6 +88,21 @@ pub async fn stored_answer(state: &AppState, user_id: &str, key: &str) -> Result
     Ok(record.filter(|r| r.status.is_some()).as_ref().map(replayed))
 }
 
+/// `submit` for an order decided by a signal or a strategy, which is of its moment: refused
+/// under the kill switch, it stays refused (the refusal is recorded as the key's answer), so a
+/// repeat after the halt lifts never trades on a stale decision.
+pub async fn submit_of_its_moment(state: &AppState, caller: &Caller, key: &str, order: NewOrder) -> Result<Answer, ApiError> {
+    let result = submit(state, caller, key, order).await;
+    if let Err(refusal) = &result {
+        if refusal.code() == "trading_halted" {
+            let record = idempotency::new_record("refused under the kill switch".into(), String::new());
+            let body = crate::http::problem_body(refusal).to_string();
+            state.trading_store().put_completed_idempotency(&caller.user_id, key, record, refusal.status().as_u16(), &body).await?;
+        }
+    }
+    result
+}
+
 /// Checks, records and sends `order` under the caller's Idempotency-Key `key` (already valid).
 pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrder) -> Result<Answer, ApiError> {
     let user_id = caller.user_id.as_str();

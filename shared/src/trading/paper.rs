@@ -142,6 +142,24 @@ pub fn apply_fill(
     }
 }
 
+/// The paper account as an exchange reports it: equity at the marks of `views`, and what is
+/// available once the positions' margin and the margin resting opening orders hold (as on
+/// Bitget) are set aside.
+pub fn account_view(account: &PaperAccount, positions: &[PaperPosition], views: Vec<Position>, resting: &[&OrderIntent]) -> AccountView {
+    let unrealized: Decimal = views.iter().map(|p| p.unrealized_pnl).sum();
+    let reserved: Decimal =
+        resting.iter().filter(|r| !r.reduce_only).map(|r| r.size * r.price.unwrap_or_default() / Decimal::from(r.leverage.max(1))).sum();
+    let margin: Decimal = positions.iter().map(|p| p.margin).sum::<Decimal>() + reserved;
+    let equity = account.balance + unrealized;
+    AccountView {
+        exchange: ExchangeKind::Paper,
+        equity: equity.normalize(),
+        available: (equity - margin).max(Decimal::ZERO).normalize(),
+        unrealized_pnl: unrealized.normalize(),
+        positions: views,
+    }
+}
+
 /// Where an isolated position is liquidated: where its loss leaves only the maintenance margin
 /// (`maintenance_rate` of its notional at entry) of the margin it was opened with, as on Bitget.
 pub fn liquidation_price(p: &PaperPosition, maintenance_rate: Decimal) -> Decimal {
@@ -315,23 +333,8 @@ impl Exchange for PaperExchange {
         let snapshot = self.snapshot.lock().await;
         let account = self.account_or_new(&snapshot);
         let positions = self.positions_of(&snapshot)?;
-        let unrealized: Decimal = positions.iter().map(|p| p.unrealized_pnl).sum();
-        // Resting opening orders hold their margin, as on Bitget.
-        let reserved: Decimal = snapshot
-            .resting
-            .iter()
-            .filter(|r| !r.intent.reduce_only)
-            .map(|r| r.intent.size * r.intent.price.unwrap_or_default() / Decimal::from(r.intent.leverage.max(1)))
-            .sum();
-        let margin: Decimal = snapshot.positions.iter().map(|p| p.margin).sum::<Decimal>() + reserved;
-        let equity = account.balance + unrealized;
-        Ok(AccountView {
-            exchange: ExchangeKind::Paper,
-            equity: equity.normalize(),
-            available: (equity - margin).max(Decimal::ZERO).normalize(),
-            unrealized_pnl: unrealized.normalize(),
-            positions,
-        })
+        let resting: Vec<&OrderIntent> = snapshot.resting.iter().map(|r| &r.intent).collect();
+        Ok(account_view(&account, &snapshot.positions, positions, &resting))
     }
 
     async fn positions(&self) -> Result<Vec<Position>, ExchangeError> {

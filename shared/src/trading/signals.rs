@@ -4,7 +4,6 @@
 //! the bot's state), keyed by the alert's id, so an alert fired twice sends one order.
 
 use crate::auth::session::Caller;
-use crate::auth::tokens::SignIn;
 use crate::error::ApiError;
 use crate::secrets::Secret;
 use crate::state::AppState;
@@ -74,7 +73,7 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
     limits.check_ip(&state.redis, "signal", &hash[..32]).await?;
     let user_id = state.trading_store().signal_owner(&hash).await?.ok_or_else(not_found)?;
     // The token is the credential: its owner acts now.
-    let caller = Caller { user_id, issued_at_ms: chrono::Utc::now().timestamp_millis(), session_id: None, sign_in: SignIn::Password };
+    let caller = Caller::acting_now(user_id);
     let key = format!("signal:{}", &hex::encode(sha2::Sha256::digest(alert.id.as_bytes()))[..40]);
     if let Some(answer) = orders::stored_answer(state, &caller.user_id, &key).await? {
         return Ok(answer);
@@ -115,16 +114,6 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
             }
         }
     };
-    let result = orders::submit(state, &caller, &key, order).await;
-    if let Err(refusal) = &result {
-        if refusal.code() == "trading_halted" {
-            // An alert is of its moment: refused under the kill switch, it stays refused (the
-            // refusal is recorded as its answer), so a repeat after the halt lifts never trades
-            // on a stale signal.
-            let record = crate::trading::idempotency::new_record("signal refused under the kill switch".into(), String::new());
-            let body = crate::http::problem_body(refusal).to_string();
-            state.trading_store().put_completed_idempotency(&caller.user_id, &key, record, refusal.status().as_u16(), &body).await?;
-        }
-    }
-    result
+    // An alert is of its moment: refused under the kill switch, it stays refused.
+    orders::submit_of_its_moment(state, &caller, &key, order).await
 }

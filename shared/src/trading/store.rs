@@ -58,6 +58,40 @@ pub struct BotRecord {
     /// the bot started: what its orders are shaped for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_mode: Option<String>,
+    /// This run of the bot (from its start to its stop): a strategy's client order ids derive
+    /// from it, so a later run never replays an earlier one's orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<BotRun>,
+    /// What a strategy keeps between its runs (the last candle acted on, the grid's levels);
+    /// written with the bot's version, like every change of the bot.
+    #[serde(default, skip_serializing_if = "StrategyState::is_empty")]
+    pub strategy_state: StrategyState,
+    /// Why the bot stopped when it was not asked to (`stop_loss`, `take_profit`,
+    /// `trailing_stop`, `liquidation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotRun {
+    pub id: String,
+    /// When it started (unix ms): a strategy decides only on candles that closed since.
+    pub started_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StrategyState {
+    /// The close time (unix ms) of the last candle the strategy acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_candle_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<crate::trading::grid::GridState>,
+}
+
+impl StrategyState {
+    pub fn is_empty(&self) -> bool {
+        *self == StrategyState::default()
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

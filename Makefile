@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: install dev test build lint fmt bench sweep price kill-switch clean
+.PHONY: install dev test build lint fmt bench sweep strategy candles price kill-switch clean
 
 install:
 	@infra/install.sh
@@ -33,6 +33,15 @@ bench: install
 sweep:
 	@source .local/dev/env && cargo lambda invoke sweep --data-file events/schedule.json --invoke-address 127.0.0.1 --invoke-port 9000
 
+strategy:
+	@source .local/dev/env && cargo lambda invoke strategy --data-ascii '{}' --invoke-address 127.0.0.1 --invoke-port 9000
+
+# A candle series for the Bitget double (CSV: time,open,high,low,close,volume; time in ms or RFC 3339).
+candles:
+	@test -n "$(SYMBOL)" -a -n "$(FILE)" || { echo "usage: make candles SYMBOL=BTCUSDT FILE=candles.csv"; exit 2; }
+	@source .local/dev/env && cargo run -q --bin ops -- load-candles $(SYMBOL) $(FILE)
+
+# The paper mark, and a tick on the double's candle series (its current minute moves or starts).
 price:
 	@test -n "$(SYMBOL)" -a -n "$(PRICE)" || { echo "usage: make price SYMBOL=BTCUSDT PRICE=65000"; exit 2; }
 	@source .local/dev/env && cargo run -q --bin ops -- set-price $(SYMBOL) $(PRICE)

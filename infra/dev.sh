@@ -28,6 +28,8 @@ double_port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("12
 target/debug/bitget-double --port "$double_port" > "$state/bitget-double.log" 2>&1 &
 double_pid=$!
 printf 'BITGET_BASE_URL=http://127.0.0.1:%s\n' "$double_port" >> "$state/lambda.env"
+# make candles / make price load and extend the double's candle series through it.
+printf 'export BITGET_BASE_URL=http://127.0.0.1:%s\n' "$double_port" >> "$state/env"
 cargo run -q --bin ops -- create-table
 cargo run -q --bin ops -- seed-secrets
 cargo run -q --bin ops -- set-price BTCUSDT 65000 >/dev/null
@@ -36,7 +38,11 @@ cargo lambda watch -A 127.0.0.1 -P 9000 --env-file "$state/lambda.env" > "$state
 watch_pid=$!
 for _ in $(seq 1 150); do (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null && break; sleep 0.2; done
 if [ -d functions/sweep ]; then
-  ( while sleep 60; do cargo lambda invoke sweep --data-file events/schedule.json --invoke-address 127.0.0.1 --invoke-port 9000 >> "$state/sweep.log" 2>&1 || true; done ) &
+  ( while sleep 60; do
+      cargo lambda invoke sweep --data-file events/schedule.json --invoke-address 127.0.0.1 --invoke-port 9000 >> "$state/sweep.log" 2>&1 || true
+      # No time in the event: the strategy runner decides on the candles closed now.
+      cargo lambda invoke strategy --data-ascii '{}' --invoke-address 127.0.0.1 --invoke-port 9000 >> "$state/strategy.log" 2>&1 || true
+    done ) &
   sweeper_pid=$!
 fi
 cat <<INFO
@@ -44,6 +50,7 @@ cat <<INFO
   API          http://127.0.0.1:9000   (try: curl -s 127.0.0.1:9000/api/v1/health)
   Lambda logs  $state/lambda.log
   Guardian     invoked every 60 s, answers in $state/sweep.log
+  Strategies   invoked every 60 s, answers in $state/strategy.log (make candles SYMBOL=BTCUSDT FILE=x.csv loads a series)
   Mail outbox  $OUTBOX_PATH
   Bitget       double at http://127.0.0.1:$double_port (keys: bg_test_key / bg_test_secret / "bg test passphrase")
   Redis        $REDIS_URL (cluster mode)   DynamoDB Local  $AWS_ENDPOINT_URL_DYNAMODB   Secrets/SES (moto)  $AWS_ENDPOINT_URL

@@ -97,6 +97,13 @@ SAMPLES = {
     "bot-status": event("GET", "/api/v1/bot/status", headers=bearer()),
     "order-submit": event("POST", "/api/v1/order/submit", {"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}, {**bearer(), "idempotency-key": "3f0c2a9e-order-1"}),
     "bot-signal-token": event("POST", "/api/v1/bot/signal-token", headers=bearer()),
+    "backtest": event(
+        "POST",
+        "/api/v1/backtest",
+        {"strategy": {"kind": "ema_cross", "interval": "1m", "fast": 9, "slow": 21, "size": "0.01"},
+         "symbol": "BTCUSDT", "interval": "1m", "from": "2026-11-23T00:00:00Z", "to": "2026-11-23T06:00:00Z"},
+        headers=bearer(),
+    ),
     "signal": event(
         "POST",
         "/api/v1/signals/" + "A" * 43,

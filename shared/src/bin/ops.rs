@@ -1,6 +1,6 @@
 //! Operator and developer commands against the configured stack (the local emulator, or AWS with
 //! the default credential chain):
-//!   ops create-table | seed-secrets | set-price SYMBOL PRICE | kill-switch on|off
+//!   ops create-table | seed-secrets | set-price SYMBOL PRICE | load-candles SYMBOL FILE | kill-switch on|off
 //!   ops init-secrets | rotate-jwt-keys        (AWS: fill the secrets CloudFormation cannot make)
 
 use shared::config::Config;
@@ -43,6 +43,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let symbol = symbol.to_uppercase();
             trading.set_mark(&symbol, price).await.map_err(|e| e.to_string())?;
             println!("{symbol} mark price set to {price}");
+            // Locally the Bitget double's candles follow the price.
+            if let Some(double) = local_double(&config) {
+                let body = serde_json::json!({"symbol": symbol, "price": price.to_string()});
+                let answer = reqwest::Client::new().post(format!("{double}/double/tick")).json(&body).send().await?;
+                println!("candle series extended: {}", answer.text().await?);
+            }
+        }
+        ["load-candles", symbol, file] => {
+            let double = local_double(&config).ok_or("load-candles needs the local stack's Bitget double (make dev)")?;
+            let csv = std::fs::read_to_string(file)?;
+            let answer =
+                reqwest::Client::new().post(format!("{double}/double/candles?symbol={}", symbol.to_uppercase())).body(csv).send().await?;
+            println!("{}", answer.text().await?);
         }
         ["kill-switch", state @ ("on" | "off")] => {
             trading.set_kill_switch(*state == "on").await.map_err(|e| e.to_string())?;
@@ -50,9 +63,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         other => {
             return Err(
-                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, kill-switch on|off").into()
+                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off").into()
             )
         }
     }
     Ok(())
+}
+
+/// The Bitget double of `make dev` (never a real exchange: only with APP_ENV=local).
+fn local_double(config: &Config) -> Option<String> {
+    std::env::var("BITGET_BASE_URL").ok().filter(|_| config.is_local()).map(|u| u.trim_end_matches('/').to_owned())
 }

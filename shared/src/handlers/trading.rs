@@ -11,6 +11,7 @@ use crate::trading::model::{decimal_input, optional_decimal_input, parse_decimal
 use crate::trading::orders;
 use crate::trading::service::{exchange_error, exchange_for, session, Session};
 use crate::trading::store::{BotConfig, BotState};
+use crate::trading::strategy::Strategy;
 use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use rust_decimal::Decimal;
@@ -250,3 +251,76 @@ pub async fn receive_signal(state: &AppState, req: Request, _ctx: RequestContext
         serde_json::from_str(&answer.body).map_err(|e| ApiError::internal("reading a stored order answer", e))?;
     json_response(StatusCode::ACCEPTED, &serde_json::json!({"order_id": order["order_id"], "status": order["status"]}))
 }
+
+// ---------------------------------------------------------------- backtest
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BacktestRequest {
+    strategy: Box<serde_json::value::RawValue>,
+    symbol: String,
+    interval: String,
+    from: String,
+    to: String,
+    #[serde(default, deserialize_with = "optional_decimal_input")]
+    start_balance: Option<Decimal>,
+    /// The bot settings the run is held to, as for `POST /api/v1/bot/start`.
+    #[serde(default, deserialize_with = "crate::trading::model::optional_whole_number_input")]
+    leverage: Option<u32>,
+    #[serde(default, deserialize_with = "optional_decimal_input")]
+    stop_loss_pct: Option<Decimal>,
+    #[serde(default, deserialize_with = "optional_decimal_input")]
+    take_profit_pct: Option<Decimal>,
+    #[serde(default, deserialize_with = "optional_decimal_input")]
+    trailing_stop_pct: Option<Decimal>,
+    #[serde(default, deserialize_with = "optional_decimal_input")]
+    max_position_notional: Option<Decimal>,
+}
+
+/// `POST /api/v1/backtest`: the strategy replayed over history. `200` with its trades, PnL,
+/// fees, drawdown, win rate and equity curve.
+pub async fn backtest(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let session = session(state, &req).await?;
+    let body: BacktestRequest = parse_json(&req)?;
+    let strategy = crate::trading::strategy::parse(Some(&body.strategy))?;
+    let interval = crate::trading::candles::Interval::parse(&body.interval)
+        .ok_or_else(|| ApiError::unprocessable("invalid_interval", "interval is one of 1m, 5m, 15m, 1H, 4H"))?;
+    match strategy {
+        Strategy::EmaCross(e) if e.interval != interval => {
+            return Err(ApiError::unprocessable("invalid_strategy", "the ema_cross interval must be the backtest's interval"))
+        }
+        Strategy::EmaCross(_) | Strategy::Grid(_) => {}
+        Strategy::Manual | Strategy::Signal => {
+            return Err(ApiError::unprocessable("invalid_strategy", "a backtest replays the ema_cross or grid strategy"))
+        }
+    }
+    let instant = |field: &str, text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| ApiError::unprocessable("invalid_range", format!("{field} is an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")))
+    };
+    let (from_ms, to_ms) = (instant("from", &body.from)?, instant("to", &body.to)?);
+    let start_balance = body.start_balance.unwrap_or(state.config.paper_start_balance);
+    if start_balance <= Decimal::ZERO {
+        return Err(ApiError::unprocessable("invalid_start_balance", "start_balance must be above 0"));
+    }
+    let leverage = body.leverage.unwrap_or(BACKTEST_LEVERAGE);
+    let config = BotConfig {
+        symbol: body.symbol.trim().to_uppercase(),
+        leverage,
+        stop_loss_pct: body.stop_loss_pct.unwrap_or(BACKTEST_STOP_LOSS_PCT).normalize(),
+        take_profit_pct: body.take_profit_pct.map(|d| d.normalize()),
+        trailing_stop_pct: body.trailing_stop_pct.map(|d| d.normalize()),
+        max_position_notional: body.max_position_notional.unwrap_or(start_balance * Decimal::from(leverage)).normalize(),
+        margin_mode: Default::default(),
+        strategy,
+    };
+    let backtest = crate::trading::backtest::Backtest { config, interval, from_ms, to_ms, start_balance };
+    // The caller's account must still exist (a deleted one's token is refused); nothing of it is read.
+    drop(session);
+    json_response(StatusCode::OK, &crate::trading::backtest::run(state, &backtest).await?)
+}
+
+/// A backtest's leverage and stop-loss when the request names none.
+pub const BACKTEST_LEVERAGE: u32 = 5;
+pub const BACKTEST_STOP_LOSS_PCT: Decimal = Decimal::from_parts(10, 0, 0, false, 0);

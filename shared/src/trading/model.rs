@@ -70,9 +70,20 @@ impl MarginMode {
 /// Read from the number's literal text, exactly: `5.0000000000000001` is not 5.
 pub fn whole_number_input<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-    let number = Some(raw.get().trim()).filter(|t| !t.starts_with('"')).and_then(parse_decimal_raw);
-    let whole = number.filter(|n| n.fract().is_zero() && !n.is_sign_negative()).and_then(|n| u32::try_from(n).ok());
-    whole.ok_or_else(|| serde::de::Error::custom("expected a whole number"))
+    whole_from_raw(raw.get()).ok_or_else(|| serde::de::Error::custom("expected a whole number"))
+}
+
+fn whole_from_raw(json: &str) -> Option<u32> {
+    let number = Some(json.trim()).filter(|t| !t.starts_with('"')).and_then(parse_decimal_raw);
+    number.filter(|n| n.fract().is_zero() && !n.is_sign_negative()).and_then(|n| u32::try_from(n).ok())
+}
+
+pub fn optional_whole_number_input<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    if raw.get().trim() == "null" {
+        return Ok(None);
+    }
+    whole_from_raw(raw.get()).map(Some).ok_or_else(|| serde::de::Error::custom("expected a whole number"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

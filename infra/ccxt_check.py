@@ -168,6 +168,51 @@ def check_fetch_tickers():
     expect(is_num(t['markPrice']) and t['markPrice'] > 0, 'markPrice %r' % t['markPrice'])
 
 
+def load_candles(symbol_id, csv_text):
+    """The double's own operator route (what `make candles` sends): a candle series for a symbol."""
+    import urllib.request
+    url = os.environ['BITGET_URL'].rstrip('/') + '/double/candles?symbol=' + symbol_id
+    with urllib.request.urlopen(urllib.request.Request(url, data=csv_text.encode(), method='POST'), timeout=10) as r:
+        expect(json.loads(r.read())['code'] == '00000', 'loading candles')
+
+
+def check_fetch_ohlcv():
+    # 300 one-minute candles ending with the current (forming) minute, and 300 from 40 days ago
+    # (ccxt asks the history endpoint for those).
+    now = C.ex.milliseconds() // 60000 * 60000
+    old = now - 40 * 86400000
+    rows = []
+    for start in (old - 299 * 60000, now - 299 * 60000):
+        for i in range(300):
+            o = 60000 + (i % 17) * 10
+            c = o + (5 if i % 3 else -5)
+            rows.append('%d,%d,%d,%d,%d,%s' % (start + i * 60000, o, max(o, c) + 7, min(o, c) - 3, c, '1.5'))
+    load_candles('BTCUSDT', 'time,open,high,low,close,volume\n' + '\n'.join(rows))
+    recent = C.ex.fetch_ohlcv(SYMBOL, '5m', limit=20)  # GET /api/v2/mix/market/candles
+    expect(len(recent) == 20, 'expected 20 five-minute candles, got %d' % len(recent))
+    expect(all(a[0] < b[0] for a, b in zip(recent, recent[1:])), 'candles oldest first')
+    expect(all(c[0] % 300000 == 0 for c in recent), 'five-minute candles start on five-minute boundaries')
+    expect(all(c[3] <= min(c[1], c[4]) and c[2] >= max(c[1], c[4]) for c in recent), 'low <= open, close <= high')
+    history = C.ex.fetch_ohlcv(SYMBOL, '1m', since=old - 100 * 60000, limit=50)  # GET .../history-candles
+    expect(len(history) == 50 and history[0][0] >= old - 299 * 60000, 'history candles: %d from %r' % (len(history), history[:1]))
+    # The project reads the same closed candles (the forming one never: it asks up to the last closed).
+    project_closed = project('candles', 'BTCUSDT', '5m', str(now), '20')
+    closed = [c for c in recent if c[0] + 300000 <= now]
+    by_time = {p['open_time_ms']: p for p in project_closed}
+    for c in closed[-5:]:
+        p = by_time.get(c[0])
+        expect(p is not None, 'the project did not read the candle of %d' % c[0])
+        for i, field in enumerate(['open', 'high', 'low', 'close', 'volume'], start=1):
+            same(c[i], p[field], 'candle %d %s' % (c[0], field))
+    project_history = project('history', 'BTCUSDT', '1m', str(old - 100 * 60000), str(old - 50 * 60000), str(now))
+    expect(len(project_history) == 50, 'the project reads 50 history candles, got %d' % len(project_history))
+    by_time = {p['open_time_ms']: p for p in project_history}
+    shared_times = [c for c in history if c[0] in by_time]
+    expect(len(shared_times) >= 45, 'ccxt and the project read mostly the same history: %d in common' % len(shared_times))
+    for c in shared_times:
+        same(c[4], by_time[c[0]]['close'], 'history candle %d close' % c[0])
+
+
 def check_fetch_balance():
     b = C.ex.fetch_balance({'type': 'swap'})  # GET /api/v2/mix/account/accounts
     expect('USDT' in b, 'no USDT in balance: %s' % [k for k in b if k.isupper()])
@@ -352,6 +397,7 @@ CHECKS = [
     check_load_markets,
     check_fetch_mark_price,
     check_fetch_tickers,
+    check_fetch_ohlcv,
     check_fetch_balance,
     check_account_is_flat,
     check_set_position_mode_one_way,

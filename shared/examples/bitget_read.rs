@@ -1,7 +1,8 @@
 //! Prints, as JSON, what this project's Bitget client reads from an endpoint, so `make test` can
 //! check that ccxt's own bitget client reads the same values from the Bitget double.
 //!
-//! `bitget_read BASE_URL account | positions | marks | position-mode SYMBOL | order SYMBOL CLIENT_OID`
+//! `bitget_read BASE_URL account | positions | marks | position-mode SYMBOL | order SYMBOL CLIENT_OID |
+//!  candles SYMBOL GRANULARITY NOW_MS COUNT | history SYMBOL GRANULARITY FROM_MS TO_MS NOW_MS`
 //! with the keys in BITGET_KEY, BITGET_SECRET and BITGET_PASSPHRASE.
 
 use shared::secrets::Secret;
@@ -33,6 +34,16 @@ async fn main() -> Result<(), BoxError> {
     let out = match command {
         "marks" => serde_json::to_value(client.mark_prices().await?)?,
         "position-mode" => serde_json::json!(client.position_mode(&creds, arg(2)?).await?),
+        "candles" | "history" => {
+            use shared::trading::candles::{history, recent_closed, Interval};
+            let interval = Interval::parse(arg(3)?).ok_or("granularity is 1m, 5m, 15m, 1H or 4H")?;
+            let n = |i: usize| -> Result<i64, BoxError> { Ok(arg(i)?.parse::<i64>()?) };
+            let candles = match command {
+                "candles" => recent_closed(&client, arg(2)?, interval, n(4)?, n(5)? as u32).await?,
+                _ => history(&client, arg(2)?, interval, n(4)?, n(5)?, n(6)?).await?,
+            };
+            serde_json::to_value(candles)?
+        }
         _ => {
             let position_mode = client.position_mode(&creds, "BTCUSDT").await?;
             // Crossed, as ccxt's orders are in the check.

@@ -179,3 +179,46 @@ async fn a_one_way_order_larger_than_the_opposite_position_closes_it_and_opens_t
     assert_eq!(double.position("BTCUSDT", "long"), rust_decimal::Decimal::ZERO);
     assert_eq!(double.position("BTCUSDT", "short"), d("0.03"));
 }
+
+#[tokio::test]
+async fn candles_are_bucketed_oldest_first_and_held_to_each_endpoints_limit() {
+    let double = FakeBitget::start().await;
+    let csv: String =
+        (0..30).map(|i| format!("{},{o},{h},{l},{c},2\n", i * 60_000, o = 100 + i, h = 102 + i, l = 99 + i, c = 101 + i)).collect();
+    let loaded = reqwest::Client::new().post(format!("{}/double/candles?symbol=BTCUSDT", double.url)).body(csv).send().await.unwrap();
+    assert_eq!(loaded.status(), 200);
+    let get = |q: &str| {
+        let url = format!("{}{q}", double.url);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = get("/api/v2/mix/market/candles?symbol=BTCUSDT&productType=USDT-FUTURES&granularity=5m&limit=3").await;
+    assert_eq!(status, 200, "{body}");
+    // The newest three five-minute buckets, oldest first, each the minutes it holds.
+    assert_eq!(body["data"][0], json!(["900000", "115", "121", "114", "120", "10", "1200"]));
+    assert_eq!(body["data"][2][0], "1500000");
+    let (_, body) =
+        get("/api/v2/mix/market/candles?symbol=BTCUSDT&productType=USDT-FUTURES&granularity=1m&startTime=60000&endTime=120000").await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 2, "startTime and endTime are inclusive open times");
+    for (query, code) in [
+        ("/api/v2/mix/market/candles?symbol=BTCUSDT&productType=USDT-FUTURES&granularity=1m&limit=1001", codes::PARAMETER_VERIFICATION),
+        (
+            "/api/v2/mix/market/history-candles?symbol=BTCUSDT&productType=USDT-FUTURES&granularity=1m&limit=201",
+            codes::PARAMETER_VERIFICATION,
+        ),
+        ("/api/v2/mix/market/candles?symbol=BTCUSDT&productType=USDT-FUTURES&granularity=2m", codes::PARAMETER_VERIFICATION),
+        ("/api/v2/mix/market/candles?symbol=NOPEUSDT&productType=USDT-FUTURES&granularity=1m", codes::SYMBOL_NOT_FOUND),
+        ("/api/v2/mix/market/candles?symbol=BTCUSDT&granularity=1m", codes::PARAMETER_VERIFICATION),
+    ] {
+        let (status, body) = get(query).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{query}: {body}");
+    }
+    // A tick moves the forming minute, or starts the next one.
+    double.tick("BTCUSDT", 29 * 60_000 + 10_000, "140".parse().unwrap());
+    double.tick("BTCUSDT", 30 * 60_000 + 1, "90".parse().unwrap());
+    let (_, body) = get("/api/v2/mix/market/candles?symbol=BTCUSDT&productType=USDT-FUTURES&granularity=1m&limit=2").await;
+    assert_eq!(body["data"][0], json!(["1740000", "129", "140", "128", "140", "2", "280"]));
+    assert_eq!(body["data"][1], json!(["1800000", "90", "90", "90", "90", "0", "0"]));
+}

@@ -266,7 +266,7 @@ async fn sweep_partition(
             let group = pending.entry(entry.user_id).or_default();
             group.last_key = Some(entry.position);
             match entry.record {
-                Ok(IndexRecord::Bot(b)) => group.bot = Some(b),
+                Ok(IndexRecord::Bot(b)) => group.bot = Some(*b),
                 Ok(IndexRecord::PaperPosition(p)) => group.paper.push(p),
                 Ok(IndexRecord::LivePosition(p)) => group.live.push(p),
                 Ok(IndexRecord::RestingOrder(r)) => group.resting.push(r),

@@ -37,7 +37,7 @@ fn zig_zag(start_ms: i64, count: usize, leg: usize, step: i64) -> Vec<(i64, fake
     let mut previous = price;
     (0..count)
         .map(|i| {
-            price += if (i / leg) % 2 == 0 { step } else { -step };
+            price += if (i / leg).is_multiple_of(2) { step } else { -step };
             let (open, close) = (Decimal::from(previous), Decimal::from(price));
             previous = price;
             let candle = fake_bitget::Candle {

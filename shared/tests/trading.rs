@@ -1080,6 +1080,9 @@ async fn a_start_that_read_no_credentials_does_not_start_a_paper_bot_once_they_e
         stop_round: 0,
         credentials_version: None,
         position_mode: None,
+        run: None,
+        strategy_state: Default::default(),
+        stop_reason: None,
     };
     assert_eq!(app.trading().start_bot(&paper_bot, None).await.unwrap(), StartOutcome::CredentialsChanged);
     assert!(app.trading().bot(&user).await.unwrap().is_none());

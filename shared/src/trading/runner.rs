@@ -125,7 +125,7 @@ async fn automatic_bots(state: &AppState, partition: &str) -> Result<Vec<BotReco
         for entry in page.entries {
             if let Ok(IndexRecord::Bot(bot)) = entry.record {
                 if bot.state == BotState::Running && matches!(bot.config.strategy, Strategy::EmaCross(_) | Strategy::Grid(_)) {
-                    bots.push(bot);
+                    bots.push(*bot);
                 }
             }
         }

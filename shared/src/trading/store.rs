@@ -1001,7 +1001,7 @@ impl TradingStore<'_> {
                 let user_id = keys::index_owner(&item).unwrap_or_default().to_owned();
                 let position = keys::index_position(&item);
                 let record = match keys::user_item(&item) {
-                    UserItem::Bot => from_item(item).map(IndexRecord::Bot),
+                    UserItem::Bot => from_item(item).map(|b| IndexRecord::Bot(Box::new(b))),
                     UserItem::PaperPosition => from_item(item).map(IndexRecord::PaperPosition),
                     UserItem::LivePosition => from_item(item).map(IndexRecord::LivePosition),
                     UserItem::RestingOrder => from_item(item).map(IndexRecord::RestingOrder),
@@ -1030,7 +1030,7 @@ pub struct IndexEntry {
 }
 
 pub enum IndexRecord {
-    Bot(BotRecord),
+    Bot(Box<BotRecord>),
     PaperPosition(PaperPosition),
     LivePosition(LivePosition),
     RestingOrder(RestingOrder),

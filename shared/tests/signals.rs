@@ -124,13 +124,16 @@ async fn one_token_is_limited_to_thirty_alerts_a_minute() {
 }
 
 #[tokio::test]
-async fn unknown_or_unavailable_strategies_are_refused_with_invalid_strategy() {
+async fn unknown_or_out_of_range_strategies_are_refused_with_invalid_strategy() {
     let app = paper_app().await;
     let token = access_token(&app).await;
     for strategy in [
         json!({"kind": "martingale"}),
         json!({"kind": "signal", "size": "1"}),
-        json!({"kind": "ema_cross", "interval": "1m", "fast": 9, "slow": 21, "size": "0.01"}),
+        json!({"kind": "ema_cross", "interval": "1m", "fast": 21, "slow": 21, "size": "0.01"}),
+        json!({"kind": "ema_cross", "interval": "1m", "fast": 9, "slow": 21, "size": "0.0105"}),
+        json!({"kind": "ema_cross", "interval": "1m", "fast": 9, "slow": 21, "size": "1e20"}),
+        json!({"kind": "grid", "lower": "60000", "upper": "60000.05", "levels": 3, "size_per_level": "0.001"}),
     ] {
         let config =
             json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "2", "max_position_notional": "20000", "strategy": strategy});

@@ -183,6 +183,7 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         price,
         reduce_only: raw.reduce_only,
         client_order_id: raw.client_order_id,
+        for_run: None,
     };
     let answer = orders::submit(state, &caller, &key, order).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -301,10 +302,11 @@ pub async fn backtest(state: &AppState, req: Request, _ctx: RequestContext) -> H
     };
     let (from_ms, to_ms) = (instant("from", &body.from)?, instant("to", &body.to)?);
     let start_balance = body.start_balance.unwrap_or(state.config.paper_start_balance);
-    if start_balance <= Decimal::ZERO {
-        return Err(ApiError::unprocessable("invalid_start_balance", "start_balance must be above 0"));
+    if start_balance <= Decimal::ZERO || start_balance > crate::trading::strategy::MAX_AMOUNT {
+        return Err(ApiError::unprocessable("invalid_start_balance", "start_balance must be above 0 and at most 1000000000"));
     }
-    let leverage = body.leverage.unwrap_or(BACKTEST_LEVERAGE);
+    // Held to the contract's maximum with the other bot rules; bounded here before any arithmetic.
+    let leverage = body.leverage.unwrap_or(BACKTEST_LEVERAGE).min(1000);
     let config = BotConfig {
         symbol: body.symbol.trim().to_uppercase(),
         leverage,

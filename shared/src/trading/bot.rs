@@ -96,6 +96,14 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
             },
         })?;
         position_mode = Some(exchange.position_mode.clone());
+        // A grid nets its buys and sells in one position; in hedge mode its sells would open
+        // shorts beside its longs instead of taking their profit.
+        if exchange.position_mode == "hedge_mode" && matches!(config.strategy, crate::trading::strategy::Strategy::Grid(_)) {
+            return Err(ApiError::unprocessable(
+                "invalid_strategy",
+                "the grid strategy trades in one-way position mode; switch the account to one-way",
+            ));
+        }
         exchange.configure_symbol(&config.symbol, config.margin_mode, config.leverage).await.map_err(|e| match e {
             ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
             other => ApiError::unprocessable("leverage_refused", format!("the exchange refused the leverage or margin mode: {other}")),

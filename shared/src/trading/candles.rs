@@ -102,13 +102,13 @@ pub async fn recent_closed(
     count: u32,
 ) -> Result<Vec<Candle>, ExchangeError> {
     let last_close = interval.last_close(now_ms);
-    // endTime is the newest open time wanted: the forming candle is never asked for.
+    // Up to the forming candle's open time, and one more than wanted: whether Bitget counts
+    // endTime in or not, the closed ones are all there, and the forming one is dropped below.
     let query = format!(
-        "symbol={symbol}&productType={}&granularity={}&endTime={}&limit={}",
+        "symbol={symbol}&productType={}&granularity={}&endTime={last_close}&limit={}",
         crate::trading::bitget::PRODUCT_TYPE,
         interval.granularity(),
-        last_close - interval.millis(),
-        count.clamp(1, 1000)
+        (count + 1).clamp(1, 1000)
     );
     let data = bitget.get("/api/v2/mix/market/candles", &query, None).await?;
     Ok(parse_rows(&data)?.into_iter().filter(|c| c.close_time_ms(interval) <= now_ms).collect())

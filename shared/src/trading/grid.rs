@@ -116,6 +116,11 @@ pub fn plan(
     (next, orders)
 }
 
+/// Records that the order planned for `level` was refused: its next one gets another leg.
+pub fn refused(state: &mut GridState, level: u32) {
+    *state.ended.entry(level).or_default() += 1;
+}
+
 /// Records that the order planned for `level` rests on the exchange.
 pub fn arm(state: &mut GridState, level: u32, order: &StrategyOrder) {
     state.armed.insert(level, Armed { side: order.side, leg: order.leg.clone() });

@@ -31,6 +31,8 @@ pub struct NewOrder {
     pub price: Option<Decimal>,
     pub reduce_only: bool,
     pub client_order_id: Option<String>,
+    /// The bot run a strategy decided this order for: refused once another run is the bot's.
+    pub for_run: Option<String>,
 }
 
 /// The key's answer: what the first request answered (or will answer every replay).
@@ -126,7 +128,8 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
     let record = idempotency::new_record(fingerprint.clone(), intent_id.clone());
 
     let bot = snapshot.bot.clone();
-    let bot_state = bot.as_ref().map(|b| b.state).unwrap_or(BotState::Stopped);
+    let other_run = order.for_run.as_ref().is_some_and(|run| bot.as_ref().and_then(|b| b.run.as_ref()).is_none_or(|r| &r.id != run));
+    let bot_state = if other_run { BotState::Stopped } else { bot.as_ref().map(|b| b.state).unwrap_or(BotState::Stopped) };
     let intent = bot.as_ref().map(|b| OrderIntent {
         symbol: symbol.clone(),
         side: order.side,

@@ -211,10 +211,15 @@ async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64
             let Some(series) = market.candles.get(&(bot.config.symbol.clone(), settings.interval)) else {
                 return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: "no candles this run".into(), cause: None });
             };
-            let Some((close_ms, target)) = latest_cross(&bot, &settings, series) else { return Ok(Evaluated::Idle) };
+            // Only a bot with a cross to act on costs a read of its partition.
+            if latest_cross(&bot, &settings, series).is_none() {
+                return Ok(Evaluated::Idle);
+            }
             let caller = Caller::acting_now(bot.user_id.clone());
             let snapshot = load_snapshot(state, &caller).await?;
             let Some(current) = still_running(&snapshot, &bot) else { return Ok(Evaluated::Idle) };
+            // Decided again on the bot as its partition has it (the index's copy may lag).
+            let Some((close_ms, target)) = latest_cross(&current, &settings, series) else { return Ok(Evaluated::Idle) };
             let wanted = ema_cross::orders_toward(&settings, target, held(&snapshot, &bot.config.symbol));
             let decision = format!("{close_ms}");
             let (sent, refused, settled) = submit_all(state, &caller, &current, &decision, wanted.iter()).await?;
@@ -243,8 +248,12 @@ async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64
                 let (s, r, settled) = submit_all(state, &caller, &current, "grid", std::iter::once(order)).await?;
                 sent += s;
                 refused += r;
-                if settled && s > 0 {
-                    grid::arm(&mut after, *level, order);
+                match (settled, r) {
+                    (true, 0) => grid::arm(&mut after, *level, order),
+                    // Refused (a risk rule, the kill switch): the level tries again next run
+                    // under a new key, as the backtest tries again on the next candle.
+                    (true, _) => grid::refused(&mut after, *level),
+                    (false, _) => {}
                 }
             }
             if after == before && wanted.is_empty() {
@@ -295,8 +304,8 @@ pub fn order_key(bot: &BotRecord, decision: &str, leg: &str) -> String {
     format!("strategy:{run}:{decision}:{leg}")
 }
 
-/// Submits `wanted` in order; (sent, refused, settled): settled when each order has its answer
-/// (sent, or refused for good), so the decision is done. An order whose outcome is unknown stops
+/// Submits `wanted` in order; (sent now, refused, settled): settled when each order has its
+/// answer (sent, or refused for good), so the decision is done. An order whose outcome is unknown stops
 /// the rest: the next run repeats the decision with the same keys.
 async fn submit_all<'a>(
     state: &AppState,
@@ -316,10 +325,14 @@ async fn submit_all<'a>(
             price: order.price,
             reduce_only: order.reduce_only,
             client_order_id: None,
+            for_run: bot.run.as_ref().map(|r| r.id.clone()),
         };
         match orders::submit_of_its_moment(state, caller, &key, new).await {
-            Ok(Answer { status: 201, .. }) => sent += 1,
+            // Sent now, or by an earlier run of this decision (its answer replayed).
+            Ok(Answer { status: 201, replayed, .. }) => sent += u32::from(!replayed),
             Ok(_) => refused += 1,
+            // A twin run is still sending it: its outcome is not known here.
+            Err(e) if e.code() == "request_in_progress" => return Ok((sent, refused, false)),
             Err(e) if e.status().is_client_error() || e.code() == "trading_halted" => {
                 tracing::info!(user_id = caller.user_id, key, code = e.code(), "a strategy order was refused");
                 refused += 1;

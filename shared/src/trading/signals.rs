@@ -96,6 +96,7 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
             price: alert.price,
             reduce_only: false,
             client_order_id: None,
+            for_run: None,
         },
         Action::Close => {
             let paper = snapshot.positions.iter().filter(|p| p.symbol == symbol).map(|p| (p.side, p.size));
@@ -111,6 +112,7 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
                 price: None,
                 reduce_only: true,
                 client_order_id: None,
+                for_run: None,
             }
         }
     };

@@ -553,14 +553,25 @@ impl TradingStore<'_> {
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_values(":running", s("running"))
                 .expression_attribute_values(":kind", serde_dynamo::to_attribute_value(bot.exchange).map_err(StoreError::from)?);
-            running = match bot.credentials_version {
-                Some(v) => running
-                    .condition_expression("#state = :running AND exchange = :kind AND credentials_version = :cv")
-                    .expression_attribute_values(":cv", n(v)),
-                None => {
-                    running.condition_expression("#state = :running AND exchange = :kind AND attribute_not_exists(credentials_version)")
+            let credentials = match bot.credentials_version {
+                Some(v) => {
+                    running = running.expression_attribute_values(":cv", n(v));
+                    "credentials_version = :cv"
                 }
+                None => "attribute_not_exists(credentials_version)",
             };
+            // The run the order was judged for: a stop and a restart in between end it.
+            let run = match &bot.run {
+                Some(r) => {
+                    running = running.expression_attribute_names("#run", "run").expression_attribute_values(":run", s(&r.id));
+                    "#run.id = :run"
+                }
+                None => "attribute_not_exists(#run)",
+            };
+            if bot.run.is_none() {
+                running = running.expression_attribute_names("#run", "run");
+            }
+            running = running.condition_expression(format!("#state = :running AND exchange = :kind AND {credentials} AND {run}"));
             let running = running.build().map_err(StoreError::from)?;
             let not_halted = ConditionCheck::builder()
                 .table_name(self.table)

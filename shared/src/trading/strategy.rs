@@ -78,7 +78,10 @@ struct GridInput {
 
 /// The slowest EMA served: its warm-up window (`ema_cross::WINDOW_FACTOR` × slow candles) fits in
 /// one candles call (1,000).
-pub const MAX_SLOW: u32 = 200;
+pub const MAX_SLOW: u32 = 199;
+/// The largest order size or level price a strategy may name: far beyond any contract's, and far
+/// from where decimal arithmetic on them could overflow.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 pub const MAX_GRID_LEVELS: u32 = 100;
 
 impl Strategy {
@@ -142,19 +145,19 @@ pub fn parse(raw: Option<&serde_json::value::RawValue>) -> Result<Strategy, ApiE
             if e.slow > MAX_SLOW {
                 return Err(invalid(format!("slow is at most {MAX_SLOW}")));
             }
-            if e.size <= Decimal::ZERO {
-                return Err(invalid("size must be above 0"));
+            if e.size <= Decimal::ZERO || e.size > MAX_AMOUNT {
+                return Err(invalid(format!("size must be above 0 and at most {MAX_AMOUNT}")));
             }
         }
         Strategy::Grid(g) => {
             if !(2..=MAX_GRID_LEVELS).contains(&g.levels) {
                 return Err(invalid(format!("levels is 2 to {MAX_GRID_LEVELS}")));
             }
-            if g.lower <= Decimal::ZERO || g.lower >= g.upper {
-                return Err(invalid("lower must be above 0 and below upper"));
+            if g.lower <= Decimal::ZERO || g.lower >= g.upper || g.upper > MAX_AMOUNT {
+                return Err(invalid(format!("lower must be above 0 and below upper, upper at most {MAX_AMOUNT}")));
             }
-            if g.size_per_level <= Decimal::ZERO {
-                return Err(invalid("size_per_level must be above 0"));
+            if g.size_per_level <= Decimal::ZERO || g.size_per_level > MAX_AMOUNT {
+                return Err(invalid(format!("size_per_level must be above 0 and at most {MAX_AMOUNT}")));
             }
         }
         Strategy::Manual | Strategy::Signal => {}
@@ -172,7 +175,7 @@ pub fn check_against(strategy: &Strategy, spec: &ContractSpec) -> Result<(), Api
         Strategy::Grid(g) if !size_ok(g.size_per_level) => Err(invalid(format!("size_per_level must be a multiple of {step}"))),
         Strategy::Grid(g) => {
             let spacing = (g.upper - g.lower) / Decimal::from(g.levels - 1);
-            if spacing < spec.price_tick {
+            if spacing < spec.price_tick || g.lower < spec.price_tick {
                 return Err(invalid(format!("the levels are closer than the price tick {}", spec.price_tick.normalize())));
             }
             Ok(())
@@ -232,7 +235,9 @@ mod tests {
         for bad in [
             with(&base_ema, "fast", json!(21)),
             with(&base_ema, "fast", json!(0)),
-            with(&base_ema, "slow", json!(201)),
+            with(&base_ema, "slow", json!(200)),
+            with(&base_ema, "size", json!("1e27")),
+            with(&base_grid, "upper", json!("1e28")),
             with(&base_ema, "interval", json!("2m")),
             with(&base_ema, "size", json!("0")),
             with(&base_ema, "fast", json!(9.5)),

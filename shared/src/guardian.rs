@@ -484,6 +484,10 @@ async fn check_paper(
         fill_marks.insert(current.symbol.clone(), fill_price);
         let exchange = paper_exchange(state, user_id, fill_marks, snapshot).await?;
         let view = position_view(&current, fill_price);
+        // A bot that trades by itself is stopping before its position is closed: nothing it
+        // decides meanwhile can re-enter.
+        let Some(bot) = stopping_first(state, user_id, bot, reason).await? else { return Ok(()) };
+        let bot = &bot;
         stats.orders.fetch_add(1, Ordering::Relaxed);
         let Some(closed) = close_triggered(state, &exchange, user_id, bot, &view, reason).await? else { continue };
         outcome.closed.push(ClosedReport {
@@ -493,7 +497,7 @@ async fn check_paper(
             size: closed.size,
             exit_price: closed.exit_price,
         });
-        if end_strategy(state, user_id, bot, reason).await? {
+        if end_strategy(state, user_id, bot).await? {
             return Ok(());
         }
     }
@@ -538,6 +542,8 @@ async fn check_live(
             }
         }
         let Some(reason) = trigger(&bot.config, position.side, position.entry_price, position.mark_price, high_water) else { continue };
+        let Some(bot) = stopping_first(state, user_id, bot, reason).await? else { return Ok(()) };
+        let bot = &bot;
         stats.orders.fetch_add(1, Ordering::Relaxed);
         let Some(closed) = close_triggered(state, exchange.as_ref(), user_id, bot, &position, reason).await? else { continue };
         outcome.closed.push(ClosedReport {
@@ -547,7 +553,7 @@ async fn check_live(
             size: closed.size,
             exit_price: closed.exit_price,
         });
-        if end_strategy(state, user_id, bot, reason).await? {
+        if end_strategy(state, user_id, bot).await? {
             return Ok(());
         }
     }
@@ -555,13 +561,27 @@ async fn check_live(
 }
 
 /// A bot that trades by itself (a strategy, signals) is stopped by a triggered exit, with the
-/// exit as its reason, instead of re-entering on its next decision; its resting orders (a grid's)
-/// are canceled by the stop. True when it was stopped.
-async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord, reason: &str) -> Result<bool, ApiError> {
+/// exit as its reason, instead of re-entering on its next decision: it is moved to `stopping`
+/// before the position is closed (no risk-increasing order can be recorded from then on). The
+/// bot to close with, or `None` when another stop or another run got there first. A manual bot
+/// keeps running.
+async fn stopping_first(state: &AppState, user_id: &str, bot: &BotRecord, reason: &str) -> Result<Option<BotRecord>, ApiError> {
     if !bot.config.strategy.is_automatic() {
+        return Ok(Some(bot.clone()));
+    }
+    Ok(match crate::trading::bot::begin_stop(&state.trading_store(), user_id, bot.clone(), Some(reason)).await? {
+        crate::trading::bot::Begun::Stopping(stopping) => Some(stopping),
+        crate::trading::bot::Begun::AlreadyStopped(_) | crate::trading::bot::Begun::Superseded(_) => None,
+    })
+}
+
+/// Finishes the stop `stopping_first` began once the triggered position is closed: its resting
+/// orders (a grid's) are canceled and the bot ends `stopped`. True when it was stopped.
+async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord) -> Result<bool, ApiError> {
+    if bot.state != BotState::Stopping {
         return Ok(false);
     }
-    crate::trading::bot::stop_because(state, user_id, bot.clone(), Some(reason)).await?;
+    crate::trading::bot::stop(state, user_id, bot.clone()).await?;
     Ok(true)
 }
 

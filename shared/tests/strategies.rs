@@ -352,3 +352,84 @@ async fn a_backtest_beyond_ten_thousand_candles_or_of_a_manual_bot_is_refused() 
     let unauthenticated = app.call(t::backtest, request("POST", "/api/v1/backtest", Some(json!({})))).await;
     assert_eq!(unauthenticated.status, 401);
 }
+
+#[tokio::test]
+async fn a_triggered_stop_of_a_grid_stops_it_and_cancels_its_resting_orders() {
+    let app = spawn_app().await;
+    let token = access_token(&app).await;
+    let user = user_id(&token);
+    app.set_mark("BTCUSDT", "65100").await;
+    let grid = json!({"kind": "grid", "lower": "63000", "upper": "67000", "levels": 5, "size_per_level": "0.001"});
+    assert_eq!(start(&app, &token, grid).await.status, 200);
+    assert_eq!(run_at(&app, chrono::Utc::now().timestamp_millis()).await.orders_sent, 4);
+    // A crash through both buys: they fill, and the position they open is past its 8 % stop
+    // (short of the liquidation at 10x), which the next sweep sees.
+    app.set_mark("BTCUSDT", "58240").await;
+    let swept = sweep(&app).await;
+    assert_eq!(swept.resting_filled, 2, "{swept:?}");
+    let swept = sweep(&app).await;
+    assert_eq!(swept.closed.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>(), vec!["stop_loss"], "{swept:?}");
+    let status = app.call_as(t::status, &token, "GET", "/api/v1/bot/status", None).await;
+    assert_eq!(
+        (status.body["state"].as_str(), status.body["stop_reason"].as_str()),
+        (Some("stopped"), Some("stop_loss")),
+        "{}",
+        status.raw
+    );
+    assert!(resting(&app, &user).await.is_empty(), "the grid's sells are canceled with it");
+    assert!(app.trading().snapshot(&user).await.unwrap().positions.is_empty());
+}
+
+#[tokio::test]
+async fn a_grid_refused_under_the_kill_switch_arms_its_levels_once_it_is_lifted() {
+    let app = spawn_app().await;
+    let token = access_token(&app).await;
+    let user = user_id(&token);
+    app.set_mark("BTCUSDT", "65100").await;
+    let grid = json!({"kind": "grid", "lower": "63000", "upper": "67000", "levels": 5, "size_per_level": "0.001"});
+    assert_eq!(start(&app, &token, grid).await.status, 200);
+    let now = chrono::Utc::now().timestamp_millis();
+    app.trading().set_kill_switch(true).await.unwrap();
+    let halted = run_at(&app, now).await;
+    assert_eq!((halted.orders_sent, halted.orders_refused), (0, 4), "{halted:?}");
+    assert!(resting(&app, &user).await.is_empty());
+    app.trading().set_kill_switch(false).await.unwrap();
+    let lifted = run_at(&app, now + MINUTE).await;
+    assert_eq!(lifted.orders_sent, 4, "{lifted:?}");
+    assert_eq!(resting(&app, &user).await.len(), 4);
+}
+
+#[tokio::test]
+async fn an_order_decided_for_a_run_that_ended_is_refused_even_when_the_bot_runs_again() {
+    use shared::trading::model::{OrderIntent, OrderType, Side};
+    use shared::trading::store::RecordOutcome;
+    let app = spawn_app().await;
+    let token = access_token(&app).await;
+    let user = user_id(&token);
+    app.set_mark("BTCUSDT", "65000").await;
+    assert_eq!(start(&app, &token, ema_settings()).await.status, 200);
+    let first_run = app.trading().bot(&user).await.unwrap().unwrap();
+    assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.status, 200);
+    assert_eq!(start(&app, &token, ema_settings()).await.status, 200);
+    let second_run = app.trading().bot(&user).await.unwrap().unwrap();
+    assert_ne!(first_run.run, second_run.run);
+
+    // A runner pass that read the first run is still going: its order is refused in the
+    // recording transaction, though the bot is running on the same exchange and keys.
+    let intent = |id: &str| OrderIntent {
+        symbol: "BTCUSDT".into(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        size: d("0.01"),
+        price: None,
+        reduce_only: false,
+        client_order_id: id.into(),
+        leverage: 10,
+    };
+    let record = shared::trading::idempotency::new_record("f".into(), "stale".into());
+    let stale = app.trading().record_order(&user, "strategy:stale", &record, &intent("stale"), &first_run).await.unwrap();
+    assert_eq!(stale, RecordOutcome::BotNotRunning);
+    let record = shared::trading::idempotency::new_record("f".into(), "current".into());
+    let current = app.trading().record_order(&user, "strategy:current", &record, &intent("current"), &second_run).await.unwrap();
+    assert_eq!(current, RecordOutcome::Recorded);
+}

@@ -216,19 +216,28 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
     stop_because(state, user_id, bot, None).await
 }
 
-/// `stop`, saying why when the bot was not asked to (`reason` shows in its status).
-pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reason: Option<&str>) -> Result<Stopped, ApiError> {
-    let trading = state.trading_store();
+/// Where a stop stands once it has claimed the bot.
+pub enum Begun {
+    /// The bot is `stopping` (by this stop or one already under way).
+    Stopping(BotRecord),
+    /// Another stop finished it meanwhile.
+    AlreadyStopped(BotRecord),
+    /// A stop the guardian began for a triggered exit found another run of the bot (the user
+    /// stopped and started it meanwhile): that run is not this exit's to stop.
+    Superseded(BotRecord),
+}
+
+/// Moves a running bot to `stopping` (with `reason` when it was not asked to stop), so nothing
+/// risk-increasing can be recorded for it any more. A strategy run may write the running bot's
+/// state meanwhile: the stop goes on from the bot as it is then (a stop is never refused for a
+/// strategy's bookkeeping).
+pub async fn begin_stop(trading: &TradingStore<'_>, user_id: &str, bot: BotRecord, reason: Option<&str>) -> Result<Begun, ApiError> {
     let mut bot = bot;
-    let mut closed = Vec::new();
-    let mut canceled_orders = Vec::new();
-    // A stop asked again while one is under way (the user's retry, the guardian finishing it).
-    let repeat = bot.state == BotState::Stopping;
-    // A strategy run may write the running bot's state meanwhile: the stop goes on from the
-    // bot as it is then (a stop is never refused for a strategy's bookkeeping).
     for _ in 0..5 {
-        if bot.state != BotState::Running {
-            break;
+        match bot.state {
+            BotState::Stopping => return Ok(Begun::Stopping(bot)),
+            BotState::Stopped => return Ok(Begun::AlreadyStopped(bot)),
+            BotState::Running => {}
         }
         let stopping = BotRecord {
             state: BotState::Stopping,
@@ -240,21 +249,28 @@ pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reaso
             ..bot.clone()
         };
         if trading.put_bot(&stopping, Some(bot.version)).await? {
-            bot = stopping;
-            break;
+            return Ok(Begun::Stopping(stopping));
         }
         match trading.bot(user_id).await? {
-            Some(latest) if latest.state == BotState::Stopped => return Ok(Stopped { bot: latest, closed, canceled_orders }),
+            Some(latest) if reason.is_some() && latest.run != bot.run => return Ok(Begun::Superseded(latest)),
             Some(latest) => bot = latest,
             None => return Err(concurrent_change()),
         }
     }
-    if bot.state == BotState::Running {
-        return Err(concurrent_change());
-    }
-    if bot.state == BotState::Stopped {
-        return Ok(Stopped { bot, closed, canceled_orders });
-    }
+    Err(concurrent_change())
+}
+
+/// `stop`, saying why when the bot was not asked to (`reason` shows in its status).
+pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reason: Option<&str>) -> Result<Stopped, ApiError> {
+    let trading = state.trading_store();
+    let mut closed = Vec::new();
+    let mut canceled_orders = Vec::new();
+    // A stop asked again while one is under way (the user's retry, the guardian finishing it).
+    let repeat = bot.state == BotState::Stopping;
+    let mut bot = match begin_stop(&trading, user_id, bot, reason).await? {
+        Begun::Stopping(b) => b,
+        Begun::AlreadyStopped(b) | Begun::Superseded(b) => return Ok(Stopped { bot: b, closed, canceled_orders }),
+    };
     let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
     for _ in 0..ROUNDS_PER_CALL {
         let snapshot = trading.snapshot(user_id).await?;

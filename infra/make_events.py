@@ -97,6 +97,14 @@ SAMPLES = {
     "bot-status": event("GET", "/api/v1/bot/status", headers=bearer()),
     "order-submit": event("POST", "/api/v1/order/submit", {"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01"}, {**bearer(), "idempotency-key": "3f0c2a9e-order-1"}),
     "bot-signal-token": event("POST", "/api/v1/bot/signal-token", headers=bearer()),
+    "position-close": event(
+        "POST",
+        "/api/v1/positions/BTCUSDT/close",
+        headers=bearer(),
+        route_path="/api/v1/positions/{symbol}/close",
+        path_parameters={"symbol": "BTCUSDT"},
+    ),
+    "markets": event("GET", "/api/v1/markets"),
     "backtest": event(
         "POST",
         "/api/v1/backtest",

@@ -174,19 +174,17 @@ pub async fn init_secrets(client: &aws_sdk_secretsmanager::Client, config: &crat
     Ok(if done.is_empty() { "secrets already initialised".into() } else { done.join(", ") })
 }
 
-/// A running paper bot holding one open long, as the guardian's index holds them: for the scale
-/// benchmark and the guardian tests that need many bots in chosen shards without the HTTP path.
-pub fn running_paper_bot(
+/// A running paper bot's record, as `POST /api/v1/bot/start` writes it.
+fn seed_bot(
     user_id: &str,
     symbol: &str,
-    size: rust_decimal::Decimal,
-    entry: rust_decimal::Decimal,
+    leverage: u32,
     stop_loss_pct: rust_decimal::Decimal,
-) -> Result<Vec<crate::dynamo::Item>, BoxError> {
-    use crate::trading::model::{ExchangeKind, PositionSide};
-    use crate::trading::store::{BotConfig, BotRecord, BotState, PaperPosition};
-    let leverage = 5;
-    let bot = BotRecord {
+    strategy: crate::trading::strategy::Strategy,
+    run: Option<crate::trading::store::BotRun>,
+) -> crate::trading::store::BotRecord {
+    use crate::trading::store::{BotConfig, BotRecord, BotState};
+    BotRecord {
         user_id: user_id.to_owned(),
         state: BotState::Running,
         config: BotConfig {
@@ -197,21 +195,40 @@ pub fn running_paper_bot(
             trailing_stop_pct: None,
             max_position_notional: rust_decimal::Decimal::from(100_000),
             margin_mode: Default::default(),
-            strategy: Default::default(),
+            strategy,
         },
         version: 1,
-        exchange: ExchangeKind::Paper,
+        exchange: crate::trading::model::ExchangeKind::Paper,
         updated_at: chrono::Utc::now().to_rfc3339(),
         stop_id: None,
         stop_round: 0,
         credentials_version: None,
         position_mode: None,
-        run: None,
+        run,
         strategy_state: Default::default(),
         stop_reason: None,
-    };
-    let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(&bot)?, crate::keys::bot(user_id));
-    bot_item.extend(crate::keys::active_bot_index(user_id));
+    }
+}
+
+fn indexed_bot_item(bot: &crate::trading::store::BotRecord) -> Result<crate::dynamo::Item, BoxError> {
+    let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(bot)?, crate::keys::bot(&bot.user_id));
+    bot_item.extend(crate::keys::active_bot_index(&bot.user_id));
+    Ok(bot_item)
+}
+
+/// A running paper bot holding one open long, as the guardian's index holds them: for the scale
+/// benchmark and the guardian tests that need many bots in chosen shards without the HTTP path.
+pub fn running_paper_bot(
+    user_id: &str,
+    symbol: &str,
+    size: rust_decimal::Decimal,
+    entry: rust_decimal::Decimal,
+    stop_loss_pct: rust_decimal::Decimal,
+) -> Result<Vec<crate::dynamo::Item>, BoxError> {
+    use crate::trading::model::PositionSide;
+    use crate::trading::store::PaperPosition;
+    let leverage = 5;
+    let bot = seed_bot(user_id, symbol, leverage, stop_loss_pct, Default::default(), None);
     let position = PaperPosition {
         symbol: symbol.into(),
         side: PositionSide::Long,
@@ -225,7 +242,32 @@ pub fn running_paper_bot(
     };
     let mut position_item = crate::keys::with_key(serde_dynamo::to_item(&position)?, crate::keys::paper_position(user_id, symbol));
     position_item.extend(crate::keys::active_position_index(user_id, symbol));
-    Ok(vec![bot_item, position_item])
+    Ok(vec![indexed_bot_item(&bot)?, position_item])
+}
+
+/// A running paper bot of `strategy`, flat, started at `started_ms`, with its profile (a
+/// strategy order is held to the account existing): for the strategy runner's scale benchmark.
+pub fn running_strategy_bot(
+    user_id: &str,
+    symbol: &str,
+    strategy: crate::trading::strategy::Strategy,
+    started_ms: i64,
+) -> Result<Vec<crate::dynamo::Item>, BoxError> {
+    let run = crate::trading::store::BotRun { id: "run-v1".into(), started_ms };
+    let bot = seed_bot(user_id, symbol, 10, rust_decimal::Decimal::from(5), strategy, Some(run));
+    let profile = crate::auth::store::Profile {
+        id: user_id.to_owned(),
+        email: format!("{user_id}@scale.example"),
+        username: None,
+        email_verified: true,
+        created_at: chrono::Utc::now().to_rfc3339(),
+        revoked_before_ms: None,
+        expires_at: None,
+        revoked_sessions: Default::default(),
+        mfa_enabled: false,
+    };
+    let profile_item = crate::keys::with_key(serde_dynamo::to_item(&profile)?, crate::keys::profile(user_id));
+    Ok(vec![indexed_bot_item(&bot)?, profile_item])
 }
 
 /// Writes items in batches of 25, eight batches at a time, until DynamoDB has taken them all.

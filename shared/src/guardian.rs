@@ -489,7 +489,7 @@ async fn check_paper(
         let Some(bot) = stopping_first(state, user_id, bot, reason).await? else { return Ok(()) };
         let bot = &bot;
         stats.orders.fetch_add(1, Ordering::Relaxed);
-        let Some(closed) = close_triggered(state, &exchange, user_id, bot, &view, reason).await? else { continue };
+        let Some(closed) = close_triggered(state, &exchange, user_id, bot.config.leverage, &view, reason).await? else { continue };
         outcome.closed.push(ClosedReport {
             user_id: user_id.to_owned(),
             symbol: view.symbol,
@@ -545,7 +545,9 @@ async fn check_live(
         let Some(bot) = stopping_first(state, user_id, bot, reason).await? else { return Ok(()) };
         let bot = &bot;
         stats.orders.fetch_add(1, Ordering::Relaxed);
-        let Some(closed) = close_triggered(state, exchange.as_ref(), user_id, bot, &position, reason).await? else { continue };
+        let Some(closed) = close_triggered(state, exchange.as_ref(), user_id, bot.config.leverage, &position, reason).await? else {
+            continue;
+        };
         outcome.closed.push(ClosedReport {
             user_id: user_id.to_owned(),
             symbol: position.symbol.clone(),

@@ -13,7 +13,7 @@ use crate::trading::service::{exchange_error, exchange_for, session, Session};
 use crate::trading::store::{BotConfig, BotState};
 use crate::trading::strategy::Strategy;
 use http::StatusCode;
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt, Response};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -326,3 +326,32 @@ pub async fn backtest(state: &AppState, req: Request, _ctx: RequestContext) -> H
 /// A backtest's leverage and stop-loss when the request names none.
 pub const BACKTEST_LEVERAGE: u32 = 5;
 pub const BACKTEST_STOP_LOSS_PCT: Decimal = Decimal::from_parts(10, 0, 0, false, 0);
+
+// ---------------------------------------------------------------- markets
+
+/// `GET /api/v1/markets`: every contract the bot can trade, public and cacheable.
+pub async fn markets(state: &AppState, _req: Request, _ctx: RequestContext) -> HandlerResult {
+    let book = crate::trading::service::contract_book(state).await?;
+    let mut response = json_response(StatusCode::OK, &serde_json::json!({"markets": crate::trading::markets::list(&book)}))?;
+    let cache = format!("public, max-age={}", crate::trading::markets::MAX_AGE_SECS);
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_str(&cache).map_err(|e| ApiError::internal("markets cache header", e))?,
+    );
+    Ok(response)
+}
+
+// ---------------------------------------------------------------- positions
+
+/// `POST /api/v1/positions/{symbol}/close`: the caller's position on the symbol closed by a
+/// reduce-only market order. `200 {"closed_positions": [...]}`.
+pub async fn close_position(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    // `/api/v1/positions/{symbol}/close`: the segment after `positions` when no router named it.
+    let symbol = req.path_parameters_ref().and_then(|p| p.first("symbol").map(str::to_owned)).unwrap_or_else(|| {
+        let path = req.uri().path();
+        path.split('/').skip_while(|s| *s != "positions").nth(1).unwrap_or_default().to_owned()
+    });
+    let closed = crate::trading::positions::close(state, &caller, &symbol).await?;
+    json_response(StatusCode::OK, &serde_json::json!({"closed_positions": closed}))
+}

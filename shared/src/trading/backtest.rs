@@ -363,6 +363,8 @@ mod tests {
     fn spec() -> ContractSpec {
         ContractSpec {
             symbol: "BTCUSDT".into(),
+            base: "BTC".into(),
+            quote: "USDT".into(),
             min_size: d("0.001"),
             size_step: d("0.001"),
             price_tick: d("0.1"),

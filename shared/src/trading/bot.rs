@@ -326,7 +326,7 @@ pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reaso
 }
 
 /// Closes a position the guardian found past one of the bot's exits (`reason`: `stop_loss`,
-/// `take_profit`, `trailing_stop`). Resting closes that lock part of it (a take-profit limit of
+/// `take_profit`, `trailing_stop`), or the trader closes (`manual_close`). Resting closes that lock part of it (a take-profit limit of
 /// the trader's) are canceled first, so the whole position is closed. The client order id is the
 /// position's instance and the trigger: overlapping runs and retries compute the same one, so the
 /// close happens once, and the next position (another instance) gets its own. `None`: the
@@ -335,7 +335,7 @@ pub async fn close_triggered(
     state: &AppState,
     exchange: &dyn Exchange,
     user_id: &str,
-    bot: &BotRecord,
+    leverage: u32,
     position: &Position,
     reason: &str,
 ) -> Result<Option<ClosedPosition>, ApiError> {
@@ -349,7 +349,7 @@ pub async fn close_triggered(
         }
     }
     let key = format!("{reason}-{}", position.instance);
-    close_position(state, exchange, user_id, &position, bot.config.leverage, &key, reason).await
+    close_position(state, exchange, user_id, &position, leverage, &key, reason).await
 }
 
 /// Cancels the orders resting on `symbol` that `which` selects; the exchange's ids of those it

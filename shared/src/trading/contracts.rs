@@ -16,6 +16,9 @@ pub const MAINTENANCE_MARGIN_RATE: Decimal = Decimal::from_parts(4, 0, 0, false,
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContractSpec {
     pub symbol: String,
+    /// The coin traded (`BTC`) and the one it is quoted and margined in (`USDT`).
+    pub base: String,
+    pub quote: String,
     pub min_size: Decimal,
     pub size_step: Decimal,
     pub price_tick: Decimal,
@@ -41,6 +44,10 @@ impl ContractSpec {
 #[serde(rename_all = "camelCase")]
 struct RawContract {
     symbol: String,
+    #[serde(default)]
+    base_coin: String,
+    #[serde(default)]
+    quote_coin: String,
     min_trade_num: String,
     size_multiplier: String,
     price_place: String,
@@ -86,6 +93,8 @@ fn parse_contract(raw: serde_json::Value) -> Result<ContractSpec, String> {
         maintenance_margin_rate: MAINTENANCE_MARGIN_RATE,
         status: c.symbol_status,
         symbol: c.symbol,
+        base: c.base_coin,
+        quote: c.quote_coin,
     })
 }
 

@@ -32,8 +32,10 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-/// Bots evaluated at once (each may read its partition and send orders).
-pub const CONCURRENCY: usize = 16;
+/// Bots evaluated at once (each may read its partition and send orders). Paper bots cost only
+/// table round trips; a live bot's calls count against its own account's Bitget limits, so
+/// bots of different users never contend for one.
+pub const CONCURRENCY: usize = 64;
 /// Closed candles after the last one acted on that a run still acts on: a run that was missed
 /// is caught up, a cross older than this is not traded late.
 pub const CATCH_UP: usize = 3;
@@ -45,6 +47,9 @@ pub struct RunReport {
     pub orders_sent: u32,
     pub orders_refused: u32,
     pub candle_calls: u32,
+    /// Bots left for the next run because this one neared its deadline (the next run catches
+    /// up on up to `CATCH_UP` candles, with the same keys).
+    pub bots_deferred: u32,
     pub errors: Vec<crate::guardian::SweepError>,
     pub duration_ms: u64,
 }
@@ -60,11 +65,20 @@ pub async fn handle(
         Some(t) => chrono::DateTime::parse_from_rfc3339(t).map_err(|e| format!("time is not RFC 3339: {e}"))?.timestamp_millis(),
         None => chrono::Utc::now().timestamp_millis(),
     };
-    Ok(serde_json::to_value(run(state, &shards, now_ms).await)?)
+    let left = std::time::Duration::from_millis(event.context.deadline.saturating_sub(chrono::Utc::now().timestamp_millis().max(0) as u64));
+    // Without a deadline (a bare local invoke), a minute like the deployed function.
+    let left = if left.is_zero() { std::time::Duration::from_secs(60) } else { left };
+    Ok(serde_json::to_value(run_until(state, &shards, now_ms, Instant::now() + left).await)?)
 }
 
-/// One run over `shards` at `now_ms`.
+/// One run over `shards` at `now_ms`, with all the time it needs.
 pub async fn run(state: &AppState, shards: &[u16], now_ms: i64) -> RunReport {
+    run_until(state, shards, now_ms, Instant::now() + std::time::Duration::from_secs(24 * 3600)).await
+}
+
+/// One run over `shards` at `now_ms` that starts no bot within `guardian::DEADLINE_MARGIN` of
+/// `deadline` (when the Lambda would be killed).
+pub async fn run_until(state: &AppState, shards: &[u16], now_ms: i64, deadline: Instant) -> RunReport {
     let started = Instant::now();
     let mut report = RunReport::default();
     let mut bots = Vec::new();
@@ -85,6 +99,9 @@ pub async fn run(state: &AppState, shards: &[u16], now_ms: i64) -> RunReport {
     let outcomes: Vec<(String, Result<Evaluated, ApiError>)> = futures::stream::iter(bots)
         .map(|bot| async move {
             let user_id = bot.user_id.clone();
+            if deadline.saturating_duration_since(Instant::now()) < crate::guardian::DEADLINE_MARGIN {
+                return (user_id, Ok(Evaluated::Deferred));
+            }
             (user_id, evaluate(state, bot, market, now_ms).await)
         })
         .buffer_unordered(CONCURRENCY)
@@ -93,6 +110,7 @@ pub async fn run(state: &AppState, shards: &[u16], now_ms: i64) -> RunReport {
     for (user_id, outcome) in outcomes {
         match outcome {
             Ok(Evaluated::Idle) => {}
+            Ok(Evaluated::Deferred) => report.bots_deferred += 1,
             Ok(Evaluated::Acted { sent, refused }) => {
                 report.bots_evaluated += 1;
                 report.orders_sent += sent;
@@ -109,6 +127,7 @@ pub async fn run(state: &AppState, shards: &[u16], now_ms: i64) -> RunReport {
         bots_seen = report.bots_seen,
         bots_evaluated = report.bots_evaluated,
         orders_sent = report.orders_sent,
+        bots_deferred = report.bots_deferred,
         errors = report.errors.len(),
         duration_ms = report.duration_ms,
         "strategy run done"
@@ -196,6 +215,8 @@ fn due(bot: &BotRecord, interval: Interval, now_ms: i64) -> bool {
 enum Evaluated {
     /// Nothing to decide or nothing decided.
     Idle,
+    /// Not evaluated: the run neared its deadline.
+    Deferred,
     Acted {
         sent: u32,
         refused: u32,

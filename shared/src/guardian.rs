@@ -497,7 +497,7 @@ async fn check_paper(
             size: closed.size,
             exit_price: closed.exit_price,
         });
-        if end_strategy(state, user_id, bot).await? {
+        if end_strategy(state, user_id, bot, reason).await? {
             return Ok(());
         }
     }
@@ -555,7 +555,7 @@ async fn check_live(
             size: closed.size,
             exit_price: closed.exit_price,
         });
-        if end_strategy(state, user_id, bot).await? {
+        if end_strategy(state, user_id, bot, reason).await? {
             return Ok(());
         }
     }
@@ -571,19 +571,25 @@ async fn stopping_first(state: &AppState, user_id: &str, bot: &BotRecord, reason
     if !bot.config.strategy.is_automatic() {
         return Ok(Some(bot.clone()));
     }
-    Ok(match crate::trading::bot::begin_stop(&state.trading_store(), user_id, bot.clone(), Some(reason)).await? {
-        crate::trading::bot::Begun::Stopping(stopping) => Some(stopping),
-        crate::trading::bot::Begun::AlreadyStopped(_) | crate::trading::bot::Begun::Superseded(_) => None,
+    Ok(match crate::trading::bot::begin_stop(&state.trading_store(), user_id, bot.clone(), Some(reason)).await {
+        Ok(crate::trading::bot::Begun::Stopping(stopping)) => Some(stopping),
+        Ok(crate::trading::bot::Begun::AlreadyStopped(_) | crate::trading::bot::Begun::Superseded(_)) => None,
+        // The exit is what matters: the position is closed even when the bot could not be
+        // marked stopping; the stop is tried again once it is closed.
+        Err(e) => {
+            tracing::error!(user_id, error = %e.chain(), "a triggered strategy bot could not be marked stopping; closing its position first");
+            Some(bot.clone())
+        }
     })
 }
 
 /// Finishes the stop `stopping_first` began once the triggered position is closed: its resting
 /// orders (a grid's) are canceled and the bot ends `stopped`. True when it was stopped.
-async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord) -> Result<bool, ApiError> {
-    if bot.state != BotState::Stopping {
+async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord, reason: &str) -> Result<bool, ApiError> {
+    if !bot.config.strategy.is_automatic() {
         return Ok(false);
     }
-    crate::trading::bot::stop(state, user_id, bot.clone()).await?;
+    crate::trading::bot::stop_because(state, user_id, bot.clone(), Some(reason)).await?;
     Ok(true)
 }
 

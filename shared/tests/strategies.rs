@@ -381,7 +381,7 @@ async fn a_triggered_stop_of_a_grid_stops_it_and_cancels_its_resting_orders() {
 }
 
 #[tokio::test]
-async fn a_grid_refused_under_the_kill_switch_arms_its_levels_once_it_is_lifted() {
+async fn a_grid_waits_under_the_kill_switch_and_arms_its_levels_once_it_is_lifted() {
     let app = spawn_app().await;
     let token = access_token(&app).await;
     let user = user_id(&token);
@@ -390,8 +390,9 @@ async fn a_grid_refused_under_the_kill_switch_arms_its_levels_once_it_is_lifted(
     assert_eq!(start(&app, &token, grid).await.status, 200);
     let now = chrono::Utc::now().timestamp_millis();
     app.trading().set_kill_switch(true).await.unwrap();
+    // Halted, a grid's levels wait: nothing is sent, and no refusal is spent on them each minute.
     let halted = run_at(&app, now).await;
-    assert_eq!((halted.orders_sent, halted.orders_refused), (0, 4), "{halted:?}");
+    assert_eq!((halted.orders_sent, halted.orders_refused), (0, 0), "{halted:?}");
     assert!(resting(&app, &user).await.is_empty());
     app.trading().set_kill_switch(false).await.unwrap();
     let lifted = run_at(&app, now + MINUTE).await;
@@ -432,4 +433,22 @@ async fn an_order_decided_for_a_run_that_ended_is_refused_even_when_the_bot_runs
     let record = shared::trading::idempotency::new_record("f".into(), "current".into());
     let current = app.trading().record_order(&user, "strategy:current", &record, &intent("current"), &second_run).await.unwrap();
     assert_eq!(current, RecordOutcome::Recorded);
+}
+
+#[tokio::test]
+async fn a_grid_level_the_position_cap_refuses_waits_before_it_tries_again() {
+    let app = spawn_app().await;
+    let token = access_token(&app).await;
+    app.set_mark("BTCUSDT", "65100").await;
+    // 0.2 BTC a level, about 13,000 USDT: resting orders on a side count toward the 20,000 cap,
+    // so on each side the second level is refused.
+    let grid = json!({"kind": "grid", "lower": "63000", "upper": "67000", "levels": 5, "size_per_level": "0.2"});
+    assert_eq!(start(&app, &token, grid).await.status, 200);
+    let now = chrono::Utc::now().timestamp_millis();
+    let first = run_at(&app, now).await;
+    assert_eq!((first.orders_sent, first.orders_refused), (2, 2), "{first:?}");
+    let soon = run_at(&app, now + MINUTE).await;
+    assert_eq!((soon.orders_sent, soon.orders_refused), (0, 0), "a refused level waits: {soon:?}");
+    let later = run_at(&app, now + runner::GRID_RETRY_AFTER_MS + MINUTE).await;
+    assert_eq!((later.orders_sent, later.orders_refused), (0, first.orders_refused), "then tries again: {later:?}");
 }

@@ -1481,11 +1481,13 @@ async fn a_stale_guardian_run_never_closes_the_position_opened_after_the_one_it_
     let seen = exchange.positions().await.unwrap().remove(0);
     let bot = snapshot.bot.clone().unwrap();
     // Run A closes it; the user opens a new long; run B still holds A's view of the old one.
-    let a = shared::trading::bot::close_triggered(&app.state, exchange.as_ref(), &user, bot.config.leverage, &seen, "stop_loss").await.unwrap();
+    let a =
+        shared::trading::bot::close_triggered(&app.state, exchange.as_ref(), &user, bot.config.leverage, &seen, "stop_loss").await.unwrap();
     assert_eq!(a.map(|c| c.size), Some(d("0.01")));
     tokio::time::sleep(std::time::Duration::from_millis(5)).await; // a new cTime
     assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
-    let b = shared::trading::bot::close_triggered(&app.state, exchange.as_ref(), &user, bot.config.leverage, &seen, "stop_loss").await.unwrap();
+    let b =
+        shared::trading::bot::close_triggered(&app.state, exchange.as_ref(), &user, bot.config.leverage, &seen, "stop_loss").await.unwrap();
     assert!(b.is_none(), "nothing left of the position B saw: {b:?}");
     assert_eq!(fake.position("BTCUSDT", "long"), d("0.02"), "the new position is untouched");
 }

@@ -338,6 +338,8 @@ pub async fn markets(state: &AppState, _req: Request, _ctx: RequestContext) -> H
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_str(&cache).map_err(|e| ApiError::internal("markets cache header", e))?,
     );
+    // Shared caches keep the answer per Origin: the CORS headers differ by it.
+    response.headers_mut().insert(http::header::VARY, http::HeaderValue::from_static("Origin"));
     Ok(response)
 }
 

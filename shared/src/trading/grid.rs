@@ -30,9 +30,12 @@ pub struct GridState {
     /// Resting orders by level.
     #[serde(default)]
     pub armed: BTreeMap<u32, Armed>,
-    /// Orders each level has had end (filled or gone): the next one's leg differs.
+    /// Orders each level has had end (filled, gone or refused): the next one's leg differs.
     #[serde(default)]
     pub ended: BTreeMap<u32, u32>,
+    /// When a level's last order was refused (unix ms): the runner lets it wait a while.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused_at: BTreeMap<u32, i64>,
 }
 
 /// The level prices from `lower` to `upper`, evenly spaced, each rounded down to the price tick.
@@ -116,13 +119,16 @@ pub fn plan(
     (next, orders)
 }
 
-/// Records that the order planned for `level` was refused: its next one gets another leg.
-pub fn refused(state: &mut GridState, level: u32) {
+/// Records that the order planned for `level` was refused at `at_ms`: its next one gets another
+/// leg.
+pub fn refused(state: &mut GridState, level: u32, at_ms: i64) {
     *state.ended.entry(level).or_default() += 1;
+    state.refused_at.insert(level, at_ms);
 }
 
 /// Records that the order planned for `level` rests on the exchange.
 pub fn arm(state: &mut GridState, level: u32, order: &StrategyOrder) {
+    state.refused_at.remove(&level);
     state.armed.insert(level, Armed { side: order.side, leg: order.leg.clone() });
 }
 

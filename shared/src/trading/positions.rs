@@ -35,5 +35,19 @@ pub async fn close(state: &AppState, caller: &Caller, symbol: &str) -> Result<Ve
     if closed.is_empty() {
         return Err(not_found());
     }
+    // The store's mirror of a live account follows, so the guardian's reconciliation flags only
+    // changes made outside this service.
+    if exchange.kind() != crate::trading::model::ExchangeKind::Paper {
+        match exchange.positions().await {
+            Ok(actual) => {
+                let actual: Vec<_> = actual.into_iter().filter(|p| p.symbol == symbol).collect();
+                if let Err(e) = state.trading_store().sync_live_positions(&caller.user_id, &symbol, &snapshot.live_positions, &actual).await
+                {
+                    tracing::warn!(error = %ApiError::from(e).chain(), "positions not mirrored after a manual close; the guardian will reconcile");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "positions not re-read after a manual close; the guardian will reconcile"),
+        }
+    }
     Ok(closed)
 }

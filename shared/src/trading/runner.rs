@@ -39,6 +39,12 @@ pub const CONCURRENCY: usize = 64;
 /// Closed candles after the last one acted on that a run still acts on: a run that was missed
 /// is caught up, a cross older than this is not traded late.
 pub const CATCH_UP: usize = 3;
+/// No bot is started, and no order submitted, this close to the Lambda deadline: longer than
+/// one submit can take (waiting on a twin request alone can take 6 s).
+pub const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a grid level refused by a rule (margin, the position cap) waits before it tries
+/// again, so a refusal for good does not cost the account's calls every minute.
+pub const GRID_RETRY_AFTER_MS: i64 = 5 * 60_000;
 
 #[derive(Debug, Default, Serialize)]
 pub struct RunReport {
@@ -76,7 +82,7 @@ pub async fn run(state: &AppState, shards: &[u16], now_ms: i64) -> RunReport {
     run_until(state, shards, now_ms, Instant::now() + std::time::Duration::from_secs(24 * 3600)).await
 }
 
-/// One run over `shards` at `now_ms` that starts no bot within `guardian::DEADLINE_MARGIN` of
+/// One run over `shards` at `now_ms` that starts no bot within `DEADLINE_MARGIN` of
 /// `deadline` (when the Lambda would be killed).
 pub async fn run_until(state: &AppState, shards: &[u16], now_ms: i64, deadline: Instant) -> RunReport {
     let started = Instant::now();
@@ -99,10 +105,10 @@ pub async fn run_until(state: &AppState, shards: &[u16], now_ms: i64, deadline: 
     let outcomes: Vec<(String, Result<Evaluated, ApiError>)> = futures::stream::iter(bots)
         .map(|bot| async move {
             let user_id = bot.user_id.clone();
-            if deadline.saturating_duration_since(Instant::now()) < crate::guardian::DEADLINE_MARGIN {
+            if deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN {
                 return (user_id, Ok(Evaluated::Deferred));
             }
-            (user_id, evaluate(state, bot, market, now_ms).await)
+            (user_id, evaluate(state, bot, market, now_ms, deadline).await)
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
@@ -159,6 +165,9 @@ async fn automatic_bots(state: &AppState, partition: &str) -> Result<Vec<BotReco
 struct Market {
     candles: HashMap<(String, Interval), Vec<Candle>>,
     marks: HashMap<String, Decimal>,
+    /// The kill switch as the run began: grids arm nothing while it is on (their levels wait,
+    /// instead of each recording a refusal every minute).
+    halted: bool,
 }
 
 impl Market {
@@ -201,7 +210,14 @@ impl Market {
                 HashMap::new()
             }
         };
-        Market { candles, marks }
+        let halted = match state.trading_store().kill_switch_on().await {
+            Ok(on) => on,
+            Err(e) => {
+                tracing::error!(error = %crate::error::ApiError::from(e).chain(), "the kill switch is unreadable; grids wait");
+                true
+            }
+        };
+        Market { candles, marks, halted }
     }
 }
 
@@ -223,7 +239,7 @@ enum Evaluated {
     },
 }
 
-async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64) -> Result<Evaluated, ApiError> {
+async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64, deadline: Instant) -> Result<Evaluated, ApiError> {
     match bot.config.strategy {
         Strategy::EmaCross(settings) => {
             if !due(&bot, settings.interval, now_ms) {
@@ -243,13 +259,14 @@ async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64
             let Some((close_ms, target)) = latest_cross(&current, &settings, series) else { return Ok(Evaluated::Idle) };
             let wanted = ema_cross::orders_toward(&settings, target, held(&snapshot, &bot.config.symbol));
             let decision = format!("{close_ms}");
-            let (sent, refused, settled) = submit_all(state, &caller, &current, &decision, wanted.iter()).await?;
+            let (sent, refused, settled) = submit_all(state, &caller, &current, &decision, wanted.iter(), deadline).await?;
             if settled {
                 let next = StrategyState { last_candle_ms: Some(close_ms), ..current.strategy_state.clone() };
                 save_state(state, &current, next).await?;
             }
             Ok(Evaluated::Acted { sent, refused })
         }
+        Strategy::Grid(_) if market.halted => Ok(Evaluated::Idle),
         Strategy::Grid(settings) => {
             let Some(mark) = market.marks.get(&bot.config.symbol).copied() else {
                 return Err(ApiError::Unavailable { code: "market_data_unavailable", detail: "no mark this run".into(), cause: None });
@@ -263,17 +280,20 @@ async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64
             let before = current.strategy_state.grid.clone().unwrap_or_default();
             let ended = ended_levels(state, &bot.user_id, &snapshot, &current, &before).await?;
             let (mut after, wanted) = grid::plan(&settings, &prices, &before, mark, crate::trading::risk::MAX_PRICE_DEVIATION, &ended);
+            // A level a rule refused lately waits (the backtest, with no account calls to spare,
+            // tries on the next candle).
+            let cooling = |level: &u32| after.refused_at.get(level).is_some_and(|at| now_ms - at < GRID_RETRY_AFTER_MS);
+            let wanted: Vec<_> = wanted.into_iter().filter(|(level, _)| !cooling(level)).collect();
             let mut sent = 0;
             let mut refused = 0;
             for (level, order) in &wanted {
-                let (s, r, settled) = submit_all(state, &caller, &current, "grid", std::iter::once(order)).await?;
+                let (s, r, settled) = submit_all(state, &caller, &current, "grid", std::iter::once(order), deadline).await?;
                 sent += s;
                 refused += r;
                 match (settled, r) {
                     (true, 0) => grid::arm(&mut after, *level, order),
-                    // Refused (a risk rule, the kill switch): the level tries again next run
-                    // under a new key, as the backtest tries again on the next candle.
-                    (true, _) => grid::refused(&mut after, *level),
+                    // Refused by a rule: the level tries again under a new key once it has waited.
+                    (true, _) => grid::refused(&mut after, *level, now_ms),
                     (false, _) => {}
                 }
             }
@@ -334,9 +354,15 @@ async fn submit_all<'a>(
     bot: &BotRecord,
     decision: &str,
     wanted: impl Iterator<Item = &'a StrategyOrder>,
+    deadline: Instant,
 ) -> Result<(u32, u32, bool), ApiError> {
     let (mut sent, mut refused) = (0, 0);
     for order in wanted {
+        // Too close to the deadline for one more submit (it may wait on a twin for seconds): the
+        // decision stays unsettled and the next run repeats it with the same keys.
+        if deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN {
+            return Ok((sent, refused, false));
+        }
         let key = order_key(bot, decision, &order.leg);
         let new = NewOrder {
             symbol: bot.config.symbol.clone(),

@@ -104,6 +104,20 @@ SAMPLES = {
         route_path="/api/v1/positions/{symbol}/close",
         path_parameters={"symbol": "BTCUSDT"},
     ),
+    "order-get": event(
+        "GET",
+        "/api/v1/orders/paper-tb0000000000000000000000000000",
+        headers=bearer(),
+        route_path="/api/v1/orders/{order_id}",
+        path_parameters={"order_id": "paper-tb0000000000000000000000000000"},
+    ),
+    "order-cancel": event(
+        "DELETE",
+        "/api/v1/orders/paper-tb0000000000000000000000000000",
+        headers=bearer(),
+        route_path="/api/v1/orders/{order_id}",
+        path_parameters={"order_id": "paper-tb0000000000000000000000000000"},
+    ),
     "markets": event("GET", "/api/v1/markets"),
     "backtest": event(
         "POST",

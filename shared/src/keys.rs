@@ -15,6 +15,7 @@
 //! | signal token lookup | `SIGNAL#<sha256>`       | `SIGNAL`           |                           |
 //! | session (one per refresh family) | `SESSIONS#<id>` | `<family id>`   |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
+//! | live order by its Bitget id | `ORDERID#<id>#<order id>` | `ORDERID`    |                           |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
 //! | refresh token       | `REFRESH#<sha256>`      | `REFRESH`          |                           |
 //! | refresh family      | `FAMILY#<family id>`    | `FAMILY`           |                           |
@@ -150,6 +151,10 @@ pub fn order_partition(user_id: &str) -> String {
 }
 pub fn order(user_id: &str, client_oid: &str) -> Key {
     key(order_partition(user_id), format!("ORDER#{client_oid}"))
+}
+/// Which client order id a live order's exchange id (Bitget's `orderId`) is, for the user.
+pub fn order_id_pointer(user_id: &str, exchange_order_id: &str) -> Key {
+    key(format!("ORDERID#{user_id}#{exchange_order_id}"), "ORDERID")
 }
 pub fn idempotency(user_id: &str, idempotency_key: &str) -> Key {
     key(idempotency_partition(user_id), idempotency_key)

@@ -1514,3 +1514,106 @@ async fn credentials_saved_before_versions_existed_still_start_a_bot_and_can_be_
     assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204, "replaced, not a false conflict");
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
 }
+
+// ---------------------------------------------------------------- one order: read and cancel
+
+async fn get_order(app: &TestApp, token: &str, id: &str) -> TestResponse {
+    app.call_as(t::get_order, token, "GET", &format!("/api/v1/orders/{id}"), None).await
+}
+
+async fn cancel_order(app: &TestApp, token: &str, id: &str) -> TestResponse {
+    app.call_as(t::cancel_order, token, "DELETE", &format!("/api/v1/orders/{id}"), None).await
+}
+
+#[tokio::test]
+async fn an_order_is_read_by_either_id_cancelled_once_and_someone_elses_is_not_found() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    assert_eq!(start(&app, &token, bot_config()).await.status, 200);
+    let resting = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    assert_eq!(resting.status, 201, "{}", resting.raw);
+    let (order_id, client_oid) = (resting.body["order_id"].as_str().unwrap(), resting.body["client_order_id"].as_str().unwrap());
+    for id in [order_id, client_oid] {
+        let res = get_order(&app, &token, id).await;
+        assert_eq!(res.status, 200, "{}", res.raw);
+        assert_eq!(
+            (res.body["status"].as_str(), res.body["price"].as_str(), res.body["reason"].as_str()),
+            (Some("open"), Some("62000"), Some("manual"))
+        );
+        assert_eq!((res.body["order_id"].as_str(), res.body["client_order_id"].as_str()), (Some(order_id), Some(client_oid)));
+        assert_eq!((res.body["reduce_only"].as_bool(), res.body["fee"].as_str()), (Some(false), Some("0")));
+    }
+    let other = access_token(&app).await;
+    for res in [get_order(&app, &other, order_id).await, cancel_order(&app, &other, order_id).await] {
+        assert_eq!((res.status, res.code()), (404, "order_not_found"), "someone else's order is not found: {}", res.raw);
+    }
+    for id in ["nope", "paper-nope", "a%2Fb", &"x".repeat(80)] {
+        assert_eq!(get_order(&app, &token, id).await.code(), "order_not_found", "{id}");
+    }
+
+    let canceled = cancel_order(&app, &token, order_id).await;
+    assert_eq!((canceled.status, canceled.body["status"].as_str()), (200, Some("canceled")), "{}", canceled.raw);
+    let again = cancel_order(&app, &token, order_id).await;
+    assert_eq!((again.status, again.code()), (409, "order_not_open"), "{}", again.raw);
+    assert_eq!(get_order(&app, &token, order_id).await.body["status"], "canceled");
+    // A filled order cannot be cancelled; its answer shows how it ended.
+    let filled = submit(&app, &token, &key(), market_buy("0.01")).await;
+    let res = cancel_order(&app, &token, filled.body["order_id"].as_str().unwrap()).await;
+    assert_eq!((res.status, res.code()), (409, "order_not_open"), "{}", res.raw);
+    assert!(res.body["detail"].as_str().unwrap().contains("\"status\":\"filled\""), "{}", res.raw);
+    let read = get_order(&app, &token, filled.body["order_id"].as_str().unwrap()).await;
+    assert_eq!(
+        (read.body["status"].as_str(), read.body["avg_price"].as_str(), read.body["price"].is_null()),
+        (Some("filled"), Some("65000"), true)
+    );
+    assert_eq!(read.body["fee"], "0.39");
+}
+
+#[tokio::test]
+async fn a_live_order_is_refreshed_from_bitget_cancelled_there_first_and_a_fill_that_wins_answers_not_open() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let first = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    assert_eq!((first.status, first.body["status"].as_str()), (201, Some("open")), "{}", first.raw);
+    let bitget_id = first.body["order_id"].as_str().unwrap().to_owned();
+    assert!(!bitget_id.starts_with("paper-"));
+    assert_eq!(get_order(&app, &token, &bitget_id).await.body["status"], "open", "found by Bitget's id");
+    // It fills at Bitget behind the service's back: reading it asks Bitget and stores the answer.
+    fake.set_mark("BTCUSDT", "61900");
+    let read = get_order(&app, &token, &bitget_id).await;
+    assert_eq!(
+        (read.status, read.body["status"].as_str(), read.body["filled_size"].as_str()),
+        (200, Some("filled"), Some("0.01")),
+        "{}",
+        read.raw
+    );
+    let stored =
+        app.trading().order(&user_id_of(&app, &token).await, first.body["client_order_id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.status, shared::trading::model::OrderStatus::Filled);
+    assert_eq!(cancel_order(&app, &token, &bitget_id).await.code(), "order_not_open");
+
+    fake.set_mark("BTCUSDT", "65000");
+    let second = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    let res = cancel_order(&app, &token, second.body["order_id"].as_str().unwrap()).await;
+    assert_eq!((res.status, res.body["status"].as_str()), (200, Some("canceled")), "{}", res.raw);
+    assert_eq!(fake.order(second.body["client_order_id"].as_str().unwrap()).unwrap().state, "canceled", "cancelled at Bitget");
+
+    // The race: the order fills while the cancel is on its way to Bitget.
+    let third = submit(&app, &token, &key(), limit_buy("0.01", "62000")).await;
+    let cancel_path = "/api/v2/mix/order/cancel-order";
+    let slow = std::sync::Arc::new(tokio::sync::Notify::new());
+    fake.fault(cancel_path, Fault::Hold(slow.clone()));
+    let before = fake.calls(cancel_path);
+    let canceling = cancel_order(&app, &token, third.body["order_id"].as_str().unwrap());
+    let fill_meanwhile = async {
+        while fake.calls(cancel_path) == before {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        fake.set_mark("BTCUSDT", "61900");
+        slow.notify_one();
+    };
+    let (res, ()) = tokio::join!(canceling, fill_meanwhile);
+    assert_eq!((res.status, res.code()), (409, "order_not_open"), "{}", res.raw);
+    assert!(res.body["detail"].as_str().unwrap().contains("\"status\":\"filled\""), "the filled order in detail: {}", res.raw);
+    assert_eq!(get_order(&app, &token, third.body["client_order_id"].as_str().unwrap()).await.body["status"], "filled");
+}

@@ -357,3 +357,22 @@ pub async fn close_position(state: &AppState, req: Request, _ctx: RequestContext
     let closed = crate::trading::positions::close(state, &caller, &symbol).await?;
     json_response(StatusCode::OK, &serde_json::json!({"closed_positions": closed}))
 }
+
+// ---------------------------------------------------------------- one order
+
+fn order_id_parameter(req: &Request) -> String {
+    crate::http::path_parameter(req, "order_id").unwrap_or_default()
+}
+
+/// `GET /api/v1/orders/{order_id}`: one of the caller's orders (by its `order_id` or its
+/// `client_order_id`), refreshed from Bitget while it is not final.
+pub async fn get_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    json_response(StatusCode::OK, &crate::trading::order_view::get(state, &caller, &order_id_parameter(&req)).await?)
+}
+
+/// `DELETE /api/v1/orders/{order_id}`: cancels one of the caller's resting orders.
+pub async fn cancel_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    json_response(StatusCode::OK, &crate::trading::order_view::cancel(state, &caller, &order_id_parameter(&req)).await?)
+}

@@ -10,6 +10,7 @@ pub mod grid;
 pub mod idempotency;
 pub mod markets;
 pub mod model;
+pub mod order_view;
 pub mod orders;
 pub mod paper;
 pub mod paper_store;

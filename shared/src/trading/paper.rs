@@ -14,6 +14,9 @@ use rust_decimal::Decimal;
 use std::collections::HashMap;
 use tokio::sync::Mutex;
 
+/// Paper order ids are this and the client order id.
+pub const ORDER_ID_PREFIX: &str = "paper-";
+
 pub struct PaperExchange {
     pub client: aws_sdk_dynamodb::Client,
     pub table: String,
@@ -132,7 +135,7 @@ pub fn apply_fill(
         account,
         position: new_position,
         fill: OrderFill {
-            order_id: format!("paper-{}", intent.client_order_id),
+            order_id: format!("{ORDER_ID_PREFIX}{}", intent.client_order_id),
             status: OrderStatus::Filled,
             filled_size: size,
             avg_price: Some(price),
@@ -291,7 +294,7 @@ impl PaperExchange {
     /// `RESTING#` item, in one transaction (a risk-increasing one only while the bot runs).
     async fn rest(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
         let fill = OrderFill {
-            order_id: format!("paper-{}", intent.client_order_id),
+            order_id: format!("{ORDER_ID_PREFIX}{}", intent.client_order_id),
             status: OrderStatus::Open,
             filled_size: Decimal::ZERO,
             avg_price: None,

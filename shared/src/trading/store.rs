@@ -686,7 +686,30 @@ impl TradingStore<'_> {
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(StoreError::from)?)
             .expression_attribute_values(":now", s(now_rfc3339()));
-        crate::dynamo::written(update.send().await).map(drop)
+        crate::dynamo::written(update.send().await)?;
+        // A live order is found again by the id the exchange gave it (paper ids carry the client id).
+        if !fill.order_id.is_empty() && !fill.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX) {
+            let pointer = HashMap::from([("client_order_id".to_owned(), s(client_oid))]);
+            self.client
+                .put_item()
+                .table_name(self.table)
+                .set_item(Some(keys::with_key(pointer, keys::order_id_pointer(user_id, &fill.order_id))))
+                .send()
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// The client order id of the user's live order with this exchange id, if it is known.
+    pub async fn client_order_id_of(&self, user_id: &str, exchange_order_id: &str) -> Result<Option<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Pointer {
+            client_order_id: String,
+        }
+        let pointer: Option<Pointer> =
+            crate::dynamo::get_item(self.client, self.table, keys::order_id_pointer(user_id, exchange_order_id)).await?;
+        Ok(pointer.map(|p| p.client_order_id))
     }
 
     /// Orders still `pending` (sent or about to be, outcome unknown), for a stop to settle.

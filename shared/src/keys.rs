@@ -15,7 +15,7 @@
 //! | signal token lookup | `SIGNAL#<sha256>`       | `SIGNAL`           |                           |
 //! | session (one per refresh family) | `SESSIONS#<id>` | `<family id>`   |                           |
 //! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
-//! | live order by its Bitget id | `ORDERID#<id>#<order id>` | `ORDERID`    |                           |
+//! | live order by its Bitget id | `ORDERS#<id>`   | `ORDERID#<order id>` |                         |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
 //! | refresh token       | `REFRESH#<sha256>`      | `REFRESH`          |                           |
 //! | refresh family      | `FAMILY#<family id>`    | `FAMILY`           |                           |
@@ -153,8 +153,9 @@ pub fn order(user_id: &str, client_oid: &str) -> Key {
     key(order_partition(user_id), format!("ORDER#{client_oid}"))
 }
 /// Which client order id a live order's exchange id (Bitget's `orderId`) is, for the user.
+/// In the order history's partition, so it ends with the history (deletion's expiry included).
 pub fn order_id_pointer(user_id: &str, exchange_order_id: &str) -> Key {
-    key(format!("ORDERID#{user_id}#{exchange_order_id}"), "ORDERID")
+    key(order_partition(user_id), format!("ORDERID#{exchange_order_id}"))
 }
 pub fn idempotency(user_id: &str, idempotency_key: &str) -> Key {
     key(idempotency_partition(user_id), idempotency_key)

@@ -1567,6 +1567,21 @@ async fn an_order_is_read_by_either_id_cancelled_once_and_someone_elses_is_not_f
         (Some("filled"), Some("65000"), true)
     );
     assert_eq!(read.body["fee"], "0.39");
+
+    // A client order id of the caller's own that looks like a paper id is still that order.
+    let mut own = limit_buy("0.01", "62000");
+    own["client_order_id"] = json!("paper-mine");
+    let mine = submit(&app, &token, &key(), own).await;
+    assert_eq!(mine.status, 201, "{}", mine.raw);
+    assert_eq!(get_order(&app, &token, "paper-mine").await.body["client_order_id"], "paper-mine");
+    // The guardian fills it between the trader's read and their cancel: the cancel says so.
+    app.set_mark("BTCUSDT", "61900").await;
+    let swept =
+        shared::guardian::sweep(&app.state, std::time::Instant::now() + std::time::Duration::from_secs(60), &Default::default()).await;
+    assert_eq!(swept.resting_filled, 1, "{swept:?}");
+    let late = cancel_order(&app, &token, "paper-mine").await;
+    assert_eq!((late.status, late.code()), (409, "order_not_open"), "{}", late.raw);
+    assert!(late.body["detail"].as_str().unwrap().contains("\"status\":\"filled\""), "{}", late.raw);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use crate::state::AppState;
 use crate::trading::exchange::Exchange;
 use crate::trading::model::{CancelOutcome, OrderFill, OrderStatus, OrderType, Side};
 use crate::trading::paper::ORDER_ID_PREFIX;
-use crate::trading::service::{exchange_error, live_exchange, load_snapshot, paper_exchange};
+use crate::trading::service::{exchange_error, live_exchange, load_snapshot};
 use crate::trading::store::{OrderRecord, UserSnapshot};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -81,35 +81,33 @@ fn is_final(status: OrderStatus) -> bool {
     matches!(status, OrderStatus::Filled | OrderStatus::Canceled | OrderStatus::Rejected)
 }
 
-/// The caller's order named `id` (its exchange id or its client order id).
+/// The caller's order named `id`: its client order id, its paper order id, or Bitget's id.
 async fn find(state: &AppState, user_id: &str, id: &str) -> Result<OrderRecord, ApiError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(not_found());
     }
     let trading = state.trading_store();
+    if let Some(record) = trading.order(user_id, id).await? {
+        return Ok(record);
+    }
     let client_oid = match id.strip_prefix(ORDER_ID_PREFIX) {
         Some(paper) => paper.to_owned(),
-        None => match trading.order(user_id, id).await? {
-            Some(record) => return Ok(record),
-            None => trading.client_order_id_of(user_id, id).await?.ok_or_else(not_found)?,
-        },
+        None => trading.client_order_id_of(user_id, id).await?.ok_or_else(not_found)?,
     };
     trading.order(user_id, &client_oid).await?.ok_or_else(not_found)
 }
 
-/// The exchange an order is on: paper for paper ids, the stored Bitget keys for the others.
-async fn exchange_of(
-    state: &AppState,
-    user_id: &str,
-    snapshot: &UserSnapshot,
-    record: &OrderRecord,
-) -> Result<Box<dyn Exchange>, ApiError> {
-    let paper = record.fill.as_ref().is_some_and(|f| f.order_id.starts_with(ORDER_ID_PREFIX))
-        || (snapshot.credentials.is_none() && record.fill.as_ref().is_none_or(|f| f.order_id.is_empty()));
-    if paper {
-        let marks = crate::trading::service::marks(state, std::slice::from_ref(&record.intent.symbol)).await?;
-        return Ok(Box::new(paper_exchange(state, user_id, marks, snapshot.clone()).await?));
+/// Whether the order is on the paper account: its id says so, or it never reached an exchange
+/// while the caller had no Bitget keys.
+fn on_paper(snapshot: &UserSnapshot, record: &OrderRecord) -> bool {
+    match record.fill.as_ref().map(|f| f.order_id.as_str()).filter(|id| !id.is_empty()) {
+        Some(id) => id.starts_with(ORDER_ID_PREFIX),
+        None => snapshot.credentials.is_none(),
     }
+}
+
+/// The caller's Bitget account, for an order that is on it.
+async fn bitget_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<Box<dyn Exchange>, ApiError> {
     let Some(credentials) = &snapshot.credentials else {
         return Err(ApiError::conflict("credentials_missing", "the order is on Bitget but no credentials are stored"));
     };
@@ -117,17 +115,21 @@ async fn exchange_of(
     Ok(Box::new(live_exchange(state, user_id, credentials, margin_mode).await?))
 }
 
-/// A live order not final in the store, as the exchange has it now (stored).
+/// A live order not final in the store, as Bitget has it now (stored, unless a final status got
+/// there first). An order recorded a moment ago may still be on its way: it is left to its
+/// request.
 async fn refreshed(state: &AppState, user_id: &str, snapshot: &UserSnapshot, record: OrderRecord) -> Result<OrderRecord, ApiError> {
-    let live = record.fill.as_ref().is_some_and(|f| !f.order_id.is_empty() && !f.order_id.starts_with(ORDER_ID_PREFIX));
-    if is_final(record.status) || !live || snapshot.credentials.is_none() {
+    if is_final(record.status) || on_paper(snapshot, &record) || (record.fill.is_none() && record.may_be_in_flight()) {
         return Ok(record);
     }
-    let exchange = exchange_of(state, user_id, snapshot, &record).await?;
-    match exchange.find_order(&record.intent.symbol, &record.intent.client_order_id).await.map_err(exchange_error)? {
-        Some(fill) if fill.status != record.status || Some(&fill) != record.fill.as_ref() => {
-            state.trading_store().complete_order(user_id, &record.intent.client_order_id, &fill).await?;
-            Ok(OrderRecord { status: fill.status, fill: Some(fill), updated_at: crate::trading::store::now_rfc3339(), ..record })
+    let trading = state.trading_store();
+    let client_oid = record.intent.client_order_id.clone();
+    let exchange = bitget_of(state, user_id, snapshot).await?;
+    match exchange.find_order(&record.intent.symbol, &client_oid).await.map_err(exchange_error)? {
+        Some(fill) if Some(&fill) != record.fill.as_ref() => {
+            trading.refresh_order(user_id, &client_oid, &fill).await?;
+            // What the store holds now: the exchange's answer, or a final status that won.
+            Ok(trading.order(user_id, &client_oid).await?.unwrap_or(record))
         }
         _ => Ok(record),
     }
@@ -136,7 +138,15 @@ async fn refreshed(state: &AppState, user_id: &str, snapshot: &UserSnapshot, rec
 pub async fn get(state: &AppState, caller: &Caller, id: &str) -> Result<Order, ApiError> {
     let snapshot = load_snapshot(state, caller).await?;
     let record = find(state, &caller.user_id, id).await?;
-    Ok(Order::from(&refreshed(state, &caller.user_id, &snapshot, record).await?))
+    // Bitget away or the keys refused: the order as last stored, rather than no answer.
+    let record = match refreshed(state, &caller.user_id, &snapshot, record.clone()).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            tracing::warn!(user_id = caller.user_id, code = e.code(), error = %e.chain(), "an order was not refreshed from the exchange");
+            record
+        }
+    };
+    Ok(Order::from(&record))
 }
 
 fn not_open(order: &Order) -> ApiError {
@@ -151,33 +161,43 @@ pub async fn cancel(state: &AppState, caller: &Caller, id: &str) -> Result<Order
     let user_id = caller.user_id.as_str();
     let snapshot = load_snapshot(state, caller).await?;
     let record = refreshed(state, user_id, &snapshot, find(state, user_id, id).await?).await?;
-    match record.status {
-        OrderStatus::Open => {}
-        // Not at the exchange yet: its request settles it (and a stop cancels what rests).
-        OrderStatus::Pending => {
-            return Err(ApiError::conflict("order_not_open", "the order is not at the exchange yet; read it again in a moment"))
-        }
-        _ => return Err(not_open(&Order::from(&record))),
+    // Ended, or not at the exchange yet (its request settles it, and a stop cancels what rests).
+    if record.status != OrderStatus::Open {
+        return Err(not_open(&Order::from(&record)));
     }
     let trading = state.trading_store();
-    let exchange = exchange_of(state, user_id, &snapshot, &record).await?;
-    let symbol = &record.intent.symbol;
-    let client_oid = &record.intent.client_order_id;
-    let outcome = exchange.cancel_order(symbol, client_oid).await.map_err(exchange_error)?;
-    // What it ended as: the exchange's word for a live order, the paper record's for paper.
-    let ended = match exchange.kind() {
-        crate::trading::model::ExchangeKind::Paper => trading.order(user_id, client_oid).await?.ok_or_else(not_found)?,
-        _ => {
-            let fill = exchange.find_order(symbol, client_oid).await.map_err(exchange_error)?;
-            let fill = fill.unwrap_or_else(|| OrderFill {
-                status: OrderStatus::Canceled,
-                order_id: record.fill.as_ref().map(|f| f.order_id.clone()).unwrap_or_default(),
-                ..OrderFill::rejected()
-            });
-            trading.complete_order(user_id, client_oid, &fill).await?;
-            OrderRecord { status: fill.status, fill: Some(fill), updated_at: crate::trading::store::now_rfc3339(), ..record }
+    let client_oid = record.intent.client_order_id.clone();
+    if on_paper(&snapshot, &record) {
+        // The simulated book is the store: no market data needed to take an order off it.
+        let canceled = trading.cancel_resting_order(user_id, &client_oid).await?;
+        let ended = trading.order(user_id, &client_oid).await?.ok_or_else(not_found)?;
+        return if canceled { Ok(Order::from(&ended)) } else { Err(not_open(&Order::from(&ended))) };
+    }
+    let exchange = bitget_of(state, user_id, &snapshot).await?;
+    let symbol = record.intent.symbol.clone();
+    let outcome = exchange.cancel_order(&symbol, &client_oid).await.map_err(exchange_error)?;
+    let looked_up = exchange.find_order(&symbol, &client_oid).await;
+    let fill = match (outcome, looked_up) {
+        // Canceled at Bitget: its final word when it has one, else the fill known so far, canceled
+        // (a detail that lags behind still says `live`).
+        (CancelOutcome::Canceled, Ok(Some(fill))) if is_final(fill.status) => fill,
+        (CancelOutcome::Canceled, _) => {
+            let known = record.fill.clone().unwrap_or_else(OrderFill::rejected);
+            OrderFill { status: OrderStatus::Canceled, ..known }
         }
+        // It had ended before the cancel reached it: as Bitget says it ended.
+        (CancelOutcome::NotOpen, Ok(Some(fill))) if fill.status != OrderStatus::Pending => fill,
+        (CancelOutcome::NotOpen, Ok(_)) => {
+            return Err(ApiError::BadGateway {
+                code: "exchange_unavailable",
+                detail: "Bitget did not say what became of the order; read it again in a moment".into(),
+                cause: None,
+            })
+        }
+        (CancelOutcome::NotOpen, Err(e)) => return Err(exchange_error(e)),
     };
+    trading.refresh_order(user_id, &client_oid, &fill).await?;
+    let ended = trading.order(user_id, &client_oid).await?.ok_or_else(not_found)?;
     let order = Order::from(&ended);
     match (outcome, ended.status) {
         (CancelOutcome::Canceled, OrderStatus::Canceled) => Ok(order),

@@ -686,19 +686,56 @@ impl TradingStore<'_> {
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(StoreError::from)?)
             .expression_attribute_values(":now", s(now_rfc3339()));
-        crate::dynamo::written(update.send().await)?;
-        // A live order is found again by the id the exchange gave it (paper ids carry the client id).
-        if !fill.order_id.is_empty() && !fill.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX) {
-            let pointer = HashMap::from([("client_order_id".to_owned(), s(client_oid))]);
-            self.client
-                .put_item()
-                .table_name(self.table)
-                .set_item(Some(keys::with_key(pointer, keys::order_id_pointer(user_id, &fill.order_id))))
-                .send()
-                .await
-                .map_err(db_error)?;
+        if crate::dynamo::written(update.send().await)? {
+            self.point_to_order(user_id, client_oid, fill).await;
         }
         Ok(())
+    }
+
+    /// Stores what the exchange says of a live order that is not final in the store: never over
+    /// a final status (a cancel or a stop may have settled it meanwhile), never as `pending`
+    /// (what the exchange could not say yet). False when the record was final already.
+    pub async fn refresh_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) -> Result<bool, StoreError> {
+        if fill.status == OrderStatus::Pending {
+            return Ok(false);
+        }
+        let update = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(keys::order(user_id, client_oid)))
+            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .condition_expression("#status IN (:pending, :open)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
+            .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(StoreError::from)?)
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":open", s("open"))
+            .expression_attribute_values(":now", s(now_rfc3339()));
+        let written = crate::dynamo::written(update.send().await)?;
+        if written {
+            self.point_to_order(user_id, client_oid, fill).await;
+        }
+        Ok(written)
+    }
+
+    /// A live order is found again by the id the exchange gave it (paper ids carry the client
+    /// id). Best effort: without it the order is still found by its client order id.
+    async fn point_to_order(&self, user_id: &str, client_oid: &str, fill: &OrderFill) {
+        if fill.order_id.is_empty() || fill.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX) {
+            return;
+        }
+        let pointer = HashMap::from([("client_order_id".to_owned(), s(client_oid))]);
+        let put = self
+            .client
+            .put_item()
+            .table_name(self.table)
+            .set_item(Some(keys::with_key(pointer, keys::order_id_pointer(user_id, &fill.order_id))))
+            .send()
+            .await;
+        if let Err(e) = put {
+            tracing::warn!(error = %crate::error::ApiError::from(db_error(e)).chain(), "a live order's id pointer was not written");
+        }
     }
 
     /// The client order id of the user's live order with this exchange id, if it is known.

@@ -35,7 +35,8 @@ pub fn parse_decimal_raw(json: &str) -> Option<Decimal> {
 /// `mantissa × 10^exponent`, or None when a decimal cannot hold it exactly (never rounded).
 fn scaled_exactly(mantissa: Decimal, exponent: i32) -> Option<Decimal> {
     if exponent >= 0 {
-        let factor = Decimal::from_i128_with_scale(10i128.checked_pow(u32::try_from(exponent).ok()?)?, 0);
+        // 10^29 and up fit an i128 but no decimal: refused, never a panic.
+        let factor = Decimal::try_from_i128_with_scale(10i128.checked_pow(u32::try_from(exponent).ok()?)?, 0).ok()?;
         mantissa.checked_mul(factor)
     } else {
         let scale = mantissa.scale().checked_add(exponent.unsigned_abs())?;
@@ -303,6 +304,8 @@ mod tests {
         assert_eq!(from(r#"{"v":1.000000000000000000000000000001e0}"#), None, "more digits than a decimal holds");
         assert_eq!(from(r#"{"v":1e-29}"#), None);
         assert_eq!(from(r#"{"v":1e40}"#), None);
+        assert_eq!(from(r#"{"v":3.402823466e+38}"#), None, "beyond a decimal yet within an i128: refused, not a panic");
+        assert_eq!(from(r#"{"v":1e29}"#), None);
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
             p
         }
     };
-    let notional = c.size * reference;
+    // A size no market could hold is refused before any arithmetic on it can overflow.
+    let too_large = || refuse("invalid_size", "size is beyond what any contract can trade".into());
+    let notional = c.size.checked_mul(reference).ok_or_else(too_large)?;
     let current = c.position.map(|p| p.size * p.side.direction()).unwrap_or_default();
     let order_signed = match c.side {
         Side::Buy => c.size,
@@ -101,14 +103,15 @@ pub fn check_order(c: &OrderCheck<'_>) -> Result<(), ApiError> {
     let resting_same_side: Decimal = c.resting.iter().filter(|o| !o.reduce_only && o.side == c.side).map(|o| o.size).sum();
     let resting_signed = if c.side == Side::Buy { resting_same_side } else { -resting_same_side };
     let resulting = current + resting_signed + order_signed;
-    if resulting.abs() * reference > c.bot.max_position_notional {
+    if resulting.abs().checked_mul(reference).ok_or_else(too_large)? > c.bot.max_position_notional {
         return Err(refuse(
             "max_position_notional_exceeded",
             format!("the resulting position would exceed {} USDT", c.bot.max_position_notional),
         ));
     }
     let added = (resulting.abs() - (current + resting_signed).abs()).max(Decimal::ZERO);
-    let margin = added * reference / Decimal::from(c.bot.leverage.max(1)) + notional * spec.taker_fee_rate;
+    let margin =
+        added.checked_mul(reference).ok_or_else(too_large)? / Decimal::from(c.bot.leverage.max(1)) + notional * spec.taker_fee_rate;
     if margin > c.available {
         return Err(refuse(
             "insufficient_margin",
@@ -302,6 +305,12 @@ mod tests {
             available: d("1000"),
         });
         assert_eq!(code(r), "insufficient_margin");
+    }
+
+    #[test]
+    fn a_size_beyond_any_market_is_refused_not_overflowed() {
+        assert_eq!(code(check(Side::Buy, "10000000000000000000000000", None, false, None)), "invalid_size");
+        assert_eq!(code(check(Side::Buy, "10000000000000000000000000", Some("65000"), false, None)), "invalid_size");
     }
 
     #[test]

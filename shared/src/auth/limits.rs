@@ -216,6 +216,9 @@ fn ip_key(route: &str, ip: &str) -> String {
 /// The keys about one email address. They share one hash tag, a digest of the address, so they
 /// sit in one slot whatever characters the address holds (`{` and `}` are legal in a local
 /// part), and no address appears in a Redis key.
+/// How long one registration of an address keeps others of it out: longer than one takes.
+pub const REGISTRATION_SLOT_MS: u64 = 5_000;
+
 pub struct EmailKeys {
     /// Failures from every source in the hour.
     pub login_failures: String,
@@ -232,6 +235,8 @@ pub struct EmailKeys {
     pub hourly: String,
     /// Wrong codes for the address in the failure window, across resends.
     pub code_failures: String,
+    /// Held for a moment by the registration being processed for the address.
+    pub registering: String,
 }
 
 impl EmailKeys {
@@ -248,6 +253,7 @@ impl EmailKeys {
             cooldown: tagged("resend:cooldown"),
             hourly: tagged("resend:hour"),
             code_failures: tagged("vcode:fails"),
+            registering: tagged("register:lock"),
         }
     }
 
@@ -520,6 +526,31 @@ impl Limits {
 
     /// Reserves one mail of any kind to `email` against its send limits (60 s apart, 5 an hour):
     /// codes, reset mails and notices alike, so no address can be mail-bombed through any route.
+    /// Takes the address's registration slot for `REGISTRATION_SLOT_MS`: false while another
+    /// registration of the same address holds it (a doubled submit, a parallel burst), which then
+    /// changes nothing and mails nothing.
+    pub async fn take_registration_slot(&self, redis: &ConnectionManager, email: &str) -> Result<bool, ApiError> {
+        let mut conn = redis.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(EmailKeys::new(email).registering)
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(REGISTRATION_SLOT_MS)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Gives the slot back once the registration is done, so a later one (not a racing one)
+    /// goes ahead at once. Best effort: the slot expires by itself.
+    pub async fn release_registration_slot(&self, redis: &ConnectionManager, email: &str) {
+        let mut conn = redis.clone();
+        if let Err(e) = redis::cmd("DEL").arg(EmailKeys::new(email).registering).query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "a registration slot was not released; it expires by itself");
+        }
+    }
+
     pub async fn reserve_mail(&self, redis: &ConnectionManager, email: &str) -> Result<MailBudget, ApiError> {
         self.reserve(redis, email, false).await
     }

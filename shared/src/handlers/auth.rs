@@ -179,29 +179,40 @@ async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         revoked_sessions: Default::default(),
         mfa_enabled: false,
     };
-    let users = users(state);
-    if users.create(&email, &creds, &profile).await? {
-        // The registration's mail counts as the first send of the resend limits.
-        send_code(state, &email, &user_id, true).await?;
+    // Registrations of one address race (a doubled submit, a burst): the one that holds the
+    // slot decides, the others answer alike and change nothing, so one account gets one code.
+    if !limits(state).take_registration_slot(&state.redis, email.as_str()).await? {
         return verification_required();
     }
-    // Taken. Every mail to the address counts against its limits: past them nothing is sent,
-    // with the same answer.
-    let mail = limits(state).reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved;
-    match users.find(&email).await? {
-        // Never verified (someone may have registered another's address): this registration
-        // replaces it whatever the mail limits (a squatter spending them cannot keep their
-        // password in place), and only the mailbox's owner can verify it.
-        Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
-            store_and_send_code(state, &email, &user_id, Purpose::Verify, false, mail).await?;
+    let outcome = async {
+        let users = users(state);
+        if users.create(&email, &creds, &profile).await? {
+            // The registration's mail counts as the first send of the resend limits.
+            send_code(state, &email, &user_id, true).await?;
+            return Ok(());
         }
-        // Same answer as a new account; the owner hears about it instead of the caller.
-        _ if mail => {
-            let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
-            send_notice(state, &email, "Registration attempt", body).await;
+        // Taken. Every mail to the address counts against its limits: past them nothing is sent,
+        // with the same answer.
+        let mail = limits(state).reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved;
+        match users.find(&email).await? {
+            // Never verified (someone may have registered another's address): this registration
+            // replaces it whatever the mail limits (a squatter spending them cannot keep their
+            // password in place), and only the mailbox's owner can verify it.
+            Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
+                store_and_send_code(state, &email, &user_id, Purpose::Verify, false, mail).await?;
+            }
+            // Same answer as a new account; the owner hears about it instead of the caller.
+            _ if mail => {
+                let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
+                send_notice(state, &email, "Registration attempt", body).await;
+            }
+            _ => {}
         }
-        _ => {}
+        Ok::<(), ApiError>(())
     }
+    .await;
+    limits(state).release_registration_slot(&state.redis, email.as_str()).await;
+    outcome?;
     verification_required()
 }
 

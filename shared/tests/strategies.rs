@@ -52,6 +52,14 @@ fn zig_zag(start_ms: i64, count: usize, leg: usize, step: i64) -> Vec<(i64, fake
         .collect()
 }
 
+/// 40 flat candles, then one that jumps 1.5 %: a cross up at the close of the 41st.
+fn flat_then_a_jump(t0: i64) -> Vec<(i64, fake_bitget::Candle)> {
+    let mut series = zig_zag(t0, 40, 1, 0);
+    let jump = fake_bitget::Candle { open: d("65000"), high: d("66100"), low: d("64950"), close: d("66000"), volume: Decimal::ONE };
+    series.push((t0 + 40 * MINUTE, jump));
+    series
+}
+
 fn ema_settings() -> Value {
     json!({"kind": "ema_cross", "interval": "1m", "fast": 3, "slow": 8, "size": "0.01", "allow_short": true})
 }
@@ -172,11 +180,7 @@ async fn the_runner_decides_on_closed_candles_only_and_never_on_the_forming_one(
     let token = access_token(&app).await;
     let user = user_id(&token);
     let t0 = series_start();
-    // Flat, then one candle jumps: a cross up at its close.
-    let mut series: Vec<(i64, fake_bitget::Candle)> = zig_zag(t0, 40, 1, 0);
-    let jump = fake_bitget::Candle { open: d("65000"), high: d("66100"), low: d("64950"), close: d("66000"), volume: Decimal::ONE };
-    series.push((t0 + 40 * MINUTE, jump));
-    double.load_candles("BTCUSDT", series);
+    double.load_candles("BTCUSDT", flat_then_a_jump(t0));
     app.set_mark("BTCUSDT", "66000").await;
     start_at(&app, &token, ema_settings(), t0).await;
     // While the jump candle is forming (30 s into it), nothing is decided.
@@ -198,10 +202,7 @@ async fn a_strategy_order_under_the_kill_switch_is_refused_and_the_refusal_is_re
     let token = access_token(&app).await;
     let user = user_id(&token);
     let t0 = series_start();
-    let mut series: Vec<(i64, fake_bitget::Candle)> = zig_zag(t0, 40, 1, 0);
-    let jump = fake_bitget::Candle { open: d("65000"), high: d("66100"), low: d("64950"), close: d("66000"), volume: Decimal::ONE };
-    series.push((t0 + 40 * MINUTE, jump));
-    double.load_candles("BTCUSDT", series);
+    double.load_candles("BTCUSDT", flat_then_a_jump(t0));
     app.set_mark("BTCUSDT", "66000").await;
     start_at(&app, &token, ema_settings(), t0).await;
 

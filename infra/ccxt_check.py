@@ -393,6 +393,25 @@ def check_hedge_mode_open_and_close():
             C.ex.set_position_mode(False, SYMBOL)
 
 
+def check_fetch_my_trades():
+    # GET /api/v2/mix/order/fills: every fill of the checks above, newest first, with its fee.
+    now = C.ex.milliseconds()
+    trades = C.ex.fetch_my_trades(SYMBOL, now - 3600 * 1000, 100, {'until': now})
+    expect(len(trades) >= 4, 'expected the fills of the orders above, got %r' % [t['info'] for t in trades])
+    mine = {f['trade_id']: f for f in project('fills', str(now - 3600 * 1000), str(now)) if f['symbol'] == C.market['id']}
+    expect(len(mine) == len(trades), 'ccxt reads %d fills, the project %d' % (len(trades), len(mine)))
+    for t in trades:
+        f = mine.get(t['id'])
+        expect(f is not None, 'the project does not read fill %r' % t['id'])
+        expect(t['order'] == f['order_id'], 'fill %s: order %r != %r' % (t['id'], t['order'], f['order_id']))
+        same(t['amount'], f['size'], 'fill size')
+        same(t['price'], f['price'], 'fill price')
+        same(t['fee']['cost'], f['fee'], 'fill fee')
+        expect(t['fee']['cost'] > 0, 'a fill pays its fee: %r' % t['fee'])
+        expect(t['timestamp'] == f['filled_ms'], 'fill %s time %r != %r' % (t['id'], t['timestamp'], f['filled_ms']))
+    expect([t['timestamp'] for t in trades] == sorted(t['timestamp'] for t in trades), 'ccxt sorts trades oldest first')
+
+
 CHECKS = [
     check_load_markets,
     check_fetch_mark_price,
@@ -416,6 +435,7 @@ CHECKS = [
     check_duplicate_client_oid_rejected,
     check_reduce_only_sell_closes,
     check_hedge_mode_open_and_close,
+    check_fetch_my_trades,
 ]
 
 

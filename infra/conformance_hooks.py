@@ -15,7 +15,8 @@ Business rules no schema can state (refused with 400 by the contract):
 - `invalid_code` on verify: a well-formed code that is not the one mailed;
 - `invalid_code` and `weak_password` on password reset, for the same two reasons;
 - `weak_password` on password change; `invalid_code` on two-factor enable, disable and verify: a
-  well-formed TOTP code that is not the authenticator's of now.
+  well-formed TOTP code that is not the authenticator's of now;
+- `invalid_cursor` on the order and fill lists: a cursor string this service did not seal.
 """
 import json
 
@@ -31,6 +32,9 @@ UNSTATABLE_RULES = {
     "POST /api/v1/auth/mfa/totp/enable": {"invalid_code"},
     "POST /api/v1/auth/mfa/totp/disable": {"invalid_code"},
     "POST /api/v1/auth/mfa/verify": {"invalid_code"},
+    # A cursor of the right shape that this service never sealed (for this caller and filters).
+    "GET /api/v1/orders": {"invalid_cursor"},
+    "GET /api/v1/fills": {"invalid_cursor"},
 }
 
 

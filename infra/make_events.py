@@ -14,7 +14,7 @@ EVENTS = pathlib.Path(__file__).resolve().parent.parent / "events"
 SAMPLE_TOKEN = "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSIsImtpZCI6InNhbXBsZSJ9.e30.c2lnbmF0dXJl"
 
 
-def event(method, path, body=None, headers=None, route_path=None, path_parameters=None):
+def event(method, path, body=None, headers=None, route_path=None, path_parameters=None, query=None):
     h = {"accept": "application/json", "user-agent": "curl/8.5.0", "x-forwarded-for": "203.0.113.7", "host": "api.example.com"}
     if body is not None:
         h["content-type"] = "application/json"
@@ -42,6 +42,9 @@ def event(method, path, body=None, headers=None, route_path=None, path_parameter
     }
     if path_parameters:
         e["pathParameters"] = path_parameters
+    if query:
+        e["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+        e["queryStringParameters"] = query
     if body is not None:
         e["body"] = json.dumps(body)
     return e
@@ -119,6 +122,9 @@ SAMPLES = {
         path_parameters={"order_id": "paper-tb0000000000000000000000000000"},
     ),
     "markets": event("GET", "/api/v1/markets"),
+    "order-list": event("GET", "/api/v1/orders", headers=bearer(), query={"status": "open", "symbol": "BTCUSDT", "limit": "20"}),
+    "fills": event("GET", "/api/v1/fills", headers=bearer(), query={"symbol": "BTCUSDT", "from": "2026-11-01T00:00:00Z", "limit": "50"}),
+    "pnl": event("GET", "/api/v1/pnl", headers=bearer(), query={"from": "2026-11-01T00:00:00Z", "to": "2026-11-30T23:59:59Z", "interval": "day"}),
     "backtest": event(
         "POST",
         "/api/v1/backtest",

@@ -15,6 +15,8 @@
 //! - a duplicate `clientOid` refused with code `40786`;
 //! - limit orders that rest (state `live`) until the mark crosses them and fill at their price with
 //!   the maker fee; `cancel-order` cancels them; `orders-pending` lists them;
+//! - every fill in the fill history (`order/fills`): 100 a page at most, newest first, paged by
+//!   `idLessThan`, within a `startTime`..`endTime` span of at most a week;
 //! - candles (`market/candles`, up to 1,000 a call, and `market/history-candles`, up to 200) from
 //!   a series loaded per symbol (`load_candles`, or `POST /double/candles?symbol=…` with the CSV
 //!   `make candles` sends) and extended by ticks (`tick`, `POST /double/tick`, what `make price`
@@ -234,7 +236,51 @@ pub struct FakeState {
     fill_limit: Option<Decimal>,
     /// Per symbol, the loaded candle series (open time in ms → candle), at its own spacing.
     pub candles: HashMap<String, BTreeMap<i64, Candle>>,
+    /// Every fill, oldest first (`GET /api/v2/mix/order/fills`).
+    pub trades: Vec<Trade>,
 }
+
+/// One fill of an order, as the fill history reports it.
+#[derive(Debug, Clone)]
+pub struct Trade {
+    pub trade_id: u64,
+    pub order_id: String,
+    pub symbol: String,
+    pub side: String,
+    /// `open`/`close` in hedge mode, `buy_single`/`sell_single` in one-way mode.
+    pub trade_side: String,
+    pub pos_mode: String,
+    pub price: Decimal,
+    pub size: Decimal,
+    pub fee: Decimal,
+    pub profit: Decimal,
+    pub maker: bool,
+    pub created_ms: i64,
+}
+
+impl Trade {
+    fn view(&self) -> Value {
+        json!({
+            "tradeId": self.trade_id.to_string(),
+            "symbol": self.symbol,
+            "orderId": self.order_id,
+            "price": self.price.normalize().to_string(),
+            "baseVolume": self.size.normalize().to_string(),
+            "feeDetail": [{"deduction": "no", "feeCoin": "USDT", "totalDeductionFee": null, "totalFee": (-self.fee).normalize().to_string()}],
+            "side": self.side,
+            "quoteVolume": (self.size * self.price).normalize().to_string(),
+            "profit": self.profit.normalize().to_string(),
+            "enterPointSource": "API",
+            "tradeSide": self.trade_side,
+            "posMode": self.pos_mode,
+            "tradeScope": if self.maker { "maker" } else { "taker" },
+            "cTime": self.created_ms.to_string(),
+        })
+    }
+}
+
+/// The longest span one fills request may ask for.
+pub const FILLS_SPAN_MS: i64 = 7 * 86_400_000;
 
 /// One candle of a loaded series.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -388,6 +434,7 @@ impl FakeBitget {
             next_order_id: 1_000_000,
             fill_limit: None,
             candles: HashMap::new(),
+            trades: Vec::new(),
         };
         let state = Arc::new(Mutex::new(state));
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
@@ -456,6 +503,21 @@ impl FakeBitget {
         self.lock().margin_mode_of(symbol)
     }
     /// Puts a contract into another status (`maintain`, `limit_open`, `off`, …).
+    /// Places a market order as its owner would by hand on Bitget's site, not through this
+    /// service (a client id of Bitget's own making).
+    pub fn place_by_hand(&self, symbol: &str, side: &str, size: &str) {
+        let mut state = self.lock();
+        let client_oid = format!("web-{}", state.next_order_id);
+        let body = json!({"symbol": symbol, "productType": "USDT-FUTURES", "marginMode": "isolated", "marginCoin": "USDT",
+            "size": size, "side": side, "orderType": "market", "clientOid": client_oid});
+        place(&mut state, &body);
+    }
+
+    /// Every fill so far, oldest first.
+    pub fn trades(&self) -> Vec<Trade> {
+        self.lock().trades.clone()
+    }
+
     pub fn set_symbol_status(&self, symbol: &str, status: &str) {
         if let Some(c) = self.lock().contracts.get_mut(symbol) {
             c.status = status.to_owned();
@@ -857,6 +919,7 @@ fn private(state: &mut FakeState, method: &str, path: &str, q: &HashMap<String, 
                 None => bad(codes::ORDER_NOT_FOUND, "The data of the order cannot be found"),
             }
         }
+        ("GET", "/api/v2/mix/order/fills") => fills(state, q),
         ("GET", "/api/v2/mix/order/orders-pending") => {
             if !product_type_ok(q.get("productType").map(String::as_str)) {
                 return bad(codes::PARAMETER_VERIFICATION, "productType is required");
@@ -1234,6 +1297,26 @@ fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decim
         flipped.size += rest;
     }
     let size = if nets { order.size } else { size };
+    let trade_side = match &order.trade_side {
+        Some(t) => t.clone(),
+        None => format!("{}_single", order.side),
+    };
+    let maker = order.order_type == "limit" && fee_rate == state.contracts.get(&order.symbol).map(|c| c.maker_fee).unwrap_or_default();
+    let trade_id = 5_000_000 + state.trades.len() as u64;
+    state.trades.push(Trade {
+        trade_id,
+        order_id: order.order_id.clone(),
+        symbol: order.symbol.clone(),
+        side: order.side.clone(),
+        trade_side,
+        pos_mode: state.pos_mode.clone(),
+        price,
+        size,
+        fee,
+        profit: realized,
+        maker,
+        created_ms: next_creation_ms(),
+    });
     if let Some(o) = state.orders.get_mut(client_oid) {
         o.filled = size;
         o.price_avg = Some(price);
@@ -1243,6 +1326,43 @@ fn fill(state: &mut FakeState, client_oid: &str, price: Decimal, fee_rate: Decim
         o.state = if order.size < whole { "canceled" } else { "filled" }.into();
         o.updated_ms = now_ms();
     }
+}
+
+/// The account's fills, newest first: at most 100 a page (`limit`, default 100), before
+/// `idLessThan`, within `startTime`..`endTime` (at most a week apart; the week before `endTime`
+/// when `startTime` is absent), of one `symbol` or `orderId` when given.
+fn fills(state: &FakeState, q: &HashMap<String, String>) -> Response {
+    if !product_type_ok(q.get("productType").map(String::as_str)) {
+        return bad(codes::PARAMETER_VERIFICATION, "productType is required");
+    }
+    let number = |k: &str| q.get(k).map(|v| v.parse::<i64>());
+    let (limit, start, end, before) = match (number("limit"), number("startTime"), number("endTime"), number("idLessThan")) {
+        (Some(Err(_)), ..) | (_, Some(Err(_)), ..) | (_, _, Some(Err(_)), _) | (.., Some(Err(_))) => {
+            return bad(codes::PARAMETER_VERIFICATION, "Parameter verification failed")
+        }
+        (l, s, e, b) => (l.and_then(Result::ok).unwrap_or(100), s.and_then(Result::ok), e.and_then(Result::ok), b.and_then(Result::ok)),
+    };
+    if !(1..=100).contains(&limit) {
+        return bad(codes::PARAMETER_VERIFICATION, "limit must be between 1 and 100");
+    }
+    let end = end.unwrap_or_else(now_ms);
+    let start = start.unwrap_or(end - FILLS_SPAN_MS);
+    if end < start || end - start > FILLS_SPAN_MS {
+        return bad(codes::PARAMETER_VERIFICATION, "The time range between startTime and endTime cannot exceed 7 days");
+    }
+    let page: Vec<&Trade> = state
+        .trades
+        .iter()
+        .rev()
+        .filter(|t| (start..=end).contains(&t.created_ms))
+        .filter(|t| before.is_none_or(|b| (t.trade_id as i64) < b))
+        .filter(|t| q.get("symbol").is_none_or(|s| *s == t.symbol))
+        .filter(|t| q.get("orderId").is_none_or(|id| *id == t.order_id))
+        .take(limit as usize)
+        .collect();
+    let end_id = page.last().map(|t| t.trade_id.to_string());
+    let list: Vec<Value> = page.iter().map(|t| t.view()).collect();
+    ok(json!({"fillList": if list.is_empty() { Value::Null } else { Value::Array(list) }, "endId": end_id}))
 }
 
 /// Resting limit orders the mark has crossed fill at their own price, as makers.

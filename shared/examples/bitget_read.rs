@@ -53,6 +53,7 @@ async fn main() -> Result<(), BoxError> {
                 "account" => serde_json::to_value(exchange.account().await?)?,
                 "positions" => serde_json::to_value(exchange.positions().await?)?,
                 "order" => serde_json::to_value(exchange.find_order(arg(2)?, arg(3)?).await?)?,
+                "fills" => serde_json::to_value(exchange.fills(arg(2)?.parse()?, arg(3)?.parse()?).await?)?,
                 other => return Err(format!("unknown command {other}").into()),
             }
         }

@@ -65,6 +65,9 @@ pub struct Config {
     pub bitget_base_url: String,
     pub telegram_base_url: String,
     pub exchange_timeout: Duration,
+    /// How long order and fill history is kept (its items' TTL), in days from when they were
+    /// written.
+    pub history_retention_days: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,7 @@ impl Config {
             bitget_base_url: or("BITGET_BASE_URL", "https://api.bitget.com"),
             telegram_base_url: or("TELEGRAM_BASE_URL", "https://api.telegram.org"),
             exchange_timeout: Duration::from_millis(parsed("EXCHANGE_TIMEOUT_MS", or("EXCHANGE_TIMEOUT_MS", "5000"))?),
+            history_retention_days: parsed("HISTORY_RETENTION_DAYS", or("HISTORY_RETENTION_DAYS", "400"))?,
         };
         config.validate()?;
         Ok(config)
@@ -144,6 +148,9 @@ impl Config {
         }
         if self.ip_rate_limit_per_minute == 0 {
             return Err(ConfigError("IP_RATE_LIMIT_PER_MINUTE must be positive".into()));
+        }
+        if !(1..=3650).contains(&self.history_retention_days) {
+            return Err(ConfigError("HISTORY_RETENTION_DAYS must be between 1 and 3650".into()));
         }
         if self.paper_start_balance <= Decimal::ZERO {
             return Err(ConfigError("PAPER_START_BALANCE must be positive".into()));

@@ -41,25 +41,10 @@ fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BoxError> {
 pub async fn create_table(client: &aws_sdk_dynamodb::Client, table_name: &str, template_yaml: &str) -> Result<(), BoxError> {
     let props = table_properties(template_yaml)?;
     let mut request = client.create_table().table_name(table_name).billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest);
-    for def in props.get("AttributeDefinitions").and_then(Value::as_sequence).ok_or("missing AttributeDefinitions")? {
-        request = request.attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(str_at(def, "AttributeName")?)
-                .attribute_type(ScalarAttributeType::from(str_at(def, "AttributeType")?))
-                .build()?,
-        );
-    }
+    request = request.set_attribute_definitions(Some(attribute_definitions(&props)?));
     request = request.set_key_schema(Some(key_schema(&props)?));
-    for gsi in props.get("GlobalSecondaryIndexes").and_then(Value::as_sequence).into_iter().flatten() {
-        let projection = gsi.get("Projection").ok_or("GSI without Projection")?;
-        request = request.global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(str_at(gsi, "IndexName")?)
-                .set_key_schema(Some(key_schema(gsi)?))
-                .projection(Projection::builder().projection_type(ProjectionType::from(str_at(projection, "ProjectionType")?)).build())
-                .build()?,
-        );
-    }
+    let indexes = global_indexes(&props)?;
+    request = request.set_global_secondary_indexes(Some(indexes.clone()).filter(|i| !i.is_empty()));
     if let Some(stream) = props.get("StreamSpecification") {
         request = request.stream_specification(
             StreamSpecification::builder()
@@ -70,7 +55,10 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table_name: &str, t
     }
     match request.send().await {
         Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => return Ok(()),
+        // A table of an earlier release: given the indexes added since, as a stack update would.
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
+            return add_missing_indexes(client, table_name, &props, indexes).await
+        }
         Err(e) => return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string().into()),
     }
     if let Some(ttl) = props.get("TimeToLiveSpecification") {
@@ -83,6 +71,65 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, table_name: &str, t
             .send()
             .await
             .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+    }
+    Ok(())
+}
+
+fn attribute_definitions(props: &Value) -> Result<Vec<AttributeDefinition>, BoxError> {
+    let list = props.get("AttributeDefinitions").and_then(Value::as_sequence).ok_or("missing AttributeDefinitions")?;
+    list.iter()
+        .map(|def| {
+            Ok(AttributeDefinition::builder()
+                .attribute_name(str_at(def, "AttributeName")?)
+                .attribute_type(ScalarAttributeType::from(str_at(def, "AttributeType")?))
+                .build()?)
+        })
+        .collect()
+}
+
+fn global_indexes(props: &Value) -> Result<Vec<GlobalSecondaryIndex>, BoxError> {
+    let list = props.get("GlobalSecondaryIndexes").and_then(Value::as_sequence).into_iter().flatten();
+    list.map(|gsi| {
+        let projection = gsi.get("Projection").ok_or("GSI without Projection")?;
+        Ok(GlobalSecondaryIndex::builder()
+            .index_name(str_at(gsi, "IndexName")?)
+            .set_key_schema(Some(key_schema(gsi)?))
+            .projection(Projection::builder().projection_type(ProjectionType::from(str_at(projection, "ProjectionType")?)).build())
+            .build()?)
+    })
+    .collect()
+}
+
+/// Creates the template's indexes an existing table lacks, one at a time (as DynamoDB allows).
+async fn add_missing_indexes(
+    client: &aws_sdk_dynamodb::Client,
+    table_name: &str,
+    props: &Value,
+    indexes: Vec<GlobalSecondaryIndex>,
+) -> Result<(), BoxError> {
+    let error = |e: String| -> BoxError { e.into() };
+    let table = client
+        .describe_table()
+        .table_name(table_name)
+        .send()
+        .await
+        .map_err(|e| error(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+    let existing: Vec<String> =
+        table.table.and_then(|t| t.global_secondary_indexes).unwrap_or_default().into_iter().filter_map(|g| g.index_name).collect();
+    for index in indexes.into_iter().filter(|i| !existing.contains(&i.index_name)) {
+        let create = aws_sdk_dynamodb::types::CreateGlobalSecondaryIndexAction::builder()
+            .index_name(index.index_name.clone())
+            .set_key_schema(Some(index.key_schema.clone()))
+            .set_projection(index.projection.clone())
+            .build()?;
+        client
+            .update_table()
+            .table_name(table_name)
+            .set_attribute_definitions(Some(attribute_definitions(props)?))
+            .global_secondary_index_updates(aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder().create(create).build())
+            .send()
+            .await
+            .map_err(|e| error(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
     }
     Ok(())
 }
@@ -305,6 +352,7 @@ mod tests {
         assert!(props.get("KeySchema").is_some());
         let gsi = &props["GlobalSecondaryIndexes"][0];
         assert_eq!(gsi["IndexName"].as_str(), Some(crate::keys::GSI1_NAME));
+        assert_eq!(props["GlobalSecondaryIndexes"][1]["IndexName"].as_str(), Some(crate::keys::OPEN_ORDERS_INDEX));
         assert_eq!(props["TimeToLiveSpecification"]["AttributeName"].as_str(), Some(crate::keys::TTL_ATTRIBUTE));
     }
 }

@@ -14,8 +14,13 @@
 //! | signal token (the user's current one) | `USER#<id>` | `SIGNAL_TOKEN` |                     |
 //! | signal token lookup | `SIGNAL#<sha256>`       | `SIGNAL`           |                           |
 //! | session (one per refresh family) | `SESSIONS#<id>` | `<family id>`   |                           |
-//! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` |                         |
+//! | order               | `ORDERS#<id>`           | `ORDER#<client oid>` | GSI2 (open orders) `OPEN#<id>` / `<created ms>#<client oid>` until it is final |
+//! | order, newest first | `ORDERS#<id>`           | `HIST#<created ms>#<client oid>` |             |
+//! | order by symbol     | `ORDERS#<id>`           | `HISTSYM#<symbol>#<created ms>#<client oid>` |  |
 //! | live order by its Bitget id | `ORDERS#<id>`   | `ORDERID#<order id>` |                         |
+//! | fill, newest first  | `FILLS#<id>`            | `FILL#<filled ms>#<fill id>` |                 |
+//! | fill by symbol      | `FILLS#<id>`            | `SYMFILL#<symbol>#<filled ms>#<fill id>` |     |
+//! | Bitget fills synced up to | `FILLS#<id>`      | `SYNC`             |                           |
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
 //! | refresh token       | `REFRESH#<sha256>`      | `REFRESH`          |                           |
 //! | refresh family      | `FAMILY#<family id>`    | `FAMILY`           |                           |
@@ -156,6 +161,58 @@ pub fn order(user_id: &str, client_oid: &str) -> Key {
 /// In the order history's partition, so it ends with the history (deletion's expiry included).
 pub fn order_id_pointer(user_id: &str, exchange_order_id: &str) -> Key {
     key(order_partition(user_id), format!("ORDERID#{exchange_order_id}"))
+}
+/// Times in history sort keys: unix ms, zero-padded so that text order is time order.
+fn ms_key(ms: i64) -> String {
+    format!("{:013}", ms.max(0))
+}
+/// The history pointers of an order (`HIST#…` newest first, `HISTSYM#<symbol>#…` per symbol):
+/// written with it, never changed, so a page of history is one Query on them.
+pub fn order_history(user_id: &str, symbol: Option<&str>, created_ms: i64, client_oid: &str) -> Key {
+    key(order_partition(user_id), format!("{}{}#{client_oid}", order_history_prefix(symbol), ms_key(created_ms)))
+}
+/// The sort-key prefix of a user's order history, of every symbol or of one.
+pub fn order_history_prefix(symbol: Option<&str>) -> String {
+    match symbol {
+        None => "HIST#".to_owned(),
+        Some(symbol) => format!("HISTSYM#{symbol}#"),
+    }
+}
+pub const OPEN_ORDERS_INDEX: &str = "OpenOrders";
+pub const GSI2_PK: &str = "GSI2PK";
+pub const GSI2_SK: &str = "GSI2SK";
+pub fn open_orders_partition(user_id: &str) -> String {
+    format!("OPEN#{user_id}")
+}
+/// The attributes that list an order among the user's open ones (newest first), while it is
+/// not final: a final transition removes them.
+pub fn open_order_index(user_id: &str, created_ms: i64, client_oid: &str) -> [(String, AttributeValue); 2] {
+    [
+        (GSI2_PK.to_owned(), AttributeValue::S(open_orders_partition(user_id))),
+        (GSI2_SK.to_owned(), AttributeValue::S(format!("{}#{client_oid}", ms_key(created_ms)))),
+    ]
+}
+/// The partition of a user's fills: immutable items, each written once.
+pub fn fills_partition(user_id: &str) -> String {
+    format!("FILLS#{user_id}")
+}
+/// A fill, under the user's fills (`FILL#…`) or their fills of one symbol (`SYMFILL#<symbol>#…`).
+pub fn fill(user_id: &str, symbol: Option<&str>, filled_ms: i64, fill_id: &str) -> Key {
+    key(fills_partition(user_id), format!("{}{}#{fill_id}", fill_prefix(symbol), ms_key(filled_ms)))
+}
+pub fn fill_prefix(symbol: Option<&str>) -> String {
+    match symbol {
+        None => "FILL#".to_owned(),
+        Some(symbol) => format!("SYMFILL#{symbol}#"),
+    }
+}
+/// The sort-key bounds of a time range of history under `prefix`, both ends included.
+pub fn history_range(prefix: &str, from_ms: i64, to_ms: i64) -> (String, String) {
+    (format!("{prefix}{}", ms_key(from_ms)), format!("{prefix}{}#~", ms_key(to_ms)))
+}
+/// Up to when the user's Bitget fills were copied into their fills.
+pub fn fill_sync(user_id: &str) -> Key {
+    key(fills_partition(user_id), "SYNC")
 }
 pub fn idempotency(user_id: &str, idempotency_key: &str) -> Key {
     key(idempotency_partition(user_id), idempotency_key)

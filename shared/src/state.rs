@@ -82,7 +82,11 @@ impl AppState {
     }
 
     pub fn trading_store(&self) -> crate::trading::store::TradingStore<'_> {
-        crate::trading::store::TradingStore { client: &self.dynamo, table: &self.config.table_name }
+        crate::trading::store::TradingStore {
+            client: &self.dynamo,
+            table: &self.config.table_name,
+            history_days: self.config.history_retention_days,
+        }
     }
 
     pub async fn warm(&self, needs: &[Need]) -> Result<(), lambda_http::Error> {

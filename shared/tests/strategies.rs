@@ -427,6 +427,7 @@ async fn an_order_decided_for_a_run_that_ended_is_refused_even_when_the_bot_runs
         reduce_only: false,
         client_order_id: id.into(),
         leverage: 10,
+        reason: None,
     };
     let record = shared::trading::idempotency::new_record("f".into(), "stale".into());
     let stale = app.trading().record_order(&user, "strategy:stale", &record, &intent("stale"), &first_run).await.unwrap();

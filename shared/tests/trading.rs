@@ -623,6 +623,7 @@ async fn the_kill_switch_is_a_condition_of_the_transaction_that_records_an_order
         reduce_only,
         client_order_id: id.into(),
         leverage: 10,
+        reason: None,
     };
     let record = |id: &str| shared::trading::idempotency::new_record("fp".into(), id.into());
     let bot = app.trading().bot(&user).await.unwrap().unwrap();
@@ -782,6 +783,7 @@ async fn a_pending_order_behind_a_long_order_history_is_still_found() {
             reduce_only: false,
             client_order_id: id.into(),
             leverage: 10,
+            reason: None,
         },
         status,
         fill: None,
@@ -1262,6 +1264,7 @@ async fn a_stop_cancels_an_order_placed_by_hand_on_the_bots_symbol_without_inven
         reduce_only: false,
         client_order_id: "placed-by-hand-1".into(),
         leverage: 10,
+        reason: None,
     };
     by_hand.place_order(&intent, OrderGuard::default()).await.expect("placed by hand");
     let res = stop(&app, &token).await;
@@ -1631,4 +1634,55 @@ async fn a_live_order_is_refreshed_from_bitget_cancelled_there_first_and_a_fill_
     assert_eq!((res.status, res.code()), (409, "order_not_open"), "{}", res.raw);
     assert!(res.body["detail"].as_str().unwrap().contains("\"status\":\"filled\""), "the filled order in detail: {}", res.raw);
     assert_eq!(get_order(&app, &token, third.body["client_order_id"].as_str().unwrap()).await.body["status"], "filled");
+}
+
+async fn list_fills(app: &TestApp, token: &str) -> TestResponse {
+    app.call_as(t::list_fills, token, "GET", "/api/v1/fills", None).await
+}
+
+#[tokio::test]
+async fn live_fills_are_bitgets_fill_history_each_trade_once_with_the_reason_of_its_order() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 201);
+    // An order placed by hand on Bitget's site: the account's fill all the same.
+    fake.place_by_hand("BTCUSDT", "buy", "0.02");
+    let first = list_fills(&app, &token).await;
+    assert_eq!(first.status, 200, "{}", first.raw);
+    let reasons = |res: &TestResponse| -> Vec<String> {
+        res.body["fills"].as_array().unwrap().iter().map(|f| f["reason"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(reasons(&first), ["manual", "manual"]);
+    fake.set_mark("BTCUSDT", "65500");
+    assert_eq!(stop(&app, &token).await.status, 200);
+    for round in 0..3 {
+        let listed = list_fills(&app, &token).await;
+        assert_eq!(reasons(&listed), ["bot_stop", "manual", "manual"], "round {round}: {}", listed.raw);
+        let trades = fake.trades();
+        let ids: Vec<String> = listed.body["fills"].as_array().unwrap().iter().map(|f| f["fill_id"].as_str().unwrap().to_owned()).collect();
+        let expected: Vec<String> = trades.iter().rev().map(|t| format!("bitget-{}", t.trade_id)).collect();
+        assert_eq!(ids, expected, "round {round}: each trade once");
+        let close = &listed.body["fills"][0];
+        let trade = trades.last().unwrap();
+        assert_eq!(
+            (close["side"].as_str(), close["size"].as_str(), close["fee"].as_str(), close["order_id"].as_str()),
+            (Some("sell"), Some("0.03"), Some(trade.fee.normalize().to_string().as_str()), Some(trade.order_id.as_str()))
+        );
+    }
+    // Bitget away: the history as stored.
+    for _ in 0..6 {
+        fake.fault("/api/v2/mix/order/fills", Fault::ServerError);
+    }
+    let stored = list_fills(&app, &token).await;
+    assert_eq!((stored.status, reasons(&stored).len()), (200, 3), "{}", stored.raw);
+    let summary = app.call_as(t::pnl, &token, "GET", "/api/v1/pnl", None).await;
+    assert_eq!(summary.status, 200, "{}", summary.raw);
+    let sum: rust_decimal::Decimal = stored.body["fills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["realized_pnl"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap())
+        .sum();
+    assert_eq!(summary.body["realized_pnl"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap(), sum);
+    assert_eq!(summary.body["trades"], 1);
 }

@@ -495,7 +495,8 @@ impl UserStore<'_> {
     /// has an earlier one: the history outlives the account only that long, tied to nobody.
     pub async fn expire_order_history(&self, user_id: &str, end: i64) -> Result<(), StoreError> {
         use futures::{StreamExt, TryStreamExt};
-        let items = dynamo::partition(self.client, self.table, keys::order_partition(user_id)).await?;
+        let mut items = dynamo::partition(self.client, self.table, keys::order_partition(user_id)).await?;
+        items.extend(dynamo::partition(self.client, self.table, keys::fills_partition(user_id)).await?);
         // One conditional update each, 16 at a time: a long history must not outlast the request.
         futures::stream::iter(items)
             .map(|item| async move {

@@ -11,7 +11,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::from_env()?;
     let sdk = shared::aws::sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let trading = shared::trading::store::TradingStore { client: &dynamo, table: &config.table_name };
+    let trading =
+        shared::trading::store::TradingStore { client: &dynamo, table: &config.table_name, history_days: config.history_retention_days };
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["create-table"] => {
             let template = std::fs::read_to_string("template.yaml")?;

@@ -184,6 +184,7 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
         reduce_only: raw.reduce_only,
         client_order_id: raw.client_order_id,
         for_run: None,
+        reason: "manual",
     };
     let answer = orders::submit(state, &caller, &key, order).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -375,4 +376,24 @@ pub async fn get_order(state: &AppState, req: Request, _ctx: RequestContext) -> 
 pub async fn cancel_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     json_response(StatusCode::OK, &crate::trading::order_view::cancel(state, &caller, &order_id_parameter(&req)).await?)
+}
+
+// ---------------------------------------------------------------- history
+
+/// `GET /api/v1/orders?status=open|all&symbol=&limit=&cursor=`: the caller's orders, newest first.
+pub async fn list_orders(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    json_response(StatusCode::OK, &crate::trading::order_view::list(state, &caller, req.uri().query()).await?)
+}
+
+/// `GET /api/v1/fills?symbol=&from=&to=&limit=&cursor=`: the caller's fills, newest first.
+pub async fn list_fills(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    json_response(StatusCode::OK, &crate::trading::fills::list(state, &caller, req.uri().query()).await?)
+}
+
+/// `GET /api/v1/pnl?from=&to=&interval=day`: realized PnL, fees and a daily equity series.
+pub async fn pnl(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+    let caller = crate::auth::session::authenticate(state, &req).await?;
+    json_response(StatusCode::OK, &crate::trading::pnl::summary(state, &caller, req.uri().query()).await?)
 }

@@ -109,6 +109,7 @@ impl Sim<'_> {
             reduce_only: order.reduce_only,
             client_order_id: client_order_id(&["backtest", &self.serial.to_string()]),
             leverage: self.config.leverage,
+            reason: None,
         }
     }
 
@@ -202,6 +203,7 @@ impl Sim<'_> {
             reduce_only: true,
             client_order_id: format!("exit-{at_ms}"),
             leverage: p.leverage,
+            reason: Some(reason.to_owned()),
         };
         self.fill(&close, price, self.spec.taker_fee_rate, at_ms, reason);
         Some(reason.to_owned())

@@ -448,6 +448,75 @@ impl BitgetExchange {
     }
 }
 
+/// One trade of the account, as Bitget's fill history reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ExchangeFill {
+    pub trade_id: String,
+    pub order_id: String,
+    pub symbol: String,
+    /// What the trade did (a hedge-mode close of a long sells).
+    pub side: Side,
+    pub size: Decimal,
+    pub price: Decimal,
+    /// What it cost (positive: paid); Bitget reports fees paid as negative amounts.
+    pub fee: Decimal,
+    pub realized_pnl: Decimal,
+    pub filled_ms: i64,
+}
+
+/// Bitget answers fills for at most this span per call.
+pub const FILL_WINDOW_MS: i64 = 7 * 86_400_000;
+
+impl BitgetExchange {
+    /// The account's fills between two times (unix ms, both included), newest first: windows of
+    /// a week, each read page by page (100 a page, `idLessThan` the last page's `endId`).
+    pub async fn fills(&self, from_ms: i64, to_ms: i64) -> Result<Vec<ExchangeFill>, ExchangeError> {
+        let mut fills = Vec::new();
+        let mut window_end = to_ms;
+        while window_end >= from_ms {
+            let window_start = (window_end - FILL_WINDOW_MS + 1).max(from_ms);
+            let mut before: Option<String> = None;
+            for _ in 0..100 {
+                let mut query = format!("productType={PRODUCT_TYPE}&startTime={window_start}&endTime={window_end}&limit=100");
+                if let Some(id) = &before {
+                    query.push_str(&format!("&idLessThan={id}"));
+                }
+                let data = self.client.get("/api/v2/mix/order/fills", &query, Some(&self.creds)).await?;
+                let page: Vec<ExchangeFill> = data["fillList"].as_array().into_iter().flatten().filter_map(exchange_fill).collect();
+                let full = page.len() == 100;
+                before = data["endId"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
+                fills.extend(page);
+                if !full || before.is_none() {
+                    break;
+                }
+            }
+            window_end = window_start - 1;
+        }
+        Ok(fills)
+    }
+}
+
+fn exchange_fill(f: &Value) -> Option<ExchangeFill> {
+    let fee: Decimal = f["feeDetail"].as_array().into_iter().flatten().filter_map(|d| dec(&d["totalFee"])).sum();
+    let side = match (f["side"].as_str(), f["posMode"].as_str(), f["tradeSide"].as_str()) {
+        (Some("buy"), Some("hedge_mode"), Some("close")) => Side::Sell,
+        (Some("sell"), Some("hedge_mode"), Some("close")) => Side::Buy,
+        (Some("buy"), _, _) => Side::Buy,
+        _ => Side::Sell,
+    };
+    Some(ExchangeFill {
+        trade_id: f["tradeId"].as_str()?.to_owned(),
+        order_id: f["orderId"].as_str().unwrap_or_default().to_owned(),
+        symbol: f["symbol"].as_str()?.to_owned(),
+        side,
+        size: dec(&f["baseVolume"])?,
+        price: dec(&f["price"])?,
+        fee: -fee,
+        realized_pnl: dec(&f["profit"]).unwrap_or_default(),
+        filled_ms: f["cTime"].as_str()?.parse().ok()?,
+    })
+}
+
 #[async_trait]
 impl Exchange for BitgetExchange {
     fn kind(&self) -> ExchangeKind {

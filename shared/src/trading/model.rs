@@ -159,6 +159,10 @@ pub struct OrderIntent {
     pub client_order_id: String,
     /// Leverage the position is opened with (the bot's setting).
     pub leverage: u32,
+    /// Why it is sent: `manual`, `signal`, `strategy`, or a close's reason (`stop_loss`,
+    /// `bot_stop`, …). It travels with the order into its record and its fills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What an exchange says happened to an order.

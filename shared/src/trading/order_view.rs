@@ -66,7 +66,7 @@ impl From<&OrderRecord> for Order {
             price: record.intent.price.map(|p| p.normalize()),
             reduce_only: record.intent.reduce_only,
             fee: record.fill.as_ref().map(|f| f.fee.normalize()).unwrap_or_default(),
-            reason: record.reason.clone().unwrap_or_else(|| "manual".to_owned()),
+            reason: record.reason.clone().or_else(|| record.intent.reason.clone()).unwrap_or_else(|| "manual".to_owned()),
             created_at: record.created_at.clone(),
             updated_at: record.updated_at.clone(),
         }
@@ -203,4 +203,74 @@ pub async fn cancel(state: &AppState, caller: &Caller, id: &str) -> Result<Order
         (CancelOutcome::Canceled, OrderStatus::Canceled) => Ok(order),
         _ => Err(not_open(&order)),
     }
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    pub next_cursor: Option<String>,
+}
+
+/// Live orders of a page refreshed from Bitget at most: its order detail allows 10 calls a second.
+const REFRESHED_PER_PAGE: usize = 10;
+
+/// `GET /api/v1/orders`: the caller's orders, newest first, all of them or those not final
+/// (`status=open`), of every symbol or of one. A live order not final is refreshed from Bitget
+/// (the first ones of the page, within Bitget's rate), as when it is read alone.
+pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Result<OrderPage, ApiError> {
+    use crate::trading::history_store::PagePosition;
+    use futures::StreamExt;
+    let parameters = crate::trading::paging::query_parameters(query, &["status", "symbol", "limit", "cursor"])?;
+    let open_only = match parameters.get("status").map(String::as_str) {
+        None | Some("all") => false,
+        Some("open") => true,
+        Some(_) => return Err(ApiError::BadRequest { code: "invalid_status", detail: "status is open or all".into() }),
+    };
+    let symbol = crate::trading::paging::symbol(&parameters)?;
+    let limit = crate::trading::paging::limit(&parameters)?;
+    let user_id = caller.user_id.as_str();
+    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let scope = format!("orders|{user_id}|{}|{}", if open_only { "open" } else { "all" }, symbol.as_deref().unwrap_or(""));
+    let after: Option<PagePosition> = parameters.get("cursor").map(|c| crate::trading::paging::open(&keys, &scope, c)).transpose()?;
+    let trading = state.trading_store();
+    let page = async {
+        if open_only {
+            trading.open_order_page(user_id, symbol.as_deref(), limit, after.as_ref()).await
+        } else {
+            trading.order_page(user_id, symbol.as_deref(), limit, after.as_ref()).await
+        }
+    };
+    // The revocation check and the page in one round trip.
+    let (snapshot, page) = tokio::join!(load_snapshot(state, caller), page);
+    let (snapshot, page) = (snapshot?, page?);
+    let stale = page.items.iter().filter(|r| !is_final(r.status) && !on_paper(&snapshot, r)).count();
+    let records: Vec<OrderRecord> = if stale == 0 {
+        page.items
+    } else {
+        let mut refreshes = 0;
+        let pending: Vec<_> = page
+            .items
+            .into_iter()
+            .map(|record| {
+                let refresh = !is_final(record.status) && !on_paper(&snapshot, &record) && refreshes < REFRESHED_PER_PAGE;
+                refreshes += usize::from(refresh);
+                (record, refresh)
+            })
+            .collect();
+        futures::stream::iter(pending)
+            .map(|(record, refresh)| {
+                let snapshot = &snapshot;
+                async move {
+                    if !refresh {
+                        return record;
+                    }
+                    refreshed(state, user_id, snapshot, record.clone()).await.unwrap_or(record)
+                }
+            })
+            .buffered(4)
+            .collect()
+            .await
+    };
+    let next_cursor = page.next.map(|at| crate::trading::paging::seal(&keys, &scope, &at)).transpose()?;
+    Ok(OrderPage { orders: records.iter().map(Order::from).collect(), next_cursor })
 }

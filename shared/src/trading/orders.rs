@@ -33,6 +33,8 @@ pub struct NewOrder {
     pub client_order_id: Option<String>,
     /// The bot run a strategy decided this order for: refused once another run is the bot's.
     pub for_run: Option<String>,
+    /// Who decided it: `manual` (the trader's own), `signal` or `strategy`.
+    pub reason: &'static str,
 }
 
 /// The key's answer: what the first request answered (or will answer every replay).
@@ -139,6 +141,7 @@ pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrde
         reduce_only: order.reduce_only,
         client_order_id: intent_id.clone(),
         leverage: b.config.leverage,
+        reason: Some(order.reason.to_owned()),
     });
     // Built on first use: a replay never needs it.
     let exchange_cell = tokio::sync::OnceCell::new();

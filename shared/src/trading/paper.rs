@@ -19,9 +19,9 @@ pub const ORDER_ID_PREFIX: &str = "paper-";
 
 pub struct PaperExchange {
     pub client: aws_sdk_dynamodb::Client,
-    pub table: String,
+    /// The table, the start balance and the history's retention.
+    pub config: std::sync::Arc<crate::config::Config>,
     pub user_id: String,
-    pub start_balance: Decimal,
     pub marks: HashMap<String, Decimal>,
     pub specs: crate::trading::bitget::ContractBook,
     snapshot: Mutex<UserSnapshot>,
@@ -199,22 +199,21 @@ pub fn position_view(p: &PaperPosition, mark: Decimal) -> Position {
 impl PaperExchange {
     pub fn new(
         client: aws_sdk_dynamodb::Client,
-        table: String,
+        config: std::sync::Arc<crate::config::Config>,
         user_id: String,
-        start_balance: Decimal,
         marks: HashMap<String, Decimal>,
         specs: crate::trading::bitget::ContractBook,
         snapshot: UserSnapshot,
     ) -> Self {
-        PaperExchange { client, table, user_id, start_balance, marks, specs, snapshot: Mutex::new(snapshot) }
+        PaperExchange { client, config, user_id, marks, specs, snapshot: Mutex::new(snapshot) }
     }
 
     fn store(&self) -> TradingStore<'_> {
-        TradingStore { client: &self.client, table: &self.table }
+        TradingStore { client: &self.client, table: &self.config.table_name, history_days: self.config.history_retention_days }
     }
 
     fn account_or_new(&self, snapshot: &UserSnapshot) -> PaperAccount {
-        snapshot.paper.clone().unwrap_or(PaperAccount { balance: self.start_balance, realized_pnl: Decimal::ZERO, version: 0 })
+        snapshot.paper.clone().unwrap_or(PaperAccount { balance: self.config.paper_start_balance, realized_pnl: Decimal::ZERO, version: 0 })
     }
 
     fn mark(&self, symbol: &str) -> Result<Decimal, ExchangeError> {
@@ -400,6 +399,7 @@ mod tests {
             reduce_only,
             client_order_id: "c".into(),
             leverage: 10,
+            reason: None,
         }
     }
     fn fresh() -> PaperAccount {

@@ -82,6 +82,11 @@ impl TradingStore<'_> {
         if f.require_running_bot {
             items.push(TransactWriteItem::builder().condition_check(self.bot_running(user_id)?).build());
         }
+        // The fill itself, in the same transaction: paper history is complete by construction.
+        let filled_ms = chrono::Utc::now().timestamp_millis();
+        if let Some(record) = crate::trading::history_store::FillRecord::of_paper_order(f.intent, f.fill, filled_ms) {
+            items.extend(self.fill_puts(user_id, &record, false)?);
+        }
         let outcome = crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(items))).await?;
         Ok(if outcome.written() {
             PaperWrite::Written
@@ -131,7 +136,10 @@ impl TradingStore<'_> {
         Ok(Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, &intent.client_order_id)))
-            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .update_expression(format!(
+                "SET #status = :status, fill = :fill, updated_at = :now{}",
+                crate::trading::history_store::leaves_open_index(fill.status)
+            ))
             .condition_expression("#status = :before")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status)?)

@@ -373,6 +373,7 @@ async fn submit_all<'a>(
             reduce_only: order.reduce_only,
             client_order_id: None,
             for_run: bot.run.as_ref().map(|r| r.id.clone()),
+            reason: "strategy",
         };
         match orders::submit_of_its_moment(state, caller, &key, new).await {
             // Sent now, or by an earlier run of this decision (its answer replayed).

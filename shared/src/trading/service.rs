@@ -150,15 +150,7 @@ pub async fn paper_exchange(
     snapshot: UserSnapshot,
 ) -> Result<PaperExchange, ApiError> {
     let specs = contract_book(state).await?;
-    Ok(PaperExchange::new(
-        state.dynamo.clone(),
-        state.config.table_name.clone(),
-        user_id.to_owned(),
-        state.config.paper_start_balance,
-        marks,
-        specs,
-        snapshot,
-    ))
+    Ok(PaperExchange::new(state.dynamo.clone(), state.config.clone(), user_id.to_owned(), marks, specs, snapshot))
 }
 
 /// Bitget's contract specs (cached per environment, refreshed hourly); 503 while they cannot be
@@ -219,6 +211,7 @@ pub async fn close_position(
             reduce_only: true,
             client_order_id: client_order_id(&[user_id, &key, &position.symbol, side_name]),
             leverage,
+            reason: Some(reason.to_owned()),
         };
         // A refusal settles the order as rejected (it was never placed, and a later round may
         // try again); an unknown outcome leaves it pending for a lookup.
@@ -234,7 +227,7 @@ pub async fn close_position(
                 }
             }
         };
-        let fill = if store.record_pending_order(user_id, &intent, Some(reason)).await? {
+        let fill = if store.record_pending_order(user_id, &intent).await? {
             place().await?
         } else {
             match store.order(user_id, &intent.client_order_id).await?.and_then(|o| o.fill) {

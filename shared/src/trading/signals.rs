@@ -97,6 +97,7 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
             reduce_only: false,
             client_order_id: None,
             for_run: None,
+            reason: "signal",
         },
         Action::Close => {
             let paper = snapshot.positions.iter().filter(|p| p.symbol == symbol).map(|p| (p.side, p.size));
@@ -113,6 +114,7 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
                 reduce_only: true,
                 client_order_id: None,
                 for_run: None,
+                reason: "signal",
             }
         }
     };

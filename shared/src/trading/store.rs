@@ -5,6 +5,7 @@
 use crate::auth::store::Profile;
 use crate::dynamo::{db_error, from_item, n, query_all, s, to_item, Item, StoreError};
 use crate::keys::{self, UserItem};
+use crate::trading::history_store::leaves_open_index;
 use crate::trading::model::{ExchangeKind, OrderFill, OrderIntent, OrderStatus, PositionSide};
 use aws_sdk_dynamodb::types::AttributeValue;
 use rust_decimal::Decimal;
@@ -316,6 +317,8 @@ pub enum RecordOutcome {
 pub struct TradingStore<'a> {
     pub client: &'a aws_sdk_dynamodb::Client,
     pub table: &'a str,
+    /// How long order and fill history is kept (days): its items' TTL.
+    pub history_days: u32,
 }
 
 impl TradingStore<'_> {
@@ -501,23 +504,10 @@ impl TradingStore<'_> {
         bot: &BotRecord,
     ) -> Result<RecordOutcome, StoreError> {
         use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
-        let now = now_rfc3339();
-        let order = OrderRecord {
-            user_id: user_id.to_owned(),
-            intent: intent.clone(),
-            status: OrderStatus::Pending,
-            fill: None,
-            reason: None,
-            created_at: now.clone(),
-            updated_at: now,
-            sent_at_ms: None,
-        };
-        let put_order = Put::builder()
-            .table_name(self.table)
-            .set_item(Some(keys::with_key(to_item(&order)?, keys::order(user_id, &intent.client_order_id))))
-            .condition_expression("attribute_not_exists(PK)")
-            .build()
-            .map_err(StoreError::from)?;
+        let (order, item) = self.new_order_item(user_id, intent)?;
+        let put_order =
+            Put::builder().table_name(self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").build()?;
+        let [history, symbol_history] = self.order_pointer_puts(user_id, &order)?;
         let mut request = self
             .client
             .transact_write_items()
@@ -527,6 +517,8 @@ impl TradingStore<'_> {
             let [running, not_halted] = self.may_trade_checks(user_id, bot)?;
             request = request.transact_items(running).transact_items(not_halted);
         }
+        // The pointers go last: they have no condition, and the reasons are read by position.
+        request = request.transact_items(history).transact_items(symbol_history);
         // The cancellation reasons come in the order the items were given.
         let outcome = crate::dynamo::transact(request).await?;
         Ok(if outcome.written() {
@@ -640,7 +632,7 @@ impl TradingStore<'_> {
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, &order.intent.client_order_id)))
-            .update_expression("SET #status = :rejected, fill = :fill, updated_at = :at")
+            .update_expression("SET #status = :rejected, fill = :fill, updated_at = :at REMOVE GSI2PK, GSI2SK")
             .expression_attribute_values(":rejected", serde_dynamo::to_attribute_value(OrderStatus::Rejected)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(OrderFill::rejected())?)
             .expression_attribute_values(":at", s(now_rfc3339()))
@@ -654,21 +646,20 @@ impl TradingStore<'_> {
         crate::dynamo::written(update.condition_expression(condition).send().await)
     }
 
-    /// Records an order before it is sent. `Ok(false)`: a record with this client id exists.
-    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent, reason: Option<&str>) -> Result<bool, StoreError> {
-        let now = now_rfc3339();
-        let record = OrderRecord {
-            user_id: user_id.to_owned(),
-            intent: intent.clone(),
-            status: OrderStatus::Pending,
-            fill: None,
-            reason: reason.map(str::to_owned),
-            created_at: now.clone(),
-            updated_at: now,
-            sent_at_ms: None,
-        };
-        let item = keys::with_key(to_item(&record)?, keys::order(user_id, &intent.client_order_id));
-        crate::dynamo::put_new(self.client, self.table, item).await
+    /// Records an order before it is sent, with its history pointers. `Ok(false)`: a record with
+    /// this client id exists.
+    pub async fn record_pending_order(&self, user_id: &str, intent: &OrderIntent) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+        let (record, item) = self.new_order_item(user_id, intent)?;
+        let put = Put::builder().table_name(self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").build()?;
+        let [history, symbol_history] = self.order_pointer_puts(user_id, &record)?;
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(history)
+            .transact_items(symbol_history);
+        Ok(crate::dynamo::transact(request).await?.written())
     }
 
     /// Stores what the exchange answered for a recorded order.
@@ -680,7 +671,7 @@ impl TradingStore<'_> {
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
-            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .update_expression(format!("SET #status = :status, fill = :fill, updated_at = :now{}", leaves_open_index(fill.status)))
             .condition_expression("attribute_exists(PK)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
@@ -704,7 +695,7 @@ impl TradingStore<'_> {
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
-            .update_expression("SET #status = :status, fill = :fill, updated_at = :now")
+            .update_expression(format!("SET #status = :status, fill = :fill, updated_at = :now{}", leaves_open_index(fill.status)))
             .condition_expression("#status IN (:pending, :open)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
@@ -762,10 +753,11 @@ impl TradingStore<'_> {
             self.client
                 .query()
                 .table_name(self.table)
-                .key_condition_expression("PK = :pk")
+                .key_condition_expression("PK = :pk AND begins_with(SK, :records)")
                 .filter_expression("#status = :status")
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":pk", s(keys::order_partition(user_id)))
+                .expression_attribute_values(":records", s("ORDER#"))
                 .expression_attribute_values(":status", status.clone())
                 .limit(ORDER_HISTORY_PAGE)
                 .consistent_read(true)
@@ -782,7 +774,7 @@ impl TradingStore<'_> {
         let order = Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
-            .update_expression("SET #status = :canceled, fill.#status = :canceled, updated_at = :now")
+            .update_expression("SET #status = :canceled, fill.#status = :canceled, updated_at = :now REMOVE GSI2PK, GSI2SK")
             .condition_expression("#status = :open")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":canceled", s("canceled"))

@@ -285,7 +285,7 @@ pub async fn access_token(app: &TestApp) -> String {
 
 impl TestApp {
     pub fn trading(&self) -> shared::trading::store::TradingStore<'_> {
-        shared::trading::store::TradingStore { client: &self.state.dynamo, table: &self.state.config.table_name }
+        self.state.trading_store()
     }
 
     pub async fn set_mark(&self, symbol: &str, price: &str) {

@@ -60,6 +60,10 @@ aws-init-secrets:
 aws-rotate-jwt-keys:
 	@infra/aws-ops.sh $(STACK) rotate-jwt-keys
 
+# Once, after deploying the release that added order and fill history (see README).
+aws-backfill-history:
+	@infra/aws-ops.sh $(STACK) backfill-history
+
 aws-kill-switch:
 	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make aws-kill-switch STACK=trading-bot-prod STATE=on|off"; exit 2; }
 	@infra/aws-ops.sh $(STACK) kill-switch $(STATE)

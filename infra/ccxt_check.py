@@ -412,6 +412,17 @@ def check_fetch_my_trades():
     expect([t['timestamp'] for t in trades] == sorted(t['timestamp'] for t in trades), 'ccxt sorts trades oldest first')
 
 
+def check_fetch_closed_orders():
+    # GET /api/v2/mix/order/orders-history: the ended orders, each with its client id.
+    now = C.ex.milliseconds()
+    closed = C.ex.fetch_closed_orders(SYMBOL, now - 3600 * 1000, 100, {'until': now})
+    expect(closed and all(o['status'] in ('closed', 'canceled') for o in closed), 'closed orders %r' % [o['info'] for o in closed])
+    for o in closed:
+        expect(o['clientOrderId'], 'order %s has no client id: %r' % (o['id'], o['info']))
+    mine = project('ended-orders', str(now - 3600 * 1000), str(now))
+    expect(all(mine.get(o['id']) == o['clientOrderId'] for o in closed), 'the project reads %r' % mine)
+
+
 CHECKS = [
     check_load_markets,
     check_fetch_mark_price,
@@ -436,6 +447,7 @@ CHECKS = [
     check_reduce_only_sell_closes,
     check_hedge_mode_open_and_close,
     check_fetch_my_trades,
+    check_fetch_closed_orders,
 ]
 
 

@@ -16,7 +16,8 @@
 //! - limit orders that rest (state `live`) until the mark crosses them and fill at their price with
 //!   the maker fee; `cancel-order` cancels them; `orders-pending` lists them;
 //! - every fill in the fill history (`order/fills`): 100 a page at most, newest first, paged by
-//!   `idLessThan`, within a `startTime`..`endTime` span of at most a week;
+//!   `idLessThan`, within a `startTime`..`endTime` span of at most a week; ended orders in the
+//!   order history (`orders-history`), paged the same way;
 //! - candles (`market/candles`, up to 1,000 a call, and `market/history-candles`, up to 200) from
 //!   a series loaded per symbol (`load_candles`, or `POST /double/candles?symbol=…` with the CSV
 //!   `make candles` sends) and extended by ticks (`tick`, `POST /double/tick`, what `make price`
@@ -502,7 +503,7 @@ impl FakeBitget {
     pub fn margin_mode(&self, symbol: &str) -> String {
         self.lock().margin_mode_of(symbol)
     }
-    /// Puts a contract into another status (`maintain`, `limit_open`, `off`, …).
+
     /// Places a market order as its owner would by hand on Bitget's site, not through this
     /// service (a client id of Bitget's own making).
     pub fn place_by_hand(&self, symbol: &str, side: &str, size: &str) {
@@ -518,6 +519,7 @@ impl FakeBitget {
         self.lock().trades.clone()
     }
 
+    /// Puts a contract into another status (`maintain`, `limit_open`, `off`, …).
     pub fn set_symbol_status(&self, symbol: &str, status: &str) {
         if let Some(c) = self.lock().contracts.get_mut(symbol) {
             c.status = status.to_owned();
@@ -920,6 +922,7 @@ fn private(state: &mut FakeState, method: &str, path: &str, q: &HashMap<String, 
             }
         }
         ("GET", "/api/v2/mix/order/fills") => fills(state, q),
+        ("GET", "/api/v2/mix/order/orders-history") => orders_history(state, q),
         ("GET", "/api/v2/mix/order/orders-pending") => {
             if !product_type_ok(q.get("productType").map(String::as_str)) {
                 return bad(codes::PARAMETER_VERIFICATION, "productType is required");
@@ -1363,6 +1366,49 @@ fn fills(state: &FakeState, q: &HashMap<String, String>) -> Response {
     let end_id = page.last().map(|t| t.trade_id.to_string());
     let list: Vec<Value> = page.iter().map(|t| t.view()).collect();
     ok(json!({"fillList": if list.is_empty() { Value::Null } else { Value::Array(list) }, "endId": end_id}))
+}
+
+/// The account's ended orders (filled or canceled), newest first: at most 100 a page (`limit`),
+/// before `idLessThan`, created within `startTime`..`endTime`, of one `symbol` when given.
+fn orders_history(state: &FakeState, q: &HashMap<String, String>) -> Response {
+    if !product_type_ok(q.get("productType").map(String::as_str)) {
+        return bad(codes::PARAMETER_VERIFICATION, "productType is required");
+    }
+    let number = |k: &str| q.get(k).map(|v| v.parse::<i64>().map_err(|_| ()));
+    let (Ok(limit), Ok(start), Ok(end), Ok(before)) = (
+        number("limit").unwrap_or(Ok(100)),
+        number("startTime").transpose(),
+        number("endTime").transpose(),
+        number("idLessThan").transpose(),
+    ) else {
+        return bad(codes::PARAMETER_VERIFICATION, "Parameter verification failed");
+    };
+    if !(1..=100).contains(&limit) {
+        return bad(codes::PARAMETER_VERIFICATION, "limit must be between 1 and 100");
+    }
+    let mut list: Vec<&Order> = state
+        .orders
+        .values()
+        .filter(|o| o.state != "live")
+        .filter(|o| start.is_none_or(|s| o.created_ms >= s) && end.is_none_or(|e| o.created_ms <= e))
+        .filter(|o| before.is_none_or(|b| o.order_id.parse::<i64>().is_ok_and(|id| id < b)))
+        .filter(|o| q.get("symbol").is_none_or(|s| *s == o.symbol))
+        .collect();
+    list.sort_by_key(|o| std::cmp::Reverse(o.order_id.parse::<i64>().unwrap_or(0)));
+    list.truncate(limit as usize);
+    let views: Vec<Value> = list
+        .iter()
+        .map(|o| {
+            let mut v = o.view(&state.pos_mode);
+            if let Some(map) = v.as_object_mut() {
+                let status = map.remove("state").unwrap_or(Value::Null);
+                map.insert("status".into(), status);
+            }
+            v
+        })
+        .collect();
+    let end_id = list.last().map(|o| o.order_id.clone());
+    ok(json!({"entrustedList": if views.is_empty() { Value::Null } else { Value::Array(views) }, "endId": end_id}))
 }
 
 /// Resting limit orders the mark has crossed fill at their own price, as makers.

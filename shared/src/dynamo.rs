@@ -45,6 +45,35 @@ pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
     Ok(serde_dynamo::from_item(item)?)
 }
 
+/// The items at `keys` (those that exist), strongly consistent, in BatchGetItem calls of 100.
+/// Keys DynamoDB leaves unprocessed are asked again with a backoff; still left after that, the
+/// read fails as unavailable rather than answering without them.
+pub async fn batch_get(client: &aws_sdk_dynamodb::Client, table: &str, keys: Vec<crate::keys::Key>) -> Result<Vec<Item>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(100) {
+        let wanted = aws_sdk_dynamodb::types::KeysAndAttributes::builder().set_keys(Some(chunk.to_vec())).consistent_read(true).build()?;
+        let mut request = std::collections::HashMap::from([(table.to_owned(), wanted)]);
+        for attempt in 0..8u64 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+            }
+            let out = client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
+            found.extend(out.responses.unwrap_or_default().remove(table).unwrap_or_default());
+            match out.unprocessed_keys.filter(|u| !u.is_empty()) {
+                Some(rest) => request = rest,
+                None => {
+                    request.clear();
+                    break;
+                }
+            }
+        }
+        if !request.is_empty() {
+            return Err(StoreError::Unavailable("a batch read stayed unprocessed (throttled)".into()));
+        }
+    }
+    Ok(found)
+}
+
 /// One strongly consistent read of the item at `key`, decoded.
 pub async fn get_item<T: DeserializeOwned>(
     client: &aws_sdk_dynamodb::Client,

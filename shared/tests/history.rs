@@ -176,7 +176,24 @@ async fn a_cursor_works_only_for_the_caller_route_and_filters_it_was_given_for()
         assert_eq!((res.status, res.code()), (400, "invalid_cursor"), "{query}: {}", res.raw);
     }
     let res = fills(&app, &token, &format!("?cursor={cursor}")).await;
-    assert_eq!((res.status, res.code()), (400, "invalid_cursor"));
+    assert_eq!((res.status, res.code()), (400, "invalid_cursor"), "an order cursor is no fill cursor");
+    for i in 0..3 {
+        paper_fill(&app, &user_id, &intent("BTCUSDT", Side::Buy, "0.01", false, &format!("f-{i}"), "manual"), "65000").await;
+    }
+    let page = fills(&app, &token, "?limit=2&from=2026-01-01T00:00:00Z").await;
+    let fill_cursor = page.body["next_cursor"].as_str().unwrap().to_owned();
+    let next = fills(&app, &token, &format!("?limit=2&from=2026-01-01T00:00:00Z&cursor={fill_cursor}")).await;
+    assert_eq!((next.status, next.body["fills"].as_array().unwrap().len()), (200, 1), "{}", next.raw);
+    for (who, query) in [
+        (&token, format!("?limit=2&cursor={fill_cursor}")),
+        (&token, format!("?limit=2&from=2026-01-01T00:00:00Z&symbol=BTCUSDT&cursor={fill_cursor}")),
+        (&other, format!("?limit=2&from=2026-01-01T00:00:00Z&cursor={fill_cursor}")),
+    ] {
+        let res = fills(&app, who, &query).await;
+        assert_eq!((res.status, res.code()), (400, "invalid_cursor"), "{query}: {}", res.raw);
+    }
+    let res = orders(&app, &token, &format!("?cursor={fill_cursor}")).await;
+    assert_eq!((res.status, res.code()), (400, "invalid_cursor"), "a fill cursor is no order cursor");
     for (query, code) in [
         ("?limit=0", "invalid_limit"),
         ("?limit=101", "invalid_limit"),
@@ -333,4 +350,44 @@ async fn order_and_fill_items_expire_after_the_configured_retention() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn orders_recorded_before_the_history_existed_are_backfilled_once() {
+    let app = spawn_app().await;
+    let token = access_token(&app).await;
+    let user_id = user_id_of(&app, &token).await;
+    // Two orders as the release before wrote them: the record alone, no pointers, no TTL.
+    let old = |id: &str, status: &str, fill: Option<Value>| {
+        let mut record = json!({
+            "user_id": user_id, "intent": {"symbol": "BTCUSDT", "side": "buy", "type": "market", "size": "0.01", "price": null,
+            "reduce_only": false, "client_order_id": id, "leverage": 10}, "status": status,
+            "created_at": "2026-11-01T10:00:00.000Z", "updated_at": "2026-11-01T10:00:01.000Z"
+        });
+        if let Some(fill) = fill {
+            record["fill"] = fill;
+        }
+        let mut item: shared::dynamo::Item = serde_dynamo::to_item(record).unwrap();
+        item.extend(shared::keys::order(&user_id, id));
+        item
+    };
+    let filled = json!({"order_id": "paper-old-filled", "status": "filled", "filled_size": "0.01", "avg_price": "60000", "fee": "0.36", "realized_pnl": "0"});
+    for item in [old("old-filled", "filled", Some(filled)), old("old-pending", "pending", None)] {
+        app.dynamo().put_item().table_name(&app.state.config.table_name).set_item(Some(item)).send().await.unwrap();
+    }
+    assert_eq!(orders(&app, &token, "").await.body["orders"], json!([]));
+    assert_eq!(app.trading().backfill_history().await.unwrap(), (2, 1));
+    let listed = orders(&app, &token, "").await;
+    let ids: Vec<&str> = listed.body["orders"].as_array().unwrap().iter().map(|o| o["client_order_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{}", listed.raw);
+    let open = orders(&app, &token, "?status=open").await;
+    assert_eq!(open.body["orders"][0]["client_order_id"], "old-pending");
+    let fill = fills(&app, &token, "").await;
+    assert_eq!(
+        (fill.body["fills"][0]["fee"].as_str(), fill.body["fills"][0]["filled_at"].as_str()),
+        (Some("0.36"), Some("2026-11-01T10:00:01.000Z"))
+    );
+    // Run again (an interrupted run repeated): nothing left to do.
+    assert_eq!(app.trading().backfill_history().await.unwrap(), (0, 0));
+    assert_eq!(fills(&app, &token, "").await.body["fills"].as_array().unwrap().len(), 1);
 }

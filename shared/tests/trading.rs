@@ -1686,3 +1686,63 @@ async fn live_fills_are_bitgets_fill_history_each_trade_once_with_the_reason_of_
     assert_eq!(summary.body["realized_pnl"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap(), sum);
     assert_eq!(summary.body["trades"], 1);
 }
+
+#[tokio::test]
+async fn bitget_fills_page_past_a_hundred_and_find_their_orders_without_the_id_pointer() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let user_id = user_id_of(&app, &token).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 201);
+    for i in 0..130 {
+        fake.place_by_hand("BTCUSDT", if i % 2 == 0 { "buy" } else { "sell" }, "0.01");
+    }
+    assert_eq!(stop(&app, &token).await.status, 200);
+    // The stop's close lost its id pointer (it is best effort): Bitget's order history names it.
+    let close = fake.trades().last().unwrap().order_id.clone();
+    app.dynamo()
+        .delete_item()
+        .table_name(&app.state.config.table_name)
+        .set_key(Some(shared::keys::order_id_pointer(&user_id, &close)))
+        .send()
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let res = app.call_as(t::list_fills, &token, "GET", &format!("/api/v1/fills?limit=50{cursor}"), None).await;
+        assert_eq!(res.status, 200, "{}", res.raw);
+        listed.extend(res.body["fills"].as_array().unwrap().iter().cloned());
+        match res.body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let trades = fake.trades();
+    assert_eq!(listed.len(), trades.len());
+    assert_eq!(listed.len(), 132);
+    let ids: Vec<String> = listed.iter().map(|f| f["fill_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, trades.iter().rev().map(|t| format!("bitget-{}", t.trade_id)).collect::<Vec<_>>());
+    assert_eq!(listed[0]["reason"], "bot_stop", "found through the order history");
+    assert!(listed[1..].iter().all(|f| f["reason"] == "manual"));
+    assert_eq!(fake.calls("/api/v2/mix/order/fills"), 3, "two weeks read, the first in two pages");
+}
+
+#[tokio::test]
+async fn a_live_open_order_the_refresh_finds_filled_leaves_the_open_list() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let placed = submit(&app, &token, &key(), limit_buy("0.01", "64000")).await;
+    assert_eq!(placed.status, 201, "{}", placed.raw);
+    let open = app.call_as(t::list_orders, &token, "GET", "/api/v1/orders?status=open", None).await;
+    assert_eq!(open.body["orders"].as_array().unwrap().len(), 1, "{}", open.raw);
+    assert_eq!(open.body["orders"][0]["status"], "open");
+    // Bitget fills it; nothing here has been told.
+    fake.set_mark("BTCUSDT", "63900");
+    for round in 0..2 {
+        let open = app.call_as(t::list_orders, &token, "GET", "/api/v1/orders?status=open", None).await;
+        assert_eq!(open.body["orders"], json!([]), "round {round}: {}", open.raw);
+        let all = app.call_as(t::list_orders, &token, "GET", "/api/v1/orders", None).await;
+        assert_eq!(all.body["orders"][0]["status"], "filled", "round {round}: {}", all.raw);
+        assert_eq!(all.body["orders"][0]["avg_price"], "64000");
+    }
+}

@@ -2,6 +2,7 @@
 //! the default credential chain):
 //!   ops create-table | seed-secrets | set-price SYMBOL PRICE | load-candles SYMBOL FILE | kill-switch on|off
 //!   ops init-secrets | rotate-jwt-keys        (AWS: fill the secrets CloudFormation cannot make)
+//!   ops backfill-history                      (once, after the release that added order and fill history)
 
 use shared::config::Config;
 
@@ -58,13 +59,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 reqwest::Client::new().post(format!("{double}/double/candles?symbol={}", symbol.to_uppercase())).body(csv).send().await?;
             println!("{}", answer.text().await?);
         }
+        ["backfill-history"] => {
+            let (orders, fills) = trading.backfill_history().await.map_err(|e| e.to_string())?;
+            println!("history backfilled: {orders} orders given their pointers and TTL, {fills} paper fills written");
+        }
         ["kill-switch", state @ ("on" | "off")] => {
             trading.set_kill_switch(*state == "on").await.map_err(|e| e.to_string())?;
             println!("kill switch {state}");
         }
         other => {
             return Err(
-                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off").into()
+                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off, backfill-history").into()
             )
         }
     }

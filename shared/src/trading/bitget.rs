@@ -468,33 +468,78 @@ pub struct ExchangeFill {
 pub const FILL_WINDOW_MS: i64 = 7 * 86_400_000;
 
 impl BitgetExchange {
-    /// The account's fills between two times (unix ms, both included), newest first: windows of
-    /// a week, each read page by page (100 a page, `idLessThan` the last page's `endId`).
+    /// The account's fills between two times at most a week apart (unix ms, both included),
+    /// newest first, every page (100 a page, `idLessThan` the last page's `endId`).
     pub async fn fills(&self, from_ms: i64, to_ms: i64) -> Result<Vec<ExchangeFill>, ExchangeError> {
-        let mut fills = Vec::new();
-        let mut window_end = to_ms;
-        while window_end >= from_ms {
-            let window_start = (window_end - FILL_WINDOW_MS + 1).max(from_ms);
-            let mut before: Option<String> = None;
-            for _ in 0..100 {
-                let mut query = format!("productType={PRODUCT_TYPE}&startTime={window_start}&endTime={window_end}&limit=100");
-                if let Some(id) = &before {
-                    query.push_str(&format!("&idLessThan={id}"));
-                }
-                let data = self.client.get("/api/v2/mix/order/fills", &query, Some(&self.creds)).await?;
-                let page: Vec<ExchangeFill> = data["fillList"].as_array().into_iter().flatten().filter_map(exchange_fill).collect();
-                let full = page.len() == 100;
-                before = data["endId"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
-                fills.extend(page);
-                if !full || before.is_none() {
-                    break;
-                }
-            }
-            window_end = window_start - 1;
+        if to_ms < from_ms || to_ms - from_ms > FILL_WINDOW_MS {
+            return Err(ExchangeError::Rejected { code: "fill_window".into(), message: "fills are read a week at a time".into() });
         }
-        Ok(fills)
+        let mut fills = Vec::new();
+        let mut before: Option<String> = None;
+        for _ in 0..MAX_FILL_PAGES {
+            let mut query = format!("productType={PRODUCT_TYPE}&startTime={from_ms}&endTime={to_ms}&limit=100");
+            if let Some(id) = &before {
+                query.push_str(&format!("&idLessThan={id}"));
+            }
+            let data = self.client.get("/api/v2/mix/order/fills", &query, Some(&self.creds)).await?;
+            let rows = data["fillList"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for row in rows {
+                // A row this client cannot read is an error, never a fill skipped for good.
+                fills.push(exchange_fill(row).ok_or_else(|| ExchangeError::Unavailable(format!("an unreadable fill: {row}")))?);
+            }
+            before = data["endId"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
+            if rows.len() < 100 || before.is_none() {
+                return Ok(fills);
+            }
+        }
+        Err(ExchangeError::Unavailable(format!("more than {} fills in a week", MAX_FILL_PAGES * 100)))
+    }
+
+    /// The client order id of the account's order `order_id` on `symbol` (None: Bitget does not
+    /// know the order, or it has none).
+    pub async fn client_order_id_of(&self, symbol: &str, order_id: &str) -> Result<Option<String>, ExchangeError> {
+        let query = format!("symbol={symbol}&productType={PRODUCT_TYPE}&orderId={order_id}");
+        match self.client.get("/api/v2/mix/order/detail", &query, Some(&self.creds)).await {
+            Ok(data) => Ok(data["clientOid"].as_str().filter(|c| !c.is_empty()).map(str::to_owned)),
+            Err(ExchangeError::Rejected { code, .. }) if code == "40109" => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
+
+impl BitgetExchange {
+    /// The client order ids of the account's ended orders created between two times (unix ms),
+    /// by Bitget order id: every page of the order history (100 a page).
+    pub async fn ended_order_client_ids(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<std::collections::HashMap<String, String>, ExchangeError> {
+        let mut ids = std::collections::HashMap::new();
+        let mut before: Option<String> = None;
+        for _ in 0..MAX_FILL_PAGES {
+            let mut query = format!("productType={PRODUCT_TYPE}&startTime={from_ms}&endTime={to_ms}&limit=100");
+            if let Some(id) = &before {
+                query.push_str(&format!("&idLessThan={id}"));
+            }
+            let data = self.client.get("/api/v2/mix/order/orders-history", &query, Some(&self.creds)).await?;
+            let rows = data["entrustedList"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for row in rows {
+                if let (Some(order_id), Some(client_oid)) = (row["orderId"].as_str(), row["clientOid"].as_str()) {
+                    ids.insert(order_id.to_owned(), client_oid.to_owned());
+                }
+            }
+            before = data["endId"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
+            if rows.len() < 100 || before.is_none() {
+                return Ok(ids);
+            }
+        }
+        Err(ExchangeError::Unavailable(format!("more than {} ended orders in a window", MAX_FILL_PAGES * 100)))
+    }
+}
+
+/// Pages of fills read in one week before the reader gives up (10,000 fills).
+const MAX_FILL_PAGES: usize = 100;
 
 fn exchange_fill(f: &Value) -> Option<ExchangeFill> {
     let fee: Decimal = f["feeDetail"].as_array().into_iter().flatten().filter_map(|d| dec(&d["totalFee"])).sum();

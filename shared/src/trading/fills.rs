@@ -9,7 +9,7 @@
 use crate::auth::session::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::trading::bitget::ExchangeFill;
+use crate::trading::bitget::{ExchangeFill, FILL_WINDOW_MS};
 use crate::trading::history_store::{FillRecord, PagePosition, TimeRange, DAY_MS};
 use crate::trading::model::Side;
 use crate::trading::paging;
@@ -69,10 +69,14 @@ struct FillCursor {
 const FIRST_SYNC_LOOKBACK_MS: i64 = 7 * DAY_MS;
 /// Bitget's fill history reaches back this far.
 const BITGET_HISTORY_MS: i64 = 90 * DAY_MS;
-/// A fill older than this is taken to be in Bitget's history: the sync mark moves up to here
-/// even when nothing new was found, and every sync reads again a minute before its mark.
+/// A fill older than this is taken to be in Bitget's fill history: the sync mark never passes
+/// it, so a fill that shows up late is still read.
 const HISTORY_SETTLE_MS: i64 = 10 * 60_000;
+/// Every sync reads again this much before its mark.
 const SYNC_OVERLAP_MS: i64 = 60_000;
+/// What one read spends syncing at most before it answers what is stored; the rest is caught up
+/// from the saved mark by the next read.
+const SYNC_BUDGET: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The range `from`/`to` ask for (`to` defaulting to now), or 422 `invalid_range`.
 pub fn range_of(parameters: &std::collections::HashMap<String, String>, now_ms: i64) -> Result<TimeRange, ApiError> {
@@ -121,48 +125,93 @@ pub async fn sync_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserS
 
 async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<(), ApiError> {
     let Some(credentials) = &snapshot.credentials else { return Ok(()) };
+    let started = std::time::Instant::now();
     let store = state.trading_store();
     let now = chrono::Utc::now().timestamp_millis();
+    let mark = store.fill_sync_mark(user_id).await?;
     let saved_ms = chrono::DateTime::parse_from_rfc3339(&credentials.updated_at).map(|t| t.timestamp_millis()).unwrap_or(now);
-    let mark = store.fill_sync_mark(user_id).await?.unwrap_or(saved_ms - FIRST_SYNC_LOOKBACK_MS);
-    let from = (mark - SYNC_OVERLAP_MS).max(now - BITGET_HISTORY_MS);
+    let synced_to = mark.map(|m| m.synced_to_ms).unwrap_or(saved_ms - FIRST_SYNC_LOOKBACK_MS);
     let margin_mode = snapshot.bot.as_ref().map(|b| b.config.margin_mode).unwrap_or_default();
     let exchange = live_exchange(state, user_id, credentials, margin_mode).await?;
-    let trades = exchange.fills(from, now).await.map_err(exchange_error)?;
-    let newest = trades.iter().map(|t| t.filled_ms).max().unwrap_or(mark);
-    futures::stream::iter(trades)
-        .map(|trade| async move {
-            let record = fill_of_trade(state, user_id, trade).await?;
-            state.trading_store().put_fill_if_new(user_id, &record).await.map_err(ApiError::from)
-        })
-        .buffer_unordered(8)
-        .try_collect::<Vec<bool>>()
-        .await?;
-    store.save_fill_sync_mark(user_id, newest.max(now - HISTORY_SETTLE_MS)).await?;
+    // Oldest week first, the mark saved after each: a long first sync makes progress.
+    let mut from = (synced_to - SYNC_OVERLAP_MS).max(now - BITGET_HISTORY_MS);
+    while from <= now && started.elapsed() < SYNC_BUDGET {
+        let to = (from + FILL_WINDOW_MS - 1).min(now);
+        let window = TimeRange { from_ms: from, to_ms: to };
+        let (trades, known) = tokio::join!(exchange.fills(from, to), store.fill_ids_in(user_id, window));
+        let (trades, known) = (trades.map_err(exchange_error)?, known?);
+        let new: Vec<ExchangeFill> = trades.into_iter().filter(|t| !known.contains(&format!("bitget-{}", t.trade_id))).collect();
+        if !new.is_empty() {
+            let records = fills_of_trades(state, user_id, &exchange, new, window).await?;
+            futures::stream::iter(records)
+                .map(|record| async move { state.trading_store().put_fill_if_new(user_id, &record).await })
+                .buffer_unordered(8)
+                .try_collect::<Vec<bool>>()
+                .await?;
+        }
+        store.save_fill_sync_mark(user_id, to.min(now - HISTORY_SETTLE_MS)).await?;
+        from = to + 1;
+    }
     Ok(())
 }
 
-/// A Bitget trade as a fill, with the reason of the order it belongs to when this service
-/// recorded that order.
-async fn fill_of_trade(state: &AppState, user_id: &str, trade: ExchangeFill) -> Result<FillRecord, ApiError> {
+/// Bitget trades as fills, each with the reason of the order this service recorded for it
+/// (`manual` for an order placed by hand on Bitget). The order is found by its Bitget id: the id
+/// pointer this service wrote, else the client id Bitget's order history (or, for an order
+/// older than the window, its order detail) gives it.
+async fn fills_of_trades(
+    state: &AppState,
+    user_id: &str,
+    exchange: &crate::trading::bitget::BitgetExchange,
+    trades: Vec<ExchangeFill>,
+    window: TimeRange,
+) -> Result<Vec<FillRecord>, ApiError> {
     let store = state.trading_store();
-    let client_order_id = store.client_order_id_of(user_id, &trade.order_id).await?;
-    let order = match &client_order_id {
-        Some(cid) => store.order(user_id, cid).await?,
-        None => None,
-    };
-    let reason = order.and_then(|o| o.reason.or(o.intent.reason)).unwrap_or_else(|| "manual".to_owned());
-    Ok(FillRecord {
-        fill_id: format!("bitget-{}", trade.trade_id),
-        order_id: trade.order_id,
-        client_order_id,
-        symbol: trade.symbol,
-        side: trade.side,
-        size: trade.size.normalize(),
-        price: trade.price.normalize(),
-        fee: trade.fee.normalize(),
-        realized_pnl: trade.realized_pnl.normalize(),
-        reason,
-        filled_ms: trade.filled_ms,
-    })
+    let mut order_ids: Vec<String> = trades.iter().map(|t| t.order_id.clone()).collect();
+    order_ids.sort();
+    order_ids.dedup();
+    let mut client_ids = store.client_order_ids_of(user_id, &order_ids).await?;
+    let unknown: Vec<&String> = order_ids.iter().filter(|id| !client_ids.contains_key(*id)).collect();
+    if !unknown.is_empty() {
+        // Orders are created before they fill: a week before the window as well.
+        let ended = exchange.ended_order_client_ids(window.from_ms - FILL_WINDOW_MS, window.to_ms).await.map_err(exchange_error)?;
+        for id in unknown {
+            let client_id = match ended.get(id) {
+                Some(cid) => Some(cid.clone()),
+                None => {
+                    let symbol = trades.iter().find(|t| &t.order_id == id).map(|t| t.symbol.as_str()).unwrap_or_default();
+                    exchange.client_order_id_of(symbol, id).await.map_err(exchange_error)?
+                }
+            };
+            if let Some(cid) = client_id {
+                client_ids.insert(id.clone(), cid);
+            }
+        }
+    }
+    let mut cids: Vec<String> = client_ids.values().cloned().collect();
+    cids.sort();
+    cids.dedup();
+    let orders = store.orders_by_id(user_id, &cids).await?;
+    Ok(trades
+        .into_iter()
+        .map(|trade| {
+            // Only an order of this service's is named by its client id.
+            let order = client_ids.get(&trade.order_id).and_then(|cid| orders.get(cid));
+            let reason = order.and_then(|o| o.reason.clone().or_else(|| o.intent.reason.clone())).unwrap_or_else(|| "manual".to_owned());
+            FillRecord {
+                fill_id: format!("bitget-{}", trade.trade_id),
+                client_order_id: order.map(|o| o.intent.client_order_id.clone()),
+                order_id: trade.order_id,
+                symbol: trade.symbol,
+                side: trade.side,
+                size: trade.size.normalize(),
+                price: trade.price.normalize(),
+                fee: trade.fee.normalize(),
+                realized_pnl: trade.realized_pnl.normalize(),
+                reason,
+                filled_ms: trade.filled_ms,
+                exchange: crate::trading::model::ExchangeKind::Bitget,
+            }
+        })
+        .collect())
 }

@@ -14,9 +14,9 @@
 
 use crate::dynamo::{db_error, from_item, n, s, to_item, Item, StoreError};
 use crate::keys;
-use crate::trading::model::{OrderFill, OrderIntent, OrderStatus, Side};
+use crate::trading::model::{ExchangeKind, OrderFill, OrderIntent, OrderStatus, Side};
 use crate::trading::store::{now_rfc3339, OrderRecord, TradingStore};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -41,6 +41,13 @@ pub struct FillRecord {
     pub realized_pnl: Decimal,
     pub reason: String,
     pub filled_ms: i64,
+    /// The account it was made on: the equity series walks back only that account's fills.
+    #[serde(default = "paper")]
+    pub exchange: ExchangeKind,
+}
+
+fn paper() -> ExchangeKind {
+    ExchangeKind::Paper
 }
 
 impl FillRecord {
@@ -58,6 +65,7 @@ impl FillRecord {
             realized_pnl: fill.realized_pnl.normalize(),
             reason: intent.reason.clone().unwrap_or_else(|| "manual".to_owned()),
             filled_ms,
+            exchange: ExchangeKind::Paper,
         })
     }
 }
@@ -69,6 +77,14 @@ pub struct PagePosition {
     pub sk: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_sk: Option<String>,
+}
+
+/// How far the copy of a user's Bitget fills got.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct FillSyncMark {
+    pub synced_to_ms: i64,
+    #[serde(default)]
+    pub synced_at_ms: i64,
 }
 
 pub struct HistoryPage<T> {
@@ -108,7 +124,7 @@ fn created_ms(record: &OrderRecord) -> i64 {
 
 impl TradingStore<'_> {
     /// The TTL attribute of a history item written at `written_ms`.
-    fn history_ttl(&self, written_ms: i64) -> (String, AttributeValue) {
+    pub(crate) fn history_ttl(&self, written_ms: i64) -> (String, AttributeValue) {
         let end = written_ms / 1000 + i64::from(self.history_days) * 86_400;
         (keys::TTL_ATTRIBUTE.to_owned(), n(end))
     }
@@ -275,30 +291,106 @@ impl TradingStore<'_> {
         items.into_iter().map(from_item).collect()
     }
 
-    /// Up to when (unix ms) the user's Bitget fills were copied, if they ever were.
-    pub async fn fill_sync_mark(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
-        #[derive(Deserialize)]
-        struct Mark {
-            synced_to_ms: i64,
-        }
-        let mark: Option<Mark> = crate::dynamo::get_item(self.client, self.table, keys::fill_sync(user_id)).await?;
-        Ok(mark.map(|m| m.synced_to_ms))
+    /// Up to when the user's Bitget fills were copied, and when that was, if they ever were.
+    pub async fn fill_sync_mark(&self, user_id: &str) -> Result<Option<FillSyncMark>, StoreError> {
+        crate::dynamo::get_item(self.client, self.table, keys::fill_sync(user_id)).await
     }
 
-    /// Moves the sync mark forward to `to_ms` (never back: two syncs may race).
+    /// Moves the sync mark to `to_ms`, never back (two syncs may race), and notes when.
     pub async fn save_fill_sync_mark(&self, user_id: &str, to_ms: i64) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
         let result = self
             .client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::fill_sync(user_id)))
-            .update_expression("SET synced_to_ms = :to, updated_at = :now")
-            .condition_expression("attribute_not_exists(synced_to_ms) OR synced_to_ms < :to")
+            .update_expression("SET synced_to_ms = :to, synced_at_ms = :now")
+            .condition_expression("attribute_not_exists(synced_to_ms) OR synced_to_ms <= :to")
             .expression_attribute_values(":to", n(to_ms))
-            .expression_attribute_values(":now", s(now_rfc3339()))
+            .expression_attribute_values(":now", n(now))
             .send()
             .await;
         crate::dynamo::written(result).map(|_| ())
+    }
+
+    /// The ids of the user's fills in `range` (what a sync need not copy again).
+    pub async fn fill_ids_in(&self, user_id: &str, range: TimeRange) -> Result<std::collections::HashSet<String>, StoreError> {
+        let (low, high) = keys::history_range(&keys::fill_prefix(None), range.from_ms, range.to_ms);
+        let items = crate::dynamo::query_all(|start| {
+            self.client
+                .query()
+                .table_name(self.table)
+                .key_condition_expression("PK = :pk AND SK BETWEEN :low AND :high")
+                .expression_attribute_values(":pk", s(keys::fills_partition(user_id)))
+                .expression_attribute_values(":low", s(&low))
+                .expression_attribute_values(":high", s(&high))
+                .projection_expression("fill_id")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+        })
+        .await?;
+        Ok(items.iter().map(|i| attribute(i, "fill_id")).collect())
+    }
+
+    /// Gives the orders written before the history existed what new ones are written with: their
+    /// two history pointers, a TTL, a place in the open-orders index while not final, and for a
+    /// filled paper order its fill. An operator's one-off (`ops backfill-history`), so a Scan;
+    /// every write is idempotent, so it can be run again after an interruption.
+    pub async fn backfill_history(&self) -> Result<(u64, u64), StoreError> {
+        let (mut orders, mut fills) = (0u64, 0u64);
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(self.table)
+                .filter_expression("begins_with(SK, :order) AND attribute_not_exists(expires_at)")
+                .expression_attribute_values(":order", s("ORDER#"))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(db_error)?;
+            for item in out.items.unwrap_or_default() {
+                let record: OrderRecord = from_item(item)?;
+                let user_id = record.user_id.clone();
+                let created = created_ms(&record);
+                let cid = record.intent.client_order_id.clone();
+                let [history, symbol_history] = self.order_pointer_puts(&user_id, &record)?;
+                let mut update = aws_sdk_dynamodb::types::Update::builder()
+                    .table_name(self.table)
+                    .set_key(Some(keys::order(&user_id, &cid)))
+                    .condition_expression("attribute_exists(PK)")
+                    .expression_attribute_values(":end", self.history_ttl(created).1);
+                update = if is_final(record.status) {
+                    update.update_expression("SET expires_at = :end")
+                } else {
+                    let [(_, open), (_, at)] = keys::open_order_index(&user_id, created, &cid);
+                    update
+                        .update_expression("SET expires_at = :end, GSI2PK = :open, GSI2SK = :at")
+                        .expression_attribute_values(":open", open)
+                        .expression_attribute_values(":at", at)
+                };
+                let request = self
+                    .client
+                    .transact_write_items()
+                    .transact_items(history)
+                    .transact_items(symbol_history)
+                    .transact_items(TransactWriteItem::builder().update(update.build()?).build());
+                crate::dynamo::transact(request).await?;
+                orders += 1;
+                let paper = record.fill.as_ref().filter(|f| f.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX));
+                let filled_ms = chrono::DateTime::parse_from_rfc3339(&record.updated_at).map(|t| t.timestamp_millis()).unwrap_or(created);
+                let mut intent = record.intent.clone();
+                intent.reason = record.reason.clone().or(intent.reason);
+                if let Some(fill) = paper.and_then(|f| FillRecord::of_paper_order(&intent, f, filled_ms)) {
+                    fills += u64::from(self.put_fill_if_new(&user_id, &fill).await?);
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok((orders, fills)),
+            }
+        }
     }
 
     /// A page of the base table's items between `bounds` under `partition`, newest first.
@@ -340,31 +432,23 @@ impl TradingStore<'_> {
         Ok(HistoryPage { items, next })
     }
 
-    /// The user's order records with these client order ids, in one BatchGetItem per 100.
-    async fn orders_by_id(&self, user_id: &str, ids: &[String]) -> Result<HashMap<String, OrderRecord>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in ids.chunks(100) {
-            let wanted = KeysAndAttributes::builder()
-                .set_keys(Some(chunk.iter().map(|id| keys::order(user_id, id)).collect()))
-                .consistent_read(true)
-                .build()?;
-            let mut request = HashMap::from([(self.table.to_owned(), wanted)]);
-            for attempt in 0..8u64 {
-                if attempt > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
-                }
-                let out = self.client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
-                for item in out.responses.unwrap_or_default().remove(self.table).unwrap_or_default() {
-                    let record: OrderRecord = from_item(item)?;
-                    found.insert(record.intent.client_order_id.clone(), record);
-                }
-                match out.unprocessed_keys.filter(|u| !u.is_empty()) {
-                    Some(rest) => request = rest,
-                    None => break,
-                }
-            }
-        }
-        Ok(found)
+    /// The user's order records with these client order ids, by id.
+    pub async fn orders_by_id(&self, user_id: &str, ids: &[String]) -> Result<HashMap<String, OrderRecord>, StoreError> {
+        let items = crate::dynamo::batch_get(self.client, self.table, ids.iter().map(|id| keys::order(user_id, id)).collect()).await?;
+        items.into_iter().map(|item| from_item::<OrderRecord>(item).map(|r| (r.intent.client_order_id.clone(), r))).collect()
+    }
+
+    /// The client order ids of the user's live orders with these Bitget ids, where known.
+    pub async fn client_order_ids_of(&self, user_id: &str, order_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let wanted = order_ids.iter().map(|id| keys::order_id_pointer(user_id, id)).collect();
+        let items = crate::dynamo::batch_get(self.client, self.table, wanted).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let order_id = keys::sort_key(item)?.strip_prefix("ORDERID#")?.to_owned();
+                Some((order_id, attribute(item, "client_order_id")))
+            })
+            .collect())
     }
 }
 

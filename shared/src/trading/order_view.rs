@@ -213,6 +213,8 @@ pub struct OrderPage {
 
 /// Live orders of a page refreshed from Bitget at most: its order detail allows 10 calls a second.
 const REFRESHED_PER_PAGE: usize = 10;
+/// How long a page waits for those refreshes; an order not refreshed by then shows as stored.
+const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `GET /api/v1/orders`: the caller's orders, newest first, all of them or those not final
 /// (`status=open`), of every symbol or of one. A live order not final is refreshed from Bitget
@@ -257,6 +259,7 @@ pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Res
                 (record, refresh)
             })
             .collect();
+        let deadline = tokio::time::Instant::now() + REFRESH_BUDGET;
         futures::stream::iter(pending)
             .map(|(record, refresh)| {
                 let snapshot = &snapshot;
@@ -264,13 +267,18 @@ pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Res
                     if !refresh {
                         return record;
                     }
-                    refreshed(state, user_id, snapshot, record.clone()).await.unwrap_or(record)
+                    match tokio::time::timeout_at(deadline, refreshed(state, user_id, snapshot, record.clone())).await {
+                        Ok(Ok(fresh)) => fresh,
+                        _ => record,
+                    }
                 }
             })
             .buffered(4)
             .collect()
             .await
     };
+    // An order the refresh found ended is no longer an open one.
+    let records: Vec<OrderRecord> = records.into_iter().filter(|r| !open_only || !is_final(r.status)).collect();
     let next_cursor = page.next.map(|at| crate::trading::paging::seal(&keys, &scope, &at)).transpose()?;
     Ok(OrderPage { orders: records.iter().map(Order::from).collect(), next_cursor })
 }

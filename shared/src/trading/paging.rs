@@ -123,7 +123,7 @@ mod tests {
     fn query_components_are_decoded_as_a_form_encodes_them() {
         let p = query_parameters(Some("symbol=btc%55SDT&from=2026-12-01T00:00:00+01:00"), &["symbol", "from"]).unwrap();
         assert_eq!(p["symbol"], "btcUSDT");
-        assert_eq!(time(&p, "from").unwrap(), Some(1_764_543_600_000));
+        assert_eq!(time(&p, "from").unwrap(), Some(1_796_079_600_000));
         assert_eq!(query_parameters(Some("limit=1&limit=2"), &["limit"]).unwrap_err().code(), "invalid_request");
         assert_eq!(query_parameters(Some("limt=1"), &["limit"]).unwrap_err().code(), "invalid_request");
         assert_eq!(query_parameters(Some("limit=%zz"), &["limit"]).unwrap_err().code(), "invalid_request");

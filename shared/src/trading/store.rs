@@ -368,30 +368,15 @@ impl TradingStore<'_> {
 
     /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
     pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, StoreError> {
-        let mut marks = HashMap::new();
-        for chunk in symbols.chunks(100) {
-            let keys_and_attrs = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                .set_keys(Some(chunk.iter().map(|s| keys::mark_price(s)).collect()))
-                .consistent_read(true)
-                .build()
-                .map_err(StoreError::from)?;
-            let mut request = HashMap::from([(self.table.to_owned(), keys_and_attrs)]);
-            for _ in 0..5 {
-                let out = self.client.batch_get_item().set_request_items(Some(request.clone())).send().await.map_err(db_error)?;
-                for item in out.responses.unwrap_or_default().remove(self.table).unwrap_or_default() {
-                    let symbol = item.get("symbol").and_then(|v| v.as_s().ok()).cloned();
-                    let price = item.get("price").and_then(|v| v.as_s().ok()).and_then(|p| p.parse::<Decimal>().ok());
-                    if let (Some(symbol), Some(price)) = (symbol, price) {
-                        marks.insert(symbol, price);
-                    }
-                }
-                match out.unprocessed_keys.filter(|u| !u.is_empty()) {
-                    Some(rest) => request = rest,
-                    None => break,
-                }
-            }
-        }
-        Ok(marks)
+        let items = crate::dynamo::batch_get(self.client, self.table, symbols.iter().map(|s| keys::mark_price(s)).collect()).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let symbol = item.get("symbol").and_then(|v| v.as_s().ok()).cloned()?;
+                let price = item.get("price").and_then(|v| v.as_s().ok()).and_then(|p| p.parse::<Decimal>().ok())?;
+                Some((symbol, price))
+            })
+            .collect())
     }
 
     /// Makes the stored mirror of a live account's `symbol` (the bot's: the user's other
@@ -672,11 +657,22 @@ impl TradingStore<'_> {
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, client_oid)))
             .update_expression(format!("SET #status = :status, fill = :fill, updated_at = :now{}", leaves_open_index(fill.status)))
-            .condition_expression("attribute_exists(PK)")
+            // A final answer settles the order whatever it was; an answer that is not final
+            // never reopens one that ended meanwhile.
+            .condition_expression(if leaves_open_index(fill.status).is_empty() {
+                "attribute_exists(PK) AND #status IN (:pending, :open)"
+            } else {
+                "attribute_exists(PK)"
+            })
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status).map_err(StoreError::from)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill).map_err(StoreError::from)?)
             .expression_attribute_values(":now", s(now_rfc3339()));
+        let update = if leaves_open_index(fill.status).is_empty() {
+            update.expression_attribute_values(":pending", s("pending")).expression_attribute_values(":open", s("open"))
+        } else {
+            update
+        };
         if crate::dynamo::written(update.send().await)? {
             self.point_to_order(user_id, client_oid, fill).await;
         }
@@ -716,7 +712,8 @@ impl TradingStore<'_> {
         if fill.order_id.is_empty() || fill.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX) {
             return;
         }
-        let pointer = HashMap::from([("client_order_id".to_owned(), s(client_oid))]);
+        let now = chrono::Utc::now().timestamp_millis();
+        let pointer = HashMap::from([("client_order_id".to_owned(), s(client_oid)), self.history_ttl(now)]);
         let put = self
             .client
             .put_item()

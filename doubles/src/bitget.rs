@@ -930,20 +930,7 @@ fn private(state: &mut FakeState, method: &str, path: &str, q: &HashMap<String, 
             let mut list: Vec<&Order> =
                 state.orders.values().filter(|o| o.state == "live" && q.get("symbol").is_none_or(|s| *s == o.symbol)).collect();
             list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.order_id.cmp(&a.order_id)));
-            // Pending orders carry `status` where the detail carries `state`.
-            let views: Vec<Value> = list
-                .iter()
-                .map(|o| {
-                    let mut v = o.view(&state.pos_mode);
-                    if let Some(map) = v.as_object_mut() {
-                        let status = map.remove("state").unwrap_or(Value::Null);
-                        map.insert("status".into(), status);
-                    }
-                    v
-                })
-                .collect();
-            let end_id = list.last().map(|o| o.order_id.clone());
-            ok(json!({"entrustedList": if views.is_empty() { Value::Null } else { Value::Array(views) }, "endId": end_id}))
+            order_list(state, &list)
         }
         ("POST", "/api/v2/mix/order/place-order") => place(state, &body),
         ("POST", "/api/v2/mix/order/cancel-order") => cancel(state, &body),
@@ -1396,6 +1383,12 @@ fn orders_history(state: &FakeState, q: &HashMap<String, String>) -> Response {
         .collect();
     list.sort_by_key(|o| std::cmp::Reverse(o.order_id.parse::<i64>().unwrap_or(0)));
     list.truncate(limit as usize);
+    order_list(state, &list)
+}
+
+/// A page of orders as the list endpoints answer it: each carries `status` where the detail
+/// carries `state`; the list is null when empty, and `endId` names the last one.
+fn order_list(state: &FakeState, list: &[&Order]) -> Response {
     let views: Vec<Value> = list
         .iter()
         .map(|o| {

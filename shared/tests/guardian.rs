@@ -101,8 +101,11 @@ async fn a_price_below_the_stop_closes_the_position_and_the_bot_keeps_running() 
         .send()
         .await
         .unwrap();
-    let close = orders.items().iter().find(|i| i.get("reason").is_some()).expect("the close order");
-    assert_eq!(close["reason"].as_s().unwrap(), "stop_loss");
+    let is_close = |i: &&std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>| {
+        i.get("intent").and_then(|v| v.as_m().ok()).is_some_and(|intent| intent["reduce_only"].as_bool() == Ok(&true))
+    };
+    let close = orders.items().iter().find(is_close).expect("the close order");
+    assert_eq!(close["intent"].as_m().unwrap()["reason"].as_s().unwrap(), "stop_loss");
     assert_eq!(d(close["fill"].as_m().unwrap()["realized_pnl"].as_s().unwrap()), d("-130"));
 }
 

@@ -275,8 +275,13 @@ impl TradingStore<'_> {
 
     /// Every fill of the user in `range`, oldest first (the PnL summary's input).
     pub async fn fills_in(&self, user_id: &str, range: TimeRange) -> Result<Vec<FillRecord>, StoreError> {
+        self.fill_items_in(user_id, range, None).await?.into_iter().map(from_item).collect()
+    }
+
+    /// The items of the user's fills in `range`, all pages, with only `projection` when given.
+    async fn fill_items_in(&self, user_id: &str, range: TimeRange, projection: Option<&str>) -> Result<Vec<Item>, StoreError> {
         let (low, high) = keys::history_range(&keys::fill_prefix(None), range.from_ms, range.to_ms);
-        let items = crate::dynamo::query_all(|start| {
+        crate::dynamo::query_all(|start| {
             self.client
                 .query()
                 .table_name(self.table)
@@ -284,11 +289,11 @@ impl TradingStore<'_> {
                 .expression_attribute_values(":pk", s(keys::fills_partition(user_id)))
                 .expression_attribute_values(":low", s(&low))
                 .expression_attribute_values(":high", s(&high))
+                .set_projection_expression(projection.map(str::to_owned))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
         })
-        .await?;
-        items.into_iter().map(from_item).collect()
+        .await
     }
 
     /// Up to when the user's Bitget fills were copied, and when that was, if they ever were.
@@ -315,21 +320,7 @@ impl TradingStore<'_> {
 
     /// The ids of the user's fills in `range` (what a sync need not copy again).
     pub async fn fill_ids_in(&self, user_id: &str, range: TimeRange) -> Result<std::collections::HashSet<String>, StoreError> {
-        let (low, high) = keys::history_range(&keys::fill_prefix(None), range.from_ms, range.to_ms);
-        let items = crate::dynamo::query_all(|start| {
-            self.client
-                .query()
-                .table_name(self.table)
-                .key_condition_expression("PK = :pk AND SK BETWEEN :low AND :high")
-                .expression_attribute_values(":pk", s(keys::fills_partition(user_id)))
-                .expression_attribute_values(":low", s(&low))
-                .expression_attribute_values(":high", s(&high))
-                .projection_expression("fill_id")
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-        })
-        .await?;
-        Ok(items.iter().map(|i| attribute(i, "fill_id")).collect())
+        Ok(self.fill_items_in(user_id, range, Some("fill_id")).await?.iter().map(|i| attribute(i, "fill_id")).collect())
     }
 
     /// Gives the orders written before the history existed what new ones are written with: their

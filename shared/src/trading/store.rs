@@ -191,7 +191,8 @@ pub struct OrderRecord {
     pub status: OrderStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<OrderFill>,
-    /// Why the guardian closed it (`stop_loss`, `take_profit`, `trailing_stop`) or `bot_stop`.
+    /// Why the guardian closed it, for orders recorded before the reason travelled with the
+    /// intent (`intent.reason` now says it for every order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub created_at: String,

@@ -142,5 +142,49 @@ fn two_factor_sign_in(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, handlers, two_factor_sign_in);
+/// The trader's history routes over a paper account with 200 orders and fills and 5 resting
+/// orders: a page of 50 of each list, and the PnL summary over all of it.
+fn history(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (app, token) = rt.block_on(async {
+        let app = spawn_app().await;
+        app.set_mark("BTCUSDT", "65000").await;
+        let token = access_token(&app).await;
+        let start = json!({"symbol": "BTCUSDT", "leverage": 10, "max_position_notional": "1000000"});
+        assert_eq!(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start)).await.status, 200);
+        let orders = (0..200)
+            .map(|i| json!({"symbol": "BTCUSDT", "side": if i % 2 == 0 { "buy" } else { "sell" }, "type": "market", "size": "0.001"}))
+            .chain((0..5).map(|_| json!({"symbol": "BTCUSDT", "side": "buy", "type": "limit", "size": "0.001", "price": "60000"})));
+        for order in orders {
+            let mut req = with_bearer(request("POST", "/api/v1/order/submit", Some(order)), &token);
+            req.headers_mut().insert("idempotency-key", uuid::Uuid::new_v4().to_string().parse().unwrap());
+            assert_eq!(app.call(trading::submit_order, req).await.status, 201);
+        }
+        (app, token)
+    });
+    let mut group = c.benchmark_group("handler");
+    group.sample_size(30);
+    for (name, path) in [
+        ("GET /api/v1/orders (a page of 50)", "/api/v1/orders?limit=50"),
+        ("GET /api/v1/orders?status=open (5 resting)", "/api/v1/orders?status=open"),
+        ("GET /api/v1/fills (a page of 50)", "/api/v1/fills?limit=50"),
+        ("GET /api/v1/pnl (200 fills)", "/api/v1/pnl"),
+    ] {
+        let handler = |path: &'static str| {
+            let (app, token) = (&app, &token);
+            async move {
+                let res = match path {
+                    p if p.starts_with("/api/v1/orders") => app.call_as(trading::list_orders, token, "GET", p, None).await,
+                    p if p.starts_with("/api/v1/fills") => app.call_as(trading::list_fills, token, "GET", p, None).await,
+                    p => app.call_as(trading::pnl, token, "GET", p, None).await,
+                };
+                assert_eq!(res.status, 200, "{}", res.raw);
+            }
+        };
+        group.bench_function(name, |b| b.to_async(&rt).iter(|| handler(path)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, handlers, two_factor_sign_in, history);
 criterion_main!(benches);

@@ -54,7 +54,9 @@ async fn main() -> Result<(), BoxError> {
                 "positions" => serde_json::to_value(exchange.positions().await?)?,
                 "order" => serde_json::to_value(exchange.find_order(arg(2)?, arg(3)?).await?)?,
                 "fills" => serde_json::to_value(exchange.fills(arg(2)?.parse()?, arg(3)?.parse()?).await?)?,
-                "ended-orders" => serde_json::to_value(exchange.ended_order_client_ids(arg(2)?.parse()?, arg(3)?.parse()?).await?)?,
+                "ended-orders" => {
+                    serde_json::to_value(exchange.ended_order_client_ids(arg(2)?.parse()?, arg(3)?.parse()?, &Default::default()).await?)?
+                }
                 other => return Err(format!("unknown command {other}").into()),
             }
         }

@@ -68,6 +68,9 @@ pub struct Config {
     /// How long order and fill history is kept (its items' TTL), in days from when they were
     /// written.
     pub history_retention_days: u32,
+    /// What a fills read spends copying Bitget's fill history at most before it answers; the
+    /// rest is caught up by the next read.
+    pub fill_sync_budget: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,7 @@ impl Config {
             telegram_base_url: or("TELEGRAM_BASE_URL", "https://api.telegram.org"),
             exchange_timeout: Duration::from_millis(parsed("EXCHANGE_TIMEOUT_MS", or("EXCHANGE_TIMEOUT_MS", "5000"))?),
             history_retention_days: parsed("HISTORY_RETENTION_DAYS", or("HISTORY_RETENTION_DAYS", "400"))?,
+            fill_sync_budget: Duration::from_millis(parsed("FILL_SYNC_BUDGET_MS", or("FILL_SYNC_BUDGET_MS", "4000"))?),
         };
         config.validate()?;
         Ok(config)
@@ -151,6 +155,11 @@ impl Config {
         }
         if !(1..=3650).contains(&self.history_retention_days) {
             return Err(ConfigError("HISTORY_RETENTION_DAYS must be between 1 and 3650".into()));
+        }
+        // With its 2 s grace it fits the functions' 10 s timeout; locally tests may wait longer.
+        let most = if self.app_env == AppEnv::Local { 60_000 } else { 7_000 };
+        if self.fill_sync_budget.is_zero() || self.fill_sync_budget > Duration::from_millis(most) {
+            return Err(ConfigError(format!("FILL_SYNC_BUDGET_MS must be between 1 and {most}")));
         }
         if self.paper_start_balance <= Decimal::ZERO {
             return Err(ConfigError("PAPER_START_BALANCE must be positive".into()));

@@ -372,11 +372,21 @@ async fn orders_recorded_before_the_history_existed_are_backfilled_once() {
         item
     };
     let filled = json!({"order_id": "paper-old-filled", "status": "filled", "filled_size": "0.01", "avg_price": "60000", "fee": "0.36", "realized_pnl": "0"});
-    for item in [old("old-filled", "filled", Some(filled)), old("old-pending", "pending", None)] {
+    // And a live order's exchange-id pointer without its TTL.
+    let mut pointer: shared::dynamo::Item = serde_dynamo::to_item(json!({"client_order_id": "old-live"})).unwrap();
+    pointer.extend(shared::keys::order_id_pointer(&user_id, "1234567890"));
+    for item in [old("old-filled", "filled", Some(filled)), old("old-pending", "pending", None), pointer] {
         app.dynamo().put_item().table_name(&app.state.config.table_name).set_item(Some(item)).send().await.unwrap();
     }
     assert_eq!(orders(&app, &token, "").await.body["orders"], json!([]));
-    assert_eq!(app.trading().backfill_history().await.unwrap(), (2, 1));
+    let done = app.trading().backfill_history().await.unwrap();
+    assert_eq!((done.orders, done.fills, done.pointers, done.moved), (2, 1, 1, 0));
+    let pointer = shared::dynamo::get_item::<Value>(
+        app.dynamo(),
+        &app.state.config.table_name,
+        shared::keys::order_id_pointer(&user_id, "1234567890"),
+    );
+    assert!(pointer.await.unwrap().unwrap()["expires_at"].is_number(), "the pointer expires too");
     let listed = orders(&app, &token, "").await;
     let ids: Vec<&str> = listed.body["orders"].as_array().unwrap().iter().map(|o| o["client_order_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 2, "{}", listed.raw);
@@ -388,6 +398,50 @@ async fn orders_recorded_before_the_history_existed_are_backfilled_once() {
         (Some("0.36"), Some("2026-11-01T10:00:01.000Z"))
     );
     // Run again (an interrupted run repeated): nothing left to do.
-    assert_eq!(app.trading().backfill_history().await.unwrap(), (0, 0));
+    assert_eq!(app.trading().backfill_history().await.unwrap(), Default::default());
     assert_eq!(fills(&app, &token, "").await.body["fills"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_older_resting_order_that_fills_after_the_release_is_backfilled_with_its_one_fill() {
+    let app = spawn_app().await;
+    app.set_mark("BTCUSDT", "65000").await;
+    let token = access_token(&app).await;
+    let user_id = user_id_of(&app, &token).await;
+    let config = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "5", "max_position_notional": "20000"});
+    assert_eq!(app.call_as(t::start_bot, &token, "POST", "/api/v1/bot/start", Some(config)).await.status, 200);
+    let order = json!({"symbol": "BTCUSDT", "side": "buy", "type": "limit", "size": "0.01", "price": "64000"});
+    let mut req = with_bearer(request("POST", "/api/v1/order/submit", Some(order)), &token);
+    req.headers_mut().insert("idempotency-key", uuid::Uuid::new_v4().to_string().parse().unwrap());
+    let resting = app.call(t::submit_order, req).await;
+    assert_eq!(resting.body["status"], "open", "{}", resting.raw);
+    let cid = resting.body["client_order_id"].as_str().unwrap().to_owned();
+    // Made as the release before made it: no TTL, no open index, no history pointers.
+    let table = &app.state.config.table_name;
+    let strip = app.dynamo().update_item().table_name(table).set_key(Some(shared::keys::order(&user_id, &cid)));
+    strip.update_expression("REMOVE expires_at, GSI2PK, GSI2SK").send().await.unwrap();
+    let partition = shared::keys::order(&user_id, &cid)["PK"].as_s().unwrap().clone();
+    for item in shared::dynamo::partition(app.dynamo(), table, partition).await.unwrap() {
+        if item["SK"].as_s().unwrap().starts_with("HIST") {
+            let key = [("PK", item["PK"].clone()), ("SK", item["SK"].clone())].map(|(k, v)| (k.to_owned(), v));
+            app.dynamo().delete_item().table_name(table).set_key(Some(key.into())).send().await.unwrap();
+        }
+    }
+    // It fills after the release: its fill is written with it.
+    app.set_mark("BTCUSDT", "63900").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    assert_eq!(shared::guardian::sweep(&app.state, deadline, &Default::default()).await.resting_filled, 1);
+    assert_eq!(fills(&app, &token, "").await.body["fills"].as_array().unwrap().len(), 1);
+    for run in 0..2 {
+        let done = app.trading().backfill_history().await.unwrap();
+        assert_eq!((done.orders, done.fills), if run == 0 { (1, 1) } else { (0, 0) }, "run {run}");
+        let listed = fills(&app, &token, "").await;
+        assert_eq!(listed.body["fills"].as_array().unwrap().len(), 1, "run {run}: the same fill, once: {}", listed.raw);
+        let history = orders(&app, &token, "").await;
+        assert_eq!(
+            (history.body["orders"][0]["client_order_id"].as_str(), history.body["orders"][0]["status"].as_str()),
+            (Some(cid.as_str()), Some("filled"))
+        );
+        assert_eq!(orders(&app, &token, "?status=open").await.body["orders"], json!([]), "run {run}: a filled order is not open");
+    }
 }

@@ -410,6 +410,18 @@ async fn accept_then_timeout_makes_exactly_one_order() {
 }
 
 #[tokio::test]
+async fn an_accepted_order_whose_lookup_bitget_refuses_is_never_sent_again() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    fake.fault("/api/v2/mix/order/place-order", Fault::AcceptThenTimeout);
+    // Only "the order does not exist" (40109) proves it was never placed; a refusal proves nothing.
+    fake.fault("/api/v2/mix/order/detail", Fault::Code("45001"));
+    let res = submit(&app, &token, &key(), market_buy("0.01")).await;
+    assert_ne!(res.status, 201, "{}", res.raw);
+    assert_eq!((fake.order_count(), fake.calls("/api/v2/mix/order/place-order")), (1, 1), "never resent blind");
+}
+
+#[tokio::test]
 async fn a_timeout_before_accepting_is_looked_up_then_sent_once_more() {
     let fake = FakeBitget::start().await;
     let (app, token) = live_trader(&fake, true).await;
@@ -1706,6 +1718,7 @@ async fn bitget_fills_page_past_a_hundred_and_find_their_orders_without_the_id_p
         .send()
         .await
         .unwrap();
+    let details_before = fake.calls("/api/v2/mix/order/detail");
     let mut listed = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -1724,7 +1737,78 @@ async fn bitget_fills_page_past_a_hundred_and_find_their_orders_without_the_id_p
     assert_eq!(ids, trades.iter().rev().map(|t| format!("bitget-{}", t.trade_id)).collect::<Vec<_>>());
     assert_eq!(listed[0]["reason"], "bot_stop", "found through the order history");
     assert!(listed[1..].iter().all(|f| f["reason"] == "manual"));
-    assert_eq!(fake.calls("/api/v2/mix/order/fills"), 3, "two weeks read, the first in two pages");
+    // The week before the credentials were saved (empty), then the week since in two pages.
+    assert_eq!(fake.calls("/api/v2/mix/order/fills"), 3);
+    // The 131 unknown orders (the close and those made by hand) named by two pages of order
+    // history, none asked for one at a time.
+    let details = fake.calls("/api/v2/mix/order/detail") - details_before;
+    assert_eq!((fake.calls("/api/v2/mix/order/orders-history"), details), (2, 0));
+}
+
+#[tokio::test]
+async fn a_span_with_more_fills_than_one_read_takes_is_read_in_shorter_spans_each_trade_once() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, false).await;
+    let user_id = user_id_of(&app, &token).await;
+    for i in 0..1005 {
+        fake.place_by_hand("BTCUSDT", if i % 2 == 0 { "buy" } else { "sell" }, "0.01");
+    }
+    // A read syncs within its budget; what it leaves, the next read takes from its mark.
+    let mut stored = Vec::new();
+    for _ in 0..20 {
+        assert_eq!(list_fills(&app, &token).await.status, 200);
+        stored = app.trading().fills_in(&user_id, shared::trading::history_store::TimeRange::ALL).await.unwrap();
+        if stored.len() >= 1005 {
+            break;
+        }
+    }
+    let ids: std::collections::HashSet<String> = stored.iter().map(|f| f.fill_id.clone()).collect();
+    let trades: std::collections::HashSet<String> = fake.trades().iter().map(|t| format!("bitget-{}", t.trade_id)).collect();
+    assert_eq!((stored.len(), ids.len()), (1005, 1005), "each trade once");
+    assert_eq!(ids, trades);
+    // The full week gave up after ten pages; shorter spans read it whole.
+    assert!(fake.calls("/api/v2/mix/order/fills") > 11 + 10, "{}", fake.calls("/api/v2/mix/order/fills"));
+}
+
+#[tokio::test]
+async fn a_sync_its_budget_cuts_short_goes_on_from_its_mark_at_the_next_read() {
+    let fake = FakeBitget::start().await;
+    // A budget spent by the first span: each read copies one span.
+    let app = spawn_app_with(&[("BITGET_BASE_URL", fake.url.clone()), ("FILL_SYNC_BUDGET_MS", "1".into())]).await;
+    let token = access_token(&app).await;
+    assert_eq!(save_keys(&app, &token, KEY, SECRET, false).await.status, 204);
+    for _ in 0..3 {
+        fake.place_by_hand("BTCUSDT", "buy", "0.01");
+    }
+    let count = |res: TestResponse| res.body["fills"].as_array().map(Vec::len);
+    // The week before the credentials were saved, then the week since.
+    assert_eq!(count(list_fills(&app, &token).await), Some(0));
+    assert_eq!(fake.calls("/api/v2/mix/order/fills"), 1);
+    assert_eq!(count(list_fills(&app, &token).await), Some(3));
+    // From the mark on (ten minutes back), nothing is copied twice.
+    assert_eq!(count(list_fills(&app, &token).await), Some(3));
+}
+
+#[tokio::test]
+async fn a_trade_whose_order_bitget_will_not_name_reads_as_made_by_hand_and_holds_no_sync_up() {
+    let fake = FakeBitget::start().await;
+    let (app, token) = live_trader(&fake, true).await;
+    let user_id = user_id_of(&app, &token).await;
+    assert_eq!(submit(&app, &token, &key(), market_buy("0.01")).await.status, 201);
+    assert_eq!(stop(&app, &token).await.status, 200);
+    let close = fake.trades().last().unwrap().order_id.clone();
+    let pointer = shared::keys::order_id_pointer(&user_id, &close);
+    app.dynamo().delete_item().table_name(&app.state.config.table_name).set_key(Some(pointer)).send().await.unwrap();
+    // Bitget refuses both ways of naming the close's order.
+    fake.fault("/api/v2/mix/order/orders-history", Fault::Code("40017"));
+    fake.fault("/api/v2/mix/order/detail", Fault::Code("40017"));
+    let details_before = fake.calls("/api/v2/mix/order/detail");
+    for round in 0..2 {
+        let listed = list_fills(&app, &token).await;
+        let reasons: Vec<&str> = listed.body["fills"].as_array().unwrap().iter().map(|f| f["reason"].as_str().unwrap()).collect();
+        assert_eq!(reasons, ["manual", "manual"], "round {round}: {}", listed.raw);
+    }
+    assert_eq!(fake.calls("/api/v2/mix/order/detail") - details_before, 1, "asked once: the trade is stored");
 }
 
 #[tokio::test]

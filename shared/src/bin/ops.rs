@@ -60,8 +60,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             println!("{}", answer.text().await?);
         }
         ["backfill-history"] => {
-            let (orders, fills) = trading.backfill_history().await.map_err(|e| e.to_string())?;
-            println!("history backfilled: {orders} orders given their pointers and TTL, {fills} paper fills written");
+            let done = trading.backfill_history().await.map_err(|e| e.to_string())?;
+            println!(
+                "history backfilled: {} orders given their pointers and TTL, {} paper fills written, {} exchange-id pointers given a TTL",
+                done.orders, done.fills, done.pointers
+            );
+            if done.moved > 0 {
+                println!("{} orders changed while they were read: run it again", done.moved);
+            }
         }
         ["kill-switch", state @ ("on" | "off")] => {
             trading.set_kill_switch(*state == "on").await.map_err(|e| e.to_string())?;

@@ -467,10 +467,21 @@ pub struct ExchangeFill {
 /// Bitget answers fills for at most this span per call.
 pub const FILL_WINDOW_MS: i64 = 7 * 86_400_000;
 
+/// What one read of a span of the account's fills found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "read", content = "fills")]
+pub enum FillSpan {
+    /// Every fill of the span, newest first.
+    Complete(Vec<ExchangeFill>),
+    /// More fills than one read takes ([`MAX_FILL_PAGES`] pages): read a shorter span. The
+    /// span's newest fills, as far back as they were read, reach back to `oldest_ms`.
+    TooMany { oldest_ms: i64 },
+}
+
 impl BitgetExchange {
     /// The account's fills between two times at most a week apart (unix ms, both included),
-    /// newest first, every page (100 a page, `idLessThan` the last page's `endId`).
-    pub async fn fills(&self, from_ms: i64, to_ms: i64) -> Result<Vec<ExchangeFill>, ExchangeError> {
+    /// every page (100 a page, `idLessThan` the last page's `endId`), up to [`MAX_FILL_PAGES`].
+    pub async fn fills(&self, from_ms: i64, to_ms: i64) -> Result<FillSpan, ExchangeError> {
         if to_ms < from_ms || to_ms - from_ms > FILL_WINDOW_MS {
             return Err(ExchangeError::Rejected { code: "fill_window".into(), message: "fills are read a week at a time".into() });
         }
@@ -489,10 +500,10 @@ impl BitgetExchange {
             }
             before = data["endId"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
             if rows.len() < 100 || before.is_none() {
-                return Ok(fills);
+                return Ok(FillSpan::Complete(fills));
             }
         }
-        Err(ExchangeError::Unavailable(format!("more than {} fills in a week", MAX_FILL_PAGES * 100)))
+        Ok(FillSpan::TooMany { oldest_ms: fills.iter().map(|f| f.filled_ms).min().unwrap_or(from_ms) })
     }
 
     /// The client order id of the account's order `order_id` on `symbol` (None: Bitget does not
@@ -501,7 +512,10 @@ impl BitgetExchange {
         let query = format!("symbol={symbol}&productType={PRODUCT_TYPE}&orderId={order_id}");
         match self.client.get("/api/v2/mix/order/detail", &query, Some(&self.creds)).await {
             Ok(data) => Ok(data["clientOid"].as_str().filter(|c| !c.is_empty()).map(str::to_owned)),
-            Err(ExchangeError::Rejected { code, .. }) if code == "40109" => Ok(None),
+            // Bitget does not know the order (40109) or will never read the question (40017,
+            // parameter verification): the order is taken as one made by hand, so a lookup that
+            // can never succeed does not hold the sync up. Anything else is asked again later.
+            Err(ExchangeError::Rejected { code, .. }) if code == "40109" || code == "40017" => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -509,11 +523,13 @@ impl BitgetExchange {
 
 impl BitgetExchange {
     /// The client order ids of the account's ended orders created between two times (unix ms),
-    /// by Bitget order id: every page of the order history (100 a page).
+    /// by Bitget order id: the order history's pages (100 a page, newest first), until every
+    /// `wanted` order is named or [`MAX_FILL_PAGES`] pages are read.
     pub async fn ended_order_client_ids(
         &self,
         from_ms: i64,
         to_ms: i64,
+        wanted: &std::collections::HashSet<&str>,
     ) -> Result<std::collections::HashMap<String, String>, ExchangeError> {
         let mut ids = std::collections::HashMap::new();
         let mut before: Option<String> = None;
@@ -530,16 +546,17 @@ impl BitgetExchange {
                 }
             }
             before = data["endId"].as_str().filter(|id| !id.is_empty()).map(str::to_owned);
-            if rows.len() < 100 || before.is_none() {
+            if rows.len() < 100 || before.is_none() || wanted.iter().all(|id| ids.contains_key(*id)) {
                 return Ok(ids);
             }
         }
-        Err(ExchangeError::Unavailable(format!("more than {} ended orders in a window", MAX_FILL_PAGES * 100)))
+        // A lookup, not a history: what is not here is asked for one order at a time.
+        Ok(ids)
     }
 }
 
-/// Pages of fills read in one week before the reader gives up (10,000 fills).
-const MAX_FILL_PAGES: usize = 100;
+/// Pages of fills (or of ended orders) one read takes at most: 1,000 rows, a few seconds.
+pub const MAX_FILL_PAGES: usize = 10;
 
 fn exchange_fill(f: &Value) -> Option<ExchangeFill> {
     let fee: Decimal = f["feeDetail"].as_array().into_iter().flatten().filter_map(|d| dec(&d["totalFee"])).sum();

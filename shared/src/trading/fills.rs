@@ -9,7 +9,7 @@
 use crate::auth::session::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::trading::bitget::{ExchangeFill, FILL_WINDOW_MS};
+use crate::trading::bitget::{ExchangeFill, FillSpan, FILL_WINDOW_MS, MAX_FILL_PAGES};
 use crate::trading::history_store::{FillRecord, PagePosition, TimeRange, DAY_MS};
 use crate::trading::model::Side;
 use crate::trading::paging;
@@ -18,6 +18,7 @@ use crate::trading::store::UserSnapshot;
 use futures::{StreamExt, TryStreamExt};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// A fill as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,12 +75,20 @@ const BITGET_HISTORY_MS: i64 = 90 * DAY_MS;
 const HISTORY_SETTLE_MS: i64 = 10 * 60_000;
 /// Every sync reads again this much before its mark.
 const SYNC_OVERLAP_MS: i64 = 60_000;
-/// What one read spends syncing at most before it answers what is stored; the rest is caught up
-/// from the saved mark by the next read.
-const SYNC_BUDGET: std::time::Duration = std::time::Duration::from_secs(4);
+/// A sync is cut off this long after its budget (`FILL_SYNC_BUDGET_MS`, checked between spans),
+/// whatever it is doing (the functions' timeout is 10 s).
+const SYNC_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How far ahead of this clock Bitget's may stamp a trade.
+const CLOCK_SKEW_MS: i64 = 5_000;
+/// The span of fills one step of a sync reads, at most and at least.
+const SYNC_SPAN_MS: i64 = FILL_WINDOW_MS;
+const MIN_SYNC_SPAN_MS: i64 = 100;
+/// Orders whose client id one step looks up one at a time (`order/detail`) at most; the trades
+/// of the others are taken as made by hand.
+const MAX_DETAIL_LOOKUPS: usize = 20;
 
 /// The range `from`/`to` ask for (`to` defaulting to now), or 422 `invalid_range`.
-pub fn range_of(parameters: &std::collections::HashMap<String, String>, now_ms: i64) -> Result<TimeRange, ApiError> {
+pub fn range_of(parameters: &HashMap<String, String>, now_ms: i64) -> Result<TimeRange, ApiError> {
     let range =
         TimeRange { from_ms: paging::time(parameters, "from")?.unwrap_or(0), to_ms: paging::time(parameters, "to")?.unwrap_or(now_ms) };
     if range.from_ms > range.to_ms {
@@ -118,8 +127,12 @@ pub async fn sync_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserS
     if snapshot.credentials.is_none() {
         return;
     }
-    if let Err(e) = copy_bitget_fills(state, user_id, snapshot).await {
-        tracing::warn!(user_id, code = e.code(), error = %e.chain(), "Bitget fills were not synced");
+    // The budget is checked between spans; the timeout bounds a span that runs long. What it
+    // cuts off is written again by the next read: every write is conditional or idempotent.
+    match tokio::time::timeout(state.config.fill_sync_budget + SYNC_GRACE, copy_bitget_fills(state, user_id, snapshot)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(user_id, code = e.code(), error = %e.chain(), "Bitget fills were not synced"),
+        Err(_) => tracing::warn!(user_id, "Bitget fills were synced in part: the time for it ran out"),
     }
 }
 
@@ -133,24 +146,59 @@ async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnaps
     let synced_to = mark.map(|m| m.synced_to_ms).unwrap_or(saved_ms - FIRST_SYNC_LOOKBACK_MS);
     let margin_mode = snapshot.bot.as_ref().map(|b| b.config.margin_mode).unwrap_or_default();
     let exchange = live_exchange(state, user_id, credentials, margin_mode).await?;
-    // Oldest week first, the mark saved after each: a long first sync makes progress.
+    // Oldest span first, the mark saved after each, so a long first sync makes progress. A span
+    // with more fills than one read takes is shortened to what lies before the fills it read,
+    // and the span is kept with the mark, so the next read goes on from there.
     let mut from = (synced_to - SYNC_OVERLAP_MS).max(now - BITGET_HISTORY_MS);
-    while from <= now && started.elapsed() < SYNC_BUDGET {
-        let to = (from + FILL_WINDOW_MS - 1).min(now);
+    let mut span = mark.and_then(|m| m.span_ms).unwrap_or(SYNC_SPAN_MS).clamp(MIN_SYNC_SPAN_MS, SYNC_SPAN_MS);
+    // Bitget's clock may be ahead of this one: a trade it stamps a moment "later" is read now.
+    let end = now + CLOCK_SKEW_MS;
+    let mut mark_to = synced_to;
+    // One span at least, however little budget is left: every read makes progress.
+    while from <= end {
+        let to = (from + span - 1).min(end);
         let window = TimeRange { from_ms: from, to_ms: to };
+        // A step the time-out cuts off leaves the next read a shorter span, until one fits.
+        if span > MIN_SYNC_SPAN_MS {
+            store.save_fill_sync_mark(user_id, mark_to, (span / 2).max(MIN_SYNC_SPAN_MS)).await?;
+        }
         let (trades, known) = tokio::join!(exchange.fills(from, to), store.fill_ids_in(user_id, window));
-        let (trades, known) = (trades.map_err(exchange_error)?, known?);
+        let trades = match trades.map_err(exchange_error)? {
+            FillSpan::Complete(trades) => trades,
+            FillSpan::TooMany { oldest_ms } if span > MIN_SYNC_SPAN_MS => {
+                span = (span / 2).min(oldest_ms - from).max(MIN_SYNC_SPAN_MS);
+                store.save_fill_sync_mark(user_id, mark_to, span).await?;
+                if started.elapsed() >= state.config.fill_sync_budget {
+                    break;
+                }
+                continue;
+            }
+            FillSpan::TooMany { .. } => {
+                return Err(ApiError::internal(
+                    "copying Bitget fills",
+                    std::io::Error::other(format!("more than {} fills in {span} ms from {from}", MAX_FILL_PAGES * 100)),
+                ))
+            }
+        };
+        let known = known?;
         let new: Vec<ExchangeFill> = trades.into_iter().filter(|t| !known.contains(&format!("bitget-{}", t.trade_id))).collect();
         if !new.is_empty() {
             let records = fills_of_trades(state, user_id, &exchange, new, window).await?;
+            // One small transaction a fill, several at once (DynamoDB Local takes over a second
+            // for a transaction of 24 items, production tens of ms; this is fast on both).
             futures::stream::iter(records)
                 .map(|record| async move { state.trading_store().put_fill_if_new(user_id, &record).await })
                 .buffer_unordered(8)
                 .try_collect::<Vec<bool>>()
                 .await?;
         }
-        store.save_fill_sync_mark(user_id, to.min(now - HISTORY_SETTLE_MS)).await?;
         from = to + 1;
+        span = (span * 2).min(SYNC_SPAN_MS);
+        mark_to = mark_to.max(to.min(now - HISTORY_SETTLE_MS));
+        store.save_fill_sync_mark(user_id, mark_to, span).await?;
+        if started.elapsed() >= state.config.fill_sync_budget {
+            break;
+        }
     }
     Ok(())
 }
@@ -171,17 +219,29 @@ async fn fills_of_trades(
     order_ids.sort();
     order_ids.dedup();
     let mut client_ids = store.client_order_ids_of(user_id, &order_ids).await?;
-    let unknown: Vec<&String> = order_ids.iter().filter(|id| !client_ids.contains_key(*id)).collect();
+    let unknown: Vec<&String> = order_ids.iter().filter(|id| !id.is_empty() && !client_ids.contains_key(*id)).collect();
     if !unknown.is_empty() {
-        // Orders are created before they fill: a week before the window as well.
-        let ended = exchange.ended_order_client_ids(window.from_ms - FILL_WINDOW_MS, window.to_ms).await.map_err(exchange_error)?;
+        // Orders are created before they fill: the history from the newest trade back, up to
+        // a week and within Bitget's, until each is named. Bitget refusing it leaves the
+        // lookups one at a time.
+        let newest = trades.iter().map(|t| t.filled_ms).max().unwrap_or(window.to_ms);
+        let since = (newest - FILL_WINDOW_MS + 1).max(chrono::Utc::now().timestamp_millis() - BITGET_HISTORY_MS);
+        let wanted = unknown.iter().map(|id| id.as_str()).collect();
+        let ended = match exchange.ended_order_client_ids(since, newest, &wanted).await {
+            Ok(ended) => ended,
+            Err(crate::trading::exchange::ExchangeError::Rejected { .. }) => HashMap::new(),
+            Err(e) => return Err(exchange_error(e)),
+        };
+        let mut lookups = 0;
         for id in unknown {
             let client_id = match ended.get(id) {
                 Some(cid) => Some(cid.clone()),
-                None => {
+                None if lookups < MAX_DETAIL_LOOKUPS => {
+                    lookups += 1;
                     let symbol = trades.iter().find(|t| &t.order_id == id).map(|t| t.symbol.as_str()).unwrap_or_default();
                     exchange.client_order_id_of(symbol, id).await.map_err(exchange_error)?
                 }
+                None => None,
             };
             if let Some(cid) = client_id {
                 client_ids.insert(id.clone(), cid);

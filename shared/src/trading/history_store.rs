@@ -79,12 +79,28 @@ pub struct PagePosition {
     pub index_sk: Option<String>,
 }
 
+/// What `ops backfill-history` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backfill {
+    /// Orders given their history.
+    pub orders: u64,
+    /// Paper fills written for them.
+    pub fills: u64,
+    /// Exchange-id pointers given a TTL.
+    pub pointers: u64,
+    /// Orders that changed while the run read them, left for the next run.
+    pub moved: u64,
+}
+
 /// How far the copy of a user's Bitget fills got.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct FillSyncMark {
     pub synced_to_ms: i64,
     #[serde(default)]
     pub synced_at_ms: i64,
+    /// The span the next step reads (shorter after a span held more fills than one read takes).
+    #[serde(default)]
+    pub span_ms: Option<i64>,
 }
 
 pub struct HistoryPage<T> {
@@ -301,17 +317,19 @@ impl TradingStore<'_> {
         crate::dynamo::get_item(self.client, self.table, keys::fill_sync(user_id)).await
     }
 
-    /// Moves the sync mark to `to_ms`, never back (two syncs may race), and notes when.
-    pub async fn save_fill_sync_mark(&self, user_id: &str, to_ms: i64) -> Result<(), StoreError> {
+    /// Moves the sync mark to `to_ms`, never back (two syncs may race), with the span the next
+    /// step reads, and notes when.
+    pub async fn save_fill_sync_mark(&self, user_id: &str, to_ms: i64, span_ms: i64) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
         let result = self
             .client
             .update_item()
             .table_name(self.table)
             .set_key(Some(keys::fill_sync(user_id)))
-            .update_expression("SET synced_to_ms = :to, synced_at_ms = :now")
+            .update_expression("SET synced_to_ms = :to, synced_at_ms = :now, span_ms = :span")
             .condition_expression("attribute_not_exists(synced_to_ms) OR synced_to_ms <= :to")
             .expression_attribute_values(":to", n(to_ms))
+            .expression_attribute_values(":span", n(span_ms))
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
@@ -325,63 +343,97 @@ impl TradingStore<'_> {
 
     /// Gives the orders written before the history existed what new ones are written with: their
     /// two history pointers, a TTL, a place in the open-orders index while not final, and for a
-    /// filled paper order its fill. An operator's one-off (`ops backfill-history`), so a Scan;
-    /// every write is idempotent, so it can be run again after an interruption.
-    pub async fn backfill_history(&self) -> Result<(u64, u64), StoreError> {
-        let (mut orders, mut fills) = (0u64, 0u64);
+    /// filled paper order its fill; and their exchange-id pointers a TTL. An operator's one-off
+    /// (`ops backfill-history`), so a Scan of what has no TTL yet. Each order is one transaction,
+    /// conditioned on the status it was read with, so a run cut off or racing a fill is run again.
+    pub async fn backfill_history(&self) -> Result<Backfill, StoreError> {
+        let mut done = Backfill::default();
         let mut start = None;
         loop {
             let out = self
                 .client
                 .scan()
                 .table_name(self.table)
-                .filter_expression("begins_with(SK, :order) AND attribute_not_exists(expires_at)")
+                .filter_expression("(begins_with(SK, :order) OR begins_with(SK, :pointer)) AND attribute_not_exists(expires_at)")
                 .expression_attribute_values(":order", s("ORDER#"))
+                .expression_attribute_values(":pointer", s("ORDERID#"))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(db_error)?;
             for item in out.items.unwrap_or_default() {
+                if keys::sort_key(&item).is_some_and(|sk| sk.starts_with("ORDERID#")) {
+                    done.pointers += u64::from(self.backfill_pointer(item).await?);
+                    continue;
+                }
                 let record: OrderRecord = from_item(item)?;
-                let user_id = record.user_id.clone();
-                let created = created_ms(&record);
-                let cid = record.intent.client_order_id.clone();
-                let [history, symbol_history] = self.order_pointer_puts(&user_id, &record)?;
-                let mut update = aws_sdk_dynamodb::types::Update::builder()
-                    .table_name(self.table)
-                    .set_key(Some(keys::order(&user_id, &cid)))
-                    .condition_expression("attribute_exists(PK)")
-                    .expression_attribute_values(":end", self.history_ttl(created).1);
-                update = if is_final(record.status) {
-                    update.update_expression("SET expires_at = :end")
-                } else {
-                    let [(_, open), (_, at)] = keys::open_order_index(&user_id, created, &cid);
-                    update
-                        .update_expression("SET expires_at = :end, GSI2PK = :open, GSI2SK = :at")
-                        .expression_attribute_values(":open", open)
-                        .expression_attribute_values(":at", at)
-                };
-                let request = self
-                    .client
-                    .transact_write_items()
-                    .transact_items(history)
-                    .transact_items(symbol_history)
-                    .transact_items(TransactWriteItem::builder().update(update.build()?).build());
-                crate::dynamo::transact(request).await?;
-                orders += 1;
-                let paper = record.fill.as_ref().filter(|f| f.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX));
-                let filled_ms = chrono::DateTime::parse_from_rfc3339(&record.updated_at).map(|t| t.timestamp_millis()).unwrap_or(created);
-                let mut intent = record.intent.clone();
-                intent.reason = record.reason.clone().or(intent.reason);
-                if let Some(fill) = paper.and_then(|f| FillRecord::of_paper_order(&intent, f, filled_ms)) {
-                    fills += u64::from(self.put_fill_if_new(&user_id, &fill).await?);
+                match self.backfill_order(&record).await? {
+                    Some(filled) => {
+                        done.orders += 1;
+                        done.fills += u64::from(filled);
+                    }
+                    None => done.moved += 1,
                 }
             }
             match out.last_evaluated_key {
                 Some(key) => start = Some(key),
-                None => return Ok((orders, fills)),
+                None => return Ok(done),
             }
         }
+    }
+
+    /// One older order's history, in one transaction: Some(whether it wrote a fill), or None when
+    /// the order moved since it was read (the next run sees it as it is then).
+    async fn backfill_order(&self, record: &OrderRecord) -> Result<Option<bool>, StoreError> {
+        let user_id = &record.user_id;
+        let created = created_ms(record);
+        let cid = &record.intent.client_order_id;
+        let mut update = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::order(user_id, cid)))
+            .condition_expression("#status = :read AND attribute_not_exists(expires_at)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":read", serde_dynamo::to_attribute_value(record.status)?)
+            .expression_attribute_values(":end", self.history_ttl(created).1);
+        update = if is_final(record.status) {
+            update.update_expression("SET expires_at = :end")
+        } else {
+            let [(_, open), (_, at)] = keys::open_order_index(user_id, created, cid);
+            update
+                .update_expression("SET expires_at = :end, GSI2PK = :open, GSI2SK = :at")
+                .expression_attribute_values(":open", open)
+                .expression_attribute_values(":at", at)
+        };
+        let mut items = vec![TransactWriteItem::builder().update(update.build()?).build()];
+        items.extend(self.order_pointer_puts(user_id, record)?);
+        // A paper fill's time is its order's `updated_at` (the fill's own transaction writes
+        // both alike), so a fill already written is the same item, written again unchanged.
+        let paper = record.fill.as_ref().filter(|f| f.order_id.starts_with(crate::trading::paper::ORDER_ID_PREFIX));
+        let filled_ms = chrono::DateTime::parse_from_rfc3339(&record.updated_at).map(|t| t.timestamp_millis()).unwrap_or(created);
+        let mut intent = record.intent.clone();
+        intent.reason = record.reason.clone().or(intent.reason);
+        let fill = paper.and_then(|f| FillRecord::of_paper_order(&intent, f, filled_ms));
+        if let Some(fill) = &fill {
+            items.extend(self.fill_puts(user_id, fill, false)?);
+        }
+        let outcome = crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(items))).await?;
+        Ok(outcome.written().then_some(fill.is_some()))
+    }
+
+    /// An older exchange-id pointer's TTL, counted from now (it does not say when it was made).
+    async fn backfill_pointer(&self, item: Item) -> Result<bool, StoreError> {
+        let key = Item::from_iter([keys::PK, keys::SK].map(|k| (k.to_owned(), item.get(k).cloned().unwrap_or(s("")))));
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table)
+            .set_key(Some(key))
+            .update_expression("SET expires_at = :end")
+            .condition_expression("attribute_exists(PK) AND attribute_not_exists(expires_at)")
+            .expression_attribute_values(":end", self.history_ttl(chrono::Utc::now().timestamp_millis()).1)
+            .send()
+            .await;
+        crate::dynamo::written(result)
     }
 
     /// A page of the base table's items between `bounds` under `partition`, newest first.

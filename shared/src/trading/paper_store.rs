@@ -5,7 +5,7 @@
 use crate::dynamo::{n, s, to_item, StoreError};
 use crate::keys;
 use crate::trading::model::{OrderFill, OrderIntent};
-use crate::trading::store::{now_rfc3339, PaperAccount, PaperPosition, RestingOrder, TradingStore};
+use crate::trading::store::{PaperAccount, PaperPosition, RestingOrder, TradingStore};
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update};
 
 /// One fill of a paper order: the account and position as read and as they become.
@@ -71,9 +71,12 @@ impl TradingStore<'_> {
             (None, None) => {}
         }
 
+        // The order's `updated_at` is its fill's time to the millisecond: what `ops
+        // backfill-history` reads an older order's fill time from, so it names the same item.
+        let filled_ms = chrono::Utc::now().timestamp_millis();
         let order_index = items.len();
         let settled_from = if f.from_resting { "open" } else { "pending" };
-        items.push(TransactWriteItem::builder().update(self.settle_order(user_id, f.intent, f.fill, settled_from)?).build());
+        items.push(TransactWriteItem::builder().update(self.settle_order(user_id, f.intent, f.fill, settled_from, filled_ms)?).build());
         if f.from_resting {
             let delete = Delete::builder().table_name(self.table).set_key(Some(keys::resting_order(user_id, &f.intent.client_order_id)));
             items.push(TransactWriteItem::builder().delete(delete.build()?).build());
@@ -83,7 +86,6 @@ impl TradingStore<'_> {
             items.push(TransactWriteItem::builder().condition_check(self.bot_running(user_id)?).build());
         }
         // The fill itself, in the same transaction: paper history is complete by construction.
-        let filled_ms = chrono::Utc::now().timestamp_millis();
         if let Some(record) = crate::trading::history_store::FillRecord::of_paper_order(f.intent, f.fill, filled_ms) {
             items.extend(self.fill_puts(user_id, &record, false)?);
         }
@@ -113,7 +115,9 @@ impl TradingStore<'_> {
         item.extend(keys::active_resting_index(user_id, &intent.client_order_id));
         let put = Put::builder().table_name(self.table).set_item(Some(item)).condition_expression("attribute_not_exists(PK)").build()?;
         let mut items = vec![
-            TransactWriteItem::builder().update(self.settle_order(user_id, intent, fill, "pending")?).build(),
+            TransactWriteItem::builder()
+                .update(self.settle_order(user_id, intent, fill, "pending", chrono::Utc::now().timestamp_millis())?)
+                .build(),
             TransactWriteItem::builder().put(put).build(),
         ];
         if require_running_bot {
@@ -131,8 +135,8 @@ impl TradingStore<'_> {
         })
     }
 
-    /// The order record's update to `fill`, only from the status `from`.
-    fn settle_order(&self, user_id: &str, intent: &OrderIntent, fill: &OrderFill, from: &str) -> Result<Update, StoreError> {
+    /// The order record's update to `fill` at `at_ms`, only from the status `from`.
+    fn settle_order(&self, user_id: &str, intent: &OrderIntent, fill: &OrderFill, from: &str, at_ms: i64) -> Result<Update, StoreError> {
         Ok(Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::order(user_id, &intent.client_order_id)))
@@ -144,7 +148,7 @@ impl TradingStore<'_> {
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", serde_dynamo::to_attribute_value(fill.status)?)
             .expression_attribute_values(":fill", serde_dynamo::to_attribute_value(fill)?)
-            .expression_attribute_values(":now", s(now_rfc3339()))
+            .expression_attribute_values(":now", s(crate::trading::paging::rfc3339(at_ms)))
             .expression_attribute_values(":before", s(from))
             .build()?)
     }

@@ -60,6 +60,9 @@ pub fn test_config(overrides: &[(&str, String)]) -> Config {
         ("REDIS_TIMEOUT_MS".into(), "10000".into()),
         // The equal-time floor is checked by its own test; the others need no waiting.
         ("AUTH_ANSWER_FLOOR_MS".into(), "0".into()),
+        // A fills read copies Bitget's history whole on two loaded cores; the budget cutting a
+        // sync short has its own test.
+        ("FILL_SYNC_BUDGET_MS".into(), "30000".into()),
     ]);
     for (k, v) in overrides {
         values.insert((*k).to_owned(), v.clone());

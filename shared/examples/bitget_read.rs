@@ -53,7 +53,10 @@ async fn main() -> Result<(), BoxError> {
                 "account" => serde_json::to_value(exchange.account().await?)?,
                 "positions" => serde_json::to_value(exchange.positions().await?)?,
                 "order" => serde_json::to_value(exchange.find_order(arg(2)?, arg(3)?).await?)?,
-                "fills" => serde_json::to_value(exchange.fills(arg(2)?.parse()?, arg(3)?.parse()?).await?)?,
+                "fills" => match exchange.fills(arg(2)?.parse()?, arg(3)?.parse()?).await? {
+                    shared::trading::bitget::FillSpan::Complete(fills) => serde_json::to_value(fills)?,
+                    shared::trading::bitget::FillSpan::TooMany { .. } => return Err("more fills than one read takes".into()),
+                },
                 "ended-orders" => {
                     serde_json::to_value(exchange.ended_order_client_ids(arg(2)?.parse()?, arg(3)?.parse()?, &Default::default()).await?)?
                 }

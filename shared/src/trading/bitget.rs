@@ -468,8 +468,7 @@ pub struct ExchangeFill {
 pub const FILL_WINDOW_MS: i64 = 7 * 86_400_000;
 
 /// What one read of a span of the account's fills found.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "read", content = "fills")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FillSpan {
     /// Every fill of the span, newest first.
     Complete(Vec<ExchangeFill>),

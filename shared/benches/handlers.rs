@@ -150,7 +150,7 @@ fn history(c: &mut Criterion) {
         let app = spawn_app().await;
         app.set_mark("BTCUSDT", "65000").await;
         let token = access_token(&app).await;
-        let start = json!({"symbol": "BTCUSDT", "leverage": 10, "max_position_notional": "1000000"});
+        let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "5", "max_position_notional": "1000000"});
         assert_eq!(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start)).await.status, 200);
         let orders = (0..200)
             .map(|i| json!({"symbol": "BTCUSDT", "side": if i % 2 == 0 { "buy" } else { "sell" }, "type": "market", "size": "0.001"}))

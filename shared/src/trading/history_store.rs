@@ -230,7 +230,7 @@ impl TradingStore<'_> {
         after: Option<&PagePosition>,
     ) -> Result<HistoryPage<OrderRecord>, StoreError> {
         let partition = keys::open_orders_partition(user_id);
-        let mut start = after.map(|p| {
+        let start = after.map(|p| {
             Item::from([
                 (keys::PK.to_owned(), s(keys::order_partition(user_id))),
                 (keys::SK.to_owned(), s(&p.sk)),
@@ -238,9 +238,8 @@ impl TradingStore<'_> {
                 (keys::GSI2_SK.to_owned(), s(p.index_sk.clone().unwrap_or_default())),
             ])
         });
-        let mut items = Vec::new();
-        loop {
-            let mut query = self
+        let (items, more) = first_items(limit, start, |start, wanted| {
+            let query = self
                 .client
                 .query()
                 .table_name(self.table)
@@ -248,24 +247,17 @@ impl TradingStore<'_> {
                 .key_condition_expression("GSI2PK = :open")
                 .expression_attribute_values(":open", s(&partition))
                 .scan_index_forward(false)
-                .set_exclusive_start_key(start.take());
-            query = match symbol {
+                .set_exclusive_start_key(start);
+            match symbol {
                 Some(symbol) => query
                     .filter_expression("#intent.#symbol = :symbol")
                     .expression_attribute_names("#intent", "intent")
                     .expression_attribute_names("#symbol", "symbol")
                     .expression_attribute_values(":symbol", s(symbol)),
-                None => query.limit(i32::try_from(limit + 1 - items.len()).unwrap_or(i32::MAX)),
-            };
-            let out = query.send().await.map_err(db_error)?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(key) if items.len() <= limit => start = Some(key),
-                _ => break,
+                None => query.limit(wanted),
             }
-        }
-        let more = items.len() > limit;
-        items.truncate(limit);
+        })
+        .await?;
         let next = more
             .then(|| items.last())
             .flatten()
@@ -444,12 +436,9 @@ impl TradingStore<'_> {
         limit: usize,
         after: Option<&PagePosition>,
     ) -> Result<HistoryPage<Item>, StoreError> {
-        let mut start = after.map(|p| Item::from([(keys::PK.to_owned(), s(&partition)), (keys::SK.to_owned(), s(&p.sk))]));
-        let mut items = Vec::new();
-        // One Query, unless DynamoDB's 1 MB page cut it short.
-        loop {
-            let out = self
-                .client
+        let start = after.map(|p| Item::from([(keys::PK.to_owned(), s(&partition)), (keys::SK.to_owned(), s(&p.sk))]));
+        let (items, more) = first_items(limit, start, |start, wanted| {
+            self.client
                 .query()
                 .table_name(self.table)
                 .key_condition_expression("PK = :pk AND SK BETWEEN :low AND :high")
@@ -457,20 +446,11 @@ impl TradingStore<'_> {
                 .expression_attribute_values(":low", s(&low))
                 .expression_attribute_values(":high", s(&high))
                 .scan_index_forward(false)
-                .limit(i32::try_from(limit + 1 - items.len()).unwrap_or(i32::MAX))
+                .limit(wanted)
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(db_error)?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(key) if items.len() <= limit => start = Some(key),
-                _ => break,
-            }
-        }
-        let more = items.len() > limit;
-        items.truncate(limit);
+                .set_exclusive_start_key(start)
+        })
+        .await?;
         let next = more.then(|| items.last()).flatten().map(|last| PagePosition { sk: attribute(last, keys::SK), index_sk: None });
         Ok(HistoryPage { items, next })
     }
@@ -493,6 +473,28 @@ impl TradingStore<'_> {
             })
             .collect())
     }
+}
+
+/// The first `limit` items a query gives from `start` on, and whether any follow them. It reads
+/// on while a page came back short of them (DynamoDB's 1 MB cut, or a filter): mostly one Query.
+/// `query` is given the start key and how many items are still wanted.
+async fn first_items<F>(limit: usize, mut start: Option<Item>, query: F) -> Result<(Vec<Item>, bool), StoreError>
+where
+    F: Fn(Option<Item>, i32) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+{
+    let mut items = Vec::new();
+    loop {
+        let wanted = i32::try_from(limit + 1 - items.len()).unwrap_or(i32::MAX);
+        let out = query(start.take(), wanted).send().await.map_err(db_error)?;
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) if items.len() <= limit => start = Some(key),
+            _ => break,
+        }
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok((items, more))
 }
 
 fn attribute(item: &Item, name: &str) -> String {

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: install dev test build lint fmt bench sweep strategy candles price kill-switch clean
+.PHONY: install dev test build lint fmt bench sweep strategy candles price kill-switch admin clean
 
 install:
 	@infra/install.sh
@@ -47,8 +47,13 @@ price:
 	@source .local/dev/env && cargo run -q --bin ops -- set-price $(SYMBOL) $(PRICE)
 
 kill-switch:
-	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make kill-switch STATE=on|off"; exit 2; }
-	@source .local/dev/env && cargo run -q --bin ops -- kill-switch $(STATE)
+	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make kill-switch STATE=on|off [REASON=...]"; exit 2; }
+	@source .local/dev/env && cargo run -q --bin ops -- kill-switch $(STATE) $(REASON)
+
+# The admin role for a verified account (the admin routes also need its two-factor sign-in).
+admin:
+	@test -n "$(EMAIL)" || { echo "usage: make admin EMAIL=you@example.com"; exit 2; }
+	@source .local/dev/env && cargo run -q --bin ops -- grant-admin $(EMAIL)
 
 clean:
 	rm -rf .local .aws-sam
@@ -66,4 +71,8 @@ aws-backfill-history:
 
 aws-kill-switch:
 	@test "$(STATE)" = on -o "$(STATE)" = off || { echo "usage: make aws-kill-switch STACK=trading-bot-prod STATE=on|off"; exit 2; }
-	@infra/aws-ops.sh $(STACK) kill-switch $(STATE)
+	@infra/aws-ops.sh $(STACK) kill-switch $(STATE) $(REASON)
+
+aws-admin:
+	@test -n "$(STACK)" -a -n "$(EMAIL)" || { echo "usage: make aws-admin STACK=trading-bot-prod EMAIL=you@example.com"; exit 2; }
+	@infra/aws-ops.sh $(STACK) grant-admin $(EMAIL)

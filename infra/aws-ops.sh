@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Operator commands against a deployed stack, with your AWS credentials:
-#   infra/aws-ops.sh STACK init-secrets | rotate-jwt-keys | kill-switch on|off | backfill-history
+#   infra/aws-ops.sh STACK init-secrets | rotate-jwt-keys | kill-switch on|off [REASON] | grant-admin EMAIL | backfill-history
 # It reads the table and secret ARNs from the stack's outputs and runs the same `ops` binary that
 # `make dev` uses against the local emulator.
 set -euo pipefail

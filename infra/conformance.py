@@ -9,8 +9,12 @@ infra/conformance_hooks.py (each with its reason: the local router's own answers
 rules no schema can state); which statuses count as a documented refusal is in
 infra/schemathesis.toml.
 """
+import base64
+import hashlib
+import hmac
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -36,8 +40,7 @@ def call(method, path, body=None, token=None):
         return e.code, json.loads(e.read() or b"null")
 
 
-def signed_in_token():
-    email = f"conformance-{uuid.uuid4().hex}@example.com"
+def signed_up(email):
     status, body = call("POST", "/api/v1/auth/register", {"email": email, "password": PASSWORD})
     assert status == 202, (status, body)
     code = None
@@ -51,7 +54,43 @@ def signed_in_token():
     assert code, "no verification mail in the outbox"
     status, body = call("POST", "/api/v1/auth/verify", {"email": email, "verification_code": code})
     assert status == 200, (status, body)
+
+
+def login(email):
     status, body = call("POST", "/api/v1/auth/login", {"email": email, "password": PASSWORD})
+    assert status == 200, (status, body)
+    return body
+
+
+def signed_in_token():
+    email = f"conformance-{uuid.uuid4().hex}@example.com"
+    signed_up(email)
+    return login(email)["access_token"]
+
+
+def totp(secret, at):
+    """RFC 6238 (HMAC-SHA-1, 6 digits, 30 s), written here from the RFC: an independent
+    authenticator for the operator's second factor."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    digest = hmac.new(key, struct.pack(">Q", int(at) // 30), hashlib.sha1).digest()
+    offset = digest[-1] & 15
+    return "%06d" % ((struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1000000)
+
+
+def operator_token():
+    """An operator: the admin role granted as `make admin` grants it, two-factor on, signed in
+    with it."""
+    email = f"conformance-admin-{uuid.uuid4().hex}@example.com"
+    signed_up(email)
+    subprocess.run(["cargo", "run", "-q", "--bin", "ops", "--", "grant-admin", email], check=True, stdout=subprocess.DEVNULL)
+    token = login(email)["access_token"]
+    status, setup = call("POST", "/api/v1/auth/mfa/totp/setup", token=token)
+    assert status == 200, (status, setup)
+    status, body = call("POST", "/api/v1/auth/mfa/totp/enable", {"code": totp(setup["secret"], time.time())}, token=token)
+    assert status == 200, (status, body)
+    pending = login(email)
+    # The next step's code: the one that turned two-factor on does not sign in.
+    status, body = call("POST", "/api/v1/auth/mfa/verify", {"mfa_token": pending["mfa_token"], "code": totp(setup["secret"], time.time() + 30)})
     assert status == 200, (status, body)
     return body["access_token"]
 
@@ -61,7 +100,13 @@ def main():
     # session list into ending a listed session, which with the run's own token would end the
     # run's session (and every later call would be a 401). As another user it is the 404 of a
     # session that is not the caller's.
-    tokens = {"CONFORMANCE_TOKEN": signed_in_token(), "CONFORMANCE_OTHER_TOKEN": signed_in_token()}
+    # And an operator for the admin routes that only look, or stop a bot (the kill switch is set
+    # with the run's own token: refused, so the run never halts its own trading).
+    tokens = {
+        "CONFORMANCE_TOKEN": signed_in_token(),
+        "CONFORMANCE_OTHER_TOKEN": signed_in_token(),
+        "CONFORMANCE_ADMIN_TOKEN": operator_token(),
+    }
     command = [
         "schemathesis", "run", "docs/openapi.yaml",
         "--url", API,

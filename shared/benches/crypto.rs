@@ -17,6 +17,7 @@ fn tokens(c: &mut Criterion) {
         jti: uuid::Uuid::now_v7().to_string(),
         sid: None,
         amr: vec!["pwd".into()],
+        roles: Vec::new(),
     };
     let token = keys.sign(&claims, std::time::Duration::ZERO).unwrap();
     c.bench_function("access token sign (EdDSA)", |b| b.iter(|| keys.sign(&claims, std::time::Duration::ZERO).unwrap()));

@@ -312,6 +312,7 @@ pub fn running_strategy_bot(
         expires_at: None,
         revoked_sessions: Default::default(),
         mfa_enabled: false,
+        roles: Vec::new(),
     };
     let profile_item = crate::keys::with_key(serde_dynamo::to_item(&profile)?, crate::keys::profile(user_id));
     Ok(vec![indexed_bot_item(&bot)?, profile_item])

@@ -218,6 +218,28 @@ pub fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// The first `limit` items a query gives from `start` on, and whether any follow them. It reads
+/// on while a page came back short of them (DynamoDB's 1 MB cut, or a filter): mostly one Query.
+/// `query` is given the start key and how many items are still wanted.
+pub async fn first_items<F>(limit: usize, mut start: Option<Item>, query: F) -> Result<(Vec<Item>, bool), StoreError>
+where
+    F: Fn(Option<Item>, i32) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+{
+    let mut items = Vec::new();
+    loop {
+        let wanted = i32::try_from(limit + 1 - items.len()).unwrap_or(i32::MAX);
+        let out = query(start.take(), wanted).send().await.map_err(db_error)?;
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) if items.len() <= limit => start = Some(key),
+            _ => break,
+        }
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok((items, more))
+}
+
 /// Every item a query finds, through all its pages (`query` builds one page from its start key).
 pub async fn query_all(
     query: impl Fn(Option<Item>) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,

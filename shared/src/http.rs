@@ -199,3 +199,12 @@ pub fn path_parameter(req: &Request, name: &str) -> Option<String> {
     }
     req.uri().path().rsplit('/').next().filter(|s| !s.is_empty()).map(str::to_owned)
 }
+
+/// A path parameter in the middle of the route (`/positions/{symbol}/close`): as API Gateway
+/// passes it, else the segment after `preceding` (`cargo lambda watch`, tests).
+pub fn inner_path_parameter(req: &Request, name: &str, preceding: &str) -> String {
+    if let Some(value) = req.path_parameters_ref().and_then(|p| p.first(name)) {
+        return value.to_owned();
+    }
+    req.uri().path().split('/').skip_while(|s| *s != preceding).nth(1).unwrap_or_default().to_owned()
+}

@@ -229,6 +229,18 @@ pub fn mark_price(symbol: &str) -> Key {
 pub fn kill_switch() -> Key {
     key("CONFIG".to_owned(), "KILL_SWITCH")
 }
+/// The admin audit log: one partition, newest last (`<ms>#<request id>`). Operators act a few
+/// times a day; one partition's thousand writes a second is far beyond that.
+pub const AUDIT_PARTITION: &str = "AUDIT";
+pub fn audit_entry(at_ms: i64, request_id: &str) -> Key {
+    key(AUDIT_PARTITION.to_owned(), format!("{at_ms:013}#{request_id}"))
+}
+
+/// Every partition of the active-bots index, in the order the admin list walks them.
+pub fn every_active_partition() -> Vec<String> {
+    (0..GUARDIAN_SHARDS).flat_map(guardian_partitions).map(|(partition, _)| partition).collect()
+}
+
 pub fn health_probe() -> Key {
     key("HEALTH".to_owned(), "PROBE")
 }

@@ -1,5 +1,6 @@
 //! The common library of every Lambda in the workspace.
 
+pub mod admin;
 pub mod alerts;
 pub mod auth;
 pub mod aws;

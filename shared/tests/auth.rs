@@ -615,6 +615,7 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
         &uuid::Uuid::new_v4().to_string(),
         1,
         shared::auth::tokens::SignIn::Password,
+        shared::auth::tokens::Roles::NONE,
     );
     let secret_part = refresh.expose().rsplit('.').next().unwrap().to_owned();
     let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
@@ -624,6 +625,7 @@ fn no_type_holding_a_secret_prints_it_in_debug() {
         email_verified: true,
         expires_at: None,
         mfa_enabled: false,
+        roles: Vec::new(),
     };
     let mail = shared::mail::Email {
         to: "owner@example.com".into(),
@@ -767,6 +769,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
         email_verified: true,
         expires_at: None,
         mfa_enabled: false,
+        roles: Vec::new(),
     };
     let profile = shared::auth::store::Profile {
         id: user_id.clone(),
@@ -778,6 +781,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
         expires_at: None,
         revoked_sessions: Default::default(),
         mfa_enabled: false,
+        roles: Vec::new(),
     };
     let items = vec![
         shared::keys::with_key(serde_dynamo::to_item(&creds).unwrap(), shared::keys::email(&typed)),

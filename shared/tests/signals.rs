@@ -96,9 +96,9 @@ async fn signals_go_only_to_a_running_signal_bot_through_the_order_rules() {
     let res = send(&app, &signal, json!({"id": "c", "action": "buy", "size": "5"})).await;
     assert_eq!(res.code(), "max_position_notional_exceeded", "the bot's risk rules hold: {}", res.raw);
     assert_eq!(send(&app, &signal, json!({"id": "d", "action": "buy"})).await.code(), "invalid_size");
-    app.trading().set_kill_switch(true).await.unwrap();
+    app.trading().set_kill_switch(true, "test", "test").await.unwrap();
     assert_eq!(send(&app, &signal, buy("e")).await.code(), "trading_halted");
-    app.trading().set_kill_switch(false).await.unwrap();
+    app.trading().set_kill_switch(false, "test", "test").await.unwrap();
     let repeat = send(&app, &signal, buy("e")).await;
     assert_eq!((repeat.status, repeat.code()), (503, "trading_halted"), "the refusal was recorded as the alert's answer: {}", repeat.raw);
     assert_eq!(send(&app, &signal, buy("e2")).await.status, 202, "a new alert trades once the halt is lifted");

@@ -206,7 +206,7 @@ async fn a_strategy_order_under_the_kill_switch_is_refused_and_the_refusal_is_re
     app.set_mark("BTCUSDT", "66000").await;
     start_at(&app, &token, ema_settings(), t0).await;
 
-    app.trading().set_kill_switch(true).await.unwrap();
+    app.trading().set_kill_switch(true, "test", "test").await.unwrap();
     let halted = run_at(&app, t0 + 41 * MINUTE).await;
     assert_eq!((halted.orders_sent, halted.orders_refused), (0, 1), "{halted:?}");
     let bot = app.trading().bot(&user).await.unwrap().unwrap();
@@ -216,7 +216,7 @@ async fn a_strategy_order_under_the_kill_switch_is_refused_and_the_refusal_is_re
     assert!(record.body.unwrap_or_default().contains("trading_halted"));
 
     // Lifted: the same decision is not traded late, and the next cross is.
-    app.trading().set_kill_switch(false).await.unwrap();
+    app.trading().set_kill_switch(false, "test", "test").await.unwrap();
     let after = run_at(&app, t0 + 41 * MINUTE + 10_000).await;
     assert_eq!(after.orders_sent, 0);
     assert!(filled_orders(&app, &user).await.is_empty(), "a halted decision never trades");
@@ -390,12 +390,12 @@ async fn a_grid_waits_under_the_kill_switch_and_arms_its_levels_once_it_is_lifte
     let grid = json!({"kind": "grid", "lower": "63000", "upper": "67000", "levels": 5, "size_per_level": "0.001"});
     assert_eq!(start(&app, &token, grid).await.status, 200);
     let now = chrono::Utc::now().timestamp_millis();
-    app.trading().set_kill_switch(true).await.unwrap();
+    app.trading().set_kill_switch(true, "test", "test").await.unwrap();
     // Halted, a grid's levels wait: nothing is sent, and no refusal is spent on them each minute.
     let halted = run_at(&app, now).await;
     assert_eq!((halted.orders_sent, halted.orders_refused), (0, 0), "{halted:?}");
     assert!(resting(&app, &user).await.is_empty());
-    app.trading().set_kill_switch(false).await.unwrap();
+    app.trading().set_kill_switch(false, "test", "test").await.unwrap();
     let lifted = run_at(&app, now + MINUTE).await;
     assert_eq!(lifted.orders_sent, 4, "{lifted:?}");
     assert_eq!(resting(&app, &user).await.len(), 4);

@@ -61,7 +61,7 @@ async fn closing_a_position_closes_it_once_whatever_the_bot_and_the_kill_switch_
     for cycle in 0..2 {
         open_long(&app, &token).await;
         // Under the kill switch, closing still works (it only lowers risk).
-        app.trading().set_kill_switch(true).await.unwrap();
+        app.trading().set_kill_switch(true, "test", "test").await.unwrap();
         app.set_mark("BTCUSDT", "66000").await;
         let res = close(&app, &token, "btcusdt").await;
         assert_eq!(res.status, 200, "cycle {cycle}: {}", res.raw);
@@ -72,7 +72,7 @@ async fn closing_a_position_closes_it_once_whatever_the_bot_and_the_kill_switch_
         );
         let again = close(&app, &token, "BTCUSDT").await;
         assert_eq!((again.status, again.code()), (404, "position_not_found"), "cycle {cycle}: flat now");
-        app.trading().set_kill_switch(false).await.unwrap();
+        app.trading().set_kill_switch(false, "test", "test").await.unwrap();
         app.set_mark("BTCUSDT", "65000").await;
         // The next cycle's position is another instance, closed by an order of its own.
         assert_eq!(app.call_as(t::stop_bot, &token, "POST", "/api/v1/bot/stop", None).await.status, 200);

@@ -265,7 +265,7 @@ async fn the_kill_switch_halts_starts_and_new_risk_but_not_closing() {
     let token = access_token(&app).await;
     start(&app, &token, bot_config()).await;
     assert_eq!(submit(&app, &token, &key(), market_buy("0.02")).await.status, 201);
-    app.trading().set_kill_switch(true).await.unwrap();
+    app.trading().set_kill_switch(true, "test", "test").await.unwrap();
 
     let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!((res.status, res.code()), (503, "trading_halted"));
@@ -276,7 +276,7 @@ async fn the_kill_switch_halts_starts_and_new_risk_but_not_closing() {
     assert_eq!(stop(&app, &token).await.status, 200);
     let res = start(&app, &token, bot_config()).await;
     assert_eq!((res.status, res.code()), (503, "trading_halted"));
-    app.trading().set_kill_switch(false).await.unwrap();
+    app.trading().set_kill_switch(false, "test", "test").await.unwrap();
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
 }
 
@@ -625,7 +625,7 @@ async fn the_kill_switch_is_a_condition_of_the_transaction_that_records_an_order
     let me = app.call_as(shared::handlers::auth::me, &token, "GET", "/api/v1/users/me", None).await;
     let user = me.body["id"].as_str().unwrap().to_owned();
     // The switch flips after a submit read it as off: the recording transaction still sees it.
-    app.trading().set_kill_switch(true).await.unwrap();
+    app.trading().set_kill_switch(true, "test", "test").await.unwrap();
     let intent = |id: &str, reduce_only: bool| shared::trading::model::OrderIntent {
         symbol: "BTCUSDT".into(),
         side: shared::trading::model::Side::Buy,
@@ -690,14 +690,14 @@ async fn a_resumed_idempotency_key_is_held_to_the_kill_switch_before_anything_is
     let key = key();
     order_left_in_flight(&app, &fake, &token, &key, market_buy("0.01")).await;
     // Later: the operator has halted trading.
-    app.trading().set_kill_switch(true).await.unwrap();
+    app.trading().set_kill_switch(true, "test", "test").await.unwrap();
     let retry = submit(&app, &token, &key, market_buy("0.01")).await;
     assert_eq!((retry.status, retry.code()), (503, "trading_halted"), "{}", retry.raw);
     assert_eq!(fake.order_count(), 0, "a halted retry sends nothing");
     // A halt is lifted: it is not the key's answer, and once lifted the same retry goes.
     let again = submit(&app, &token, &key, market_buy("0.01")).await;
     assert_eq!((again.status, again.code(), again.header("idempotent-replayed")), (503, "trading_halted", None));
-    app.trading().set_kill_switch(false).await.unwrap();
+    app.trading().set_kill_switch(false, "test", "test").await.unwrap();
     let lifted = submit(&app, &token, &key, market_buy("0.01")).await;
     assert_eq!((lifted.status, lifted.body["status"].as_str()), (201, Some("filled")), "{}", lifted.raw);
     assert_eq!(fake.order_count(), 1);

@@ -167,6 +167,9 @@ pub struct PendingSignIn {
     /// When the password was checked: a reset, change or global logout after it ends the
     /// sign-in too.
     pub password_checked_ms: i64,
+    /// The login record's roles, for the session the second factor begins.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 fn mfa_token_key(token: &str) -> String {

@@ -1,6 +1,6 @@
 //! Access-token checks shared by every protected route.
 
-use crate::auth::tokens::{AccessClaims, SignIn};
+use crate::auth::tokens::{AccessClaims, Roles, SignIn};
 use crate::error::ApiError;
 use crate::http::bearer_token;
 use crate::state::AppState;
@@ -15,13 +15,21 @@ pub struct Caller {
     pub session_id: Option<String>,
     /// How the token's session was signed in.
     pub sign_in: SignIn,
+    /// The token's `roles`.
+    pub roles: Roles,
 }
 
 impl Caller {
     /// The user acting now through something other than an access token: a signal URL's
     /// token, or the bot's own strategy.
     pub fn acting_now(user_id: String) -> Caller {
-        Caller { user_id, issued_at_ms: chrono::Utc::now().timestamp_millis(), session_id: None, sign_in: SignIn::Password }
+        Caller {
+            user_id,
+            issued_at_ms: chrono::Utc::now().timestamp_millis(),
+            session_id: None,
+            sign_in: SignIn::Password,
+            roles: Roles::NONE,
+        }
     }
 
     /// Whether the user's profile says this token is dead: a global logout after it was issued,
@@ -66,5 +74,11 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, Api
             secs as i64 * 1000 + i64::from(nanos / 1_000_000)
         })
         .unwrap_or(claims.iat * 1000);
-    Ok(Caller { user_id: claims.sub, issued_at_ms, session_id: claims.sid, sign_in: SignIn::from_amr(&claims.amr) })
+    Ok(Caller {
+        user_id: claims.sub,
+        issued_at_ms,
+        session_id: claims.sid,
+        sign_in: SignIn::from_amr(&claims.amr),
+        roles: Roles::from_names(&claims.roles),
+    })
 }

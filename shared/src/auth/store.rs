@@ -1,7 +1,7 @@
 //! Users, credentials and refresh-token families in DynamoDB.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::tokens::SignIn;
+use crate::auth::tokens::{Roles, SignIn};
 use crate::dynamo::StoreError;
 use crate::dynamo::{self, n, s, to_item, Item};
 use crate::error::ApiError;
@@ -24,6 +24,9 @@ pub struct Credentials {
     /// Two-factor sign-in is on: a right password answers `mfa_required`, never tokens.
     #[serde(default)]
     pub mfa_enabled: bool,
+    /// Granted by an operator (`make admin`), never through the API; a sign-in's tokens carry them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 impl Credentials {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for Credentials {
             .field("email_verified", &self.email_verified)
             .field("expires_at", &self.expires_at)
             .field("mfa_enabled", &self.mfa_enabled)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -70,6 +74,9 @@ pub struct Profile {
     /// As the login record's: what guards the exchange keys asks for a second factor.
     #[serde(default)]
     pub mfa_enabled: bool,
+    /// As the login record's: what an admin route checks on every call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 /// How long a revoked session is remembered: longer than any access token lives (at most an
@@ -184,6 +191,32 @@ impl UserStore<'_> {
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .expression_attribute_values(":uid", s(user_id))
                 .expression_attribute_values(":now", n(chrono::Utc::now().timestamp()))
+                .build()
+                .map_err(StoreError::from)?;
+            Ok(TransactWriteItem::builder().update(u).build())
+        };
+        let request = self
+            .client
+            .transact_write_items()
+            .transact_items(update(keys::email(email), "user_id = :uid")?)
+            .transact_items(update(keys::profile(user_id), "id = :uid")?);
+        Ok(dynamo::transact(request).await?.written())
+    }
+
+    /// Sets the account's roles on both records (an operator's `make admin`), only while the
+    /// login record under `email` still belongs to `user_id`. Sessions begun before keep their
+    /// tokens' roles until they end, but admin routes read the profile's on every call.
+    pub async fn set_roles(&self, email: &str, user_id: &str, roles: &[String]) -> Result<bool, StoreError> {
+        let value = AttributeValue::L(roles.iter().map(|r| s(r.as_str())).collect());
+        let update = |key, condition: &str| -> Result<TransactWriteItem, StoreError> {
+            let u = Update::builder()
+                .table_name(self.table)
+                .set_key(Some(key))
+                .update_expression("SET #roles = :roles")
+                .condition_expression(condition)
+                .expression_attribute_names("#roles", "roles")
+                .expression_attribute_values(":roles", value.clone())
+                .expression_attribute_values(":uid", s(user_id))
                 .build()
                 .map_err(StoreError::from)?;
             Ok(TransactWriteItem::builder().update(u).build())
@@ -530,6 +563,8 @@ pub struct RefreshToken {
     /// How the family was signed in, carried by every successor: `rt1.<user>.<family>.<created>.otp.<random>`
     /// after a second factor. The stored hash covers it, so it cannot be added by hand.
     pub sign_in: SignIn,
+    /// The session's roles, carried the same way: `….admin.<random>` for an operator.
+    pub roles: Roles,
     raw: String,
 }
 
@@ -541,27 +576,30 @@ impl std::fmt::Debug for RefreshToken {
             .field("family_id", &self.family_id)
             .field("family_created_ms", &self.family_created_ms)
             .field("sign_in", &self.sign_in)
+            .field("roles", &self.roles)
             .field("raw", &"[redacted]")
             .finish()
     }
 }
 
 impl RefreshToken {
-    pub fn issue(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn) -> Self {
-        Self::with_secret(user_id, family_id, family_created_ms, sign_in, &crate::crypto::random_token())
+    pub fn issue(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn, roles: Roles) -> Self {
+        Self::with_secret(user_id, family_id, family_created_ms, sign_in, roles, &crate::crypto::random_token())
     }
 
-    fn with_secret(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn, secret: &str) -> Self {
+    fn with_secret(user_id: &str, family_id: &str, family_created_ms: i64, sign_in: SignIn, roles: Roles, secret: &str) -> Self {
         let factor = match sign_in {
             SignIn::Password => "",
             SignIn::PasswordAndOtp => "otp.",
         };
+        let role = if roles.admin { "admin." } else { "" };
         RefreshToken {
             user_id: user_id.to_owned(),
             family_id: family_id.to_owned(),
             family_created_ms,
             sign_in,
-            raw: format!("rt1.{user_id}.{family_id}.{family_created_ms}.{factor}{secret}"),
+            roles,
+            raw: format!("rt1.{user_id}.{family_id}.{family_created_ms}.{factor}{role}{secret}"),
         }
     }
 
@@ -575,14 +613,17 @@ impl RefreshToken {
         mac.update(b"refresh-successor:");
         mac.update(self.hash().as_bytes());
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        Self::with_secret(&self.user_id, &self.family_id, self.family_created_ms, self.sign_in, &secret)
+        Self::with_secret(&self.user_id, &self.family_id, self.family_created_ms, self.sign_in, self.roles, &secret)
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
         let parts: Vec<&str> = raw.split('.').collect();
-        let (user_id, family_id, created, sign_in, secret) = match parts.as_slice() {
-            ["rt1", user, family, created, secret] => (*user, *family, *created, SignIn::Password, *secret),
-            ["rt1", user, family, created, "otp", secret] => (*user, *family, *created, SignIn::PasswordAndOtp, *secret),
+        let admin = Roles { admin: true };
+        let (user_id, family_id, created, sign_in, roles, secret) = match parts.as_slice() {
+            ["rt1", user, family, created, secret] => (*user, *family, *created, SignIn::Password, Roles::NONE, *secret),
+            ["rt1", user, family, created, "otp", secret] => (*user, *family, *created, SignIn::PasswordAndOtp, Roles::NONE, *secret),
+            ["rt1", user, family, created, "admin", secret] => (*user, *family, *created, SignIn::Password, admin, *secret),
+            ["rt1", user, family, created, "otp", "admin", secret] => (*user, *family, *created, SignIn::PasswordAndOtp, admin, *secret),
             _ => return None,
         };
         // Only ids this service issues (hyphenated UUIDs) ever reach a key: anything else would
@@ -597,6 +638,7 @@ impl RefreshToken {
             family_id: family_id.to_owned(),
             family_created_ms: created.parse().ok()?,
             sign_in,
+            roles,
             raw: raw.to_owned(),
         })
     }

@@ -30,6 +30,35 @@ pub struct AccessClaims {
     /// factor. Absent on tokens issued before it was carried: password only.
     #[serde(default)]
     pub amr: Vec<String>,
+    /// What the user may do beyond their own data: `["admin"]` for an operator. Absent for
+    /// everyone else. Admin routes check the user item as well, so a role taken away ends at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+/// The roles a session was signed in with, read from the user item at sign-in and carried by
+/// the session's refresh tokens (a refresh reads nothing but its own token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub admin: bool,
+}
+
+pub const ADMIN_ROLE: &str = "admin";
+
+impl Roles {
+    pub const NONE: Roles = Roles { admin: false };
+
+    pub fn from_names(names: &[String]) -> Self {
+        Roles { admin: names.iter().any(|r| r == ADMIN_ROLE) }
+    }
+
+    pub fn names(self) -> Vec<String> {
+        if self.admin {
+            vec![ADMIN_ROLE.to_owned()]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// How a session was signed in: what its access tokens say in `amr`, and what its refresh tokens
@@ -215,6 +244,7 @@ mod tests {
             jti: "j".into(),
             sid: None,
             amr: vec!["pwd".into()],
+            roles: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Operator and developer commands against the configured stack (the local emulator, or AWS with
 //! the default credential chain):
-//!   ops create-table | seed-secrets | set-price SYMBOL PRICE | load-candles SYMBOL FILE | kill-switch on|off
+//!   ops create-table | seed-secrets | set-price SYMBOL PRICE | load-candles SYMBOL FILE | kill-switch on|off [REASON]
+//!   ops grant-admin EMAIL                     (the admin role; admin routes also need two-factor)
 //!   ops init-secrets | rotate-jwt-keys        (AWS: fill the secrets CloudFormation cannot make)
 //!   ops backfill-history                      (once, after the release that added order and fill history)
 
@@ -69,13 +70,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 println!("{} orders changed while they were read: run it again", done.moved);
             }
         }
-        ["kill-switch", state @ ("on" | "off")] => {
-            trading.set_kill_switch(*state == "on").await.map_err(|e| e.to_string())?;
+        ["kill-switch", state @ ("on" | "off"), reason @ ..] => {
+            // The same switch `PUT /api/v1/admin/kill-switch` sets, with who and why.
+            let reason = if reason.is_empty() { format!("make kill-switch STATE={state}") } else { reason.join(" ") };
+            let by = format!("ops:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+            trading.set_kill_switch(*state == "on", &reason, &by).await.map_err(|e| e.to_string())?;
             println!("kill switch {state}");
+        }
+        ["grant-admin", email] => {
+            // The only way to the admin role: an operator with access to the table.
+            let email = shared::auth::email::EmailAddress::parse(email).map_err(|_| "EMAIL is not an email address")?;
+            let users = shared::auth::store::UserStore { client: &dynamo, table: &config.table_name };
+            let (form, creds) = users.find(&email).await.map_err(|e| e.to_string())?.ok_or("no account has this address")?;
+            if !creds.email_verified {
+                return Err("the account is not verified yet".into());
+            }
+            let mut roles = creds.roles.clone();
+            if !roles.iter().any(|r| r == shared::auth::tokens::ADMIN_ROLE) {
+                roles.push(shared::auth::tokens::ADMIN_ROLE.to_owned());
+            }
+            if !users.set_roles(&form, &creds.user_id, &roles).await.map_err(|e| e.to_string())? {
+                return Err("the account changed meanwhile; run it again".into());
+            }
+            println!("{} ({}) is an admin from its next sign-in (admin routes also need two-factor)", email.as_str(), creds.user_id);
         }
         other => {
             return Err(
-                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off, backfill-history").into()
+                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off [REASON], grant-admin EMAIL, backfill-history").into()
             )
         }
     }

@@ -7,7 +7,7 @@ use crate::auth::password;
 use crate::auth::session::{authenticate, Caller};
 use crate::auth::store::{Credentials, Device, Profile, RefreshStore, RefreshToken, RotateOutcome, UserStore, UNVERIFIED_LIFETIME_SECS};
 use crate::auth::tokens::JwtKeys;
-use crate::auth::tokens::{AccessClaims, SignIn};
+use crate::auth::tokens::{AccessClaims, Roles, SignIn};
 use crate::crypto::EncryptionKeys;
 use crate::error::ApiError;
 use crate::http::{empty_response, json_response, parse_json, secret_json_response, RequestContext};
@@ -167,7 +167,8 @@ async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> Ha
     let password_hash = password::hash(body.password).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let expires_at = Some(chrono::Utc::now().timestamp() + UNVERIFIED_LIFETIME_SECS);
-    let creds = Credentials { user_id: user_id.clone(), password_hash, email_verified: false, expires_at, mfa_enabled: false };
+    let creds =
+        Credentials { user_id: user_id.clone(), password_hash, email_verified: false, expires_at, mfa_enabled: false, roles: Vec::new() };
     let profile = Profile {
         id: user_id.clone(),
         email: email.to_string(),
@@ -178,6 +179,7 @@ async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         expires_at,
         revoked_sessions: Default::default(),
         mfa_enabled: false,
+        roles: Vec::new(),
     };
     // Registrations of one address race (a doubled submit, a burst): the one that holds the
     // slot decides, the others answer alike and change nothing, so one account gets one code.
@@ -323,7 +325,7 @@ fn invalid_credentials() -> ApiError {
 /// An access token's claims, stamped now. Taken *before* the write that makes its session live
 /// (a login's family, a refresh's rotation): a global logout that lands after that write has a
 /// later cutoff than the token's `jti` time, so the token dies with the logout.
-fn access_claims(state: &AppState, user_id: &str, session_id: &str, sign_in: SignIn) -> AccessClaims {
+fn access_claims(state: &AppState, user_id: &str, session_id: &str, sign_in: SignIn, roles: Roles) -> AccessClaims {
     let now = chrono::Utc::now().timestamp();
     AccessClaims {
         iss: state.config.jwt_issuer.clone(),
@@ -334,13 +336,14 @@ fn access_claims(state: &AppState, user_id: &str, session_id: &str, sign_in: Sig
         jti: uuid::Uuid::now_v7().to_string(),
         sid: Some(session_id.to_owned()),
         amr: sign_in.amr(),
+        roles: roles.names(),
     }
 }
 
 /// A new session's first access token and refresh token, the session begun at `created_ms`.
-fn new_session(state: &AppState, user_id: &str, sign_in: SignIn, created_ms: i64) -> (AccessClaims, RefreshToken) {
+fn new_session(state: &AppState, user_id: &str, sign_in: SignIn, roles: Roles, created_ms: i64) -> (AccessClaims, RefreshToken) {
     let session_id = uuid::Uuid::new_v4().to_string();
-    (access_claims(state, user_id, &session_id, sign_in), RefreshToken::issue(user_id, &session_id, created_ms, sign_in))
+    (access_claims(state, user_id, &session_id, sign_in, roles), RefreshToken::issue(user_id, &session_id, created_ms, sign_in, roles))
 }
 
 /// What the session list shows of the device signing in: its address and its `User-Agent`,
@@ -392,12 +395,17 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     };
     if creds.mfa_enabled {
         // The password's ticket stays counted until the second factor is right.
-        let pending = PendingSignIn { user_id: creds.user_id.clone(), email: email.as_str().to_owned(), password_checked_ms };
+        let pending = PendingSignIn {
+            user_id: creds.user_id.clone(),
+            email: email.as_str().to_owned(),
+            password_checked_ms,
+            roles: creds.roles.clone(),
+        };
         let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(&state.redis, &pending), rehash);
         log_rehash_failure(rehashed);
         return secret_json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}));
     }
-    let (claims, refresh) = new_session(state, &creds.user_id, SignIn::Password, now_ms());
+    let (claims, refresh) = new_session(state, &creds.user_id, SignIn::Password, Roles::from_names(&creds.roles), now_ms());
     let (store, device) = (refresh_store(state), device(&req, &ctx));
     // The lockout reset, the new session and a rehash are independent: one round trip for all.
     let (reset, started, rehashed) = tokio::join!(
@@ -453,7 +461,7 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
     let now = now_ms();
     let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let new = old.successor(keys.code_pepper.expose());
-    let claims = access_claims(state, &old.user_id, &old.family_id, old.sign_in);
+    let claims = access_claims(state, &old.user_id, &old.family_id, old.sign_in, old.roles);
     match store.rotate(&old, &new, now).await? {
         RotateOutcome::Rotated => token_response(state, claims, &new).await,
         RotateOutcome::FamilyRevoked => Err(revoked_family_error(state, &old.family_id).await?),
@@ -689,7 +697,7 @@ pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext
     give_ticket_back(state, &ctx, &email).await;
     // Begun after the cutoff, so the logout above does not end it.
     let begun = now_ms().max(cutoff + 1);
-    let (claims, refresh) = new_session(state, &caller.user_id, caller.sign_in, begun);
+    let (claims, refresh) = new_session(state, &caller.user_id, caller.sign_in, Roles::from_names(&creds.roles), begun);
     if !refresh_store(state).start_family(&refresh, &device(&req, &ctx), begun).await? {
         // Deleted, or logged out everywhere again, meanwhile.
         return Err(ApiError::invalid_token());
@@ -796,7 +804,7 @@ pub async fn mfa_verify(state: &AppState, req: Request, ctx: RequestContext) -> 
     if !mfa::spend_mfa_token(&state.redis, &body.mfa_token).await? {
         return Err(invalid_mfa_token());
     }
-    let (claims, refresh) = new_session(state, &pending.user_id, SignIn::PasswordAndOtp, now_ms());
+    let (claims, refresh) = new_session(state, &pending.user_id, SignIn::PasswordAndOtp, Roles::from_names(&pending.roles), now_ms());
     let (store, device) = (refresh_store(state), device(&req, &ctx));
     // The password's ticket and this one's both come back: the sign-in succeeded.
     let (reset, started) = tokio::join!(

@@ -10,10 +10,10 @@ use crate::trading::credentials;
 use crate::trading::model::{decimal_input, optional_decimal_input, parse_decimal_raw, OrderType, Side};
 use crate::trading::orders;
 use crate::trading::service::{exchange_error, exchange_for, session, Session};
-use crate::trading::store::{BotConfig, BotState};
+use crate::trading::store::BotConfig;
 use crate::trading::strategy::Strategy;
 use http::StatusCode;
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Request, Response};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -113,17 +113,7 @@ pub async fn status(state: &AppState, req: Request, _ctx: RequestContext) -> Han
 
 pub async fn stop_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
-    let (closed, canceled) = match snapshot.bot.clone() {
-        Some(bot) if bot.state != BotState::Stopped => {
-            let stopped = bot::stop(state, &caller.user_id, bot).await?;
-            (stopped.closed, stopped.canceled_orders)
-        }
-        _ => (Vec::new(), Vec::new()),
-    };
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({"is_running": false, "state": BotState::Stopped, "closed_positions": closed, "canceled_orders": canceled}),
-    )
+    json_response(StatusCode::OK, &bot::stop_answer(state, &caller.user_id, snapshot.bot, None).await?)
 }
 
 // ---------------------------------------------------------------- orders
@@ -350,11 +340,7 @@ pub async fn markets(state: &AppState, _req: Request, _ctx: RequestContext) -> H
 /// reduce-only market order. `200 {"closed_positions": [...]}`.
 pub async fn close_position(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
-    // `/api/v1/positions/{symbol}/close`: the segment after `positions` when no router named it.
-    let symbol = req.path_parameters_ref().and_then(|p| p.first("symbol").map(str::to_owned)).unwrap_or_else(|| {
-        let path = req.uri().path();
-        path.split('/').skip_while(|s| *s != "positions").nth(1).unwrap_or_default().to_owned()
-    });
+    let symbol = crate::http::inner_path_parameter(&req, "symbol", "positions");
     let closed = crate::trading::positions::close(state, &caller, &symbol).await?;
     json_response(StatusCode::OK, &serde_json::json!({"closed_positions": closed}))
 }

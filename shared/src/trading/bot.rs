@@ -216,6 +216,31 @@ pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Sto
     stop_because(state, user_id, bot, None).await
 }
 
+/// Why an operator stopped a bot (`POST /api/v1/admin/users/{user_id}/bot/stop`): the bot's
+/// `stop_reason`, and the reason of every position its stop closes.
+pub const ADMIN_STOP: &str = "admin_stop";
+
+/// What a stop answers: `POST /api/v1/bot/stop`, and an operator's stop of a user's bot.
+#[derive(Debug, Serialize)]
+pub struct StopAnswer {
+    pub is_running: bool,
+    pub state: BotState,
+    pub closed_positions: Vec<ClosedPosition>,
+    pub canceled_orders: Vec<String>,
+}
+
+/// Stops `bot` unless it is stopped (or there is none): either way it answers stopped.
+pub async fn stop_answer(state: &AppState, user_id: &str, bot: Option<BotRecord>, reason: Option<&str>) -> Result<StopAnswer, ApiError> {
+    let (closed_positions, canceled_orders) = match bot {
+        Some(bot) if bot.state != BotState::Stopped => {
+            let stopped = stop_because(state, user_id, bot, reason).await?;
+            (stopped.closed, stopped.canceled_orders)
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    Ok(StopAnswer { is_running: false, state: BotState::Stopped, closed_positions, canceled_orders })
+}
+
 /// Where a stop stands once it has claimed the bot.
 pub enum Begun {
     /// The bot is `stopping` (by this stop or one already under way).
@@ -272,6 +297,9 @@ pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reaso
         Begun::AlreadyStopped(b) | Begun::Superseded(b) => return Ok(Stopped { bot: b, closed, canceled_orders }),
     };
     let stop_id = bot.stop_id.clone().unwrap_or_else(|| format!("stop-v{}", bot.version));
+    // An operator's stop closes everything as theirs; a triggered exit's stop (the guardian's)
+    // closes what is left of the bot as a bot stop, like the user's own.
+    let close_reason = if reason == Some(ADMIN_STOP) { ADMIN_STOP } else { "bot_stop" };
     for _ in 0..ROUNDS_PER_CALL {
         let snapshot = trading.snapshot(user_id).await?;
         let exchange = exchange_for(state, user_id, &snapshot, &[]).await?;
@@ -311,7 +339,7 @@ pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reaso
             // Each round's closing orders are new ones; a position that reappeared is another
             // instance with ids of its own.
             let key = format!("{stop_id}-{}-r{round}", position.instance);
-            match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, "bot_stop").await {
+            match close_position(state, exchange.as_ref(), user_id, position, bot.config.leverage, &key, close_reason).await {
                 Ok(c) => closed.extend(c),
                 Err(e) => {
                     return Err(close_failed(

@@ -238,7 +238,7 @@ impl TradingStore<'_> {
                 (keys::GSI2_SK.to_owned(), s(p.index_sk.clone().unwrap_or_default())),
             ])
         });
-        let (items, more) = first_items(limit, start, |start, wanted| {
+        let (items, more) = crate::dynamo::first_items(limit, start, |start, wanted| {
             let query = self
                 .client
                 .query()
@@ -437,7 +437,7 @@ impl TradingStore<'_> {
         after: Option<&PagePosition>,
     ) -> Result<HistoryPage<Item>, StoreError> {
         let start = after.map(|p| Item::from([(keys::PK.to_owned(), s(&partition)), (keys::SK.to_owned(), s(&p.sk))]));
-        let (items, more) = first_items(limit, start, |start, wanted| {
+        let (items, more) = crate::dynamo::first_items(limit, start, |start, wanted| {
             self.client
                 .query()
                 .table_name(self.table)
@@ -473,28 +473,6 @@ impl TradingStore<'_> {
             })
             .collect())
     }
-}
-
-/// The first `limit` items a query gives from `start` on, and whether any follow them. It reads
-/// on while a page came back short of them (DynamoDB's 1 MB cut, or a filter): mostly one Query.
-/// `query` is given the start key and how many items are still wanted.
-async fn first_items<F>(limit: usize, mut start: Option<Item>, query: F) -> Result<(Vec<Item>, bool), StoreError>
-where
-    F: Fn(Option<Item>, i32) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
-{
-    let mut items = Vec::new();
-    loop {
-        let wanted = i32::try_from(limit + 1 - items.len()).unwrap_or(i32::MAX);
-        let out = query(start.take(), wanted).send().await.map_err(db_error)?;
-        items.extend(out.items.unwrap_or_default());
-        match out.last_evaluated_key {
-            Some(key) if items.len() <= limit => start = Some(key),
-            _ => break,
-        }
-    }
-    let more = items.len() > limit;
-    items.truncate(limit);
-    Ok((items, more))
 }
 
 fn attribute(item: &Item, name: &str) -> String {

@@ -75,7 +75,7 @@ pub fn symbol(parameters: &HashMap<String, String>) -> Result<Option<String>, Ap
     }
 }
 
-fn invalid_cursor() -> ApiError {
+pub fn invalid_cursor() -> ApiError {
     ApiError::BadRequest { code: "invalid_cursor", detail: "the cursor is not one this route gave for these filters".into() }
 }
 

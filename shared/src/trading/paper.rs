@@ -184,15 +184,20 @@ pub fn liquidated_at(p: &PaperPosition, maintenance_rate: Decimal, mark: Decimal
 }
 
 pub fn position_view(p: &PaperPosition, mark: Decimal) -> Position {
+    Position { instance: p.instance(), ..position_at(&p.symbol, p.side, p.size, p.entry_price, mark) }
+}
+
+/// A position valued at `mark`: unrealized PnL = (mark − entry) × size × direction, to 8 places.
+pub fn position_at(symbol: &str, side: crate::trading::model::PositionSide, size: Decimal, entry: Decimal, mark: Decimal) -> Position {
     Position {
-        symbol: p.symbol.clone(),
-        side: p.side,
-        size: p.size,
-        entry_price: p.entry_price,
+        symbol: symbol.to_owned(),
+        side,
+        size,
+        entry_price: entry,
         mark_price: mark,
-        unrealized_pnl: ((mark - p.entry_price) * p.size * p.side.direction()).round_dp(8).normalize(),
-        instance: p.instance(),
-        available: p.size,
+        unrealized_pnl: ((mark - entry) * size * side.direction()).round_dp(8).normalize(),
+        instance: String::new(),
+        available: size,
     }
 }
 

@@ -263,6 +263,15 @@ impl RestingOrder {
     }
 }
 
+/// The operator's kill switch and its last change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KillSwitch {
+    pub enabled: bool,
+    pub reason: Option<String>,
+    pub changed_by: Option<String>,
+    pub changed_at: Option<String>,
+}
+
 /// What a trading request knows about its caller after one Query.
 #[derive(Debug, Default, Clone)]
 pub struct UserSnapshot {
@@ -355,6 +364,11 @@ impl TradingStore<'_> {
     }
 
     pub async fn kill_switch_on(&self) -> Result<bool, StoreError> {
+        Ok(self.kill_switch().await?.enabled)
+    }
+
+    /// The operator's kill switch as it was last set (off when it never was).
+    pub async fn kill_switch(&self) -> Result<KillSwitch, StoreError> {
         let out = self
             .client
             .get_item()
@@ -364,7 +378,17 @@ impl TradingStore<'_> {
             .send()
             .await
             .map_err(db_error)?;
-        Ok(out.item.and_then(|i| i.get("enabled").and_then(|v| v.as_bool().ok().copied())).unwrap_or(false))
+        let Some(item) = out.item else {
+            return Ok(KillSwitch::default());
+        };
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        Ok(KillSwitch {
+            enabled: item.get("enabled").and_then(|v| v.as_bool().ok().copied()).unwrap_or(false),
+            reason: text("reason"),
+            changed_by: text("changed_by"),
+            // Set before `changed_at` was kept, it carried only `updated_at`.
+            changed_at: text("changed_at").or_else(|| text("updated_at")),
+        })
     }
 
     /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
@@ -465,13 +489,22 @@ impl TradingStore<'_> {
         self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
     }
 
-    /// The operator's kill switch: on, it halts starts and risk-increasing orders.
-    pub async fn set_kill_switch(&self, enabled: bool) -> Result<(), StoreError> {
+    /// The operator's kill switch: on, it halts starts and risk-increasing orders. Who set it
+    /// and why are kept with it (`GET /api/v1/admin/kill-switch` shows them).
+    pub async fn set_kill_switch(&self, enabled: bool, reason: &str, changed_by: &str) -> Result<KillSwitch, StoreError> {
+        let changed_at = now_rfc3339();
         let item = keys::with_key(
-            HashMap::from([("enabled".to_owned(), AttributeValue::Bool(enabled)), ("updated_at".to_owned(), s(now_rfc3339()))]),
+            HashMap::from([
+                ("enabled".to_owned(), AttributeValue::Bool(enabled)),
+                ("reason".to_owned(), s(reason)),
+                ("changed_by".to_owned(), s(changed_by)),
+                ("changed_at".to_owned(), s(changed_at.clone())),
+                ("updated_at".to_owned(), s(changed_at.clone())),
+            ]),
             keys::kill_switch(),
         );
-        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map(|_| ()).map_err(db_error)
+        self.client.put_item().table_name(self.table).set_item(Some(item)).send().await.map_err(db_error)?;
+        Ok(KillSwitch { enabled, reason: Some(reason.to_owned()), changed_by: Some(changed_by.to_owned()), changed_at: Some(changed_at) })
     }
 
     pub async fn order(&self, user_id: &str, client_oid: &str) -> Result<Option<OrderRecord>, StoreError> {

@@ -4,6 +4,8 @@
 //! `serve` wrapper the Lambda binaries use.
 #![allow(dead_code)]
 
+pub mod mfa;
+
 use lambda_http::request::RequestContext as LambdaContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::config::Config;

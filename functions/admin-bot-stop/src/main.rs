@@ -1,0 +1,9 @@
+use lambda_http::{run, service_fn, Error, Request};
+use shared::{handlers::admin, http::serve, AppState, Need};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let state = AppState::from_env(&[Need::JwtKeys, Need::EncryptionKeys]).await?;
+    run(service_fn(|req: Request| serve(&state, req, admin::stop_bot))).await
+}

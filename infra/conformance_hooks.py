@@ -16,7 +16,8 @@ Business rules no schema can state (refused with 400 by the contract):
 - `invalid_code` and `weak_password` on password reset, for the same two reasons;
 - `weak_password` on password change; `invalid_code` on two-factor enable, disable and verify: a
   well-formed TOTP code that is not the authenticator's of now;
-- `invalid_cursor` on the order and fill lists: a cursor string this service did not seal.
+- `invalid_cursor` on the order, fill, admin bot and audit lists: a cursor string this service
+  did not seal.
 """
 import json
 
@@ -35,6 +36,8 @@ UNSTATABLE_RULES = {
     # A cursor of the right shape that this service never sealed (for this caller and filters).
     "GET /api/v1/orders": {"invalid_cursor"},
     "GET /api/v1/fills": {"invalid_cursor"},
+    "GET /api/v1/admin/bots": {"invalid_cursor"},
+    "GET /api/v1/admin/audit": {"invalid_cursor"},
 }
 
 

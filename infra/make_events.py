@@ -122,6 +122,16 @@ SAMPLES = {
         path_parameters={"order_id": "paper-tb0000000000000000000000000000"},
     ),
     "markets": event("GET", "/api/v1/markets"),
+    "notifications-get": event("GET", "/api/v1/notifications", headers=bearer()),
+    "notifications-put": event("PUT", "/api/v1/notifications", {"events": ["stop_loss", "take_profit", "liquidation"]}, bearer()),
+    "notifications-telegram-delete": event("DELETE", "/api/v1/notifications/telegram", headers=bearer()),
+    "telegram-link": event("POST", "/api/v1/notifications/telegram/link", headers=bearer()),
+    "telegram-webhook": event(
+        "POST",
+        "/api/v1/telegram/webhook",
+        {"update_id": 1, "message": {"message_id": 7, "chat": {"id": 42, "type": "private"}, "text": "/start " + "A" * 43}},
+        {"x-telegram-bot-api-secret-token": "not-the-secret"},
+    ),
     "admin-bots": event("GET", "/api/v1/admin/bots", headers=bearer(), query={"state": "running", "limit": "50"}),
     "admin-bot-stop": event(
         "POST",
@@ -153,6 +163,51 @@ SAMPLES = {
 }
 # One JSON route also replays with a body that is not UTF-8: answered 400 `invalid_json`.
 SAMPLES["login.non-utf8"] = non_utf8(SAMPLES["login"])
+
+# The WebSocket API's events (API Gateway WebSocket proxy events).
+def ws_event(route, kind, body=None, query=None):
+    e = {
+        "requestContext": {
+            "routeKey": route, "eventType": kind, "messageDirection": "IN", "stage": "live",
+            "connectedAt": 1764547200000, "requestTimeEpoch": 1764547200100, "requestId": "Lh3tdFQ-IAMFZ8A=",
+            "domainName": "abcdef1234.execute-api.us-east-1.amazonaws.com", "connectionId": "Lhx3tdfTIAMCJsg=",
+            "apiId": "abcdef1234", "identity": {"sourceIp": "203.0.113.7"},
+        },
+        "isBase64Encoded": False,
+    }
+    if query:
+        e["queryStringParameters"] = query
+        e["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()}
+    if body is not None:
+        e["body"] = body
+    return e
+
+SAMPLES["ws-connect"] = ws_event("$connect", "CONNECT", query={"token": SAMPLE_TOKEN})
+SAMPLES["ws-default"] = ws_event("$default", "MESSAGE", body='{"action":"ping"}')
+SAMPLES["ws-disconnect"] = ws_event("$disconnect", "DISCONNECT")
+
+# A batch of the table's stream as the event source mapping delivers it: a bot stopping.
+def bot_image(state, version):
+    return {
+        "PK": {"S": "USER#00000000-0000-4000-8000-000000000000"}, "SK": {"S": "BOT"},
+        "user_id": {"S": "00000000-0000-4000-8000-000000000000"}, "state": {"S": state}, "version": {"N": str(version)},
+        "exchange": {"S": "paper"}, "updated_at": {"S": "2026-12-01T00:00:00.000Z"},
+        "config": {"M": {"symbol": {"S": "BTCUSDT"}, "leverage": {"N": "5"}, "stop_loss_pct": {"S": "2"},
+                         "take_profit_pct": {"NULL": True}, "trailing_stop_pct": {"NULL": True},
+                         "max_position_notional": {"S": "5000"}, "margin_mode": {"S": "isolated"},
+                         "strategy": {"M": {"kind": {"S": "manual"}}}}},
+    }
+
+SAMPLES["broadcast"] = {"Records": [{
+    "eventID": "c4ca4238a0b923820dcc509a6f75849b", "eventName": "MODIFY", "eventVersion": "1.1",
+    "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+    "dynamodb": {
+        "Keys": {"PK": {"S": "USER#00000000-0000-4000-8000-000000000000"}, "SK": {"S": "BOT"}},
+        "NewImage": bot_image("stopping", 8), "OldImage": bot_image("running", 7),
+        "SequenceNumber": "111100000000000000000001", "SizeBytes": 420, "StreamViewType": "NEW_AND_OLD_IMAGES",
+    },
+    "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/trading-bot/stream/2026-12-01T00:00:00.000",
+}]}
 
 # What EventBridge Scheduler sends the guardian for one shard (the schedule's Input, verbatim).
 SAMPLES["sweep.shard-3"] = {"shard": 3}

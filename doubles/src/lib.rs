@@ -3,4 +3,6 @@
 //! codes), and Bitget's is checked by an independent client (ccxt) in `make test`.
 
 pub mod bitget;
+pub mod stream_source;
 pub mod telegram;
+pub mod ws_gateway;

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 pub struct TelegramState {
     pub messages: Vec<String>,
+    /// Every message with the chat it went to.
+    pub sent: Vec<(String, String)>,
     pub down: bool,
     pub rate_limit_once: bool,
 }
@@ -43,6 +45,7 @@ async fn send_message(
         );
     }
     s.messages.push(body["text"].as_str().unwrap_or("").to_owned());
+    s.sent.push((body["chat_id"].as_str().unwrap_or("").to_owned(), body["text"].as_str().unwrap_or("").to_owned()));
     (StatusCode::OK, Json(json!({"ok": true, "result": {"message_id": s.messages.len()}})))
 }
 
@@ -57,6 +60,10 @@ impl FakeTelegram {
     }
     pub fn messages(&self) -> Vec<String> {
         self.state.lock().unwrap().messages.clone()
+    }
+    /// The messages sent to one chat, oldest first.
+    pub fn messages_to(&self, chat_id: &str) -> Vec<String> {
+        self.state.lock().unwrap().sent.iter().filter(|(chat, _)| chat == chat_id).map(|(_, text)| text.clone()).collect()
     }
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;

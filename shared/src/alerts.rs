@@ -78,8 +78,14 @@ pub async fn send(state: &AppState, text: &str) -> bool {
             return false;
         }
     };
+    post_message(state, &secret, &secret.chat_id, text).await
+}
+
+/// Posts `text` to `chat_id` with the bot of `secret`, honouring one 429 `retry_after` (up to
+/// 5 s). Failures are logged (never the URL: it holds the bot token) and answered `false`.
+pub async fn post_message(state: &AppState, secret: &crate::secrets::TelegramSecret, chat_id: &str, text: &str) -> bool {
     let url = format!("{}/bot{}/sendMessage", state.config.telegram_base_url.trim_end_matches('/'), secret.bot_token.expose());
-    let body = serde_json::json!({"chat_id": secret.chat_id, "text": text, "disable_web_page_preview": true});
+    let body = serde_json::json!({"chat_id": chat_id, "text": text, "disable_web_page_preview": true});
     for attempt in 0..2 {
         match state.http.post(&url).json(&body).timeout(Duration::from_secs(3)).send().await {
             Ok(r) if r.status().is_success() => return true,

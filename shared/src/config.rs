@@ -46,6 +46,12 @@ pub struct Config {
     pub jwt_secret_id: String,
     pub encryption_secret_id: String,
     pub telegram_secret_id: String,
+    /// `{"token"}`: what Telegram sends in `X-Telegram-Bot-Api-Secret-Token` to the webhook.
+    pub telegram_webhook_secret_id: String,
+    /// The bot users link their chat to (`https://t.me/<name>?start=<code>`).
+    pub telegram_bot_username: String,
+    /// API Gateway's Management API of the WebSocket stage (locally, `make dev`'s gateway).
+    pub ws_management_url: String,
     pub secrets_ttl: Duration,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -110,6 +116,9 @@ impl Config {
             jwt_secret_id: or("JWT_SECRET_ID", "trading-bot/local/jwt-keys"),
             encryption_secret_id: or("ENCRYPTION_SECRET_ID", "trading-bot/local/encryption-key"),
             telegram_secret_id: or("TELEGRAM_SECRET_ID", "trading-bot/local/telegram"),
+            telegram_webhook_secret_id: or("TELEGRAM_WEBHOOK_SECRET_ID", "trading-bot/local/telegram-webhook"),
+            telegram_bot_username: or("TELEGRAM_BOT_USERNAME", "trading_bot_local_bot"),
+            ws_management_url: or("WS_MANAGEMENT_URL", "http://127.0.0.1:9001"),
             secrets_ttl: secs("SECRETS_TTL_SECS", 300)?,
             jwt_issuer: or("JWT_ISSUER", "https://trading-bot.local"),
             jwt_audience: or("JWT_AUDIENCE", "trading-bot-api"),

@@ -162,6 +162,8 @@ pub async fn seed_secrets(client: &aws_sdk_secretsmanager::Client, config: &crat
     put_secret(client, &config.encryption_secret_id, &crate::crypto::generate_key_secret("local-1").to_string()).await?;
     let telegram = serde_json::json!({"bot_token": format!("0000:{}", uuid::Uuid::new_v4().simple()), "chat_id": "-1000000000000"});
     put_secret(client, &config.telegram_secret_id, &telegram.to_string()).await?;
+    let webhook = serde_json::json!({"token": format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())});
+    put_secret(client, &config.telegram_webhook_secret_id, &webhook.to_string()).await?;
     Ok(())
 }
 

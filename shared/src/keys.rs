@@ -241,6 +241,49 @@ pub fn every_active_partition() -> Vec<String> {
     (0..GUARDIAN_SHARDS).flat_map(guardian_partitions).map(|(partition, _)| partition).collect()
 }
 
+/// A user's WebSocket connections (`CONNS#<user>`, `CONN#<id>`), apart from their `USER#`
+/// partition so trading reads never page through them; and the id's pointer to its user.
+pub fn connections_partition(user_id: &str) -> String {
+    format!("CONNS#{user_id}")
+}
+pub fn connection(user_id: &str, connection_id: &str) -> Key {
+    key(connections_partition(user_id), format!("CONN#{connection_id}"))
+}
+pub fn connection_pointer(connection_id: &str) -> Key {
+    key(format!("WSCONN#{connection_id}"), "WSCONN")
+}
+/// A user's notification settings and linked Telegram chat.
+pub fn notifications(user_id: &str) -> Key {
+    key(user_partition(user_id), "NOTIFICATIONS")
+}
+
+/// What a stream record changed, as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangedItem {
+    Profile,
+    Bot,
+    PaperPosition,
+    LivePosition,
+    Order,
+}
+
+/// The user and kind of a changed item, from its key; `None` for what no user sees.
+pub fn changed_item(key: &HashMap<String, AttributeValue>) -> Option<(&str, ChangedItem)> {
+    let pk = key.get(PK).and_then(|v| v.as_s().ok())?;
+    if let Some(user_id) = pk.strip_prefix("USER#") {
+        let kind = match user_item(key) {
+            UserItem::Profile => ChangedItem::Profile,
+            UserItem::Bot => ChangedItem::Bot,
+            UserItem::PaperPosition => ChangedItem::PaperPosition,
+            UserItem::LivePosition => ChangedItem::LivePosition,
+            _ => return None,
+        };
+        return Some((user_id, kind));
+    }
+    let user_id = pk.strip_prefix("ORDERS#")?;
+    sort_key(key).filter(|sk| sk.starts_with("ORDER#")).map(|_| (user_id, ChangedItem::Order))
+}
+
 pub fn health_probe() -> Key {
     key("HEALTH".to_owned(), "PROBE")
 }

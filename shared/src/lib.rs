@@ -13,6 +13,7 @@ pub mod guardian;
 pub mod handlers;
 pub mod http;
 pub mod keys;
+pub mod live;
 pub mod mail;
 pub mod probes;
 pub mod redis_conn;

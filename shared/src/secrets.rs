@@ -140,6 +140,22 @@ pub fn parse_telegram(text: &str, _production: bool) -> Result<TelegramSecret, S
     serde_json::from_str(text).map_err(|e| format!("expected {{\"bot_token\",\"chat_id\"}}: {}", e.classify_name()))
 }
 
+/// The token Telegram presents to the webhook (`setWebhook`'s `secret_token`).
+#[derive(serde::Deserialize)]
+pub struct WebhookSecret {
+    pub token: Secret<String>,
+}
+
+pub fn parse_webhook_secret(text: &str, _production: bool) -> Result<WebhookSecret, String> {
+    let secret: WebhookSecret = serde_json::from_str(text).map_err(|e| format!("expected {{\"token\"}}: {}", e.classify_name()))?;
+    // Telegram takes 1 to 256 of A-Z, a-z, 0-9, _ and -.
+    let token = secret.token.expose();
+    if token.is_empty() || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err("the webhook token must be 1 to 256 of A-Z, a-z, 0-9, _ and -".into());
+    }
+    Ok(secret)
+}
+
 /// The application's Redis (ElastiCache RBAC) user.
 #[derive(serde::Deserialize)]
 pub struct RedisAuth {

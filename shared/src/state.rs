@@ -4,7 +4,7 @@ use crate::auth::tokens::{parse_jwt_keys, JwtKeys};
 use crate::config::{AppEnv, Config};
 use crate::crypto::{parse_encryption_keys, EncryptionKeys};
 use crate::mail::Mailer;
-use crate::secrets::{parse_redis_auth, parse_telegram, CachedSecret, TelegramSecret};
+use crate::secrets::{parse_redis_auth, parse_telegram, parse_webhook_secret, CachedSecret, TelegramSecret, WebhookSecret};
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ pub struct AppState {
     pub jwt_keys: CachedSecret<JwtKeys>,
     pub encryption_keys: CachedSecret<EncryptionKeys>,
     pub telegram: CachedSecret<TelegramSecret>,
+    pub telegram_webhook: CachedSecret<WebhookSecret>,
     pub mailer: Mailer,
     /// Exchange and Telegram calls; one pool per environment.
     pub http: reqwest::Client,
@@ -30,6 +31,7 @@ pub enum Need {
     JwtKeys,
     EncryptionKeys,
     Telegram,
+    TelegramWebhook,
 }
 
 impl AppState {
@@ -46,6 +48,8 @@ impl AppState {
         let encryption_keys = CachedSecret::new(c, id, t, p, parse_encryption_keys);
         let (c, id, t, p) = secret(&config.telegram_secret_id);
         let telegram = CachedSecret::new(c, id, t, p, parse_telegram);
+        let (c, id, t, p) = secret(&config.telegram_webhook_secret_id);
+        let telegram_webhook = CachedSecret::new(c, id, t, p, parse_webhook_secret);
         let http = reqwest::Client::builder()
             .timeout(config.exchange_timeout)
             .connect_timeout(std::time::Duration::from_secs(3))
@@ -62,6 +66,7 @@ impl AppState {
             jwt_keys,
             encryption_keys,
             telegram,
+            telegram_webhook,
             http,
         })
     }
@@ -106,6 +111,7 @@ impl AppState {
                         tracing::warn!(error = %e, "telegram alerts disabled until the secret is readable");
                     }
                 }
+                Need::TelegramWebhook => drop(self.telegram_webhook.get().await?),
             }
         }
         Ok(())

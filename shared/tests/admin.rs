@@ -42,11 +42,7 @@ async fn operator(app: &TestApp) -> Operator {
     let res = sign_in_with_code(app, &user.email, &authenticator.next()).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     let access = res.body["access_token"].as_str().unwrap().to_owned();
-    Operator {
-        user_id: claims(&access)["sub"].as_str().unwrap().to_owned(),
-        email: user.email,
-        access,
-    }
+    Operator { user_id: claims(&access)["sub"].as_str().unwrap().to_owned(), email: user.email, access }
 }
 
 fn bot_config(symbol: &str) -> Value {

@@ -57,7 +57,25 @@ pub const KEY_REFETCH_INTERVAL: std::time::Duration = std::time::Duration::from_
 /// Verifies the bearer token's signature and claims. Revocation is checked by the caller, which
 /// reads the user's data anyway (no extra round trip).
 pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
-    let token = bearer_token(req).ok_or_else(ApiError::invalid_token)?;
+    verify_token(state, bearer_token(req).ok_or_else(ApiError::invalid_token)?).await
+}
+
+/// The caller's profile, when their token is not revoked by it (a global logout, the session
+/// ended, the account gone); else 401 `invalid_token`.
+pub async fn live_profile(state: &AppState, caller: &Caller) -> Result<crate::auth::store::Profile, ApiError> {
+    let users = crate::auth::store::UserStore { client: &state.dynamo, table: &state.config.table_name };
+    let profile = users.profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
+    if caller.revoked_by(&profile) {
+        return Err(ApiError::invalid_token());
+    }
+    Ok(profile)
+}
+
+/// Verifies an access token given some other way than a header (the WebSocket's `?token=`).
+pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    if token.is_empty() || token.len() > 4096 {
+        return Err(ApiError::invalid_token());
+    }
     let mut keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     if keys.is_unknown_key(token) {
         // Signed with a key newer than this environment's cached set: fetch the set again, at

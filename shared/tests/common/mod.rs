@@ -54,6 +54,7 @@ pub fn test_config(overrides: &[(&str, String)]) -> Config {
         ("JWT_SECRET_ID".into(), format!("test/{id}/jwt")),
         ("ENCRYPTION_SECRET_ID".into(), format!("test/{id}/enc")),
         ("TELEGRAM_SECRET_ID".into(), format!("test/{id}/telegram")),
+        ("TELEGRAM_WEBHOOK_SECRET_ID".into(), format!("test/{id}/telegram-webhook")),
         ("OUTBOX_PATH".into(), std::env::temp_dir().join(format!("outbox-{id}.jsonl")).display().to_string()),
         ("IP_RATE_LIMIT_PER_MINUTE".into(), "1000".into()),
         ("CORS_ALLOWED_ORIGINS".into(), "https://app.example".into()),

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: install dev test build lint fmt bench sweep strategy candles price kill-switch admin clean
+.PHONY: install dev test build lint fmt bench sweep strategy candles price kill-switch admin admin-revoke clean
 
 install:
 	@infra/install.sh
@@ -55,6 +55,10 @@ admin:
 	@test -n "$(EMAIL)" || { echo "usage: make admin EMAIL=you@example.com"; exit 2; }
 	@source .local/dev/env && cargo run -q --bin ops -- grant-admin $(EMAIL)
 
+admin-revoke:
+	@test -n "$(EMAIL)" || { echo "usage: make admin-revoke EMAIL=you@example.com"; exit 2; }
+	@source .local/dev/env && cargo run -q --bin ops -- revoke-admin $(EMAIL)
+
 clean:
 	rm -rf .local .aws-sam
 
@@ -76,3 +80,7 @@ aws-kill-switch:
 aws-admin:
 	@test -n "$(STACK)" -a -n "$(EMAIL)" || { echo "usage: make aws-admin STACK=trading-bot-prod EMAIL=you@example.com"; exit 2; }
 	@infra/aws-ops.sh $(STACK) grant-admin $(EMAIL)
+
+aws-admin-revoke:
+	@test -n "$(STACK)" -a -n "$(EMAIL)" || { echo "usage: make aws-admin-revoke STACK=trading-bot-prod EMAIL=you@example.com"; exit 2; }
+	@infra/aws-ops.sh $(STACK) revoke-admin $(EMAIL)

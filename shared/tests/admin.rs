@@ -30,6 +30,7 @@ async fn set_roles(app: &TestApp, email: &str, roles: &[&str]) {
 
 struct Operator {
     email: String,
+    recovery_codes: Vec<String>,
     user_id: String,
     access: String,
 }
@@ -38,11 +39,11 @@ struct Operator {
 async fn operator(app: &TestApp) -> Operator {
     let user = sign_up(app).await;
     set_roles(app, &user.email, &["admin"]).await;
-    let (authenticator, _) = turn_on_two_factor(app, &user.access).await;
+    let (authenticator, recovery_codes) = turn_on_two_factor(app, &user.access).await;
     let res = sign_in_with_code(app, &user.email, &authenticator.next()).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     let access = res.body["access_token"].as_str().unwrap().to_owned();
-    Operator { user_id: claims(&access)["sub"].as_str().unwrap().to_owned(), email: user.email, access }
+    Operator { user_id: claims(&access)["sub"].as_str().unwrap().to_owned(), email: user.email, recovery_codes, access }
 }
 
 fn bot_config(symbol: &str) -> Value {
@@ -136,6 +137,19 @@ async fn the_role_travels_in_every_token_of_the_session_and_admin_routes_also_ne
         .await;
     assert_eq!(res.status, 204, "{}", res.raw);
     assert_eq!((kill_switch(&app, &access).await.status, kill_switch(&app, &access).await.code()), (401, "invalid_token"));
+}
+
+#[tokio::test]
+async fn turning_two_factor_off_ends_admin_access_for_sessions_signed_in_with_it() {
+    let app = paper_app().await;
+    let op = operator(&app).await;
+    assert_eq!(kill_switch(&app, &op.access).await.status, 200);
+    let body = json!({"password": PASSWORD, "code": op.recovery_codes[0]});
+    let res = app.call_as(auth::totp_disable, &op.access, "POST", "/api/v1/auth/mfa/totp/disable", Some(body)).await;
+    assert_eq!(res.status, 204, "{}", res.raw);
+    assert_eq!(claims(&op.access)["amr"], json!(["pwd", "otp"]), "the token still says otp");
+    let res = kill_switch(&app, &op.access).await;
+    assert_eq!((res.status, res.code()), (403, "mfa_required"), "{}", res.raw);
 }
 
 #[tokio::test]

@@ -55,6 +55,8 @@ fn from_key(key: &HashMap<String, String>) -> Item {
 
 /// A bot found in the index, with the positions that follow it there.
 struct Found {
+    /// Where a page that begins with this bot starts: its partition and the item before it.
+    at: (usize, Option<Item>),
     bot: BotRecord,
     paper: Vec<PaperPosition>,
     live: Vec<LivePosition>,
@@ -88,6 +90,12 @@ pub async fn list(state: &AppState, query: Option<&str>) -> Result<BotsPage, Api
     let mut reads = 0;
     let next = 'read: loop {
         if reads == MAX_INDEX_READS {
+            // Out of reads: the last bot's positions may lie past them, so the next page begins
+            // with that bot (unless it is the only one: then the page goes on from here).
+            if found.len() > 1 {
+                let (partition, before) = found.pop().map(|f| f.at).unwrap_or((partition, None));
+                break Some(Cursor { partition, after: before.as_ref().map(to_key) });
+            }
             break Some(Cursor { partition, after: start.as_ref().map(to_key) });
         }
         reads += 1;
@@ -102,7 +110,7 @@ pub async fn list(state: &AppState, query: Option<&str>) -> Result<BotsPage, Api
                         // This bot begins the next page.
                         break 'read Some(Cursor { partition, after: last.as_ref().map(to_key) });
                     }
-                    found.push(Found { bot: *bot, paper: Vec::new(), live: Vec::new() });
+                    found.push(Found { at: (partition, last.clone()), bot: *bot, paper: Vec::new(), live: Vec::new() });
                 }
                 // A bot's positions follow it in the index (`<user>#POS#…`).
                 Ok(IndexRecord::PaperPosition(p)) => {

@@ -43,6 +43,10 @@ async fn check(state: &AppState, caller: &Caller) -> Result<Admin, ApiError> {
     if !profile.roles.iter().any(|r| r == ADMIN_ROLE) {
         return Err(forbidden());
     }
+    // A session signed in with two-factor outlives turning it off: admin access does not.
+    if !profile.mfa_enabled {
+        return Err(ApiError::Forbidden { code: "mfa_required", detail: "admin routes need two-factor on the account" });
+    }
     Ok(Admin { user_id: caller.user_id.clone(), email: profile.email })
 }
 

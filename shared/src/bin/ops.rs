@@ -1,7 +1,7 @@
 //! Operator and developer commands against the configured stack (the local emulator, or AWS with
 //! the default credential chain):
 //!   ops create-table | seed-secrets | set-price SYMBOL PRICE | load-candles SYMBOL FILE | kill-switch on|off [REASON]
-//!   ops grant-admin EMAIL                     (the admin role; admin routes also need two-factor)
+//!   ops grant-admin EMAIL | revoke-admin EMAIL (the admin role; admin routes also need two-factor)
 //!   ops init-secrets | rotate-jwt-keys        (AWS: fill the secrets CloudFormation cannot make)
 //!   ops backfill-history                      (once, after the release that added order and fill history)
 
@@ -94,9 +94,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
             println!("{} ({}) is an admin from its next sign-in (admin routes also need two-factor)", email.as_str(), creds.user_id);
         }
+        ["revoke-admin", email] => {
+            // Ends admin access at once: every admin call reads the role from the account.
+            let email = shared::auth::email::EmailAddress::parse(email).map_err(|_| "EMAIL is not an email address")?;
+            let users = shared::auth::store::UserStore { client: &dynamo, table: &config.table_name };
+            let (form, creds) = users.find(&email).await.map_err(|e| e.to_string())?.ok_or("no account has this address")?;
+            let roles: Vec<String> = creds.roles.iter().filter(|r| *r != shared::auth::tokens::ADMIN_ROLE).cloned().collect();
+            if !users.set_roles(&form, &creds.user_id, &roles).await.map_err(|e| e.to_string())? {
+                return Err("the account changed meanwhile; run it again".into());
+            }
+            println!("{} ({}) is no longer an admin", email.as_str(), creds.user_id);
+        }
         other => {
             return Err(
-                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off [REASON], grant-admin EMAIL, backfill-history").into()
+                format!("unknown command {other:?}; try create-table, seed-secrets, init-secrets, rotate-jwt-keys, set-price SYMBOL PRICE, load-candles SYMBOL FILE, kill-switch on|off [REASON], grant-admin EMAIL, revoke-admin EMAIL, backfill-history").into()
             )
         }
     }

@@ -20,8 +20,8 @@ pub async fn list_bots(state: &AppState, req: Request, ctx: RequestContext) -> H
 /// `POST /api/v1/admin/users/{user_id}/bot/stop`: the stop route's answer for that user.
 pub async fn stop_bot(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
     let user_id = crate::http::inner_path_parameter(&req, "user_id", "users");
-    // The id as given, cut to a key's worth, names the target even when it names nobody.
-    let target: String = user_id.chars().take(64).collect();
+    // Only an id of the shape this service makes is written into the log as given.
+    let target = if uuid::Uuid::try_parse(&user_id).is_ok() && user_id.len() == 36 { user_id.clone() } else { "invalid".to_owned() };
     let stopped = admin::act(state, &req, &ctx, "bot.stop", Some(target), Effect::Change, |_| admin::bots::stop(state, &user_id)).await?;
     json_response(StatusCode::OK, &stopped)
 }

@@ -129,6 +129,9 @@ pub async fn receive(state: &AppState, body: &[u8]) -> Result<WebhookOutcome, Ap
 
 /// Validates the events of `PUT /api/v1/notifications`: each one known, each once.
 pub fn chosen_events(events: &[String]) -> Result<Vec<String>, ApiError> {
+    if events.len() > 32 {
+        return Err(ApiError::unprocessable("invalid_event", "at most 32 events are given"));
+    }
     let mut chosen = Vec::new();
     for event in events {
         if !EVENTS.contains(&event.as_str()) {

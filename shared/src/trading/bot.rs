@@ -277,7 +277,8 @@ pub async fn begin_stop(trading: &TradingStore<'_>, user_id: &str, bot: BotRecor
             return Ok(Begun::Stopping(stopping));
         }
         match trading.bot(user_id).await? {
-            Some(latest) if reason.is_some() && latest.run != bot.run => return Ok(Begun::Superseded(latest)),
+            // A triggered exit belongs to the run it triggered in; an operator's stop, to the bot.
+            Some(latest) if reason.is_some_and(|r| r != ADMIN_STOP) && latest.run != bot.run => return Ok(Begun::Superseded(latest)),
             Some(latest) => bot = latest,
             None => return Err(concurrent_change()),
         }

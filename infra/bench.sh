@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: criterion benchmarks (crypto without servers; handlers against a private local
-# stack), then the guardian scale benchmark and the init-time comparison.
+# stack), then the guardian scale benchmark, the init-time comparison and live push latency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.local/bench-criterion-$$
@@ -10,3 +10,4 @@ source "$state/env"
 cargo bench -p shared --bench crypto --bench handlers
 bench/guardian_scale.sh
 bench/init_time.sh
+bench/live_latency.sh

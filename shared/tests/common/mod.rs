@@ -4,6 +4,7 @@
 //! `serve` wrapper the Lambda binaries use.
 #![allow(dead_code)]
 
+pub mod live;
 pub mod mfa;
 
 use lambda_http::request::RequestContext as LambdaContext;

@@ -205,8 +205,8 @@ async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnaps
 
 /// Bitget trades as fills, each with the reason of the order this service recorded for it
 /// (`manual` for an order placed by hand on Bitget). The order is found by its Bitget id: the id
-/// pointer this service wrote, else the client id Bitget's order history (or, for an order
-/// older than the window, its order detail) gives it.
+/// pointer this service wrote, else the client id Bitget's order history gives it, else (for an
+/// order the history did not name) its order detail.
 async fn fills_of_trades(
     state: &AppState,
     user_id: &str,

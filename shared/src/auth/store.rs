@@ -180,27 +180,45 @@ impl UserStore<'_> {
         crate::dynamo::get_item(self.client, self.table, keys::profile(user_id)).await
     }
 
-    /// Marks both records verified, only if the email record still belongs to `user_id`.
-    pub async fn mark_verified(&self, email: &str, user_id: &str) -> Result<bool, StoreError> {
-        let update = |key, condition: &str| -> Result<TransactWriteItem, StoreError> {
-            let u = Update::builder()
+    /// One update of both records of an account (its login record under `email` and its
+    /// profile) in one transaction, only while the login record still belongs to `user_id`.
+    /// `update` fills in the expression; `extra_condition` is added to both records' ownership.
+    async fn update_both(
+        &self,
+        email: &str,
+        user_id: &str,
+        extra_condition: Option<&str>,
+        update: impl Fn(aws_sdk_dynamodb::types::builders::UpdateBuilder) -> aws_sdk_dynamodb::types::builders::UpdateBuilder,
+    ) -> Result<bool, StoreError> {
+        let write = |key, owner: &str| -> Result<TransactWriteItem, StoreError> {
+            let condition = match extra_condition {
+                Some(extra) => format!("{owner} AND ({extra})"),
+                None => owner.to_owned(),
+            };
+            let builder = Update::builder()
                 .table_name(self.table)
                 .set_key(Some(key))
-                .update_expression("SET email_verified = :t REMOVE expires_at")
-                .condition_expression(format!("{condition} AND (attribute_not_exists(expires_at) OR expires_at > :now)"))
-                .expression_attribute_values(":t", AttributeValue::Bool(true))
-                .expression_attribute_values(":uid", s(user_id))
-                .expression_attribute_values(":now", n(chrono::Utc::now().timestamp()))
-                .build()
-                .map_err(StoreError::from)?;
-            Ok(TransactWriteItem::builder().update(u).build())
+                .condition_expression(condition)
+                .expression_attribute_values(":uid", s(user_id));
+            Ok(TransactWriteItem::builder().update(update(builder).build().map_err(StoreError::from)?).build())
         };
         let request = self
             .client
             .transact_write_items()
-            .transact_items(update(keys::email(email), "user_id = :uid")?)
-            .transact_items(update(keys::profile(user_id), "id = :uid")?);
+            .transact_items(write(keys::email(email), "user_id = :uid")?)
+            .transact_items(write(keys::profile(user_id), "id = :uid")?);
         Ok(dynamo::transact(request).await?.written())
+    }
+
+    /// Marks both records verified, only if the email record still belongs to `user_id`.
+    pub async fn mark_verified(&self, email: &str, user_id: &str) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        self.update_both(email, user_id, Some("attribute_not_exists(expires_at) OR expires_at > :now"), |u| {
+            u.update_expression("SET email_verified = :t REMOVE expires_at")
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .expression_attribute_values(":now", n(now))
+        })
+        .await
     }
 
     /// Sets the account's roles on both records (an operator's `make admin`), only while the
@@ -208,25 +226,12 @@ impl UserStore<'_> {
     /// tokens' roles until they end, but admin routes read the profile's on every call.
     pub async fn set_roles(&self, email: &str, user_id: &str, roles: &[String]) -> Result<bool, StoreError> {
         let value = AttributeValue::L(roles.iter().map(|r| s(r.as_str())).collect());
-        let update = |key, condition: &str| -> Result<TransactWriteItem, StoreError> {
-            let u = Update::builder()
-                .table_name(self.table)
-                .set_key(Some(key))
-                .update_expression("SET #roles = :roles")
-                .condition_expression(condition)
+        self.update_both(email, user_id, None, |u| {
+            u.update_expression("SET #roles = :roles")
                 .expression_attribute_names("#roles", "roles")
                 .expression_attribute_values(":roles", value.clone())
-                .expression_attribute_values(":uid", s(user_id))
-                .build()
-                .map_err(StoreError::from)?;
-            Ok(TransactWriteItem::builder().update(u).build())
-        };
-        let request = self
-            .client
-            .transact_write_items()
-            .transact_items(update(keys::email(email), "user_id = :uid")?)
-            .transact_items(update(keys::profile(user_id), "id = :uid")?);
-        Ok(dynamo::transact(request).await?.written())
+        })
+        .await
     }
 
     pub async fn update_password_hash(&self, email: &str, user_id: &str, hash: &str) -> Result<(), ApiError> {

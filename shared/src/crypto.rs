@@ -84,14 +84,14 @@ pub fn generate_key_secret(id: &str) -> serde_json::Value {
     serde_json::json!({"keys": [{"id": id, "key": STANDARD.encode(key)}]})
 }
 
-/// 256 random bits, URL-safe base64 without padding (43 characters): every bearer secret this
-/// service mints (refresh tokens' random part, mailed link tokens, `mfa_token`s, signal tokens).
 /// Whether two byte strings are equal, in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// 256 random bits, URL-safe base64 without padding (43 characters): every bearer secret this
+/// service mints (refresh tokens' random part, mailed link tokens, `mfa_token`s, signal tokens).
 pub fn random_token() -> String {
     let mut random = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut random);

@@ -101,6 +101,7 @@ async fn a_guardian_stop_loss_reaches_every_connection_with_its_reason_and_no_ot
         None => panic!("the closing order's fill was not pushed"),
     };
     assert_eq!((order["status"].clone(), order["side"].clone()), (json!("filled"), json!("sell")));
+    assert_eq!(order["order_type"], "market", "the order's own type, beside the message's: {order}");
     assert!(all_within(&mut stranger, Duration::from_millis(500)).await.is_empty(), "another user hears nothing");
 }
 

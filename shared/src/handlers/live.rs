@@ -27,6 +27,17 @@ fn connection_id(req: &Request) -> Result<String, ApiError> {
 
 // ---------------------------------------------------------------- WebSocket
 
+/// The caller a stored connection was made for (to check its revocation again).
+fn caller_again(connection: &Connection) -> crate::auth::session::Caller {
+    crate::auth::session::Caller {
+        user_id: connection.user_id.clone(),
+        issued_at_ms: connection.issued_at_ms,
+        session_id: connection.session_id.clone(),
+        sign_in: crate::auth::tokens::SignIn::Password,
+        roles: crate::auth::tokens::Roles::NONE,
+    }
+}
+
 /// `$connect` (`wss://…?token=<access token>`): the token is verified as on every route and its
 /// session must be live; anything else refuses the upgrade with 401.
 pub async fn ws_connect(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
@@ -42,7 +53,14 @@ pub async fn ws_connect(state: &AppState, req: Request, _ctx: RequestContext) ->
         connected_ms: now.timestamp_millis(),
         expires_at: now.timestamp() + crate::live::store::CONNECTION_LIFETIME_SECS,
     };
-    live_store(state).add(&connection).await?;
+    let store = live_store(state);
+    store.add(&connection).await?;
+    // A revocation that landed while the connection was stored saw no connection to close:
+    // read the profile again, and refuse if it did.
+    if crate::auth::session::live_profile(state, &caller_again(&connection)).await.is_err() {
+        store.remove(&connection.user_id, &connection.connection_id).await?;
+        return Err(ApiError::invalid_token());
+    }
     empty_response(StatusCode::OK)
 }
 

@@ -138,7 +138,7 @@ pub async fn handle(state: &AppState, gateway: &Gateway, event: StreamEvent) -> 
             };
             messages.push(push_message(&change.change, &marks, reason).to_string());
         }
-        // In stream order per connection: a client sees a stop's order fill before the bot stopped.
+        // In stream order per connection (the stream orders each item's changes).
         let targets: Vec<String> =
             connections.iter().map(|c| c.connection_id.clone()).filter(|id| !closing.contains(id.as_str())).collect();
         let sends = targets.into_iter().map(|id| send_all(gateway, id, &messages));
@@ -150,18 +150,29 @@ pub async fn handle(state: &AppState, gateway: &Gateway, event: StreamEvent) -> 
                     Sent::Failed => report.failed += 1,
                     Sent::Gone => {
                         report.gone += 1;
-                        store.remove(user_id, &connection_id).await?;
+                        // Its pointer and item expire anyway: not worth failing the batch.
+                        if let Err(e) = store.remove(user_id, &connection_id).await {
+                            tracing::warn!(error = %e, "a gone connection could not be forgotten");
+                        }
                     }
                 }
             }
         }
         for connection_id in closing {
             gateway.close(&connection_id).await;
-            store.remove(user_id, &connection_id).await?;
+            if let Err(e) = store.remove(user_id, &connection_id).await {
+                tracing::warn!(error = %e, "a closed connection could not be forgotten");
+            }
             report.closed += 1;
         }
     }
-    report.notified = crate::live::telegram::notify(state, &changes).await;
+    // Pushes are out; Telegram gets what time is left, and never fails or holds the batch.
+    report.notified = tokio::time::timeout(crate::live::telegram::NOTIFY_BUDGET, crate::live::telegram::notify(state, &changes))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!("telegram sends cut short by their budget");
+            0
+        });
     Ok(report)
 }
 

@@ -23,6 +23,9 @@ pub struct StreamEvent {
 pub struct StreamRecord {
     #[serde(rename = "eventName", default)]
     pub event_name: String,
+    /// The stream: sequence numbers are unique only within one.
+    #[serde(rename = "eventSourceARN", default)]
+    pub event_source_arn: String,
     pub dynamodb: StreamChange,
 }
 
@@ -83,8 +86,15 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct UserChange {
     pub user_id: String,
+    /// The stream record's place, unique across streams: `<stream ARN digest>:<sequence number>`.
     pub sequence_number: String,
     pub change: Change,
+}
+
+fn record_id(record: &StreamRecord) -> String {
+    use sha2::Digest;
+    let stream = hex::encode(&sha2::Sha256::digest(record.event_source_arn.as_bytes())[..8]);
+    format!("{stream}:{}", record.dynamodb.sequence_number)
 }
 
 fn paper_position(p: PaperPosition) -> PositionChange {
@@ -159,9 +169,7 @@ pub fn changes_of(record: &StreamRecord) -> Vec<UserChange> {
             }
         }
     };
-    change
-        .map(|change| vec![UserChange { user_id: user_id.to_owned(), sequence_number: record.dynamodb.sequence_number.clone(), change }])
-        .unwrap_or_default()
+    change.map(|change| vec![UserChange { user_id: user_id.to_owned(), sequence_number: record_id(record), change }]).unwrap_or_default()
 }
 
 /// Why a position closed or shrank, from the batch's orders of that user and symbol that filled
@@ -198,6 +206,8 @@ pub fn push_message(change: &Change, marks: &HashMap<String, Decimal>, reason: O
         }
         Change::Order { record, .. } => {
             let mut message = serde_json::to_value(Order::from(record.as_ref())).unwrap_or_default();
+            // The order's own `type` (market, limit) moves to `order_type`: `type` names the message.
+            message["order_type"] = message["type"].clone();
             message["type"] = "order".into();
             message
         }

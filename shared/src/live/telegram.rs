@@ -5,6 +5,7 @@
 use crate::error::ApiError;
 use crate::live::stream::{notification_kind, notification_text, UserChange};
 use crate::state::AppState;
+use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 pub const EVENTS: [&str; 7] = ["fill", "stop_loss", "take_profit", "trailing_stop", "liquidation", "bot_state", "error"];
 pub const LINK_CODE_TTL_SECS: u64 = 600;
+/// What a batch gives Telegram after its pushes, well inside the function's 30 s.
+pub const NOTIFY_BUDGET: Duration = Duration::from_secs(12);
 /// How long a stream record's send is remembered: longer than the stream keeps a record (24 h).
 const SENT_TTL_SECS: u64 = 26 * 3600;
 
@@ -161,44 +164,51 @@ pub async fn send(state: &AppState, chat_id: i64, text: &str) -> bool {
 /// Tells each user's linked chat about the changes they chose, once per stream record (its
 /// sequence number is remembered for a day). Never fails: a user's Telegram is theirs to lose.
 pub async fn notify(state: &AppState, changes: &[UserChange]) -> usize {
-    let mut by_user: BTreeMap<&str, Vec<(&'static str, &UserChange)>> = BTreeMap::new();
+    let mut by_user: BTreeMap<String, Vec<(&'static str, UserChange)>> = BTreeMap::new();
     for change in changes {
         if let Some(kind) = notification_kind(&change.change) {
-            by_user.entry(change.user_id.as_str()).or_default().push((kind, change));
+            by_user.entry(change.user_id.clone()).or_default().push((kind, change.clone()));
         }
     }
-    let store = crate::live::store::LiveStore { client: &state.dynamo, table: &state.config.table_name };
-    let mut sent = 0;
+    // Users at once (each user's messages in order), so one slow chat does not hold the others.
+    let mut tell = Vec::new();
     for (user_id, wanted) in by_user {
-        let settings = match store.notifications(user_id).await {
-            Ok(s) => s,
+        tell.push(tell_user(state, user_id, wanted));
+    }
+    futures::stream::iter(tell).buffer_unordered(8).collect::<Vec<usize>>().await.into_iter().sum()
+}
+
+async fn tell_user(state: &AppState, user_id: String, wanted: Vec<(&'static str, UserChange)>) -> usize {
+    let store = crate::live::store::LiveStore { client: &state.dynamo, table: &state.config.table_name };
+    let settings = match store.notifications(&user_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(user_id, error = %e, "notification settings unreadable; not told");
+            return 0;
+        }
+    };
+    let Some(chat_id) = settings.telegram_chat_id else { return 0 };
+    let events = settings.events();
+    let mut sent = 0;
+    for (kind, change) in wanted {
+        if !events.iter().any(|e| e == kind) {
+            continue;
+        }
+        // At most once: the record is claimed before the message goes.
+        let claim = format!("tgsent:{}:{kind}", change.sequence_number);
+        let mut conn = state.redis.clone();
+        let first: Result<Option<String>, _> =
+            redis::cmd("SET").arg(&claim).arg(1).arg("NX").arg("EX").arg(SENT_TTL_SECS).query_async(&mut conn).await;
+        match first {
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(user_id, error = %e, "notification settings unreadable; not told");
+                tracing::warn!(error = %e, "telegram dedup unavailable; not told (never twice)");
                 continue;
             }
-        };
-        let Some(chat_id) = settings.telegram_chat_id else { continue };
-        let events = settings.events();
-        for (kind, change) in wanted {
-            if !events.iter().any(|e| e == kind) {
-                continue;
-            }
-            // At most once: the record is claimed before the message goes.
-            let claim = format!("tgsent:{}:{kind}", change.sequence_number);
-            let mut conn = state.redis.clone();
-            let first: Result<Option<String>, _> =
-                redis::cmd("SET").arg(&claim).arg(1).arg("NX").arg("EX").arg(SENT_TTL_SECS).query_async(&mut conn).await;
-            match first {
-                Ok(Some(_)) => {}
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "telegram dedup unavailable; not told (never twice)");
-                    continue;
-                }
-            }
-            if tokio::time::timeout(Duration::from_secs(8), send(state, chat_id, &notification_text(&change.change))).await == Ok(true) {
-                sent += 1;
-            }
+        }
+        if tokio::time::timeout(Duration::from_secs(6), send(state, chat_id, &notification_text(&change.change))).await == Ok(true) {
+            sent += 1;
         }
     }
     sent

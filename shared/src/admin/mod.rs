@@ -35,11 +35,7 @@ async fn check(state: &AppState, caller: &Caller) -> Result<Admin, ApiError> {
     if caller.sign_in != SignIn::PasswordAndOtp {
         return Err(ApiError::Forbidden { code: "mfa_required", detail: "admin routes need a session signed in with two-factor" });
     }
-    let users = crate::auth::store::UserStore { client: &state.dynamo, table: &state.config.table_name };
-    let profile = users.profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
-    if caller.revoked_by(&profile) {
-        return Err(ApiError::invalid_token());
-    }
+    let profile = crate::auth::session::live_profile(state, caller).await?;
     if !profile.roles.iter().any(|r| r == ADMIN_ROLE) {
         return Err(forbidden());
     }

@@ -639,10 +639,7 @@ pub async fn reset_password(state: &AppState, req: Request, ctx: RequestContext)
 /// The caller and their profile; 401 `invalid_token` if the token is revoked.
 async fn signed_in(state: &AppState, req: &Request) -> Result<(Caller, Profile), ApiError> {
     let caller = authenticate(state, req).await?;
-    let profile = users(state).profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
-    if caller.revoked_by(&profile) {
-        return Err(ApiError::invalid_token());
-    }
+    let profile = crate::auth::session::live_profile(state, &caller).await?;
     Ok((caller, profile))
 }
 

@@ -22,9 +22,15 @@ lint: install
 fmt:
 	cargo fmt --all
 
-# sam build with the rust-cargolambda build method (cargo lambda + zig from .venv).
+# sam build: one workspace `cargo lambda build --release` (zig from .venv) serves every function;
+# each function's `makefile` build method (build-<LogicalId> below) copies its bootstrap. The size
+# of every bootstrap is checked against its budget.
 build: install
-	sam build --template template.yaml --beta-features --no-cached
+	@start=$$(date +%s); infra/lambda-build.sh && sam build --template template.yaml --build-in-source --no-cached \
+	  && infra/bootstrap-sizes.sh .aws-sam/build && echo "make build: $$(( $$(date +%s) - start )) s"
+
+build-%:
+	@infra/lambda-artifact.sh $* "$(ARTIFACTS_DIR)"
 
 bench: install
 	@infra/bench.sh

@@ -461,6 +461,10 @@ impl FakeBitget {
     pub fn calls(&self, path: &str) -> u32 {
         self.lock().calls.get(path).copied().unwrap_or(0)
     }
+    /// Every call so far, whatever its path.
+    pub fn total_calls(&self) -> u32 {
+        self.lock().calls.values().sum()
+    }
     pub fn order_count(&self) -> usize {
         self.lock().orders.len()
     }

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use rust_decimal::Decimal;
 use shared::guardian::{sweep_shards, SweepStats, PAGE_SIZE};
 use shared::keys::GUARDIAN_SHARDS;
+use shared::state::Table;
 use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,10 +39,10 @@ async fn seeded_state(bots: usize, sdk: &aws_config::SdkConfig) -> Result<(share
     };
     let config = shared::config::Config::from_lookup(lookup)?;
     let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-    shared::devstack::create_table(&dynamo, &config.table_name, include_str!("../../template.yaml")).await?;
-    shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(sdk), &config).await?;
+    ops::devstack::create_table(&dynamo, &config.table_name, include_str!("../../template.yaml")).await?;
+    ops::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(sdk), &config).await?;
     let table = config.table_name.clone();
-    let state = shared::AppState::new(config, sdk).map_err(|e| e.to_string())?;
+    let state = shared::AppState::all(config, sdk.clone()).await.map_err(|e| e.to_string())?;
     state.trading_store().set_mark("BTCUSDT", "65000".parse()?).await.map_err(|e| e.to_string())?;
     state.trading_store().set_mark("ETHUSDT", "3200".parse()?).await.map_err(|e| e.to_string())?;
 
@@ -54,11 +55,11 @@ async fn seeded_state(bots: usize, sdk: &aws_config::SdkConfig) -> Result<(share
         // Every hundredth position is 5 % under water: its stop-loss (2 %) triggers.
         let entry = if i % 100 == 0 { mark * Decimal::new(105, 2) } else { mark };
         let user = uuid::Uuid::new_v4().to_string();
-        items.extend(shared::devstack::running_paper_bot(&user, symbol, size.parse()?, entry, "2".parse()?)?);
+        items.extend(ops::devstack::running_paper_bot(&user, symbol, size.parse()?, entry, "2".parse()?)?);
     }
     let mut seeded = 0;
     for chunk in items.chunks(20_000) {
-        shared::devstack::put_items(&dynamo, &table, chunk.to_vec()).await?;
+        ops::devstack::put_items(&dynamo, &table, chunk.to_vec()).await?;
         seeded += chunk.len();
         eprintln!("seeded {seeded} items in {:?}", seeding.elapsed());
     }

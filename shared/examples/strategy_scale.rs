@@ -13,6 +13,7 @@
 use futures::StreamExt;
 use rust_decimal::Decimal;
 use shared::keys::GUARDIAN_SHARDS;
+use shared::state::Table;
 use shared::trading::candles::Interval;
 use shared::trading::strategy::{EmaCross, Strategy};
 use std::time::Instant;
@@ -64,10 +65,10 @@ async fn main() -> Result<(), BoxError> {
     };
     let config = shared::config::Config::from_lookup(lookup)?;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    shared::devstack::create_table(&dynamo, &config.table_name, include_str!("../../template.yaml")).await?;
-    shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await?;
+    ops::devstack::create_table(&dynamo, &config.table_name, include_str!("../../template.yaml")).await?;
+    ops::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await?;
     let table = config.table_name.clone();
-    let state = shared::AppState::new(config, &sdk).map_err(|e| e.to_string())?;
+    let state = shared::AppState::all(config, sdk.clone()).await.map_err(|e| e.to_string())?;
 
     // 10,100 one-minute candles ending 200 minutes ago: flat, then a jump at the last one.
     let now = chrono::Utc::now().timestamp_millis() / MINUTE * MINUTE;
@@ -87,9 +88,9 @@ async fn main() -> Result<(), BoxError> {
     for i in 0..bots {
         let symbol = if i % 2 == 0 { "BTCUSDT" } else { "ETHUSDT" };
         let user = uuid::Uuid::new_v4().to_string();
-        items.extend(shared::devstack::running_strategy_bot(&user, symbol, strategy, t0)?);
+        items.extend(ops::devstack::running_strategy_bot(&user, symbol, strategy, t0)?);
     }
-    shared::devstack::put_items(&dynamo, &table, items).await?;
+    ops::devstack::put_items(&dynamo, &table, items).await?;
     let seeded_ms = seeding.elapsed().as_millis() as u64;
 
     let quiet = fan_out(&state, t0 + (count - 1) * MINUTE).await;

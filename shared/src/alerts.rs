@@ -2,7 +2,7 @@
 //! not every minute — with a recovery message after. Locally they also go to the mail outbox.
 
 use crate::mail::Email;
-use crate::state::AppState;
+use crate::state::{Cache, Mail, Telegram};
 use redis::Script;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -41,10 +41,10 @@ pub enum Transition {
 
 /// Records the check's state; says whether an alert or a recovery message is due. Redis down
 /// means no dedup is possible: say nothing rather than page every minute.
-pub async fn transition(state: &AppState, check: &str, ok: bool) -> Transition {
-    let mut conn = state.redis.clone();
+pub async fn transition(state: &impl Cache, check: &str, ok: bool) -> Transition {
+    let mut conn = state.redis().clone();
     let result: redis::RedisResult<String> = TRANSITION
-        .key(format!("alert:{}:{check}", state.config.table_name))
+        .key(format!("alert:{}:{check}", state.config().table_name))
         .arg(if ok { "ok" } else { "fail" })
         .arg(chrono::Utc::now().timestamp())
         .arg(ALERT_COOLDOWN_SECS)
@@ -63,16 +63,16 @@ pub async fn transition(state: &AppState, check: &str, ok: bool) -> Transition {
 
 /// Sends one message. Failures are logged and reported as `false`, never raised: a broken alert
 /// channel must not break the sweep.
-pub async fn send(state: &AppState, text: &str) -> bool {
-    if state.config.is_local() {
+pub async fn send(state: &(impl Mail + Telegram), text: &str) -> bool {
+    if state.config().is_local() {
         let mail = Email { to: "telegram".into(), subject: "guardian alert".into(), body: text.to_owned(), code: None, token: None };
-        if let Err(e) = state.mailer.send(&mail).await {
+        if let Err(e) = state.mailer().send(&mail).await {
             tracing::warn!(error = %e, "alert not written to the outbox");
         }
     }
-    let secret = match state.telegram.get().await {
+    let secret = match state.telegram().bot.get().await {
         Ok(s) if !s.bot_token.expose().is_empty() && !s.chat_id.is_empty() => s,
-        Ok(_) => return state.config.is_local(),
+        Ok(_) => return state.config().is_local(),
         Err(e) => {
             tracing::warn!(error = %e, "telegram secret unavailable; alert not sent");
             return false;
@@ -83,11 +83,11 @@ pub async fn send(state: &AppState, text: &str) -> bool {
 
 /// Posts `text` to `chat_id` with the bot of `secret`, honouring one 429 `retry_after` (up to
 /// 5 s). Failures are logged (never the URL: it holds the bot token) and answered `false`.
-pub async fn post_message(state: &AppState, secret: &crate::secrets::TelegramSecret, chat_id: &str, text: &str) -> bool {
-    let url = format!("{}/bot{}/sendMessage", state.config.telegram_base_url.trim_end_matches('/'), secret.bot_token.expose());
+pub async fn post_message(state: &impl Telegram, secret: &crate::secrets::TelegramSecret, chat_id: &str, text: &str) -> bool {
+    let url = format!("{}/bot{}/sendMessage", state.config().telegram_base_url.trim_end_matches('/'), secret.bot_token.expose());
     let body = serde_json::json!({"chat_id": chat_id, "text": text, "disable_web_page_preview": true});
     for attempt in 0..2 {
-        match state.http.post(&url).json(&body).timeout(Duration::from_secs(3)).send().await {
+        match state.telegram().http.post(&url).json(&body).timeout(Duration::from_secs(3)).send().await {
             Ok(r) if r.status().is_success() => return true,
             Ok(r) if r.status().as_u16() == 429 && attempt == 0 => {
                 let answer: serde_json::Value = r.json().await.unwrap_or_default();

@@ -12,7 +12,7 @@ use crate::dynamo::Item;
 use crate::error::ApiError;
 use crate::keys;
 use crate::probes;
-use crate::state::AppState;
+use crate::state::{Bitget, Cache, Mail, Table, Telegram, Vault};
 use crate::trading::bot::close_triggered;
 use crate::trading::contracts::MAINTENANCE_MARGIN_RATE;
 use crate::trading::model::{Position, PositionSide};
@@ -128,11 +128,11 @@ struct UserGroup {
     last_key: Option<Item>,
 }
 
-async fn load_cursor(state: &AppState, cursor_key: &keys::Key) -> Result<Option<Item>, ApiError> {
+async fn load_cursor(state: &impl Table, cursor_key: &keys::Key) -> Result<Option<Item>, ApiError> {
     Ok(state.trading_store().guardian_cursor(cursor_key).await?)
 }
 
-async fn save_cursor(state: &AppState, cursor_key: &keys::Key, cursor: Option<Item>) -> Result<(), ApiError> {
+async fn save_cursor(state: &impl Table, cursor_key: &keys::Key, cursor: Option<Item>) -> Result<(), ApiError> {
     Ok(state.trading_store().save_guardian_cursor(cursor_key, cursor).await?)
 }
 
@@ -168,7 +168,7 @@ pub fn shards_of_event(payload: &serde_json::Value) -> Result<Vec<u16>, String> 
 
 /// The scheduled function's handler: one run within the invocation's deadline.
 pub async fn handle(
-    state: &AppState,
+    state: &(impl Table + Cache + Vault + Mail + Bitget + Telegram),
     event: lambda_runtime::LambdaEvent<serde_json::Value>,
 ) -> Result<serde_json::Value, lambda_runtime::Error> {
     let shards = shards_of_event(&event.payload)?;
@@ -182,13 +182,19 @@ pub async fn handle(
 }
 
 /// One run over every shard. `deadline` is when the Lambda would be killed.
-pub async fn sweep(state: &AppState, deadline: Instant, stats: &SweepStats) -> SweepReport {
+pub async fn sweep(state: &(impl Table + Cache + Vault + Mail + Bitget + Telegram), deadline: Instant, stats: &SweepStats) -> SweepReport {
     let all: Vec<u16> = (0..keys::GUARDIAN_SHARDS).collect();
     sweep_shards(state, &all, deadline, stats, PAGE_SIZE).await
 }
 
 /// One run over `shards`, in pages of `page_size` index items, then the health checks.
-pub async fn sweep_shards(state: &AppState, shards: &[u16], deadline: Instant, stats: &SweepStats, page_size: i32) -> SweepReport {
+pub async fn sweep_shards(
+    state: &(impl Table + Cache + Vault + Mail + Bitget + Telegram),
+    shards: &[u16],
+    deadline: Instant,
+    stats: &SweepStats,
+    page_size: i32,
+) -> SweepReport {
     let started = Instant::now();
     let mut report = SweepReport::default();
     let mut marks_cache: HashMap<String, Decimal> = HashMap::new();
@@ -222,7 +228,7 @@ struct Scope<'a> {
 }
 
 async fn sweep_partition(
-    state: &AppState,
+    state: &(impl Table + Cache + Vault + Mail + Bitget + Telegram),
     scope: Scope<'_>,
     stats: &SweepStats,
     report: &mut SweepReport,
@@ -342,7 +348,13 @@ async fn sweep_partition(
     }
 }
 
-async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &HashMap<String, Decimal>, stats: &SweepStats) -> Outcome {
+async fn check_user(
+    state: &(impl Table + Cache + Vault + Mail + Bitget + Telegram),
+    user_id: &str,
+    group: UserGroup,
+    marks: &HashMap<String, Decimal>,
+    stats: &SweepStats,
+) -> Outcome {
     let mut outcome = Outcome { positions: 0, filled: 0, closed: Vec::new(), error: None, alerts: 0 };
     let Some(bot) = group.bot else { return outcome };
     let result = match (bot.state, bot.exchange) {
@@ -366,7 +378,13 @@ async fn check_user(state: &AppState, user_id: &str, group: UserGroup, marks: &H
     outcome
 }
 
-async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &SweepStats, outcome: &mut Outcome) -> Result<(), ApiError> {
+async fn finish_stop(
+    state: &(impl Table + Cache + Vault + Mail + Bitget + Telegram),
+    user_id: &str,
+    bot: BotRecord,
+    stats: &SweepStats,
+    outcome: &mut Outcome,
+) -> Result<(), ApiError> {
     stats.partition_queries.fetch_add(1, Ordering::Relaxed);
     // Announced once when the bot gets stuck and once when it is finally stopped, not every run.
     let check = format!("stopping:{user_id}");
@@ -408,7 +426,7 @@ async fn finish_stop(state: &AppState, user_id: &str, bot: BotRecord, stats: &Sw
 /// Fills the paper orders resting on the simulated book whose price the mark has crossed, at
 /// their own price with the maker fee. A position they open is checked from the next run on.
 async fn fill_resting(
-    state: &AppState,
+    state: &(impl Table + Bitget),
     user_id: &str,
     resting: &[RestingOrder],
     marks: &HashMap<String, Decimal>,
@@ -443,7 +461,7 @@ async fn fill_resting(
 }
 
 async fn check_paper(
-    state: &AppState,
+    state: &(impl Table + Vault + Bitget),
     user_id: &str,
     bot: &BotRecord,
     positions: Vec<PaperPosition>,
@@ -505,7 +523,7 @@ async fn check_paper(
 }
 
 async fn check_live(
-    state: &AppState,
+    state: &(impl Table + Vault + Mail + Bitget + Telegram),
     user_id: &str,
     bot: &BotRecord,
     mirrors: Vec<LivePosition>,
@@ -567,7 +585,7 @@ async fn check_live(
 /// before the position is closed (no risk-increasing order can be recorded from then on). The
 /// bot to close with, or `None` when another stop or another run got there first. A manual bot
 /// keeps running.
-async fn stopping_first(state: &AppState, user_id: &str, bot: &BotRecord, reason: &str) -> Result<Option<BotRecord>, ApiError> {
+async fn stopping_first(state: &impl Table, user_id: &str, bot: &BotRecord, reason: &str) -> Result<Option<BotRecord>, ApiError> {
     if !bot.config.strategy.is_automatic() {
         return Ok(Some(bot.clone()));
     }
@@ -585,7 +603,7 @@ async fn stopping_first(state: &AppState, user_id: &str, bot: &BotRecord, reason
 
 /// Finishes the stop `stopping_first` began once the triggered position is closed: its resting
 /// orders (a grid's) are canceled and the bot ends `stopped`. True when it was stopped.
-async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord, reason: &str) -> Result<bool, ApiError> {
+async fn end_strategy(state: &(impl Table + Vault + Bitget), user_id: &str, bot: &BotRecord, reason: &str) -> Result<bool, ApiError> {
     if !bot.config.strategy.is_automatic() {
         return Ok(false);
     }
@@ -598,7 +616,12 @@ async fn end_strategy(state: &AppState, user_id: &str, bot: &BotRecord, reason: 
 /// check every bot. The checks of shared dependencies (DynamoDB, Redis, secrets, market data, the
 /// exchange) belong to the run that includes shard 0, so one outage does not page eight times.
 /// Returns the number of messages sent.
-async fn health_checks(state: &AppState, shards: &[u16], health: &RunHealth, report: &SweepReport) -> u32 {
+async fn health_checks(
+    state: &(impl Table + Cache + Mail + Bitget + Telegram),
+    shards: &[u16],
+    health: &RunHealth,
+    report: &SweepReport,
+) -> u32 {
     let RunHealth { index_ok, prices_ok, live_seen } = *health;
     let scope = match shards {
         [one] => format!("@{one:02}"),
@@ -609,16 +632,16 @@ async fn health_checks(state: &AppState, shards: &[u16], health: &RunHealth, rep
     let positions_ok = report.errors.is_empty() && (owns_shared || (index_ok && prices_ok));
     let mut checks = vec![(format!("positions{scope}"), positions_ok)];
     if owns_shared {
-        let exchange_needed = live_seen || state.config.market_data == MarketData::Bitget;
+        let exchange_needed = live_seen || state.config().market_data == MarketData::Bitget;
         let (dynamodb, redis, secrets, exchange) = tokio::join!(
             async { index_ok && probes::probe_dynamodb(state).await },
             probes::probe_redis(state),
-            async { state.telegram.get().await.is_ok() },
+            async { state.telegram().bot.get().await.is_ok() },
             async {
                 if !exchange_needed {
                     return None;
                 }
-                Some(state.bitget.mark_prices().await.is_ok())
+                Some(state.bitget().mark_prices().await.is_ok())
             },
         );
         checks.extend([

@@ -2,7 +2,7 @@
 //! limits, strict JSON, RFC 9457 problem bodies, security headers, CORS and request ids.
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::Deps;
 use futures::FutureExt;
 use http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -121,7 +121,7 @@ pub fn problem_response(err: &ApiError, request_id: &str) -> Response<Body> {
     response
 }
 
-fn apply_common_headers(response: &mut Response<Body>, request_id: &str, origin: Option<&str>, state: &AppState) {
+fn apply_common_headers(response: &mut Response<Body>, request_id: &str, origin: Option<&str>, state: &impl Deps) {
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
@@ -135,7 +135,7 @@ fn apply_common_headers(response: &mut Response<Body>, request_id: &str, origin:
         headers.insert("x-request-id", v);
     }
     if let Some(origin) = origin {
-        if state.config.cors_allowed_origins.iter().any(|o| o == origin) {
+        if state.config().cors_allowed_origins.iter().any(|o| o == origin) {
             if let Ok(v) = HeaderValue::from_str(origin) {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
                 headers.insert(header::VARY, HeaderValue::from_static("Origin"));
@@ -147,9 +147,10 @@ fn apply_common_headers(response: &mut Response<Body>, request_id: &str, origin:
 /// Runs one handler: a span with the request id around it, errors turned into problem+json, a
 /// panic turned into a 500 (the warm environment survives), and the common headers on every
 /// answer. Always `Ok`, so the Lambda runtime never sees an expected failure as an invocation error.
-pub async fn serve<'a, F, Fut>(state: &'a AppState, req: Request, handler: F) -> Result<Response<Body>, lambda_http::Error>
+pub async fn serve<'a, S, F, Fut>(state: &'a S, req: Request, handler: F) -> Result<Response<Body>, lambda_http::Error>
 where
-    F: FnOnce(&'a AppState, Request, RequestContext) -> Fut,
+    S: Deps,
+    F: FnOnce(&'a S, Request, RequestContext) -> Fut,
     Fut: Future<Output = Result<Response<Body>, ApiError>> + 'a,
 {
     let ctx = RequestContext::from_request(&req);

@@ -6,7 +6,6 @@ pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod crypto;
-pub mod devstack;
 pub mod dynamo;
 pub mod error;
 pub mod guardian;
@@ -23,4 +22,4 @@ pub mod telemetry;
 pub mod trading;
 
 pub use error::ApiError;
-pub use state::{AppState, Need};
+pub use state::{App, AppState};

@@ -1,7 +1,7 @@
 //! Dependency probes, each with a short timeout: the health route answers with them and the
 //! guardian alerts on them.
 
-use crate::state::AppState;
+use crate::state::{Cache, Keys, Table};
 use std::future::Future;
 use std::time::Duration;
 
@@ -25,12 +25,12 @@ where
     }
 }
 
-pub async fn probe_dynamodb(state: &AppState) -> bool {
+pub async fn probe_dynamodb(state: &impl Table) -> bool {
     probe("dynamodb", async {
         state
-            .dynamo
+            .dynamo()
             .get_item()
-            .table_name(&state.config.table_name)
+            .table_name(&state.config().table_name)
             .set_key(Some(crate::keys::health_probe()))
             .send()
             .await
@@ -40,11 +40,11 @@ pub async fn probe_dynamodb(state: &AppState) -> bool {
     .await
 }
 
-pub async fn probe_redis(state: &AppState) -> bool {
-    let mut conn = state.redis.clone();
+pub async fn probe_redis(state: &impl Cache) -> bool {
+    let mut conn = state.redis().clone();
     probe("redis", async move { redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()) }).await
 }
 
-pub async fn probe_secrets(state: &AppState) -> bool {
-    probe("secrets", async { state.jwt_keys.get().await.map(|_| ()) }).await
+pub async fn probe_secrets(state: &impl Keys) -> bool {
+    probe("secrets", async { state.jwt_keys().get().await.map(|_| ()) }).await
 }

@@ -1,119 +1,271 @@
-//! Everything a function builds once per execution environment, during init.
+//! What a function builds once per execution environment, during init: only the clients its
+//! route uses.
+//!
+//! `App` has one slot per kind of client, each `()` until its builder step fills it, and a trait
+//! per filled slot (`Table`, `Cache`, `Keys`, `Vault`, `Mail`, `Bitget`, `Telegram`). A route's
+//! signature names the traits it touches, so a function's `main` compiles only when it built
+//! them, and a client no route of the function uses is never built, so it is not linked:
+//!
+//! ```ignore
+//! let app = App::from_env().await?.table().keys().await?;
+//! run(service_fn(|req: Request| serve(&app, req, auth::me))).await
+//! ```
 
 use crate::auth::tokens::{parse_jwt_keys, JwtKeys};
 use crate::config::{AppEnv, Config};
 use crate::crypto::{parse_encryption_keys, EncryptionKeys};
 use crate::mail::Mailer;
 use crate::secrets::{parse_redis_auth, parse_telegram, parse_webhook_secret, CachedSecret, TelegramSecret, WebhookSecret};
+use crate::trading::bitget::BitgetClient;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 
-pub struct AppState {
+type InitError = lambda_http::Error;
+
+/// The configuration and the SDK settings every function has; the clients are the slots.
+pub struct App<D = (), R = (), K = (), V = (), M = (), X = (), T = ()> {
     pub config: Arc<Config>,
-    pub dynamo: aws_sdk_dynamodb::Client,
-    pub secrets_manager: aws_sdk_secretsmanager::Client,
-    pub redis: ConnectionManager,
-    pub jwt_keys: CachedSecret<JwtKeys>,
-    pub encryption_keys: CachedSecret<EncryptionKeys>,
-    pub telegram: CachedSecret<TelegramSecret>,
-    pub telegram_webhook: CachedSecret<WebhookSecret>,
-    pub mailer: Mailer,
-    /// Exchange and Telegram calls; one pool per environment.
-    pub http: reqwest::Client,
+    sdk: aws_config::SdkConfig,
+    /// One Secrets Manager client for every secret the function loads (one connection pool).
+    secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    pub dynamo: D,
+    pub redis: R,
+    pub jwt_keys: K,
+    pub encryption_keys: V,
+    pub mailer: M,
     /// Bitget's client with its circuit breaker, shared by every request of this environment.
-    pub bitget: Arc<crate::trading::bitget::BitgetClient>,
+    pub bitget: X,
+    pub telegram: T,
 }
 
-/// What a function needs ready before its first request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    Redis,
-    JwtKeys,
-    EncryptionKeys,
-    Telegram,
-    TelegramWebhook,
+/// Telegram's Bot API: its HTTP pool, the bot token, and the secret its webhook calls carry.
+pub struct TelegramClients {
+    pub http: reqwest::Client,
+    pub bot: CachedSecret<TelegramSecret>,
+    pub webhook: CachedSecret<WebhookSecret>,
+}
+
+/// The Bitget client slot, filled.
+pub type BitgetSlot = Arc<BitgetClient>;
+
+/// Every client: what the tests, benchmarks and operator commands use.
+pub type AppState = App<
+    aws_sdk_dynamodb::Client,
+    ConnectionManager,
+    CachedSecret<JwtKeys>,
+    CachedSecret<EncryptionKeys>,
+    Mailer,
+    Arc<BitgetClient>,
+    TelegramClients,
+>;
+
+/// What every function has.
+pub trait Deps: Sync {
+    fn config(&self) -> &Arc<Config>;
+}
+/// The single table.
+pub trait Table: Deps {
+    fn dynamo(&self) -> &aws_sdk_dynamodb::Client;
+    fn trading_store(&self) -> crate::trading::store::TradingStore<'_> {
+        crate::trading::store::TradingStore {
+            client: self.dynamo(),
+            table: &self.config().table_name,
+            history_days: self.config().history_retention_days,
+        }
+    }
+}
+/// Redis (ElastiCache): codes, limits, sessions' revocations, dedupe keys.
+pub trait Cache: Deps {
+    fn redis(&self) -> &ConnectionManager;
+}
+/// The token signing keys and the code pepper: what signs and verifies tokens.
+pub trait Keys: Deps {
+    fn jwt_keys(&self) -> &CachedSecret<JwtKeys>;
+}
+/// The keys exchange credentials and TOTP secrets are encrypted with.
+pub trait Vault: Deps {
+    fn encryption_keys(&self) -> &CachedSecret<EncryptionKeys>;
+}
+pub trait Mail: Deps {
+    fn mailer(&self) -> &Mailer;
+}
+/// Bitget, for live trading and for contract specs and prices (paper trading too).
+pub trait Bitget: Deps {
+    fn bitget(&self) -> &Arc<BitgetClient>;
+}
+pub trait Telegram: Deps {
+    fn telegram(&self) -> &TelegramClients;
+}
+
+impl<D: Sync, R: Sync, K: Sync, V: Sync, M: Sync, X: Sync, T: Sync> Deps for App<D, R, K, V, M, X, T> {
+    fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+}
+impl<R: Sync, K: Sync, V: Sync, M: Sync, X: Sync, T: Sync> Table for App<aws_sdk_dynamodb::Client, R, K, V, M, X, T> {
+    fn dynamo(&self) -> &aws_sdk_dynamodb::Client {
+        &self.dynamo
+    }
+}
+impl<D: Sync, K: Sync, V: Sync, M: Sync, X: Sync, T: Sync> Cache for App<D, ConnectionManager, K, V, M, X, T> {
+    fn redis(&self) -> &ConnectionManager {
+        &self.redis
+    }
+}
+impl<D: Sync, R: Sync, V: Sync, M: Sync, X: Sync, T: Sync> Keys for App<D, R, CachedSecret<JwtKeys>, V, M, X, T> {
+    fn jwt_keys(&self) -> &CachedSecret<JwtKeys> {
+        &self.jwt_keys
+    }
+}
+impl<D: Sync, R: Sync, K: Sync, M: Sync, X: Sync, T: Sync> Vault for App<D, R, K, CachedSecret<EncryptionKeys>, M, X, T> {
+    fn encryption_keys(&self) -> &CachedSecret<EncryptionKeys> {
+        &self.encryption_keys
+    }
+}
+impl<D: Sync, R: Sync, K: Sync, V: Sync, X: Sync, T: Sync> Mail for App<D, R, K, V, Mailer, X, T> {
+    fn mailer(&self) -> &Mailer {
+        &self.mailer
+    }
+}
+impl<D: Sync, R: Sync, K: Sync, V: Sync, M: Sync, T: Sync> Bitget for App<D, R, K, V, M, Arc<BitgetClient>, T> {
+    fn bitget(&self) -> &Arc<BitgetClient> {
+        &self.bitget
+    }
+}
+impl<D: Sync, R: Sync, K: Sync, V: Sync, M: Sync, X: Sync> Telegram for App<D, R, K, V, M, X, TelegramClients> {
+    fn telegram(&self) -> &TelegramClients {
+        &self.telegram
+    }
+}
+
+impl App {
+    /// The configuration from the environment and the SDK settings; no client yet.
+    pub async fn from_env() -> Result<App, InitError> {
+        let config = Config::from_env()?;
+        Ok(App::from_parts(config, crate::aws::sdk_config().await))
+    }
+
+    pub fn from_parts(config: Config, sdk: aws_config::SdkConfig) -> App {
+        // rustls is built with ring alone; naming it keeps redis and reqwest on the same provider
+        // even if a dependency ever compiles a second one in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        App {
+            config: Arc::new(config),
+            sdk,
+            secrets_manager: None,
+            dynamo: (),
+            redis: (),
+            jwt_keys: (),
+            encryption_keys: (),
+            mailer: (),
+            bitget: (),
+            telegram: (),
+        }
+    }
 }
 
 impl AppState {
-    pub fn new(config: Config, sdk: &aws_config::SdkConfig) -> Result<Self, lambda_http::Error> {
-        // rustls has two crypto backends compiled in (the AWS SDK's and redis's); pick one.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let secrets_manager = aws_sdk_secretsmanager::Client::new(sdk);
-        let production = config.app_env == AppEnv::Prod;
-        let ttl = config.secrets_ttl;
-        let secret = |id: &String| (secrets_manager.clone(), id.clone(), ttl, production);
-        let (c, id, t, p) = secret(&config.jwt_secret_id);
-        let jwt_keys = CachedSecret::new(c, id, t, p, parse_jwt_keys);
-        let (c, id, t, p) = secret(&config.encryption_secret_id);
-        let encryption_keys = CachedSecret::new(c, id, t, p, parse_encryption_keys);
-        let (c, id, t, p) = secret(&config.telegram_secret_id);
-        let telegram = CachedSecret::new(c, id, t, p, parse_telegram);
-        let (c, id, t, p) = secret(&config.telegram_webhook_secret_id);
-        let telegram_webhook = CachedSecret::new(c, id, t, p, parse_webhook_secret);
-        let http = reqwest::Client::builder()
-            .timeout(config.exchange_timeout)
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .pool_idle_timeout(std::time::Duration::from_secs(50))
-            .build()?;
-        let bitget = Arc::new(crate::trading::bitget::BitgetClient::new(http.clone(), &config.bitget_base_url));
-        Ok(AppState {
-            bitget,
-            dynamo: aws_sdk_dynamodb::Client::new(sdk),
-            redis: crate::redis_conn::connection_manager(&config)?,
-            mailer: Mailer::from_config(&config, sdk),
-            config: Arc::new(config),
-            secrets_manager,
-            jwt_keys,
-            encryption_keys,
-            telegram,
-            telegram_webhook,
-            http,
-        })
+    /// Every client, each warmed as its function would warm it.
+    pub async fn all(config: Config, sdk: aws_config::SdkConfig) -> Result<AppState, InitError> {
+        App::from_parts(config, sdk).table().redis().await?.keys().await?.vault().await?.mail().exchange()?.telegram().await
+    }
+}
+
+// Each builder step's type is the app with one more slot filled: seven parameters by design.
+#[allow(clippy::type_complexity)]
+impl<D, R, K, V, M, X, T> App<D, R, K, V, M, X, T> {
+    pub fn sdk(&self) -> &aws_config::SdkConfig {
+        &self.sdk
     }
 
-    /// Reads the configuration, builds every client and loads what `needs` lists. A missing or
-    /// malformed secret fails init loudly; Redis being down does not (health must answer 503).
-    pub async fn from_env(needs: &[Need]) -> Result<Self, lambda_http::Error> {
-        let mut config = Config::from_env()?;
-        let sdk = crate::aws::sdk_config().await;
-        if let (Some(id), true) = (config.redis_auth_secret_id.clone(), needs.contains(&Need::Redis)) {
-            let client = aws_sdk_secretsmanager::Client::new(&sdk);
-            let auth = CachedSecret::new(client, id, config.secrets_ttl, config.app_env == AppEnv::Prod, parse_redis_auth);
-            config.redis_url = crate::secrets::Secret::new(auth.get().await?.with_credentials(config.redis_url.expose())?);
-        }
-        let state = AppState::new(config, &sdk)?;
-        state.warm(needs).await?;
-        Ok(state)
+    fn cached_secret<S>(&mut self, id: &str, parse: crate::secrets::SecretParser<S>) -> CachedSecret<S> {
+        let client = self.secrets_manager.get_or_insert_with(|| aws_sdk_secretsmanager::Client::new(&self.sdk)).clone();
+        CachedSecret::new(client, id.to_owned(), self.config.secrets_ttl, self.config.app_env == AppEnv::Prod, parse)
     }
 
-    pub fn trading_store(&self) -> crate::trading::store::TradingStore<'_> {
-        crate::trading::store::TradingStore {
-            client: &self.dynamo,
-            table: &self.config.table_name,
-            history_days: self.config.history_retention_days,
-        }
+    pub fn table(self) -> App<aws_sdk_dynamodb::Client, R, K, V, M, X, T> {
+        let dynamo = aws_sdk_dynamodb::Client::new(&self.sdk);
+        let App { config, sdk, secrets_manager, redis, jwt_keys, encryption_keys, mailer, bitget, telegram, .. } = self;
+        App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram }
     }
 
-    pub async fn warm(&self, needs: &[Need]) -> Result<(), lambda_http::Error> {
-        for need in needs {
-            match need {
-                Need::Redis => {
-                    let mut conn = self.redis.clone();
-                    if let Err(e) = redis::cmd("PING").query_async::<String>(&mut conn).await {
-                        tracing::warn!(error = %e, "redis not reachable at init; will retry on use");
-                    }
-                }
-                Need::JwtKeys => drop(self.jwt_keys.get().await?),
-                Need::EncryptionKeys => drop(self.encryption_keys.get().await?),
-                // Alerts are best effort: a missing Telegram secret is logged, never fatal.
-                Need::Telegram => {
-                    if let Err(e) = self.telegram.get().await {
-                        tracing::warn!(error = %e, "telegram alerts disabled until the secret is readable");
-                    }
-                }
-                Need::TelegramWebhook => drop(self.telegram_webhook.get().await?),
-            }
+    /// The connection manager, with the AUTH token from its secret when one is configured. Redis
+    /// being down fails nothing here: the manager connects on first use (health answers 503).
+    pub async fn redis(mut self) -> Result<App<D, ConnectionManager, K, V, M, X, T>, InitError> {
+        if let Some(id) = self.config.redis_auth_secret_id.clone() {
+            let auth = self.cached_secret(&id, parse_redis_auth).get().await?;
+            let url = crate::secrets::Secret::new(auth.with_credentials(self.config.redis_url.expose())?);
+            Arc::make_mut(&mut self.config).redis_url = url;
         }
-        Ok(())
+        let redis = crate::redis_conn::connection_manager(&self.config)?;
+        let mut conn = redis.clone();
+        if let Err(e) = redis::cmd("PING").query_async::<String>(&mut conn).await {
+            tracing::warn!(error = %e, "redis not reachable at init; will retry on use");
+        }
+        let App { config, sdk, secrets_manager, dynamo, jwt_keys, encryption_keys, mailer, bitget, telegram, .. } = self;
+        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
     }
+
+    /// The signing keys, loaded now: a missing or malformed secret fails init loudly.
+    pub async fn keys(mut self) -> Result<App<D, R, CachedSecret<JwtKeys>, V, M, X, T>, InitError> {
+        let id = self.config.jwt_secret_id.clone();
+        let jwt_keys = self.cached_secret(&id, parse_jwt_keys);
+        drop(jwt_keys.get().await?);
+        let App { config, sdk, secrets_manager, dynamo, redis, encryption_keys, mailer, bitget, telegram, .. } = self;
+        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
+    }
+
+    /// The encryption keys, loaded now: a missing or malformed secret fails init loudly.
+    pub async fn vault(mut self) -> Result<App<D, R, K, CachedSecret<EncryptionKeys>, M, X, T>, InitError> {
+        let id = self.config.encryption_secret_id.clone();
+        let encryption_keys = self.cached_secret(&id, parse_encryption_keys);
+        drop(encryption_keys.get().await?);
+        let App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, mailer, bitget, telegram, .. } = self;
+        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
+    }
+
+    pub fn mail(self) -> App<D, R, K, V, Mailer, X, T> {
+        let mailer = Mailer::from_config(&self.config, &self.sdk);
+        let App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, bitget, telegram, .. } = self;
+        App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram }
+    }
+
+    pub fn exchange(self) -> Result<App<D, R, K, V, M, BitgetSlot, T>, InitError> {
+        let http = http_client(self.config.exchange_timeout)?;
+        let bitget = Arc::new(BitgetClient::new(http, &self.config.bitget_base_url));
+        let App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, telegram, .. } = self;
+        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
+    }
+
+    /// The Bot API's pool and secrets. The bot token is loaded now, best effort: a missing one is
+    /// logged, never fatal (alerts and notifications wait for it).
+    pub async fn telegram(mut self) -> Result<App<D, R, K, V, M, X, TelegramClients>, InitError> {
+        let (bot_id, webhook_id) = (self.config.telegram_secret_id.clone(), self.config.telegram_webhook_secret_id.clone());
+        let telegram = TelegramClients {
+            http: http_client(self.config.exchange_timeout)?,
+            bot: self.cached_secret(&bot_id, parse_telegram),
+            webhook: self.cached_secret(&webhook_id, parse_webhook_secret),
+        };
+        if let Err(e) = telegram.bot.get().await {
+            tracing::warn!(error = %e, "telegram disabled until the secret is readable");
+        }
+        let App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, .. } = self;
+        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
+    }
+}
+
+impl<D, R, K, V, M, X> App<D, R, K, V, M, X, TelegramClients> {
+    /// The webhook's secret, loaded now: the webhook cannot tell Telegram's calls without it.
+    pub async fn telegram_webhook(self) -> Result<Self, InitError> {
+        drop(self.telegram.webhook.get().await?);
+        Ok(self)
+    }
+}
+
+fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .pool_idle_timeout(std::time::Duration::from_secs(50))
+        .build()
 }

@@ -787,7 +787,7 @@ async fn an_account_made_before_addresses_were_canonical_still_signs_in_as_it_wa
         shared::keys::with_key(serde_dynamo::to_item(&creds).unwrap(), shared::keys::email(&typed)),
         shared::keys::with_key(serde_dynamo::to_item(&profile).unwrap(), shared::keys::profile(&user_id)),
     ];
-    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    ops::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
     let res = login(&app, &typed, PASSWORD).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     assert_eq!(me(&app, res.body["access_token"].as_str().unwrap()).await.body["id"], user_id.as_str());

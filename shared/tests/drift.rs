@@ -183,3 +183,33 @@ fn the_guardian_is_scheduled_once_per_shard_of_its_index() {
     assert_eq!(shards, expected, "one schedule per shard, each shard once");
     assert_eq!(sweep["Properties"]["ReservedConcurrentExecutions"].as_u64(), Some(u64::from(shared::keys::GUARDIAN_SHARDS)));
 }
+
+/// The packages of the lock file named `name`, one per version.
+fn locked_versions(lock: &str, name: &str) -> Vec<String> {
+    let doc: toml::Value = toml::from_str(lock).expect("Cargo.lock parses");
+    let packages = doc["package"].as_array().expect("Cargo.lock lists packages");
+    packages
+        .iter()
+        .filter(|p| p["name"].as_str() == Some(name))
+        .map(|p| p["version"].as_str().expect("a version").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_workspace_links_one_tls_stack_with_one_crypto_provider() {
+    let lock = read("Cargo.lock");
+    assert_eq!(locked_versions(&lock, "rustls").len(), 1, "one rustls: {:?}", locked_versions(&lock, "rustls"));
+    for second in ["aws-lc-rs", "aws-lc-sys", "openssl", "openssl-sys", "native-tls"] {
+        assert!(locked_versions(&lock, second).is_empty(), "{second} is a second TLS stack or crypto provider");
+    }
+    assert_eq!(locked_versions(&lock, "ring").len(), 1);
+}
+
+#[test]
+fn dev_only_code_stays_out_of_the_library_every_lambda_links() {
+    let manifest: toml::Value = toml::from_str(&read("shared/Cargo.toml")).expect("shared/Cargo.toml parses");
+    let dependencies = manifest["dependencies"].as_table().expect("dependencies");
+    for dev_only in ["serde_yaml", "ops", "doubles", "toml"] {
+        assert!(!dependencies.contains_key(dev_only), "{dev_only} belongs to the ops crate or the tests, not to shared");
+    }
+}

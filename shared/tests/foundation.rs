@@ -102,8 +102,8 @@ fn kid_of(token: &str) -> String {
 async fn after_a_key_rotation_every_function_accepts_every_token_whatever_the_age_of_its_cache() {
     // Function A signs (login); function B verifies, its key set cached before the rotation.
     let app = spawn_app().await;
-    let b = shared::AppState::new((*app.state.config).clone(), &app.sdk).unwrap();
-    b.warm(&[shared::Need::Redis, shared::Need::JwtKeys]).await.unwrap();
+    // B is built as the `me` function builds itself: the table and the verifier's keys.
+    let b = shared::App::from_parts((*app.state.config).clone(), app.sdk.clone()).table().keys().await.unwrap();
     let at_b = |token: String| {
         let b = &b;
         async move {
@@ -117,7 +117,7 @@ async fn after_a_key_rotation_every_function_accepts_every_token_whatever_the_ag
 
     let client = aws_sdk_secretsmanager::Client::new(&app.sdk);
     let id = &app.state.config.jwt_secret_id;
-    let new_kid = shared::devstack::rotate_jwt_keys(&client, id, 3).await.unwrap();
+    let new_kid = ops::devstack::rotate_jwt_keys(&client, id, 3).await.unwrap();
     app.state.jwt_keys.invalidate().await; // A's cache runs out first
                                            // Just added: A does not sign with it yet, since B and any JWKS cache may not know it.
     let during = access_token(&app).await;
@@ -156,9 +156,9 @@ async fn init_secrets_fills_empty_key_lists_and_never_replaces_keys() {
     let app = spawn_app().await;
     let client = aws_sdk_secretsmanager::Client::new(&app.sdk);
     let config = &app.state.config;
-    assert_eq!(shared::devstack::init_secrets(&client, config).await.unwrap(), "secrets already initialised");
+    assert_eq!(ops::devstack::init_secrets(&client, config).await.unwrap(), "secrets already initialised");
     client.put_secret_value().secret_id(&config.encryption_secret_id).secret_string(r#"{"keys":[]}"#).send().await.unwrap();
-    assert_eq!(shared::devstack::init_secrets(&client, config).await.unwrap(), "encryption key created");
+    assert_eq!(ops::devstack::init_secrets(&client, config).await.unwrap(), "encryption key created");
     app.state.encryption_keys.invalidate().await;
     assert!(app.state.encryption_keys.get().await.is_ok());
 }
@@ -167,8 +167,7 @@ async fn init_secrets_fills_empty_key_lists_and_never_replaces_keys() {
 async fn a_missing_secret_fails_init_with_a_clear_error() {
     let config = test_config(&[("JWT_SECRET_ID", "no/such/secret".into())]);
     let sdk = shared::aws::sdk_config().await;
-    let state = shared::AppState::new(config, &sdk).unwrap();
-    let err = state.warm(&[shared::Need::JwtKeys]).await.expect_err("init must fail");
+    let Err(err) = shared::App::from_parts(config, sdk).keys().await else { panic!("init must fail") };
     assert!(err.to_string().contains("no/such/secret"), "{err}");
 }
 

@@ -248,10 +248,10 @@ async fn bots_in_shard(app: &TestApp, shard: u16, count: usize) -> Vec<String> {
         if shared::keys::guardian_shard(&user) != shard {
             continue;
         }
-        items.extend(shared::devstack::running_paper_bot(&user, "BTCUSDT", d("0.1"), d("65000"), d("2")).unwrap());
+        items.extend(ops::devstack::running_paper_bot(&user, "BTCUSDT", d("0.1"), d("65000"), d("2")).unwrap());
         users.push(user);
     }
-    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    ops::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
     users
 }
 
@@ -321,11 +321,11 @@ async fn bots_indexed_before_sharding_are_still_guarded_by_shard_zero() {
     let (app, _tg) = guardian_app(&[]).await;
     let user = uuid::Uuid::new_v4().to_string();
     // As written before the index had shards: one partition, `ACTIVE_BOTS`, 5 % under water.
-    let mut items = shared::devstack::running_paper_bot(&user, "BTCUSDT", d("0.1"), d("68500"), d("2")).unwrap();
+    let mut items = ops::devstack::running_paper_bot(&user, "BTCUSDT", d("0.1"), d("68500"), d("2")).unwrap();
     for item in &mut items {
         item.insert(shared::keys::GSI1_PK.into(), aws_sdk_dynamodb::types::AttributeValue::S(shared::keys::ACTIVE_BOTS.into()));
     }
-    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    ops::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
     let other = sweep_shards(&app.state, &[1], Instant::now() + Duration::from_secs(60), &SweepStats::default(), 500).await;
     assert_eq!(other.bots_checked, 0);
     let zero = sweep_shards(&app.state, &[0], Instant::now() + Duration::from_secs(60), &SweepStats::default(), 500).await;

@@ -191,7 +191,7 @@ async fn webhook(app: &TestApp, secret: Option<&str>, update: Value) -> TestResp
 }
 
 async fn webhook_secret(app: &TestApp) -> String {
-    app.state.telegram_webhook.get().await.unwrap().token.expose().to_owned()
+    app.state.telegram.webhook.get().await.unwrap().token.expose().to_owned()
 }
 
 fn start_update(chat_id: i64, text: &str) -> Value {

@@ -813,7 +813,7 @@ async fn a_pending_order_behind_a_long_order_history_is_still_found() {
         .map(|i| item(&order(&format!("a{i:05}"), shared::trading::model::OrderStatus::Filled)))
         .collect();
     items.push(item(&order("zz-pending", shared::trading::model::OrderStatus::Pending)));
-    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
+    ops::devstack::put_items(app.dynamo(), &app.state.config.table_name, items).await.unwrap();
     let pending = app.trading().pending_orders(&user).await.unwrap();
     assert_eq!(pending.iter().map(|o| o.intent.client_order_id.as_str()).collect::<Vec<_>>(), vec!["zz-pending"]);
 }
@@ -1113,7 +1113,7 @@ async fn a_bot_trades_on_the_exchange_kind_it_was_started_with() {
     assert_eq!(start(&app, &token, bot_config()).await.status, 200);
     // Credentials appear behind the running paper bot (written before saves were conditioned).
     let item = shared::keys::with_key(serde_dynamo::to_item(some_credentials(1)).unwrap(), shared::keys::credentials(&user));
-    shared::devstack::put_items(app.dynamo(), &app.state.config.table_name, vec![item]).await.unwrap();
+    ops::devstack::put_items(app.dynamo(), &app.state.config.table_name, vec![item]).await.unwrap();
     let res = submit(&app, &token, &key(), market_buy("0.01")).await;
     assert_eq!(res.status, 201, "{}", res.raw);
     assert_eq!(fake.order_count(), 0, "the paper bot's order never reaches the exchange");

@@ -15,7 +15,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).init();
     let args: Vec<String> = std::env::args().collect();
     let port: u16 = arg(&args, "--port").unwrap_or_else(|| "9001".into()).parse()?;
     let runtime = arg(&args, "--runtime").unwrap_or_else(|| "http://127.0.0.1:9000".into());
@@ -23,7 +23,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let invoke = runtime_invoker(runtime);
     let gateway = WsGateway::start(port, invoke.clone()).await?;
     println!("websocket {}  management {}", gateway.url, gateway.management_url);
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // The workspace links one TLS stack (rustls with ring), so the SDK's client is named here.
+    let https = {
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+    };
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https).load().await;
     // DynamoDB Local serves its streams on its own endpoint.
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").map_err(|_| "AWS_ENDPOINT_URL_DYNAMODB names DynamoDB Local")?;
     let streams =

@@ -1,9 +1,9 @@
 use lambda_http::{run, service_fn, Error, Request};
-use shared::{handlers::trading, http::serve, AppState, Need};
+use shared::{handlers::trading, http::serve, App};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let state = AppState::from_env(&[Need::JwtKeys, Need::EncryptionKeys]).await?;
-    run(service_fn(|req: Request| serve(&state, req, trading::list_fills))).await
+    let app = App::from_env().await?.table().keys().await?.vault().await?.exchange()?;
+    run(service_fn(|req: Request| serve(&app, req, trading::list_fills))).await
 }

@@ -1,9 +1,9 @@
 use lambda_http::{run, service_fn, Error, Request};
-use shared::{handlers::live, http::serve, AppState, Need};
+use shared::{handlers::live, http::serve, App};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let state = AppState::from_env(&[Need::JwtKeys]).await?;
-    run(service_fn(|req: Request| serve(&state, req, live::put_notifications))).await
+    let app = App::from_env().await?.table().keys().await?;
+    run(service_fn(|req: Request| serve(&app, req, live::put_notifications))).await
 }

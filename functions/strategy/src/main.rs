@@ -1,9 +1,9 @@
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::{trading::runner, AppState, Need};
+use shared::{trading::runner, App};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let state = AppState::from_env(&[Need::EncryptionKeys]).await?;
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| runner::handle(&state, event))).await
+    let app = App::from_env().await?.table().vault().await?.exchange()?;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| runner::handle(&app, event))).await
 }

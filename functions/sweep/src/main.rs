@@ -1,9 +1,9 @@
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::{guardian, AppState, Need};
+use shared::{guardian, App};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let state = AppState::from_env(&[Need::Redis, Need::EncryptionKeys, Need::Telegram]).await?;
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| guardian::handle(&state, event))).await
+    let app = App::from_env().await?.table().redis().await?.vault().await?.mail().exchange()?.telegram().await?;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| guardian::handle(&app, event))).await
 }

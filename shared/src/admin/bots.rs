@@ -5,7 +5,7 @@
 use crate::dynamo::Item;
 use crate::error::ApiError;
 use crate::keys;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::bot::{self, StopAnswer, ADMIN_STOP};
 use crate::trading::model::{ExchangeKind, Position};
 use crate::trading::paging;
@@ -72,11 +72,11 @@ fn wanted_states(query: &HashMap<String, String>) -> Result<Vec<BotState>, ApiEr
 }
 
 /// `GET /api/v1/admin/bots?state=running|stopping&limit=&cursor=`.
-pub async fn list(state: &AppState, query: Option<&str>) -> Result<BotsPage, ApiError> {
+pub async fn list(state: &(impl Table + Vault + Bitget), query: Option<&str>) -> Result<BotsPage, ApiError> {
     let parameters = paging::query_parameters(query, &["state", "limit", "cursor"])?;
     let states = wanted_states(&parameters)?;
     let limit = paging::limit(&parameters)?;
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let keys = state.encryption_keys().get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let scope = format!("admin-bots|{}", parameters.get("state").map(String::as_str).unwrap_or(""));
     let cursor: Option<Cursor> = parameters.get("cursor").map(|c| paging::open(&keys, &scope, c)).transpose()?;
     let partitions = keys::every_active_partition();
@@ -141,7 +141,7 @@ pub async fn list(state: &AppState, query: Option<&str>) -> Result<BotsPage, Api
 
 /// The page's bots with their owners' addresses and their positions at the current marks: one
 /// BatchGetItem and one marks read for the page.
-async fn describe(state: &AppState, found: Vec<Found>) -> Result<Vec<AdminBot>, ApiError> {
+async fn describe(state: &(impl Table + Bitget), found: Vec<Found>) -> Result<Vec<AdminBot>, ApiError> {
     let users: Vec<_> = found.iter().map(|f| keys::profile(&f.bot.user_id)).collect();
     let symbols: Vec<String> = found
         .iter()
@@ -150,7 +150,7 @@ async fn describe(state: &AppState, found: Vec<Found>) -> Result<Vec<AdminBot>, 
         .into_iter()
         .collect();
     let (profiles, marks) = tokio::join!(
-        crate::dynamo::batch_get(&state.dynamo, &state.config.table_name, users),
+        crate::dynamo::batch_get(state.dynamo(), &state.config().table_name, users),
         crate::trading::service::marks(state, &symbols)
     );
     let emails: HashMap<String, String> = profiles?
@@ -196,7 +196,7 @@ fn user_not_found() -> ApiError {
 
 /// `POST /api/v1/admin/users/{user_id}/bot/stop`: the user's bot stopped as their own stop
 /// does (orders canceled, positions closed), each close and the bot's status saying `admin_stop`.
-pub async fn stop(state: &AppState, user_id: &str) -> Result<StopAnswer, ApiError> {
+pub async fn stop(state: &(impl Table + Vault + Bitget), user_id: &str) -> Result<StopAnswer, ApiError> {
     // Only ids this service issues reach a key.
     if user_id.len() != 36 || uuid::Uuid::try_parse(user_id).is_err() {
         return Err(user_not_found());

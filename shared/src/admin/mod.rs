@@ -11,7 +11,7 @@ use crate::auth::session::Caller;
 use crate::auth::tokens::{SignIn, ADMIN_ROLE};
 use crate::error::ApiError;
 use crate::http::RequestContext;
-use crate::state::AppState;
+use crate::state::{Keys, Table};
 use lambda_http::Request;
 use std::future::Future;
 
@@ -28,7 +28,7 @@ fn forbidden() -> ApiError {
 
 /// The role in the token, then two-factor, then the user item: a role taken away, a global
 /// logout or a revoked session ends admin access at once, whatever the token says.
-async fn check(state: &AppState, caller: &Caller) -> Result<Admin, ApiError> {
+async fn check(state: &impl Table, caller: &Caller) -> Result<Admin, ApiError> {
     if !caller.roles.admin {
         return Err(forbidden());
     }
@@ -59,7 +59,7 @@ pub enum Effect {
 /// written before the answer. A token that does not verify is refused before anything is
 /// written (there is nobody to name); a refusal of a verified caller is recorded as its code.
 pub async fn act<T, F, Fut>(
-    state: &AppState,
+    state: &(impl Table + Keys),
     req: &Request,
     ctx: &RequestContext,
     action: &str,
@@ -72,7 +72,7 @@ where
     Fut: Future<Output = Result<T, ApiError>>,
 {
     let caller = crate::auth::session::authenticate(state, req).await?;
-    let audit = AuditStore { client: &state.dynamo, table: &state.config.table_name };
+    let audit = AuditStore { client: state.dynamo(), table: &state.config().table_name };
     let mut entry = AuditEntry::now(&caller.user_id, action, target, &ctx.request_id);
     let admin = match check(state, &caller).await {
         Ok(admin) => admin,

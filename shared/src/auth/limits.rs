@@ -202,6 +202,7 @@ if ARGV[4] == '1' then
   redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[5]))
   if redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], 3600) end
 end
+if KEYS[5] then redis.call('DEL', KEYS[5]) end
 return 1
 "#,
     )
@@ -332,6 +333,10 @@ pub struct NewCode<'a> {
     pub user_id: &'a str,
     /// Whether storing it also counts as the address's first mail (a registration's).
     pub count_send: bool,
+    /// Whether storing it also gives the address's registration slot back (a registration's
+    /// code, stored once its account is written): one step, so no later registration can slip
+    /// in between the code and the slot's release.
+    pub release_registration: bool,
 }
 
 /// A code that matched and was consumed.
@@ -376,9 +381,24 @@ impl Limits {
         }
     }
 
-    /// Takes a login ticket for `email`: refused with 429 while the account is locked.
+    /// Takes a login ticket for `email`: refused with 429 while the account is locked, or while
+    /// the source is over its rate limit. The two are keys of different hash slots, so two
+    /// scripts, sent together (one round trip); a ticket taken by a request the rate limit then
+    /// refuses is given back, so a refused request counts as no guess.
     pub async fn login_attempt(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
-        self.check_ip(redis, "login", ip).await?;
+        let (rate, ticket) = tokio::join!(self.check_ip(redis, "login", ip), self.login_ticket(redis, ip, email));
+        if let Err(limited) = rate {
+            if ticket.is_ok() {
+                if let Err(e) = self.password_accepted(redis, ip, email).await {
+                    tracing::warn!(code = e.code(), "a rate-limited login's ticket was not given back");
+                }
+            }
+            return Err(limited);
+        }
+        ticket
+    }
+
+    async fn login_ticket(&self, redis: &ConnectionManager, ip: &str, email: &str) -> Result<(), ApiError> {
         let mut conn = redis.clone();
         let keys = EmailKeys::new(email);
         let (tag, value): Outcome = LOGIN
@@ -450,7 +470,30 @@ impl Limits {
         purpose: Purpose,
         proof: Proof<'_>,
     ) -> Result<ConsumedCode, ApiError> {
-        self.check_ip(redis, if purpose == Purpose::Verify { "verify" } else { "reset" }, ip).await?;
+        // The source's rate limit and the address's code are keys of different hash slots: two
+        // scripts, sent together (one round trip). A code a rate-limited request got right is
+        // put back, so the answer is the 429 alone; a wrong one stays counted against the code,
+        // which only makes a flood burn it sooner.
+        let route = if purpose == Purpose::Verify { "verify" } else { "reset" };
+        let (rate, consumed) = tokio::join!(self.check_ip(redis, route, ip), self.compare_code(redis, email, purpose, proof));
+        if let Err(limited) = rate {
+            if let Ok(consumed) = &consumed {
+                if let Err(e) = self.restore_code(redis, consumed).await {
+                    tracing::warn!(code = e.code(), "a rate-limited request's code could not be put back");
+                }
+            }
+            return Err(limited);
+        }
+        consumed
+    }
+
+    async fn compare_code(
+        &self,
+        redis: &ConnectionManager,
+        email: &str,
+        purpose: Purpose,
+        proof: Proof<'_>,
+    ) -> Result<ConsumedCode, ApiError> {
         let keys = EmailKeys::new(email);
         let (mode, presented, token_hash) = match proof {
             Proof::Code(hash) => ("code", hash, "-"),
@@ -583,15 +626,16 @@ impl Limits {
     /// Stores a pending code and its link token; `count_send` also starts the resend limits (a
     /// registration's first mail), in the same step.
     pub async fn store_code(&self, redis: &ConnectionManager, email: &str, new: &NewCode<'_>) -> Result<(), ApiError> {
-        let NewCode { purpose, code_hash, token_hash, user_id, count_send } = *new;
+        let NewCode { purpose, code_hash, token_hash, user_id, count_send, release_registration } = *new;
         let keys = EmailKeys::new(email);
         let (code_key, _, token_key) = keys.of(purpose, token_hash);
         let mut conn = redis.clone();
-        STORE_CODE
-            .key(&code_key)
-            .key(&keys.cooldown)
-            .key(&keys.hourly)
-            .key(&token_key)
+        let mut script = STORE_CODE.key(&code_key);
+        script.key(&keys.cooldown).key(&keys.hourly).key(&token_key);
+        if release_registration {
+            script.key(&keys.registering);
+        }
+        script
             .arg(code_hash)
             .arg(user_id)
             .arg(CODE_TTL_SECS)

@@ -3,7 +3,7 @@
 use crate::auth::tokens::{AccessClaims, Roles, SignIn};
 use crate::error::ApiError;
 use crate::http::bearer_token;
-use crate::state::AppState;
+use crate::state::{Keys, Table};
 use lambda_http::Request;
 
 #[derive(Debug, Clone)]
@@ -56,14 +56,14 @@ pub const KEY_REFETCH_INTERVAL: std::time::Duration = std::time::Duration::from_
 
 /// Verifies the bearer token's signature and claims. Revocation is checked by the caller, which
 /// reads the user's data anyway (no extra round trip).
-pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+pub async fn authenticate(state: &impl Keys, req: &Request) -> Result<Caller, ApiError> {
     verify_token(state, bearer_token(req).ok_or_else(ApiError::invalid_token)?).await
 }
 
 /// The caller's profile, when their token is not revoked by it (a global logout, the session
 /// ended, the account gone); else 401 `invalid_token`.
-pub async fn live_profile(state: &AppState, caller: &Caller) -> Result<crate::auth::store::Profile, ApiError> {
-    let users = crate::auth::store::UserStore { client: &state.dynamo, table: &state.config.table_name };
+pub async fn live_profile(state: &impl Table, caller: &Caller) -> Result<crate::auth::store::Profile, ApiError> {
+    let users = crate::auth::store::UserStore { client: state.dynamo(), table: &state.config().table_name };
     let profile = users.profile(&caller.user_id).await?.ok_or_else(ApiError::invalid_token)?;
     if caller.revoked_by(&profile) {
         return Err(ApiError::invalid_token());
@@ -72,18 +72,18 @@ pub async fn live_profile(state: &AppState, caller: &Caller) -> Result<crate::au
 }
 
 /// Verifies an access token given some other way than a header (the WebSocket's `?token=`).
-pub async fn verify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+pub async fn verify_token(state: &impl Keys, token: &str) -> Result<Caller, ApiError> {
     if token.is_empty() || token.len() > 4096 {
         return Err(ApiError::invalid_token());
     }
-    let mut keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let mut keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     if keys.is_unknown_key(token) {
         // Signed with a key newer than this environment's cached set: fetch the set again, at
         // most once every `KEY_REFETCH_INTERVAL` however many such tokens arrive.
-        keys = state.jwt_keys.refetch_at_most_every(KEY_REFETCH_INTERVAL).await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+        keys = state.jwt_keys().refetch_at_most_every(KEY_REFETCH_INTERVAL).await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     }
     let claims: AccessClaims =
-        keys.verify(token, &state.config.jwt_issuer, &state.config.jwt_audience).map_err(|_| ApiError::invalid_token())?;
+        keys.verify(token, &state.config().jwt_issuer, &state.config().jwt_audience).map_err(|_| ApiError::invalid_token())?;
     let issued_at_ms = uuid::Uuid::parse_str(&claims.jti)
         .ok()
         .and_then(|id| id.get_timestamp())

@@ -12,7 +12,7 @@ use crate::crypto::EncryptionKeys;
 use crate::error::ApiError;
 use crate::http::{empty_response, json_response, parse_json, secret_json_response, RequestContext};
 use crate::mail::Email;
-use crate::state::AppState;
+use crate::state::{Cache, Deps, Keys, Mail, Table, Vault};
 use http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
@@ -20,14 +20,14 @@ use std::sync::Arc;
 
 type HandlerResult = Result<Response<Body>, ApiError>;
 
-fn users(state: &AppState) -> UserStore<'_> {
-    UserStore { client: &state.dynamo, table: &state.config.table_name }
+fn users(state: &impl Table) -> UserStore<'_> {
+    UserStore { client: state.dynamo(), table: &state.config().table_name }
 }
-fn refresh_store(state: &AppState) -> RefreshStore<'_> {
-    RefreshStore { client: &state.dynamo, table: &state.config.table_name }
+fn refresh_store(state: &impl Table) -> RefreshStore<'_> {
+    RefreshStore { client: state.dynamo(), table: &state.config().table_name }
 }
-fn limits(state: &AppState) -> Limits {
-    Limits { ip_per_minute: state.config.ip_rate_limit_per_minute }
+fn limits(state: &impl Deps) -> Limits {
+    Limits { ip_per_minute: state.config().ip_rate_limit_per_minute }
 }
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -36,8 +36,8 @@ fn now_ms() -> i64 {
 /// Answers no sooner than the configured floor after the request began, whatever path it took
 /// (an account or not, a mail sent or not, an error or not), so the time tells nothing about the
 /// address. A path slower than the floor is logged: the floor is then too low.
-async fn in_equal_time(state: &AppState, route: &'static str, answer: impl std::future::Future<Output = HandlerResult>) -> HandlerResult {
-    let floor = state.config.auth_answer_floor;
+async fn in_equal_time(state: &impl Deps, route: &'static str, answer: impl std::future::Future<Output = HandlerResult>) -> HandlerResult {
+    let floor = state.config().auth_answer_floor;
     let started = tokio::time::Instant::now();
     let result = answer.await;
     let took = started.elapsed();
@@ -58,21 +58,21 @@ fn verification_required() -> HandlerResult {
 }
 
 /// Mail failures are logged, never shown: the answer must not depend on whether the address exists.
-async fn send_mail(state: &AppState, email: Email) {
-    if let Err(e) = state.mailer.send(&email).await {
+async fn send_mail(state: &impl Mail, email: Email) {
+    if let Err(e) = state.mailer().send(&email).await {
         tracing::error!(error = %e, "sending mail failed");
     }
 }
 
-async fn send_notice(state: &AppState, email: &EmailAddress, subject: &str, body: &str) {
+async fn send_notice(state: &impl Mail, email: &EmailAddress, subject: &str, body: &str) {
     send_mail(state, Email { to: email.to_string(), subject: subject.into(), body: body.into(), code: None, token: None }).await;
 }
 
 /// A security notice to the owner of `email` about what their own session just did: counted
 /// against the address's mail limits, and sent whatever they say. It follows a committed change,
 /// so a failure to count it is logged, never the request's answer.
-async fn notify(state: &AppState, email: &EmailAddress, subject: &str, body: &str) {
-    if let Err(e) = limits(state).count_security_notice(&state.redis, email.as_str()).await {
+async fn notify(state: &(impl Cache + Mail), email: &EmailAddress, subject: &str, body: &str) {
+    if let Err(e) = limits(state).count_security_notice(state.redis(), email.as_str()).await {
         tracing::warn!(code = e.code(), "a security notice went uncounted");
     }
     send_notice(state, email, subject, body).await;
@@ -80,8 +80,8 @@ async fn notify(state: &AppState, email: &EmailAddress, subject: &str, body: &st
 
 /// Gives a right password's lockout ticket back after the change it allowed committed: a
 /// failure to is logged (the ticket then expires with its hour), never the request's answer.
-async fn give_ticket_back(state: &AppState, ctx: &RequestContext, email: &EmailAddress) {
-    if let Err(e) = limits(state).password_accepted(&state.redis, &ctx.source_ip, email.as_str()).await {
+async fn give_ticket_back(state: &impl Cache, ctx: &RequestContext, email: &EmailAddress) {
+    if let Err(e) = limits(state).password_accepted(state.redis(), &ctx.source_ip, email.as_str()).await {
         tracing::warn!(code = e.code(), "a right password's lockout ticket was not given back");
     }
 }
@@ -91,27 +91,35 @@ fn token_hash(pepper: &[u8], email: &EmailAddress, token: &str) -> String {
     hash_code(pepper, email.as_str(), &format!("link-token:{token}"))
 }
 
-async fn send_code(state: &AppState, email: &EmailAddress, user_id: &str, count_send: bool) -> Result<(), ApiError> {
-    store_and_send_code(state, email, user_id, Purpose::Verify, count_send, true).await
+/// How a code is stored besides itself.
+#[derive(Clone, Copy)]
+struct Storing {
+    /// It counts as the address's first mail (a new registration's).
+    count_send: bool,
+    /// It gives the address's registration slot back (a registration's).
+    release_registration: bool,
+    /// It is mailed (the address's mail limits allowed it; otherwise a later request mails
+    /// new ones).
+    mail: bool,
 }
 
-/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them when `mail`
-/// (the address's mail limits allowed it; otherwise a later request mails new ones).
+/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them as `storing`
+/// says.
 async fn store_and_send_code(
-    state: &AppState,
+    state: &(impl Cache + Keys + Mail),
     email: &EmailAddress,
     user_id: &str,
     purpose: Purpose,
-    count_send: bool,
-    mail: bool,
+    storing: Storing,
 ) -> Result<(), ApiError> {
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let Storing { count_send, release_registration, mail } = storing;
+    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let (code, token) = (new_code(), crate::crypto::random_token());
     let pepper = keys.code_pepper.expose();
     let code_hash = hash_code(pepper, email.as_str(), &code);
     let token_hash = token_hash(pepper, email, &token);
-    let new = NewCode { purpose, code_hash: &code_hash, token_hash: &token_hash, user_id, count_send };
-    limits(state).store_code(&state.redis, email.as_str(), &new).await?;
+    let new = NewCode { purpose, code_hash: &code_hash, token_hash: &token_hash, user_id, count_send, release_registration };
+    limits(state).store_code(state.redis(), email.as_str(), &new).await?;
     if !mail {
         return Ok(());
     }
@@ -123,7 +131,7 @@ async fn store_and_send_code(
             "Your password reset code is {code}. Or reset with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail: your password stays as it is."
         )),
     };
-    let local = state.config.is_local();
+    let local = state.config().is_local();
     let email = Email { to: email.to_string(), subject: subject.into(), body, code: local.then_some(code), token: local.then_some(token) };
     send_mail(state, email).await;
     Ok(())
@@ -151,17 +159,34 @@ fn validate_username(username: Option<String>) -> Result<Option<String>, ApiErro
     Ok(Some(name))
 }
 
-pub async fn register(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn register(state: &(impl Table + Cache + Keys + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     // Boxed: the answer future is large, and three of them side by side overflow a test stack.
     in_equal_time(state, "register", Box::pin(register_now(state, req, ctx))).await
 }
 
-async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: RegisterRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let username = validate_username(body.username)?;
     password::check_policy(&body.password, email.as_str(), username.as_deref())?;
-    limits(state).check_ip(&state.redis, "register", &ctx.source_ip).await?;
+    // Registrations of one address race (a doubled submit, a burst): the one that holds the
+    // address's slot decides, the others answer alike and change nothing, so one account gets
+    // one code. The slot and the source's rate limit are keys of different hash slots: two
+    // steps, sent together (one round trip); a refused request gives the slot straight back.
+    let limits = limits(state);
+    let (rate, slot) = tokio::join!(
+        limits.check_ip(state.redis(), "register", &ctx.source_ip),
+        limits.take_registration_slot(state.redis(), email.as_str())
+    );
+    if let Err(limited) = rate {
+        if matches!(slot, Ok(true)) {
+            limits.release_registration_slot(state.redis(), email.as_str()).await;
+        }
+        return Err(limited);
+    }
+    if !slot? {
+        return verification_required();
+    }
 
     let user_id = uuid::Uuid::new_v4().to_string();
     let password_hash = password::hash(body.password).await?;
@@ -181,27 +206,26 @@ async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> Ha
         mfa_enabled: false,
         roles: Vec::new(),
     };
-    // Registrations of one address race (a doubled submit, a burst): the one that holds the
-    // slot decides, the others answer alike and change nothing, so one account gets one code.
-    if !limits(state).take_registration_slot(&state.redis, email.as_str()).await? {
-        return verification_required();
-    }
     let outcome = async {
         let users = users(state);
         if users.create(&email, &creds, &profile).await? {
-            // The registration's mail counts as the first send of the resend limits.
-            send_code(state, &email, &user_id, true).await?;
-            return Ok(());
+            // The registration's mail counts as the first send of the resend limits; the code's
+            // step gives the slot back.
+            let storing = Storing { count_send: true, release_registration: true, mail: true };
+            store_and_send_code(state, &email, &user_id, Purpose::Verify, storing).await?;
+            return Ok(true);
         }
         // Taken. Every mail to the address counts against its limits: past them nothing is sent,
         // with the same answer.
-        let mail = limits(state).reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved;
+        let mail = limits.reserve_mail(state.redis(), email.as_str()).await? == MailBudget::Reserved;
         match users.find(&email).await? {
             // Never verified (someone may have registered another's address): this registration
             // replaces it whatever the mail limits (a squatter spending them cannot keep their
             // password in place), and only the mailbox's owner can verify it.
             Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
-                store_and_send_code(state, &email, &user_id, Purpose::Verify, false, mail).await?;
+                let storing = Storing { count_send: false, release_registration: true, mail };
+                store_and_send_code(state, &email, &user_id, Purpose::Verify, storing).await?;
+                return Ok(true);
             }
             // Same answer as a new account; the owner hears about it instead of the caller.
             _ if mail => {
@@ -210,10 +234,13 @@ async fn register_now(state: &AppState, req: Request, ctx: RequestContext) -> Ha
             }
             _ => {}
         }
-        Ok::<(), ApiError>(())
+        Ok::<bool, ApiError>(false)
     }
     .await;
-    limits(state).release_registration_slot(&state.redis, email.as_str()).await;
+    // Given back by the code's step when a code was stored; otherwise here.
+    if !matches!(outcome, Ok(true)) {
+        limits.release_registration_slot(state.redis(), email.as_str()).await;
+    }
     outcome?;
     verification_required()
 }
@@ -246,20 +273,20 @@ struct VerifyRequest {
     token: Option<String>,
 }
 
-pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn verify(state: &(impl Table + Cache + Keys), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: VerifyRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let invalid = || ApiError::BadRequest { code: "invalid_code", detail: "the verification code is wrong or has expired".into() };
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let pepper = keys.code_pepper.expose();
     let Some((by_token, hash)) = presented(pepper, &email, body.verification_code.as_deref(), body.token.as_deref(), "verification_code")?
     else {
-        limits(state).check_ip(&state.redis, "verify", &ctx.source_ip).await?;
+        limits(state).check_ip(state.redis(), "verify", &ctx.source_ip).await?;
         return Err(invalid());
     };
     let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
     let limits = limits(state);
-    let consumed = limits.consume_code(&state.redis, &ctx.source_ip, email.as_str(), Purpose::Verify, proof).await?;
+    let consumed = limits.consume_code(state.redis(), &ctx.source_ip, email.as_str(), Purpose::Verify, proof).await?;
     let users = users(state);
     let verified = match users.stored_form(&email).await {
         Ok(form) => users.mark_verified(&form, &consumed.user_id).await,
@@ -270,7 +297,7 @@ pub async fn verify(state: &AppState, req: Request, ctx: RequestContext) -> Hand
         Ok(false) => return Err(invalid()),
         Err(e) => {
             // Nothing was verified: the owner's code must still work on the retry.
-            if let Err(restore) = limits.restore_code(&state.redis, &consumed).await {
+            if let Err(restore) = limits.restore_code(state.redis(), &consumed).await {
                 tracing::warn!(code = restore.code(), "a consumed verification code could not be put back");
             }
             return Err(e.into());
@@ -285,19 +312,26 @@ struct ResendRequest {
     email: String,
 }
 
-pub async fn resend(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn resend(state: &(impl Table + Cache + Keys + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     // Boxed: the answer future is large, and three of them side by side overflow a test stack.
     in_equal_time(state, "resend", Box::pin(resend_now(state, req, ctx))).await
 }
 
-async fn resend_now(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+async fn resend_now(state: &(impl Table + Cache + Keys + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: ResendRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     // Limits apply whether or not the address has an account, so they reveal nothing.
-    limits(state).reserve_send(&state.redis, &ctx.source_ip, "resend", email.as_str()).await?;
+    limits(state).reserve_send(state.redis(), &ctx.source_ip, "resend", email.as_str()).await?;
     if let Some((_, creds)) = users(state).find_live(&email).await? {
         if !creds.email_verified {
-            send_code(state, &email, &creds.user_id, false).await?;
+            store_and_send_code(
+                state,
+                &email,
+                &creds.user_id,
+                Purpose::Verify,
+                Storing { count_send: false, release_registration: false, mail: true },
+            )
+            .await?;
         }
     }
     verification_required()
@@ -325,13 +359,13 @@ fn invalid_credentials() -> ApiError {
 /// An access token's claims, stamped now. Taken *before* the write that makes its session live
 /// (a login's family, a refresh's rotation): a global logout that lands after that write has a
 /// later cutoff than the token's `jti` time, so the token dies with the logout.
-fn access_claims(state: &AppState, user_id: &str, session_id: &str, sign_in: SignIn, roles: Roles) -> AccessClaims {
+fn access_claims(state: &impl Deps, user_id: &str, session_id: &str, sign_in: SignIn, roles: Roles) -> AccessClaims {
     let now = chrono::Utc::now().timestamp();
     AccessClaims {
-        iss: state.config.jwt_issuer.clone(),
-        aud: state.config.jwt_audience.clone(),
+        iss: state.config().jwt_issuer.clone(),
+        aud: state.config().jwt_audience.clone(),
         sub: user_id.to_owned(),
-        exp: now + state.config.access_token_ttl.as_secs() as i64,
+        exp: now + state.config().access_token_ttl.as_secs() as i64,
         iat: now,
         jti: uuid::Uuid::now_v7().to_string(),
         sid: Some(session_id.to_owned()),
@@ -341,7 +375,7 @@ fn access_claims(state: &AppState, user_id: &str, session_id: &str, sign_in: Sig
 }
 
 /// A new session's first access token and refresh token, the session begun at `created_ms`.
-fn new_session(state: &AppState, user_id: &str, sign_in: SignIn, roles: Roles, created_ms: i64) -> (AccessClaims, RefreshToken) {
+fn new_session(state: &impl Deps, user_id: &str, sign_in: SignIn, roles: Roles, created_ms: i64) -> (AccessClaims, RefreshToken) {
     let session_id = uuid::Uuid::new_v4().to_string();
     (access_claims(state, user_id, &session_id, sign_in, roles), RefreshToken::issue(user_id, &session_id, created_ms, sign_in, roles))
 }
@@ -355,10 +389,10 @@ fn device(req: &Request, ctx: &RequestContext) -> Device {
     Device { user_agent, ip: ctx.source_ip.clone() }
 }
 
-async fn token_response(state: &AppState, claims: AccessClaims, refresh: &RefreshToken) -> HandlerResult {
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
-    let ttl = state.config.access_token_ttl.as_secs();
-    let activation = crate::auth::tokens::activation_delay(state.config.secrets_ttl);
+async fn token_response(state: &impl Keys, claims: AccessClaims, refresh: &RefreshToken) -> HandlerResult {
+    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+    let ttl = state.config().access_token_ttl.as_secs();
+    let activation = crate::auth::tokens::activation_delay(state.config().secrets_ttl);
     let access_token = keys.sign(&claims, activation).map_err(|e| ApiError::internal("signing access token", e))?;
     secret_json_response(
         StatusCode::OK,
@@ -366,14 +400,14 @@ async fn token_response(state: &AppState, claims: AccessClaims, refresh: &Refres
     )
 }
 
-pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn login(state: &(impl Table + Cache + Keys), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: LoginRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email).map_err(|_| invalid_credentials())?;
     if body.password.chars().count() > password::MAX_LEN {
         return Err(invalid_credentials());
     }
     let limits = limits(state);
-    limits.login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    limits.login_attempt(state.redis(), &ctx.source_ip, email.as_str()).await?;
     // Taken before the record is read: a reset or a global logout that lands while the password
     // is being checked is later than this, and the new session's transaction refuses it.
     let password_checked_ms = now_ms();
@@ -383,7 +417,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
         return Err(invalid_credentials());
     };
     if !creds.email_verified {
-        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1).await?;
+        limits.login_succeeded(state.redis(), &ctx.source_ip, email.as_str(), 1).await?;
         return Err(ApiError::Forbidden { code: "email_not_verified", detail: "verify your email address before signing in" });
     }
     let rehash = async {
@@ -401,7 +435,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
             password_checked_ms,
             roles: creds.roles.clone(),
         };
-        let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(&state.redis, &pending), rehash);
+        let (token, rehashed) = tokio::join!(mfa::issue_mfa_token(state.redis(), &pending), rehash);
         log_rehash_failure(rehashed);
         return secret_json_response(StatusCode::OK, &serde_json::json!({"mfa_required": true, "mfa_token": token?.expose()}));
     }
@@ -409,7 +443,7 @@ pub async fn login(state: &AppState, req: Request, ctx: RequestContext) -> Handl
     let (store, device) = (refresh_store(state), device(&req, &ctx));
     // The lockout reset, the new session and a rehash are independent: one round trip for all.
     let (reset, started, rehashed) = tokio::join!(
-        limits.login_succeeded(&state.redis, &ctx.source_ip, email.as_str(), 1),
+        limits.login_succeeded(state.redis(), &ctx.source_ip, email.as_str(), 1),
         store.start_family(&refresh, &device, password_checked_ms),
         rehash
     );
@@ -445,7 +479,7 @@ fn refresh_token_reused() -> ApiError {
 }
 
 /// Why a family is dead, told apart for the client.
-async fn revoked_family_error(state: &AppState, family_id: &str) -> Result<ApiError, ApiError> {
+async fn revoked_family_error(state: &impl Table, family_id: &str) -> Result<ApiError, ApiError> {
     let family = refresh_store(state).family(family_id).await?;
     Ok(match family.and_then(|f| f.revoked_reason) {
         Some(reason) if reason == "reuse" => refresh_token_reused(),
@@ -453,13 +487,13 @@ async fn revoked_family_error(state: &AppState, family_id: &str) -> Result<ApiEr
     })
 }
 
-pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn refresh(state: &(impl Table + Cache + Keys), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: RefreshRequest = parse_json(&req)?;
-    limits(state).check_ip(&state.redis, "refresh", &ctx.source_ip).await?;
+    limits(state).check_ip(state.redis(), "refresh", &ctx.source_ip).await?;
     let old = RefreshToken::parse(&body.refresh_token).ok_or_else(invalid_refresh_token)?;
     let store = refresh_store(state);
     let now = now_ms();
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let new = old.successor(keys.code_pepper.expose());
     let claims = access_claims(state, &old.user_id, &old.family_id, old.sign_in, old.roles);
     match store.rotate(&old, &new, now).await? {
@@ -472,7 +506,7 @@ pub async fn refresh(state: &AppState, req: Request, ctx: RequestContext) -> Han
                 return Err(invalid_refresh_token());
             };
             let used_at = stored.used_at_ms.unwrap_or(now);
-            if now - used_at <= state.config.refresh_reuse_grace.as_millis() as i64 {
+            if now - used_at <= state.config().refresh_reuse_grace.as_millis() as i64 {
                 // A lost response or two tabs racing: the same successor the first rotation
                 // stored (nothing new is written, nothing revoked), while the family lives.
                 if store.family_is_live(&old).await? {
@@ -503,9 +537,9 @@ struct LogoutRequest {
     scope: LogoutScope,
 }
 
-pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn logout(state: &(impl Table + Cache), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: LogoutRequest = parse_json(&req)?;
-    limits(state).check_ip(&state.redis, "logout", &ctx.source_ip).await?;
+    limits(state).check_ip(state.redis(), "logout", &ctx.source_ip).await?;
     let token = RefreshToken::parse(&body.refresh_token).ok_or_else(invalid_refresh_token)?;
     let store = refresh_store(state);
     // Only a token that could still refresh may log out: unspent (or inside its grace window),
@@ -513,7 +547,7 @@ pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     let now = now_ms();
     let users = users(state);
     let (stored, family, profile) = tokio::join!(store.token(&token), store.family(&token.family_id), users.profile(&token.user_id));
-    let grace = state.config.refresh_reuse_grace.as_millis() as i64;
+    let grace = state.config().refresh_reuse_grace.as_millis() as i64;
     let usable = stored?.is_some_and(|t| {
         t.user_id == token.user_id
             && t.family_id == token.family_id
@@ -534,7 +568,7 @@ pub async fn logout(state: &AppState, req: Request, ctx: RequestContext) -> Hand
     empty_response(StatusCode::NO_CONTENT)
 }
 
-pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn me(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let (_, profile) = signed_in(state, &req).await?;
     json_response(
         StatusCode::OK,
@@ -549,8 +583,8 @@ pub async fn me(state: &AppState, req: Request, _ctx: RequestContext) -> Handler
     )
 }
 
-pub async fn jwks(state: &AppState, _req: Request, _ctx: RequestContext) -> HandlerResult {
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
+pub async fn jwks(state: &impl Keys, _req: Request, _ctx: RequestContext) -> HandlerResult {
+    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading JWT keys", e))?;
     let mut response = json_response(StatusCode::OK, keys.jwks())?;
     // Public keys: let verifiers cache them for a while (less than the secret TTL + token life).
     let cache = format!("public, max-age={}", crate::auth::tokens::JWKS_MAX_AGE_SECS);
@@ -570,20 +604,27 @@ struct ForgotRequest {
 
 /// `POST /api/v1/auth/password/forgot`: the same 202 whether or not the address has an account;
 /// a verified one gets a reset code and link token, within the address's mail limits.
-pub async fn forgot_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn forgot_password(state: &(impl Table + Cache + Keys + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     // Boxed: the answer future is large, and three of them side by side overflow a test stack.
     in_equal_time(state, "forgot", Box::pin(forgot_password_now(state, req, ctx))).await
 }
 
-async fn forgot_password_now(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+async fn forgot_password_now(state: &(impl Table + Cache + Keys + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: ForgotRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let limits = limits(state);
-    limits.check_ip(&state.redis, "forgot", &ctx.source_ip).await?;
+    limits.check_ip(state.redis(), "forgot", &ctx.source_ip).await?;
     let account = users(state).find_live(&email).await?.filter(|(_, creds)| creds.email_verified);
     if let Some((_, creds)) = account {
-        if limits.reserve_mail(&state.redis, email.as_str()).await? == MailBudget::Reserved {
-            store_and_send_code(state, &email, &creds.user_id, Purpose::Reset, false, true).await?;
+        if limits.reserve_mail(state.redis(), email.as_str()).await? == MailBudget::Reserved {
+            store_and_send_code(
+                state,
+                &email,
+                &creds.user_id,
+                Purpose::Reset,
+                Storing { count_send: false, release_registration: false, mail: true },
+            )
+            .await?;
         }
     }
     json_response(StatusCode::ACCEPTED, &serde_json::json!({"status": "reset_requested"}))
@@ -602,20 +643,20 @@ struct ResetRequest {
 /// `POST /api/v1/auth/password/reset`: a new password behind the mailed code or token; every
 /// session and access token of the user is revoked (as a global logout), and every lock of the
 /// address is cleared.
-pub async fn reset_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn reset_password(state: &(impl Table + Cache + Keys), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: ResetRequest = parse_json(&req)?;
     let email = EmailAddress::parse(&body.email)?;
     let invalid = || ApiError::BadRequest { code: "invalid_code", detail: "the reset code is wrong or has expired".into() };
     password::check_policy(&body.new_password, email.as_str(), None)?;
-    let keys = state.jwt_keys.get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
     let pepper = keys.code_pepper.expose();
     let Some((by_token, hash)) = presented(pepper, &email, body.code.as_deref(), body.token.as_deref(), "code")? else {
-        limits(state).check_ip(&state.redis, "reset", &ctx.source_ip).await?;
+        limits(state).check_ip(state.redis(), "reset", &ctx.source_ip).await?;
         return Err(invalid());
     };
     let proof = if by_token { Proof::Token(&hash) } else { Proof::Code(&hash) };
     let limits = limits(state);
-    let consumed = limits.consume_code(&state.redis, &ctx.source_ip, email.as_str(), Purpose::Reset, proof).await?;
+    let consumed = limits.consume_code(state.redis(), &ctx.source_ip, email.as_str(), Purpose::Reset, proof).await?;
     let users = users(state);
     let Some((form, creds)) = users.find_live(&email).await?.filter(|(_, c)| c.user_id == consumed.user_id && c.email_verified) else {
         return Err(invalid());
@@ -623,21 +664,21 @@ pub async fn reset_password(state: &AppState, req: Request, ctx: RequestContext)
     let new_hash = password::hash(body.new_password).await?;
     if let Err(e) = users.update_password_hash(&form, &creds.user_id, &new_hash).await {
         // Nothing changed: the owner's code must still work on the retry.
-        if let Err(restore) = limits.restore_code(&state.redis, &consumed).await {
+        if let Err(restore) = limits.restore_code(state.redis(), &consumed).await {
             tracing::warn!(code = restore.code(), "a consumed reset code could not be put back");
         }
         return Err(e);
     }
     // As a global logout: every session and every access token issued before now dies.
     users.revoke_all_sessions(&creds.user_id, now_ms()).await?;
-    limits.clear_lockouts(&state.redis, email.as_str()).await?;
+    limits.clear_lockouts(state.redis(), email.as_str()).await?;
     json_response(StatusCode::OK, &serde_json::json!({"status": "password_reset"}))
 }
 
 // ---------------------------------------------------------------- the signed-in account
 
 /// The caller and their profile; 401 `invalid_token` if the token is revoked.
-async fn signed_in(state: &AppState, req: &Request) -> Result<(Caller, Profile), ApiError> {
+async fn signed_in(state: &(impl Table + Keys), req: &Request) -> Result<(Caller, Profile), ApiError> {
     let caller = authenticate(state, req).await?;
     let profile = crate::auth::session::live_profile(state, &caller).await?;
     Ok((caller, profile))
@@ -645,7 +686,7 @@ async fn signed_in(state: &AppState, req: &Request) -> Result<(Caller, Profile),
 
 /// The profile's address (canonical, as login keys its lockout), and its login record with the
 /// form that record is stored under.
-async fn login_record(state: &AppState, profile: &Profile) -> Result<(EmailAddress, String, Credentials), ApiError> {
+async fn login_record(state: &impl Table, profile: &Profile) -> Result<(EmailAddress, String, Credentials), ApiError> {
     let email = EmailAddress::parse(&profile.email).map_err(|_| ApiError::bug("a stored address does not parse"))?;
     let (form, creds) = users(state).find(&email).await?.filter(|(_, c)| c.user_id == profile.id).ok_or_else(ApiError::invalid_token)?;
     Ok((email, form, creds))
@@ -655,13 +696,13 @@ async fn login_record(state: &AppState, profile: &Profile) -> Result<(EmailAddre
 /// wrong password leaves counted (401 `invalid_credentials`), so a stolen access token buys no
 /// more guesses than the login form.
 async fn check_password(
-    state: &AppState,
+    state: &impl Cache,
     ctx: &RequestContext,
     email: &EmailAddress,
     creds: &Credentials,
     password: String,
 ) -> Result<(), ApiError> {
-    limits(state).login_attempt(&state.redis, &ctx.source_ip, email.as_str()).await?;
+    limits(state).login_attempt(state.redis(), &ctx.source_ip, email.as_str()).await?;
     if password.chars().count() > password::MAX_LEN {
         return Err(invalid_credentials());
     }
@@ -680,7 +721,7 @@ struct ChangePasswordRequest {
 
 /// `POST /api/v1/auth/password/change`: a new password behind the current one. Every session
 /// ends (as a global logout), and the caller gets a fresh one, signed in as theirs was.
-pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn change_password(state: &(impl Table + Cache + Keys), req: Request, ctx: RequestContext) -> HandlerResult {
     let (caller, profile) = signed_in(state, &req).await?;
     let body: ChangePasswordRequest = parse_json(&req)?;
     let (email, form, creds) = login_record(state, &profile).await?;
@@ -706,8 +747,8 @@ pub async fn change_password(state: &AppState, req: Request, ctx: RequestContext
 
 /// The keys a second factor is checked with: the encryption key of its secret, and the pepper of
 /// its recovery codes.
-async fn second_factor_keys(state: &AppState) -> Result<(Arc<EncryptionKeys>, Arc<JwtKeys>), ApiError> {
-    let (keys, jwt) = tokio::join!(state.encryption_keys.get(), state.jwt_keys.get());
+async fn second_factor_keys(state: &(impl Keys + Vault)) -> Result<(Arc<EncryptionKeys>, Arc<JwtKeys>), ApiError> {
+    let (keys, jwt) = tokio::join!(state.encryption_keys().get(), state.jwt_keys().get());
     Ok((
         keys.map_err(|e| ApiError::internal("loading encryption keys", e))?,
         jwt.map_err(|e| ApiError::internal("loading auth secret", e))?,
@@ -715,9 +756,9 @@ async fn second_factor_keys(state: &AppState) -> Result<(Arc<EncryptionKeys>, Ar
 }
 
 /// `POST /api/v1/auth/mfa/totp/setup`: a new secret, pending until `enable` confirms it.
-pub async fn totp_setup(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn totp_setup(state: &(impl Table + Keys + Vault), req: Request, _ctx: RequestContext) -> HandlerResult {
     let (caller, profile) = signed_in(state, &req).await?;
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let keys = state.encryption_keys().get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let setup = mfa::setup(&users(state), &keys, &caller.user_id, &profile.email).await?;
     secret_json_response(
         StatusCode::OK,
@@ -732,7 +773,7 @@ struct EnableTotpRequest {
 }
 
 /// `POST /api/v1/auth/mfa/totp/enable`: two-factor on, confirmed by a code of the pending secret.
-pub async fn totp_enable(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn totp_enable(state: &(impl Table + Cache + Keys + Vault + Mail), req: Request, _ctx: RequestContext) -> HandlerResult {
     let (caller, profile) = signed_in(state, &req).await?;
     let body: EnableTotpRequest = parse_json(&req)?;
     let (email, form, _) = login_record(state, &profile).await?;
@@ -754,7 +795,7 @@ struct DisableTotpRequest {
 
 /// `POST /api/v1/auth/mfa/totp/disable`: two-factor off, behind the password and a code (a
 /// TOTP or a recovery code), each failure counted as a login's.
-pub async fn totp_disable(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn totp_disable(state: &(impl Table + Cache + Keys + Vault + Mail), req: Request, ctx: RequestContext) -> HandlerResult {
     let (caller, profile) = signed_in(state, &req).await?;
     let body: DisableTotpRequest = parse_json(&req)?;
     if !profile.mfa_enabled {
@@ -789,23 +830,23 @@ fn invalid_mfa_token() -> ApiError {
 /// `POST /api/v1/auth/mfa/verify`: the second step of a sign-in with two-factor on. A wrong
 /// code counts toward the lockout as a wrong password does; the `mfa_token` is spent by the
 /// first right code.
-pub async fn mfa_verify(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn mfa_verify(state: &(impl Table + Cache + Keys + Vault), req: Request, ctx: RequestContext) -> HandlerResult {
     let body: MfaVerifyRequest = parse_json(&req)?;
-    let pending = mfa::pending_sign_in(&state.redis, &body.mfa_token).await?.ok_or_else(invalid_mfa_token)?;
+    let pending = mfa::pending_sign_in(state.redis(), &body.mfa_token).await?.ok_or_else(invalid_mfa_token)?;
     let limits = limits(state);
-    limits.login_attempt(&state.redis, &ctx.source_ip, &pending.email).await?;
+    limits.login_attempt(state.redis(), &ctx.source_ip, &pending.email).await?;
     let (keys, jwt) = second_factor_keys(state).await?;
     if !mfa::accept_second_factor(&users(state), &keys, jwt.code_pepper.expose(), &pending.user_id, &body.code).await? {
         return Err(mfa::invalid_code());
     }
-    if !mfa::spend_mfa_token(&state.redis, &body.mfa_token).await? {
+    if !mfa::spend_mfa_token(state.redis(), &body.mfa_token).await? {
         return Err(invalid_mfa_token());
     }
     let (claims, refresh) = new_session(state, &pending.user_id, SignIn::PasswordAndOtp, Roles::from_names(&pending.roles), now_ms());
     let (store, device) = (refresh_store(state), device(&req, &ctx));
     // The password's ticket and this one's both come back: the sign-in succeeded.
     let (reset, started) = tokio::join!(
-        limits.login_succeeded(&state.redis, &ctx.source_ip, &pending.email, 2),
+        limits.login_succeeded(state.redis(), &ctx.source_ip, &pending.email, 2),
         store.start_family(&refresh, &device, pending.password_checked_ms)
     );
     reset?;
@@ -824,7 +865,7 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
 }
 
 /// `GET /api/v1/auth/sessions`: one entry per live session, most recently used first.
-pub async fn list_sessions(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn list_sessions(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let (caller, profile) = signed_in(state, &req).await?;
     let now = now_ms();
     let mut sessions: Vec<_> =
@@ -853,7 +894,7 @@ fn session_not_found() -> ApiError {
 
 /// `DELETE /api/v1/auth/sessions/{session_id}`: that session's refresh family and its access
 /// tokens die at once. Ending one already ended answers 204 again.
-pub async fn end_session(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn end_session(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let (caller, _) = signed_in(state, &req).await?;
     let session_id = crate::http::path_parameter(&req, "session_id").ok_or_else(session_not_found)?;
     if uuid::Uuid::try_parse(&session_id).is_err() || session_id.len() != 36 {
@@ -876,7 +917,7 @@ struct DeleteAccountRequest {
 /// `DELETE /api/v1/users/me`: the account and its personal data go, behind the password (and,
 /// with two-factor on, a session signed in with it); 409 `bot_running` unless the bot is stopped
 /// and flat.
-pub async fn delete_me(state: &AppState, req: Request, ctx: RequestContext) -> HandlerResult {
+pub async fn delete_me(state: &(impl Table + Cache + Keys), req: Request, ctx: RequestContext) -> HandlerResult {
     let caller = authenticate(state, &req).await?;
     let body: DeleteAccountRequest = parse_json(&req)?;
     let snapshot = crate::trading::service::load_snapshot(state, &caller).await?;
@@ -886,7 +927,7 @@ pub async fn delete_me(state: &AppState, req: Request, ctx: RequestContext) -> H
     check_password(state, &ctx, &email, &creds, body.password).await?;
     crate::auth::deletion::delete_account(&users(state), &snapshot, &form, &caller.user_id).await?;
     // Its sign-in counters go with it (they would expire anyway).
-    if let Err(e) = limits(state).clear_lockouts(&state.redis, email.as_str()).await {
+    if let Err(e) = limits(state).clear_lockouts(state.redis(), email.as_str()).await {
         tracing::warn!(code = e.code(), "a deleted account's sign-in counters were left to expire");
     }
     empty_response(StatusCode::NO_CONTENT)

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::http::{empty_response, json_response, parse_json, RequestContext};
 use crate::live::store::{Connection, LiveStore};
 use crate::live::telegram;
-use crate::state::AppState;
+use crate::state::{Cache, Deps, Keys, Table, Telegram};
 use http::StatusCode;
 use lambda_http::request::RequestContext as EventContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 type HandlerResult = Result<Response<Body>, ApiError>;
 
-fn live_store(state: &AppState) -> LiveStore<'_> {
-    LiveStore { client: &state.dynamo, table: &state.config.table_name }
+fn live_store(state: &impl Table) -> LiveStore<'_> {
+    LiveStore { client: state.dynamo(), table: &state.config().table_name }
 }
 
 fn connection_id(req: &Request) -> Result<String, ApiError> {
@@ -40,7 +40,7 @@ fn caller_again(connection: &Connection) -> crate::auth::session::Caller {
 
 /// `$connect` (`wss://…?token=<access token>`): the token is verified as on every route and its
 /// session must be live; anything else refuses the upgrade with 401.
-pub async fn ws_connect(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn ws_connect(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let token = req.query_string_parameters_ref().and_then(|q| q.first("token").map(str::to_owned)).unwrap_or_default();
     let caller = crate::auth::session::verify_token(state, &token).await?;
     crate::auth::session::live_profile(state, &caller).await?;
@@ -65,7 +65,7 @@ pub async fn ws_connect(state: &AppState, req: Request, _ctx: RequestContext) ->
 }
 
 /// `$disconnect`: the connection is forgotten (also when it was never stored, or already gone).
-pub async fn ws_disconnect(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn ws_disconnect(state: &impl Table, req: Request, _ctx: RequestContext) -> HandlerResult {
     let id = connection_id(&req)?;
     let store = live_store(state);
     if let Some(user_id) = store.owner(&id).await? {
@@ -76,7 +76,7 @@ pub async fn ws_disconnect(state: &AppState, req: Request, _ctx: RequestContext)
 
 /// `$default`: `{"action":"ping"}` is answered `{"type":"pong"}`; anything else
 /// `{"type":"error","code":"unknown_action"}`.
-pub async fn ws_default(_state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn ws_default(_state: &impl Deps, req: Request, _ctx: RequestContext) -> HandlerResult {
     #[derive(Deserialize)]
     struct Frame {
         action: String,
@@ -92,17 +92,17 @@ pub async fn ws_default(_state: &AppState, req: Request, _ctx: RequestContext) -
 // ---------------------------------------------------------------- Telegram
 
 /// `POST /api/v1/notifications/telegram/link`: `{"link_code","expires_at","bot_url"}`.
-pub async fn telegram_link(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn telegram_link(state: &(impl Table + Cache + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     crate::auth::session::live_profile(state, &caller).await?;
-    let code = telegram::issue_link_code(&state.redis, &state.config.telegram_bot_username, &caller.user_id).await?;
+    let code = telegram::issue_link_code(state.redis(), &state.config().telegram_bot_username, &caller.user_id).await?;
     crate::http::secret_json_response(StatusCode::OK, &code)
 }
 
 /// `POST /api/v1/telegram/webhook`: Telegram's updates, behind its secret-token header.
-pub async fn telegram_webhook(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn telegram_webhook(state: &(impl Table + Cache + Telegram), req: Request, _ctx: RequestContext) -> HandlerResult {
     let given = crate::http::header_str(&req, "x-telegram-bot-api-secret-token").unwrap_or("");
-    let expected = state.telegram_webhook.get().await.map_err(|e| ApiError::internal("loading the webhook secret", e))?;
+    let expected = &state.telegram().webhook.get().await.map_err(|e| ApiError::internal("loading the webhook secret", e))?;
     if !crate::crypto::constant_time_eq(given.as_bytes(), expected.token.expose().as_bytes()) || expected.token.expose().is_empty() {
         return Err(ApiError::Unauthorized { code: "invalid_webhook_secret", detail: "the secret token header is wrong" });
     }
@@ -115,7 +115,7 @@ pub async fn telegram_webhook(state: &AppState, req: Request, _ctx: RequestConte
 }
 
 /// `GET /api/v1/notifications`: `{"telegram": {"linked", "events"}}`.
-pub async fn get_notifications(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn get_notifications(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let store = live_store(state);
     let (profile, settings) = tokio::join!(crate::auth::session::live_profile(state, &caller), store.notifications(&caller.user_id));
@@ -130,7 +130,7 @@ struct SettingsRequest {
 }
 
 /// `PUT /api/v1/notifications` `{"events": [...]}`: the events Telegram is told about.
-pub async fn put_notifications(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn put_notifications(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let body: SettingsRequest = parse_json(&req)?;
     let events = telegram::chosen_events(&body.events)?;
@@ -139,7 +139,7 @@ pub async fn put_notifications(state: &AppState, req: Request, _ctx: RequestCont
 }
 
 /// `DELETE /api/v1/notifications/telegram`: unlinks the chat (204, also when none was linked).
-pub async fn delete_telegram(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn delete_telegram(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     crate::auth::session::live_profile(state, &caller).await?;
     live_store(state).unlink_telegram(&caller.user_id).await?;

@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::http::{empty_response, header_str, json_response, parse_json, RequestContext};
-use crate::state::AppState;
+use crate::state::{Bitget, Cache, Keys, Table, Vault};
 use crate::trading::bitget::BitgetCredentials;
 use crate::trading::bot;
 use crate::trading::credentials;
@@ -32,7 +32,7 @@ struct CredentialsRequest {
     demo: bool,
 }
 
-pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn put_credentials(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let body: CredentialsRequest = parse_json(&req)?;
     if body.exchange != "bitget" {
@@ -52,7 +52,7 @@ pub async fn put_credentials(state: &AppState, req: Request, _ctx: RequestContex
     empty_response(StatusCode::NO_CONTENT)
 }
 
-pub async fn delete_credentials(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn delete_credentials(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     credentials::delete(state, &caller).await?;
     empty_response(StatusCode::NO_CONTENT)
@@ -60,7 +60,7 @@ pub async fn delete_credentials(state: &AppState, req: Request, _ctx: RequestCon
 
 // ---------------------------------------------------------------- account
 
-pub async fn account(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn account(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     let exchange = exchange_for(state, &caller.user_id, &snapshot, &[]).await?;
     let view = exchange.account().await.map_err(exchange_error)?;
@@ -90,7 +90,7 @@ struct StartRequest {
     strategy: Option<Box<serde_json::value::RawValue>>,
 }
 
-pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn start_bot(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let body: StartRequest = parse_json(&req)?;
     let config = BotConfig {
@@ -106,12 +106,12 @@ pub async fn start_bot(state: &AppState, req: Request, _ctx: RequestContext) -> 
     json_response(StatusCode::OK, &bot::start(state, &caller, config).await?)
 }
 
-pub async fn status(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn status(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     json_response(StatusCode::OK, &bot::status(state, &caller.user_id, &snapshot).await?)
 }
 
-pub async fn stop_bot(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn stop_bot(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let Session { caller, snapshot } = session(state, &req).await?;
     json_response(StatusCode::OK, &bot::stop_answer(state, &caller.user_id, snapshot.bot, None).await?)
 }
@@ -148,7 +148,7 @@ fn exact_decimal(text: &str, not_a_decimal: impl FnOnce() -> ApiError) -> Result
     })
 }
 
-pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn submit_order(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let key = header_str(&req, "idempotency-key")
         .ok_or_else(|| ApiError::BadRequest { code: "idempotency_key_required", detail: "send an Idempotency-Key header".into() })?
@@ -189,11 +189,11 @@ pub async fn submit_order(state: &AppState, req: Request, _ctx: RequestContext) 
 // ---------------------------------------------------------------- signals
 
 /// `POST /api/v1/bot/signal-token`: a new signal URL for the caller; the old one is refused at once.
-pub async fn signal_token(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn signal_token(state: &(impl Table + Keys), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let token = crate::trading::signals::rotate_token(state, &caller).await?;
     let host = header_str(&req, "host").unwrap_or("localhost");
-    let scheme = if state.config.is_local() { "http" } else { "https" };
+    let scheme = if state.config().is_local() { "http" } else { "https" };
     let url = format!("{scheme}://{host}/api/v1/signals/{}", token.expose());
     crate::http::secret_json_response(StatusCode::OK, &serde_json::json!({ "signal_url": url }))
 }
@@ -220,7 +220,7 @@ fn optional_exact(raw: Option<&serde_json::value::RawValue>, refusal: fn() -> Ap
 
 /// `POST /api/v1/signals/{token}`: an alert for the token's owner's bot, with no access token (the
 /// token in the URL is the credential). `202 {"order_id","status"}`.
-pub async fn receive_signal(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn receive_signal(state: &(impl Table + Cache + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let token = crate::http::path_parameter(&req, "token").unwrap_or_default();
     let raw: SignalRequest = parse_json(&req)?;
     let alert = crate::trading::signals::Alert {
@@ -271,7 +271,7 @@ struct BacktestRequest {
 
 /// `POST /api/v1/backtest`: the strategy replayed over history. `200` with its trades, PnL,
 /// fees, drawdown, win rate and equity curve.
-pub async fn backtest(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn backtest(state: &(impl Table + Keys + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let session = session(state, &req).await?;
     let body: BacktestRequest = parse_json(&req)?;
     let strategy = crate::trading::strategy::parse(Some(&body.strategy))?;
@@ -292,7 +292,7 @@ pub async fn backtest(state: &AppState, req: Request, _ctx: RequestContext) -> H
             .map_err(|_| ApiError::unprocessable("invalid_range", format!("{field} is an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")))
     };
     let (from_ms, to_ms) = (instant("from", &body.from)?, instant("to", &body.to)?);
-    let start_balance = body.start_balance.unwrap_or(state.config.paper_start_balance);
+    let start_balance = body.start_balance.unwrap_or(state.config().paper_start_balance);
     if start_balance <= Decimal::ZERO || start_balance > crate::trading::strategy::MAX_AMOUNT {
         return Err(ApiError::unprocessable("invalid_start_balance", "start_balance must be above 0 and at most 1000000000"));
     }
@@ -321,7 +321,7 @@ pub const BACKTEST_STOP_LOSS_PCT: Decimal = Decimal::from_parts(10, 0, 0, false,
 // ---------------------------------------------------------------- markets
 
 /// `GET /api/v1/markets`: every contract the bot can trade, public and cacheable.
-pub async fn markets(state: &AppState, _req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn markets(state: &impl Bitget, _req: Request, _ctx: RequestContext) -> HandlerResult {
     let book = crate::trading::service::contract_book(state).await?;
     let mut response = json_response(StatusCode::OK, &serde_json::json!({"markets": crate::trading::markets::list(&book)}))?;
     let cache = format!("public, max-age={}", crate::trading::markets::MAX_AGE_SECS);
@@ -338,7 +338,7 @@ pub async fn markets(state: &AppState, _req: Request, _ctx: RequestContext) -> H
 
 /// `POST /api/v1/positions/{symbol}/close`: the caller's position on the symbol closed by a
 /// reduce-only market order. `200 {"closed_positions": [...]}`.
-pub async fn close_position(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn close_position(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     let symbol = crate::http::inner_path_parameter(&req, "symbol", "positions");
     let closed = crate::trading::positions::close(state, &caller, &symbol).await?;
@@ -353,13 +353,13 @@ fn order_id_parameter(req: &Request) -> String {
 
 /// `GET /api/v1/orders/{order_id}`: one of the caller's orders (by its `order_id` or its
 /// `client_order_id`), refreshed from Bitget while it is not final.
-pub async fn get_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn get_order(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     json_response(StatusCode::OK, &crate::trading::order_view::get(state, &caller, &order_id_parameter(&req)).await?)
 }
 
 /// `DELETE /api/v1/orders/{order_id}`: cancels one of the caller's resting orders.
-pub async fn cancel_order(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn cancel_order(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     json_response(StatusCode::OK, &crate::trading::order_view::cancel(state, &caller, &order_id_parameter(&req)).await?)
 }
@@ -367,19 +367,19 @@ pub async fn cancel_order(state: &AppState, req: Request, _ctx: RequestContext) 
 // ---------------------------------------------------------------- history
 
 /// `GET /api/v1/orders?status=open|all&symbol=&limit=&cursor=`: the caller's orders, newest first.
-pub async fn list_orders(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn list_orders(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     json_response(StatusCode::OK, &crate::trading::order_view::list(state, &caller, req.uri().query()).await?)
 }
 
 /// `GET /api/v1/fills?symbol=&from=&to=&limit=&cursor=`: the caller's fills, newest first.
-pub async fn list_fills(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn list_fills(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     json_response(StatusCode::OK, &crate::trading::fills::list(state, &caller, req.uri().query()).await?)
 }
 
 /// `GET /api/v1/pnl?from=&to=&interval=day`: realized PnL, fees and a daily equity series.
-pub async fn pnl(state: &AppState, req: Request, _ctx: RequestContext) -> HandlerResult {
+pub async fn pnl(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
     let caller = crate::auth::session::authenticate(state, &req).await?;
     json_response(StatusCode::OK, &crate::trading::pnl::summary(state, &caller, req.uri().query()).await?)
 }

@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::live::store::{Connection, LiveStore};
 use crate::live::stream::{changes_of, close_reasons, push_message, Change, StreamEvent, UserChange};
-use crate::state::AppState;
+use crate::state::{Bitget, Cache, Table, Telegram};
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,7 +95,11 @@ async fn send_all(gateway: &Gateway, connection_id: String, messages: &[String])
 /// One batch of stream records. A failure to read a user's connections fails the batch (the
 /// event source mapping retries it, bisecting); a push that fails is logged and counted, and
 /// Telegram never fails anything.
-pub async fn handle(state: &AppState, gateway: &Gateway, event: StreamEvent) -> Result<BroadcastReport, ApiError> {
+pub async fn handle(
+    state: &(impl Table + Cache + Bitget + Telegram),
+    gateway: &Gateway,
+    event: StreamEvent,
+) -> Result<BroadcastReport, ApiError> {
     let changes: Vec<UserChange> = event.records.iter().flat_map(changes_of).collect();
     let mut report = BroadcastReport { records: event.records.len(), changes: changes.len(), ..Default::default() };
     if changes.is_empty() {
@@ -119,7 +123,7 @@ pub async fn handle(state: &AppState, gateway: &Gateway, event: StreamEvent) -> 
     for change in &changes {
         by_user.entry(change.user_id.as_str()).or_default().push(change);
     }
-    let store = LiveStore { client: &state.dynamo, table: &state.config.table_name };
+    let store = LiveStore { client: state.dynamo(), table: &state.config().table_name };
     for (user_id, user_changes) in &by_user {
         let connections = store.of_user(user_id).await?;
         if connections.is_empty() {
@@ -179,7 +183,7 @@ pub async fn handle(state: &AppState, gateway: &Gateway, event: StreamEvent) -> 
 /// The `broadcast` function's one entry: the batch handled, its figures logged; a failure logged
 /// once with its causes and returned, so the event source mapping retries (bisecting) the batch.
 pub async fn serve(
-    state: &AppState,
+    state: &(impl Table + Cache + Bitget + Telegram),
     gateway: &Gateway,
     event: lambda_runtime::LambdaEvent<StreamEvent>,
 ) -> Result<BroadcastReport, lambda_runtime::Error> {

@@ -4,7 +4,7 @@
 
 use crate::error::ApiError;
 use crate::live::stream::{notification_kind, notification_text, UserChange};
-use crate::state::AppState;
+use crate::state::{Cache, Table, Telegram};
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -102,7 +102,7 @@ pub enum WebhookOutcome {
 }
 
 /// `/start <link_code>` links the chat it came from; anything else is ignored. The chat is told.
-pub async fn receive(state: &AppState, body: &[u8]) -> Result<WebhookOutcome, ApiError> {
+pub async fn receive(state: &(impl Table + Cache + Telegram), body: &[u8]) -> Result<WebhookOutcome, ApiError> {
     let Ok(update) = serde_json::from_slice::<Update>(body) else { return Ok(WebhookOutcome::Ignored) };
     let Some(message) = update.message else { return Ok(WebhookOutcome::Ignored) };
     let text = message.text.unwrap_or_default();
@@ -114,13 +114,13 @@ pub async fn receive(state: &AppState, body: &[u8]) -> Result<WebhookOutcome, Ap
     }
     let chat_id = message.chat.id;
     let Some(user_id) = (match code {
-        Some(code) => spend_link_code(&state.redis, code).await?,
+        Some(code) => spend_link_code(state.redis(), code).await?,
         None => None,
     }) else {
         send(state, chat_id, "This link code is not valid or has expired. Ask the app for a new one.").await;
         return Ok(WebhookOutcome::BadCode);
     };
-    let store = crate::live::store::LiveStore { client: &state.dynamo, table: &state.config.table_name };
+    let store = crate::live::store::LiveStore { client: state.dynamo(), table: &state.config().table_name };
     if !store.link_telegram(&user_id, chat_id).await? {
         // The account was deleted in the 10 minutes the code lived.
         send(state, chat_id, "This account no longer exists.").await;
@@ -149,8 +149,8 @@ pub fn chosen_events(events: &[String]) -> Result<Vec<String>, ApiError> {
 
 /// Sends one message to a chat, honouring one 429 `retry_after` (up to 5 s). Failures are logged
 /// and answered `false`, never raised.
-pub async fn send(state: &AppState, chat_id: i64, text: &str) -> bool {
-    let secret = match state.telegram.get().await {
+pub async fn send(state: &impl Telegram, chat_id: i64, text: &str) -> bool {
+    let secret = match state.telegram().bot.get().await {
         Ok(s) if !s.bot_token.expose().is_empty() => s,
         Ok(_) => return false,
         Err(e) => {
@@ -163,7 +163,7 @@ pub async fn send(state: &AppState, chat_id: i64, text: &str) -> bool {
 
 /// Tells each user's linked chat about the changes they chose, once per stream record (its
 /// sequence number is remembered for a day). Never fails: a user's Telegram is theirs to lose.
-pub async fn notify(state: &AppState, changes: &[UserChange]) -> usize {
+pub async fn notify(state: &(impl Table + Cache + Telegram), changes: &[UserChange]) -> usize {
     let mut by_user: BTreeMap<String, Vec<(&'static str, UserChange)>> = BTreeMap::new();
     for change in changes {
         if let Some(kind) = notification_kind(&change.change) {
@@ -178,8 +178,8 @@ pub async fn notify(state: &AppState, changes: &[UserChange]) -> usize {
     futures::stream::iter(tell).buffer_unordered(8).collect::<Vec<usize>>().await.into_iter().sum()
 }
 
-async fn tell_user(state: &AppState, user_id: String, wanted: Vec<(&'static str, UserChange)>) -> usize {
-    let store = crate::live::store::LiveStore { client: &state.dynamo, table: &state.config.table_name };
+async fn tell_user(state: &(impl Table + Cache + Telegram), user_id: String, wanted: Vec<(&'static str, UserChange)>) -> usize {
+    let store = crate::live::store::LiveStore { client: state.dynamo(), table: &state.config().table_name };
     let settings = match store.notifications(&user_id).await {
         Ok(s) => s,
         Err(e) => {
@@ -196,7 +196,7 @@ async fn tell_user(state: &AppState, user_id: String, wanted: Vec<(&'static str,
         }
         // At most once: the record is claimed before the message goes.
         let claim = format!("tgsent:{}:{kind}", change.sequence_number);
-        let mut conn = state.redis.clone();
+        let mut conn = state.redis().clone();
         let first: Result<Option<String>, _> =
             redis::cmd("SET").arg(&claim).arg(1).arg("NX").arg("EX").arg(SENT_TTL_SECS).query_async(&mut conn).await;
         match first {

@@ -334,7 +334,7 @@ fn report(trades: Vec<Trade>, equity: Vec<EquityPoint>, stopped_by: Option<Strin
 }
 
 /// Runs `backtest` on Bitget's history candles (locally the double's series).
-pub async fn run(state: &crate::state::AppState, backtest: &Backtest) -> Result<Report, ApiError> {
+pub async fn run(state: &impl crate::state::Bitget, backtest: &Backtest) -> Result<Report, ApiError> {
     check_range(backtest.interval, backtest.from_ms, backtest.to_ms)?;
     let specs = crate::trading::service::contract_book(state).await?;
     let spec = specs
@@ -344,13 +344,13 @@ pub async fn run(state: &crate::state::AppState, backtest: &Backtest) -> Result<
     crate::trading::strategy::check_against(&backtest.config.strategy, spec)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let candles =
-        crate::trading::candles::history(&state.bitget, &spec.symbol, backtest.interval, backtest.from_ms, backtest.to_ms, now_ms)
+        crate::trading::candles::history(state.bitget(), &spec.symbol, backtest.interval, backtest.from_ms, backtest.to_ms, now_ms)
             .await
             .map_err(|e| ApiError::Unavailable {
-                code: "market_data_unavailable",
-                detail: "the exchange's candle history cannot be read right now".into(),
-                cause: Some(Box::new(e)),
-            })?;
+            code: "market_data_unavailable",
+            detail: "the exchange's candle history cannot be read right now".into(),
+            cause: Some(Box::new(e)),
+        })?;
     Ok(simulate(&backtest.config, spec, &candles, backtest.interval, backtest.start_balance))
 }
 

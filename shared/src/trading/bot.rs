@@ -4,7 +4,7 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::exchange::{Exchange, ExchangeError};
 use crate::trading::model::{CancelOutcome, ExchangeKind, OrderFill, OrderStatus, Position};
 use crate::trading::service::{close_position, exchange_error, exchange_for, ClosedPosition};
@@ -48,7 +48,12 @@ pub struct BotStatus {
     pub stop_reason: Option<String>,
 }
 
-async fn status_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot, bot: Option<&BotRecord>) -> Result<BotStatus, ApiError> {
+async fn status_of(
+    state: &(impl Table + Vault + Bitget),
+    user_id: &str,
+    snapshot: &UserSnapshot,
+    bot: Option<&BotRecord>,
+) -> Result<BotStatus, ApiError> {
     let exchange = exchange_for(state, user_id, snapshot, &[]).await?;
     let positions = exchange.positions().await.map_err(exchange_error)?;
     let bot_state = bot.map(|b| b.state).unwrap_or(BotState::Stopped);
@@ -62,13 +67,13 @@ async fn status_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot, bot
     })
 }
 
-pub async fn status(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<BotStatus, ApiError> {
+pub async fn status(state: &(impl Table + Vault + Bitget), user_id: &str, snapshot: &UserSnapshot) -> Result<BotStatus, ApiError> {
     status_of(state, user_id, snapshot, snapshot.bot.as_ref()).await
 }
 
 /// Starts the bot with `config` (already normalized), or answers its status when it runs with
 /// exactly these settings already.
-pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Result<BotStatus, ApiError> {
+pub async fn start(state: &(impl Table + Vault + Bitget), caller: &Caller, config: BotConfig) -> Result<BotStatus, ApiError> {
     let trading = state.trading_store();
     let (snapshot, halted_now) = tokio::join!(crate::trading::service::load_snapshot(state, caller), trading.kill_switch_on());
     let (snapshot, halted_now) = (snapshot?, halted_now?);
@@ -87,7 +92,7 @@ pub async fn start(state: &AppState, caller: &Caller, config: BotConfig) -> Resu
         // The account's position mode now (the user may have switched it since saving the keys),
         // then the bot's leverage and margin mode on the exchange, before it may trade.
         let mut exchange = crate::trading::service::live_exchange(state, user_id, record, config.margin_mode).await?;
-        exchange.position_mode = state.bitget.position_mode(&exchange.creds, &config.symbol).await.map_err(|e| match e {
+        exchange.position_mode = state.bitget().position_mode(&exchange.creds, &config.symbol).await.map_err(|e| match e {
             ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen | ExchangeError::InvalidCredentials => exchange_error(e),
             other => ApiError::BadGateway {
                 code: "exchange_unavailable",
@@ -212,7 +217,7 @@ async fn claim_round(trading: &TradingStore<'_>, bot: &mut BotRecord) -> Result<
 /// bot's symbol, closes its positions with reduce-only orders, re-reads until flat, then
 /// `stopped`. Never reports stopped while a position is open or an order of its own may still
 /// fill; a failure leaves the bot `stopping` for the guardian to finish.
-pub async fn stop(state: &AppState, user_id: &str, bot: BotRecord) -> Result<Stopped, ApiError> {
+pub async fn stop(state: &(impl Table + Vault + Bitget), user_id: &str, bot: BotRecord) -> Result<Stopped, ApiError> {
     stop_because(state, user_id, bot, None).await
 }
 
@@ -230,7 +235,12 @@ pub struct StopAnswer {
 }
 
 /// Stops `bot` unless it is stopped (or there is none): either way it answers stopped.
-pub async fn stop_answer(state: &AppState, user_id: &str, bot: Option<BotRecord>, reason: Option<&str>) -> Result<StopAnswer, ApiError> {
+pub async fn stop_answer(
+    state: &(impl Table + Vault + Bitget),
+    user_id: &str,
+    bot: Option<BotRecord>,
+    reason: Option<&str>,
+) -> Result<StopAnswer, ApiError> {
     let (closed_positions, canceled_orders) = match bot {
         Some(bot) if bot.state != BotState::Stopped => {
             let stopped = stop_because(state, user_id, bot, reason).await?;
@@ -287,7 +297,12 @@ pub async fn begin_stop(trading: &TradingStore<'_>, user_id: &str, bot: BotRecor
 }
 
 /// `stop`, saying why when the bot was not asked to (`reason` shows in its status).
-pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reason: Option<&str>) -> Result<Stopped, ApiError> {
+pub async fn stop_because(
+    state: &(impl Table + Vault + Bitget),
+    user_id: &str,
+    bot: BotRecord,
+    reason: Option<&str>,
+) -> Result<Stopped, ApiError> {
     let trading = state.trading_store();
     let mut closed = Vec::new();
     let mut canceled_orders = Vec::new();
@@ -361,7 +376,7 @@ pub async fn stop_because(state: &AppState, user_id: &str, bot: BotRecord, reaso
 /// close happens once, and the next position (another instance) gets its own. `None`: the
 /// position was gone by the time its locks were released.
 pub async fn close_triggered(
-    state: &AppState,
+    state: &impl Table,
     exchange: &dyn Exchange,
     user_id: &str,
     leverage: u32,

@@ -3,7 +3,7 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::bitget::BitgetCredentials;
 use crate::trading::exchange::ExchangeError;
 use crate::trading::model::ExchangeKind;
@@ -22,7 +22,7 @@ fn second_factor_if_on(caller: &Caller, snapshot: &crate::trading::store::UserSn
 
 /// Checks `creds` against Bitget (and learns the account's position mode), then stores them
 /// encrypted under the next version.
-pub async fn save(state: &AppState, caller: &Caller, creds: BitgetCredentials) -> Result<(), ApiError> {
+pub async fn save(state: &(impl Table + Vault + Bitget), caller: &Caller, creds: BitgetCredentials) -> Result<(), ApiError> {
     let snapshot = load_snapshot(state, caller).await?;
     second_factor_if_on(caller, &snapshot)?;
     if snapshot.bot.as_ref().is_some_and(|b| b.state != crate::trading::store::BotState::Stopped) {
@@ -30,11 +30,11 @@ pub async fn save(state: &AppState, caller: &Caller, creds: BitgetCredentials) -
     }
     // One signed read proves the keys work and tells the position mode.
     let probe_symbol = snapshot.bot.as_ref().map(|b| b.config.symbol.as_str()).unwrap_or("BTCUSDT");
-    let position_mode = state.bitget.position_mode(&creds, probe_symbol).await.map_err(|e| match e {
+    let position_mode = state.bitget().position_mode(&creds, probe_symbol).await.map_err(|e| match e {
         ExchangeError::Unavailable(_) | ExchangeError::CircuitOpen => exchange_error(e),
         _ => ApiError::unprocessable("invalid_exchange_credentials", "the exchange refused these credentials"),
     })?;
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let keys = state.encryption_keys().get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let record = CredentialsRecord {
         exchange: ExchangeKind::Bitget,
         demo: creds.demo,
@@ -61,7 +61,7 @@ fn next_version(read: Option<u64>) -> u64 {
     now.max(read.unwrap_or(0) + 1)
 }
 
-pub async fn delete(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+pub async fn delete(state: &impl Table, caller: &Caller) -> Result<(), ApiError> {
     let snapshot = load_snapshot(state, caller).await?;
     second_factor_if_on(caller, &snapshot)?;
     match state.trading_store().delete_credentials(&caller.user_id).await? {

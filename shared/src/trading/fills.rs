@@ -8,7 +8,7 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::bitget::{ExchangeFill, FillSpan, FILL_WINDOW_MS, MAX_FILL_PAGES};
 use crate::trading::history_store::{FillRecord, PagePosition, TimeRange, DAY_MS};
 use crate::trading::model::Side;
@@ -97,12 +97,12 @@ pub fn range_of(parameters: &HashMap<String, String>, now_ms: i64) -> Result<Tim
     Ok(range)
 }
 
-pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Result<FillPage, ApiError> {
+pub async fn list(state: &(impl Table + Vault + Bitget), caller: &Caller, query: Option<&str>) -> Result<FillPage, ApiError> {
     let parameters = paging::query_parameters(query, &["symbol", "from", "to", "limit", "cursor"])?;
     let symbol = paging::symbol(&parameters)?;
     let limit = paging::limit(&parameters)?;
     let user_id = caller.user_id.as_str();
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let keys = state.encryption_keys().get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let text = |name: &str| parameters.get(name).cloned().unwrap_or_default();
     let scope = format!("fills|{user_id}|{}|{}|{}", symbol.as_deref().unwrap_or(""), text("from"), text("to"));
     let cursor: Option<FillCursor> = parameters.get("cursor").map(|c| paging::open(&keys, &scope, c)).transpose()?;
@@ -123,20 +123,20 @@ pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Res
 /// Copies the Bitget account's new fills into the caller's fills, when Bitget credentials are
 /// stored. Best effort: with Bitget away the stored history is answered, and the next read
 /// catches up from the same mark.
-pub async fn sync_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnapshot) {
+pub async fn sync_bitget_fills(state: &(impl Table + Vault + Bitget), user_id: &str, snapshot: &UserSnapshot) {
     if snapshot.credentials.is_none() {
         return;
     }
     // The budget is checked between spans; the timeout bounds a span that runs long. What it
     // cuts off is written again by the next read: every write is conditional or idempotent.
-    match tokio::time::timeout(state.config.fill_sync_budget + SYNC_GRACE, copy_bitget_fills(state, user_id, snapshot)).await {
+    match tokio::time::timeout(state.config().fill_sync_budget + SYNC_GRACE, copy_bitget_fills(state, user_id, snapshot)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(user_id, code = e.code(), error = %e.chain(), "Bitget fills were not synced"),
         Err(_) => tracing::warn!(user_id, "Bitget fills were synced in part: the time for it ran out"),
     }
 }
 
-async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<(), ApiError> {
+async fn copy_bitget_fills(state: &(impl Table + Vault + Bitget), user_id: &str, snapshot: &UserSnapshot) -> Result<(), ApiError> {
     let Some(credentials) = &snapshot.credentials else { return Ok(()) };
     let started = std::time::Instant::now();
     let store = state.trading_store();
@@ -168,7 +168,7 @@ async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnaps
             FillSpan::TooMany { oldest_ms } if span > MIN_SYNC_SPAN_MS => {
                 span = (span / 2).min(oldest_ms - from).max(MIN_SYNC_SPAN_MS);
                 store.save_fill_sync_mark(user_id, mark_to, span).await?;
-                if started.elapsed() >= state.config.fill_sync_budget {
+                if started.elapsed() >= state.config().fill_sync_budget {
                     break;
                 }
                 continue;
@@ -196,7 +196,7 @@ async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnaps
         span = (span * 2).min(SYNC_SPAN_MS);
         mark_to = mark_to.max(to.min(now - HISTORY_SETTLE_MS));
         store.save_fill_sync_mark(user_id, mark_to, span).await?;
-        if started.elapsed() >= state.config.fill_sync_budget {
+        if started.elapsed() >= state.config().fill_sync_budget {
             break;
         }
     }
@@ -208,7 +208,7 @@ async fn copy_bitget_fills(state: &AppState, user_id: &str, snapshot: &UserSnaps
 /// pointer this service wrote, else the client id Bitget's order history gives it, else (for an
 /// order the history did not name) its order detail.
 async fn fills_of_trades(
-    state: &AppState,
+    state: &impl Table,
     user_id: &str,
     exchange: &crate::trading::bitget::BitgetExchange,
     trades: Vec<ExchangeFill>,

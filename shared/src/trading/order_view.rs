@@ -8,7 +8,7 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::exchange::Exchange;
 use crate::trading::model::{CancelOutcome, OrderFill, OrderStatus, OrderType, Side};
 use crate::trading::paper::ORDER_ID_PREFIX;
@@ -82,7 +82,7 @@ fn is_final(status: OrderStatus) -> bool {
 }
 
 /// The caller's order named `id`: its client order id, its paper order id, or Bitget's id.
-async fn find(state: &AppState, user_id: &str, id: &str) -> Result<OrderRecord, ApiError> {
+async fn find(state: &impl Table, user_id: &str, id: &str) -> Result<OrderRecord, ApiError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(not_found());
     }
@@ -107,7 +107,7 @@ fn on_paper(snapshot: &UserSnapshot, record: &OrderRecord) -> bool {
 }
 
 /// The caller's Bitget account, for an order that is on it.
-async fn bitget_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> Result<Box<dyn Exchange>, ApiError> {
+async fn bitget_of(state: &(impl Vault + Bitget), user_id: &str, snapshot: &UserSnapshot) -> Result<Box<dyn Exchange>, ApiError> {
     let Some(credentials) = &snapshot.credentials else {
         return Err(ApiError::conflict("credentials_missing", "the order is on Bitget but no credentials are stored"));
     };
@@ -118,7 +118,12 @@ async fn bitget_of(state: &AppState, user_id: &str, snapshot: &UserSnapshot) -> 
 /// A live order not final in the store, as Bitget has it now (stored, unless a final status got
 /// there first). An order recorded a moment ago may still be on its way: it is left to its
 /// request.
-async fn refreshed(state: &AppState, user_id: &str, snapshot: &UserSnapshot, record: OrderRecord) -> Result<OrderRecord, ApiError> {
+async fn refreshed(
+    state: &(impl Table + Vault + Bitget),
+    user_id: &str,
+    snapshot: &UserSnapshot,
+    record: OrderRecord,
+) -> Result<OrderRecord, ApiError> {
     if is_final(record.status) || on_paper(snapshot, &record) || (record.fill.is_none() && record.may_be_in_flight()) {
         return Ok(record);
     }
@@ -135,7 +140,7 @@ async fn refreshed(state: &AppState, user_id: &str, snapshot: &UserSnapshot, rec
     }
 }
 
-pub async fn get(state: &AppState, caller: &Caller, id: &str) -> Result<Order, ApiError> {
+pub async fn get(state: &(impl Table + Vault + Bitget), caller: &Caller, id: &str) -> Result<Order, ApiError> {
     let snapshot = load_snapshot(state, caller).await?;
     let record = find(state, &caller.user_id, id).await?;
     // Bitget away or the keys refused: the order as last stored, rather than no answer.
@@ -157,7 +162,7 @@ fn not_open(order: &Order) -> ApiError {
 /// Cancels the caller's resting order `id`: at the exchange first (live), then in the store. An
 /// order that filled (or ended) before the cancel reached it answers 409 `order_not_open` with
 /// the order as it ended.
-pub async fn cancel(state: &AppState, caller: &Caller, id: &str) -> Result<Order, ApiError> {
+pub async fn cancel(state: &(impl Table + Vault + Bitget), caller: &Caller, id: &str) -> Result<Order, ApiError> {
     let user_id = caller.user_id.as_str();
     let snapshot = load_snapshot(state, caller).await?;
     let record = refreshed(state, user_id, &snapshot, find(state, user_id, id).await?).await?;
@@ -219,7 +224,7 @@ const REFRESH_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
 /// `GET /api/v1/orders`: the caller's orders, newest first, all of them or those not final
 /// (`status=open`), of every symbol or of one. A live order not final is refreshed from Bitget
 /// (the first ones of the page, within Bitget's rate), as when it is read alone.
-pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Result<OrderPage, ApiError> {
+pub async fn list(state: &(impl Table + Vault + Bitget), caller: &Caller, query: Option<&str>) -> Result<OrderPage, ApiError> {
     use crate::trading::history_store::PagePosition;
     use futures::StreamExt;
     let parameters = crate::trading::paging::query_parameters(query, &["status", "symbol", "limit", "cursor"])?;
@@ -231,7 +236,7 @@ pub async fn list(state: &AppState, caller: &Caller, query: Option<&str>) -> Res
     let symbol = crate::trading::paging::symbol(&parameters)?;
     let limit = crate::trading::paging::limit(&parameters)?;
     let user_id = caller.user_id.as_str();
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let keys = state.encryption_keys().get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let scope = format!("orders|{user_id}|{}|{}", if open_only { "open" } else { "all" }, symbol.as_deref().unwrap_or(""));
     let after: Option<PagePosition> = parameters.get("cursor").map(|c| crate::trading::paging::open(&keys, &scope, c)).transpose()?;
     let trading = state.trading_store();

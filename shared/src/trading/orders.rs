@@ -10,7 +10,7 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::bot::halted;
 use crate::trading::exchange::{Exchange, OrderGuard};
 use crate::trading::idempotency::{self, IdempotencyRecord};
@@ -87,7 +87,7 @@ fn replayed(record: &IdempotencyRecord) -> Answer {
 
 /// The answer stored for `key`, if its request completed: what a repeat gets, without a new order
 /// being computed (a repeated "close" alert must not be judged on the position it closed).
-pub async fn stored_answer(state: &AppState, user_id: &str, key: &str) -> Result<Option<Answer>, ApiError> {
+pub async fn stored_answer(state: &impl Table, user_id: &str, key: &str) -> Result<Option<Answer>, ApiError> {
     let record = state.trading_store().idempotency_record(user_id, key).await?;
     Ok(record.filter(|r| r.status.is_some()).as_ref().map(replayed))
 }
@@ -95,7 +95,12 @@ pub async fn stored_answer(state: &AppState, user_id: &str, key: &str) -> Result
 /// `submit` for an order decided by a signal or a strategy, which is of its moment: refused
 /// under the kill switch, it stays refused (the refusal is recorded as the key's answer), so a
 /// repeat after the halt lifts never trades on a stale decision.
-pub async fn submit_of_its_moment(state: &AppState, caller: &Caller, key: &str, order: NewOrder) -> Result<Answer, ApiError> {
+pub async fn submit_of_its_moment(
+    state: &(impl Table + Vault + Bitget),
+    caller: &Caller,
+    key: &str,
+    order: NewOrder,
+) -> Result<Answer, ApiError> {
     let result = submit(state, caller, key, order).await;
     if let Err(refusal) = &result {
         if refusal.code() == "trading_halted" {
@@ -108,7 +113,7 @@ pub async fn submit_of_its_moment(state: &AppState, caller: &Caller, key: &str, 
 }
 
 /// Checks, records and sends `order` under the caller's Idempotency-Key `key` (already valid).
-pub async fn submit(state: &AppState, caller: &Caller, key: &str, order: NewOrder) -> Result<Answer, ApiError> {
+pub async fn submit(state: &(impl Table + Vault + Bitget), caller: &Caller, key: &str, order: NewOrder) -> Result<Answer, ApiError> {
     let user_id = caller.user_id.as_str();
     if let Some(id) = &order.client_order_id {
         if id.is_empty() || id.len() > 40 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -259,7 +264,7 @@ fn missing_record() -> ApiError {
 }
 
 /// A twin request is probably finishing right now: wait a little for its answer.
-async fn wait_for_twin(state: &AppState, user_id: &str, key: &str, mut record: IdempotencyRecord) -> Result<Twin, ApiError> {
+async fn wait_for_twin(state: &impl Table, user_id: &str, key: &str, mut record: IdempotencyRecord) -> Result<Twin, ApiError> {
     let trading = state.trading_store();
     let stale = |r: &IdempotencyRecord| chrono::Utc::now().timestamp_millis() - r.created_ms > idempotency::STALE_AFTER_MS;
     for _ in 0..60 {
@@ -285,7 +290,7 @@ async fn wait_for_twin(state: &AppState, user_id: &str, key: &str, mut record: I
 /// an unknown outcome (502) leaves the key in progress, so a retry after a short while resumes it
 /// by looking the order up.
 async fn send(
-    state: &AppState,
+    state: &impl Table,
     exchange: &dyn Exchange,
     user_id: &str,
     key: &str,
@@ -327,7 +332,7 @@ async fn send(
 /// orders on the symbol included. The outer error is a failure to judge (exchange or market data
 /// away); the inner one the rule's refusal.
 pub async fn check_risk(
-    state: &AppState,
+    state: &(impl Table + Bitget),
     exchange: &dyn Exchange,
     bot: &BotConfig,
     intent: &OrderIntent,
@@ -376,7 +381,7 @@ pub async fn check_risk(
 /// conditions as a new order's recording (so a stop or a halt that began meanwhile wins, and a
 /// stop sees it is being sent). `Ok(Err(refusal))`: it must not be sent.
 async fn may_still_send(
-    state: &AppState,
+    state: &(impl Table + Bitget),
     user_id: &str,
     exchange: &dyn Exchange,
     order: &OrderRecord,

@@ -8,7 +8,7 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::fills::{range_of, sync_bitget_fills};
 use crate::trading::history_store::{FillRecord, TimeRange, DAY_MS};
 use crate::trading::model::ExchangeKind;
@@ -40,7 +40,7 @@ pub struct Day {
     pub equity: Decimal,
 }
 
-pub async fn summary(state: &AppState, caller: &Caller, query: Option<&str>) -> Result<Summary, ApiError> {
+pub async fn summary(state: &(impl Table + Vault + Bitget), caller: &Caller, query: Option<&str>) -> Result<Summary, ApiError> {
     let parameters = paging::query_parameters(query, &["from", "to", "interval"])?;
     if parameters.get("interval").is_some_and(|i| i != "day") {
         return Err(ApiError::BadRequest { code: "invalid_interval", detail: "interval is day".into() });

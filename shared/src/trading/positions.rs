@@ -6,14 +6,14 @@
 
 use crate::auth::session::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::service::{exchange_error, exchange_for, load_snapshot, ClosedPosition};
 
 fn not_found() -> ApiError {
     ApiError::NoSuch { code: "position_not_found", detail: "no position is open on this symbol" }
 }
 
-pub async fn close(state: &AppState, caller: &Caller, symbol: &str) -> Result<Vec<ClosedPosition>, ApiError> {
+pub async fn close(state: &(impl Table + Vault + Bitget), caller: &Caller, symbol: &str) -> Result<Vec<ClosedPosition>, ApiError> {
     let symbol = symbol.trim().to_uppercase();
     if symbol.is_empty() || symbol.len() > 30 || !symbol.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(not_found());

@@ -17,7 +17,7 @@
 use crate::auth::session::Caller;
 use crate::error::ApiError;
 use crate::keys;
-use crate::state::AppState;
+use crate::state::{Bitget, Table, Vault};
 use crate::trading::candles::{self, Candle, Interval};
 use crate::trading::ema_cross;
 use crate::trading::grid::{self, Ended};
@@ -63,7 +63,7 @@ pub struct RunReport {
 /// The scheduled function's handler: `{"shard": n, "time": "<RFC 3339>"}` as EventBridge sends
 /// it (no shard: every shard; no time: now).
 pub async fn handle(
-    state: &AppState,
+    state: &(impl Table + Vault + Bitget),
     event: lambda_runtime::LambdaEvent<serde_json::Value>,
 ) -> Result<serde_json::Value, lambda_runtime::Error> {
     let shards = crate::guardian::shards_of_event(&event.payload)?;
@@ -78,13 +78,13 @@ pub async fn handle(
 }
 
 /// One run over `shards` at `now_ms`, with all the time it needs.
-pub async fn run(state: &AppState, shards: &[u16], now_ms: i64) -> RunReport {
+pub async fn run(state: &(impl Table + Vault + Bitget), shards: &[u16], now_ms: i64) -> RunReport {
     run_until(state, shards, now_ms, Instant::now() + std::time::Duration::from_secs(24 * 3600)).await
 }
 
 /// One run over `shards` at `now_ms` that starts no bot within `DEADLINE_MARGIN` of
 /// `deadline` (when the Lambda would be killed).
-pub async fn run_until(state: &AppState, shards: &[u16], now_ms: i64, deadline: Instant) -> RunReport {
+pub async fn run_until(state: &(impl Table + Vault + Bitget), shards: &[u16], now_ms: i64, deadline: Instant) -> RunReport {
     let started = Instant::now();
     let mut report = RunReport::default();
     let mut bots = Vec::new();
@@ -142,7 +142,7 @@ pub async fn run_until(state: &AppState, shards: &[u16], now_ms: i64, deadline: 
 }
 
 /// The running bots of one index partition that a strategy trades.
-async fn automatic_bots(state: &AppState, partition: &str) -> Result<Vec<BotRecord>, ApiError> {
+async fn automatic_bots(state: &impl Table, partition: &str) -> Result<Vec<BotRecord>, ApiError> {
     let mut bots = Vec::new();
     let mut start = None;
     loop {
@@ -171,7 +171,7 @@ struct Market {
 }
 
 impl Market {
-    async fn load(state: &AppState, bots: &[BotRecord], now_ms: i64, report: &mut RunReport) -> Market {
+    async fn load(state: &(impl Table + Bitget), bots: &[BotRecord], now_ms: i64, report: &mut RunReport) -> Market {
         let mut windows: BTreeMap<(String, Interval), usize> = BTreeMap::new();
         let mut grid_symbols: Vec<String> = Vec::new();
         for bot in bots {
@@ -187,7 +187,7 @@ impl Market {
         grid_symbols.sort();
         grid_symbols.dedup();
         let fetches = windows.into_iter().map(|((symbol, interval), count)| async move {
-            let fetched = candles::recent_closed(&state.bitget, &symbol, interval, now_ms, count as u32).await;
+            let fetched = candles::recent_closed(state.bitget(), &symbol, interval, now_ms, count as u32).await;
             ((symbol, interval), fetched)
         });
         let fetched: Vec<_> = futures::stream::iter(fetches).buffer_unordered(8).collect().await;
@@ -239,7 +239,13 @@ enum Evaluated {
     },
 }
 
-async fn evaluate(state: &AppState, bot: BotRecord, market: &Market, now_ms: i64, deadline: Instant) -> Result<Evaluated, ApiError> {
+async fn evaluate(
+    state: &(impl Table + Vault + Bitget),
+    bot: BotRecord,
+    market: &Market,
+    now_ms: i64,
+    deadline: Instant,
+) -> Result<Evaluated, ApiError> {
     match bot.config.strategy {
         Strategy::EmaCross(settings) => {
             if !due(&bot, settings.interval, now_ms) {
@@ -349,7 +355,7 @@ pub fn order_key(bot: &BotRecord, decision: &str, leg: &str) -> String {
 /// answer (sent, or refused for good), so the decision is done. An order whose outcome is unknown stops
 /// the rest: the next run repeats the decision with the same keys.
 async fn submit_all<'a>(
-    state: &AppState,
+    state: &(impl Table + Vault + Bitget),
     caller: &Caller,
     bot: &BotRecord,
     decision: &str,
@@ -397,7 +403,7 @@ async fn submit_all<'a>(
 /// What became of each armed level's order: resting ones are left alone; the others are asked
 /// for by client order id.
 async fn ended_levels(
-    state: &AppState,
+    state: &(impl Table + Vault + Bitget),
     user_id: &str,
     snapshot: &UserSnapshot,
     bot: &BotRecord,
@@ -424,7 +430,7 @@ async fn ended_levels(
     Ok(ended)
 }
 
-async fn save_state(state: &AppState, bot: &BotRecord, next: StrategyState) -> Result<(), ApiError> {
+async fn save_state(state: &impl Table, bot: &BotRecord, next: StrategyState) -> Result<(), ApiError> {
     let record =
         BotRecord { strategy_state: next, version: bot.version + 1, updated_at: crate::trading::store::now_rfc3339(), ..bot.clone() };
     // Lost to a stop or another run meanwhile: the next run decides on the bot as it is then

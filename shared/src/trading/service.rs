@@ -4,7 +4,7 @@
 use crate::auth::session::{authenticate, Caller};
 use crate::config::MarketData;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Bitget, Keys, Table, Vault};
 use crate::trading::bitget::{BitgetCredentials, BitgetExchange};
 use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
 use crate::trading::model::{client_order_id, OrderFill, OrderIntent, OrderStatus, OrderType, Position};
@@ -21,7 +21,7 @@ pub struct Session {
     pub snapshot: UserSnapshot,
 }
 
-pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiError> {
+pub async fn session(state: &(impl Table + Keys), req: &Request) -> Result<Session, ApiError> {
     let caller = authenticate(state, req).await?;
     let snapshot = load_snapshot(state, &caller).await?;
     Ok(Session { caller, snapshot })
@@ -29,7 +29,7 @@ pub async fn session(state: &AppState, req: &Request) -> Result<Session, ApiErro
 
 /// The caller's partition, refused if a global logout came after their token was issued: the
 /// "valid after" time arrives with the user's data, no extra round trip.
-pub async fn load_snapshot(state: &AppState, caller: &Caller) -> Result<UserSnapshot, ApiError> {
+pub async fn load_snapshot(state: &impl Table, caller: &Caller) -> Result<UserSnapshot, ApiError> {
     let snapshot = state.trading_store().snapshot(&caller.user_id).await?;
     let profile = snapshot.profile.as_ref().ok_or_else(ApiError::invalid_token)?;
     if caller.revoked_by(profile) {
@@ -73,14 +73,14 @@ pub fn exchange_error(err: ExchangeError) -> ApiError {
 
 /// Mark prices for `symbols`: from the table locally, from Bitget's public tickers in AWS
 /// (one call for every symbol).
-pub async fn marks(state: &AppState, symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
+pub async fn marks(state: &(impl Table + Bitget), symbols: &[String]) -> Result<HashMap<String, Decimal>, ApiError> {
     if symbols.is_empty() {
         return Ok(HashMap::new());
     }
-    match state.config.market_data {
+    match state.config().market_data {
         MarketData::Store => Ok(state.trading_store().stored_marks(symbols).await?),
         MarketData::Bitget => {
-            let all = state.bitget.mark_prices().await.map_err(exchange_error)?;
+            let all = state.bitget().mark_prices().await.map_err(exchange_error)?;
             Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
         }
     }
@@ -97,21 +97,21 @@ pub fn decrypt_credentials(
 
 /// The caller's Bitget account with their stored credentials, trading in `margin_mode`.
 pub async fn live_exchange(
-    state: &AppState,
+    state: &(impl Vault + Bitget),
     user_id: &str,
     record: &crate::trading::store::CredentialsRecord,
     margin_mode: crate::trading::model::MarginMode,
 ) -> Result<BitgetExchange, ApiError> {
-    let keys = state.encryption_keys.get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
+    let keys = state.encryption_keys().get().await.map_err(|e| ApiError::internal("loading encryption keys", e))?;
     let creds = decrypt_credentials(&keys, user_id, &record.ciphertext)?;
-    Ok(BitgetExchange { client: state.bitget.clone(), creds, position_mode: record.position_mode.clone(), margin_mode })
+    Ok(BitgetExchange { client: state.bitget().clone(), creds, position_mode: record.position_mode.clone(), margin_mode })
 }
 
 /// The caller's exchange. A running or stopping bot trades, and is stopped, on the exchange it
 /// was started with, whatever the stored credentials say now; otherwise Bitget when credentials
 /// are saved, the paper account when not.
 pub async fn exchange_for(
-    state: &AppState,
+    state: &(impl Table + Vault + Bitget),
     user_id: &str,
     snapshot: &UserSnapshot,
     extra_symbols: &[String],
@@ -144,19 +144,19 @@ pub async fn exchange_for(
 
 /// The caller's paper account at `marks`, on Bitget's contract specs.
 pub async fn paper_exchange(
-    state: &AppState,
+    state: &(impl Table + Bitget),
     user_id: &str,
     marks: HashMap<String, Decimal>,
     snapshot: UserSnapshot,
 ) -> Result<PaperExchange, ApiError> {
     let specs = contract_book(state).await?;
-    Ok(PaperExchange::new(state.dynamo.clone(), state.config.clone(), user_id.to_owned(), marks, specs, snapshot))
+    Ok(PaperExchange::new(state.dynamo().clone(), state.config().clone(), user_id.to_owned(), marks, specs, snapshot))
 }
 
 /// Bitget's contract specs (cached per environment, refreshed hourly); 503 while they cannot be
 /// read at all.
-pub async fn contract_book(state: &AppState) -> Result<crate::trading::bitget::ContractBook, ApiError> {
-    state.bitget.contracts().await.map_err(|e| ApiError::Unavailable {
+pub async fn contract_book(state: &impl Bitget) -> Result<crate::trading::bitget::ContractBook, ApiError> {
+    state.bitget().contracts().await.map_err(|e| ApiError::Unavailable {
         code: "market_data_unavailable",
         detail: "the exchange's contract specifications cannot be read right now".into(),
         cause: Some(Box::new(e)),
@@ -176,7 +176,7 @@ pub struct ClosedPosition {
 /// recorded before it is sent: running this twice (a retried stop, two overlapping sweeps)
 /// finds the first order instead of placing a second.
 pub async fn close_position(
-    state: &AppState,
+    state: &impl Table,
     exchange: &dyn Exchange,
     user_id: &str,
     position: &Position,

@@ -6,7 +6,7 @@
 use crate::auth::session::Caller;
 use crate::error::ApiError;
 use crate::secrets::Secret;
-use crate::state::AppState;
+use crate::state::{Bitget, Cache, Table, Vault};
 use crate::trading::model::{OrderType, PositionSide, Side};
 use crate::trading::orders::{self, Answer, NewOrder};
 use crate::trading::service::load_snapshot;
@@ -23,7 +23,7 @@ fn token_hash(token: &str) -> String {
 }
 
 /// A new signal token for the caller; the one before it is refused from now on.
-pub async fn rotate_token(state: &AppState, caller: &Caller) -> Result<Secret<String>, ApiError> {
+pub async fn rotate_token(state: &impl Table, caller: &Caller) -> Result<Secret<String>, ApiError> {
     load_snapshot(state, caller).await?;
     for _ in 0..3 {
         let token = crate::crypto::random_token();
@@ -60,7 +60,7 @@ fn not_found() -> ApiError {
 }
 
 /// Turns `alert`, sent to the URL of `token`, into an order of its owner's bot.
-pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answer, ApiError> {
+pub async fn receive(state: &(impl Table + Cache + Vault + Bitget), token: &str, alert: Alert) -> Result<Answer, ApiError> {
     if !crate::crypto::is_random_token(token) {
         return Err(not_found());
     }
@@ -70,7 +70,7 @@ pub async fn receive(state: &AppState, token: &str, alert: Alert) -> Result<Answ
     let hash = token_hash(token);
     // Per token, before anything is read: a leaked URL cannot flood the bot or the table.
     let limits = crate::auth::limits::Limits { ip_per_minute: SIGNALS_PER_MINUTE };
-    limits.check_ip(&state.redis, "signal", &hash[..32]).await?;
+    limits.check_ip(state.redis(), "signal", &hash[..32]).await?;
     let user_id = state.trading_store().signal_owner(&hash).await?.ok_or_else(not_found)?;
     // The token is the credential: its owner acts now.
     let caller = Caller::acting_now(user_id);

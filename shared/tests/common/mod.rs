@@ -6,12 +6,16 @@
 
 pub mod live;
 pub mod mfa;
+pub mod round_trips;
 
 use lambda_http::request::RequestContext as LambdaContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::config::Config;
 use shared::http::{serve, RequestContext};
-use shared::{ApiError, AppState, Need};
+use shared::{ApiError, AppState};
+// The clients' traits, so the tests call `trading_store()`, `redis()` and the rest on the state.
+#[allow(unused_imports)]
+pub use shared::state::{Bitget, Cache, Deps, Keys, Mail, Table, Telegram, Vault};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -95,11 +99,10 @@ pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
     let config = test_config(&overrides);
     let sdk = shared::aws::sdk_config().await;
     let template = include_str!("../../../template.yaml");
-    shared::devstack::create_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name, template).await.expect("create table");
-    shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await.expect("seed secrets");
+    ops::devstack::create_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name, template).await.expect("create table");
+    ops::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await.expect("seed secrets");
     let outbox = config.outbox_path.clone();
-    let state = AppState::new(config, &sdk).expect("state");
-    state.warm(&[Need::Redis, Need::JwtKeys, Need::EncryptionKeys]).await.expect("warm");
+    let state = AppState::all(config, sdk.clone()).await.expect("state");
     TestApp { state, outbox, sdk, exchange }
 }
 

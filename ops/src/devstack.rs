@@ -153,13 +153,13 @@ async fn put_secret(client: &aws_sdk_secretsmanager::Client, id: &str, value: &s
 }
 
 /// Writes freshly generated development secrets under the ids the configuration names.
-pub async fn seed_secrets(client: &aws_sdk_secretsmanager::Client, config: &crate::config::Config) -> Result<(), BoxError> {
+pub async fn seed_secrets(client: &aws_sdk_secretsmanager::Client, config: &shared::config::Config) -> Result<(), BoxError> {
     let now = chrono::Utc::now();
     let kid = format!("{}-{}", now.format("%Y%m%d"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let pepper = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let jwt = serde_json::json!({ "keys": [crate::auth::tokens::generate_key_entry(&kid, now)], "code_pepper": pepper });
+    let jwt = serde_json::json!({ "keys": [shared::auth::tokens::generate_key_entry(&kid, now)], "code_pepper": pepper });
     put_secret(client, &config.jwt_secret_id, &jwt.to_string()).await?;
-    put_secret(client, &config.encryption_secret_id, &crate::crypto::generate_key_secret("local-1").to_string()).await?;
+    put_secret(client, &config.encryption_secret_id, &shared::crypto::generate_key_secret("local-1").to_string()).await?;
     let telegram = serde_json::json!({"bot_token": format!("0000:{}", uuid::Uuid::new_v4().simple()), "chat_id": "-1000000000000"});
     put_secret(client, &config.telegram_secret_id, &telegram.to_string()).await?;
     let webhook = serde_json::json!({"token": format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())});
@@ -185,7 +185,7 @@ pub async fn rotate_jwt_keys(client: &aws_sdk_secretsmanager::Client, secret_id:
     let now = chrono::Utc::now();
     let kid = format!("{}-{}", now.format("%Y%m%d%H%M"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut keys: Vec<serde_json::Value> = secret["keys"].as_array().cloned().unwrap_or_default();
-    keys.push(crate::auth::tokens::generate_key_entry(&kid, now));
+    keys.push(shared::auth::tokens::generate_key_entry(&kid, now));
     keys.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
     keys.truncate(keep.max(2));
     secret["keys"] = serde_json::Value::Array(keys);
@@ -201,7 +201,7 @@ pub async fn rotate_jwt_keys(client: &aws_sdk_secretsmanager::Client, secret_id:
 
 /// After the first deploy: a JWT signing key and an encryption key where the template left the
 /// lists empty. Never replaces existing keys.
-pub async fn init_secrets(client: &aws_sdk_secretsmanager::Client, config: &crate::config::Config) -> Result<String, BoxError> {
+pub async fn init_secrets(client: &aws_sdk_secretsmanager::Client, config: &shared::config::Config) -> Result<String, BoxError> {
     let mut done = Vec::new();
     let jwt = get_secret(client, &config.jwt_secret_id).await?;
     if jwt["keys"].as_array().is_none_or(|k| k.is_empty()) {
@@ -210,7 +210,7 @@ pub async fn init_secrets(client: &aws_sdk_secretsmanager::Client, config: &crat
     }
     let enc = get_secret(client, &config.encryption_secret_id).await?;
     if enc["keys"].as_array().is_none_or(|k| k.is_empty()) {
-        let value = crate::crypto::generate_key_secret(&format!("k{}", chrono::Utc::now().format("%Y%m%d")));
+        let value = shared::crypto::generate_key_secret(&format!("k{}", chrono::Utc::now().format("%Y%m%d")));
         client
             .put_secret_value()
             .secret_id(&config.encryption_secret_id)
@@ -229,10 +229,10 @@ fn seed_bot(
     symbol: &str,
     leverage: u32,
     stop_loss_pct: rust_decimal::Decimal,
-    strategy: crate::trading::strategy::Strategy,
-    run: Option<crate::trading::store::BotRun>,
-) -> crate::trading::store::BotRecord {
-    use crate::trading::store::{BotConfig, BotRecord, BotState};
+    strategy: shared::trading::strategy::Strategy,
+    run: Option<shared::trading::store::BotRun>,
+) -> shared::trading::store::BotRecord {
+    use shared::trading::store::{BotConfig, BotRecord, BotState};
     BotRecord {
         user_id: user_id.to_owned(),
         state: BotState::Running,
@@ -247,7 +247,7 @@ fn seed_bot(
             strategy,
         },
         version: 1,
-        exchange: crate::trading::model::ExchangeKind::Paper,
+        exchange: shared::trading::model::ExchangeKind::Paper,
         updated_at: chrono::Utc::now().to_rfc3339(),
         stop_id: None,
         stop_round: 0,
@@ -259,9 +259,9 @@ fn seed_bot(
     }
 }
 
-fn indexed_bot_item(bot: &crate::trading::store::BotRecord) -> Result<crate::dynamo::Item, BoxError> {
-    let mut bot_item = crate::keys::with_key(serde_dynamo::to_item(bot)?, crate::keys::bot(&bot.user_id));
-    bot_item.extend(crate::keys::active_bot_index(&bot.user_id));
+fn indexed_bot_item(bot: &shared::trading::store::BotRecord) -> Result<shared::dynamo::Item, BoxError> {
+    let mut bot_item = shared::keys::with_key(serde_dynamo::to_item(bot)?, shared::keys::bot(&bot.user_id));
+    bot_item.extend(shared::keys::active_bot_index(&bot.user_id));
     Ok(bot_item)
 }
 
@@ -273,9 +273,9 @@ pub fn running_paper_bot(
     size: rust_decimal::Decimal,
     entry: rust_decimal::Decimal,
     stop_loss_pct: rust_decimal::Decimal,
-) -> Result<Vec<crate::dynamo::Item>, BoxError> {
-    use crate::trading::model::PositionSide;
-    use crate::trading::store::PaperPosition;
+) -> Result<Vec<shared::dynamo::Item>, BoxError> {
+    use shared::trading::model::PositionSide;
+    use shared::trading::store::PaperPosition;
     let leverage = 5;
     let bot = seed_bot(user_id, symbol, leverage, stop_loss_pct, Default::default(), None);
     let position = PaperPosition {
@@ -289,8 +289,8 @@ pub fn running_paper_bot(
         high_water: None,
         position_id: format!("seed-{user_id}"),
     };
-    let mut position_item = crate::keys::with_key(serde_dynamo::to_item(&position)?, crate::keys::paper_position(user_id, symbol));
-    position_item.extend(crate::keys::active_position_index(user_id, symbol));
+    let mut position_item = shared::keys::with_key(serde_dynamo::to_item(&position)?, shared::keys::paper_position(user_id, symbol));
+    position_item.extend(shared::keys::active_position_index(user_id, symbol));
     Ok(vec![indexed_bot_item(&bot)?, position_item])
 }
 
@@ -299,12 +299,12 @@ pub fn running_paper_bot(
 pub fn running_strategy_bot(
     user_id: &str,
     symbol: &str,
-    strategy: crate::trading::strategy::Strategy,
+    strategy: shared::trading::strategy::Strategy,
     started_ms: i64,
-) -> Result<Vec<crate::dynamo::Item>, BoxError> {
-    let run = crate::trading::store::BotRun { id: "run-v1".into(), started_ms };
+) -> Result<Vec<shared::dynamo::Item>, BoxError> {
+    let run = shared::trading::store::BotRun { id: "run-v1".into(), started_ms };
     let bot = seed_bot(user_id, symbol, 10, rust_decimal::Decimal::from(5), strategy, Some(run));
-    let profile = crate::auth::store::Profile {
+    let profile = shared::auth::store::Profile {
         id: user_id.to_owned(),
         email: format!("{user_id}@scale.example"),
         username: None,
@@ -316,12 +316,12 @@ pub fn running_strategy_bot(
         mfa_enabled: false,
         roles: Vec::new(),
     };
-    let profile_item = crate::keys::with_key(serde_dynamo::to_item(&profile)?, crate::keys::profile(user_id));
+    let profile_item = shared::keys::with_key(serde_dynamo::to_item(&profile)?, shared::keys::profile(user_id));
     Ok(vec![indexed_bot_item(&bot)?, profile_item])
 }
 
 /// Writes items in batches of 25, eight batches at a time, until DynamoDB has taken them all.
-pub async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: Vec<crate::dynamo::Item>) -> Result<(), BoxError> {
+pub async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: Vec<shared::dynamo::Item>) -> Result<(), BoxError> {
     use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
     use futures::StreamExt;
     let batches = items.chunks(25).map(|chunk| {
@@ -354,8 +354,8 @@ mod tests {
         let props = super::table_properties(include_str!("../../template.yaml")).unwrap();
         assert!(props.get("KeySchema").is_some());
         let gsi = &props["GlobalSecondaryIndexes"][0];
-        assert_eq!(gsi["IndexName"].as_str(), Some(crate::keys::GSI1_NAME));
-        assert_eq!(props["GlobalSecondaryIndexes"][1]["IndexName"].as_str(), Some(crate::keys::OPEN_ORDERS_INDEX));
-        assert_eq!(props["TimeToLiveSpecification"]["AttributeName"].as_str(), Some(crate::keys::TTL_ATTRIBUTE));
+        assert_eq!(gsi["IndexName"].as_str(), Some(shared::keys::GSI1_NAME));
+        assert_eq!(props["GlobalSecondaryIndexes"][1]["IndexName"].as_str(), Some(shared::keys::OPEN_ORDERS_INDEX));
+        assert_eq!(props["TimeToLiveSpecification"]["AttributeName"].as_str(), Some(shared::keys::TTL_ATTRIBUTE));
     }
 }

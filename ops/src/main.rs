@@ -18,24 +18,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["create-table"] => {
             let template = std::fs::read_to_string("template.yaml")?;
-            shared::devstack::create_table(&dynamo, &config.table_name, &template).await?;
+            ops::devstack::create_table(&dynamo, &config.table_name, &template).await?;
             println!("table {} ready", config.table_name);
         }
         ["init-secrets"] => {
             let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-            let added = shared::devstack::init_secrets(&secrets, &config).await?;
+            let added = ops::devstack::init_secrets(&secrets, &config).await?;
             println!("{added}");
         }
         ["rotate-jwt-keys"] => {
             let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-            let kid = shared::devstack::rotate_jwt_keys(&secrets, &config.jwt_secret_id, 3).await?;
+            let kid = ops::devstack::rotate_jwt_keys(&secrets, &config.jwt_secret_id, 3).await?;
             println!("new signing key {kid}; older keys stay published until they age out (3 kept)");
         }
         ["seed-secrets"] => {
             if !config.is_local() {
                 return Err("seed-secrets generates development secrets and only runs with APP_ENV=local".into());
             }
-            shared::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await?;
+            ops::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await?;
             println!("secrets seeded: {}, {}, {}", config.jwt_secret_id, config.encryption_secret_id, config.telegram_secret_id);
         }
         ["set-price", symbol, price] => {

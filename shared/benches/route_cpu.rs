@@ -1,0 +1,226 @@
+//! Each route's own CPU time per request: the process's CPU (every thread's, Argon2's blocking
+//! pool included) across one request served in-process against the local stack, whose servers
+//! are other processes. 1,000 requests a route (N), p50 and p99, next to a bare Argon2id verify
+//! with the parameters the stored hashes carry. Writes `.local/bench/cpu.tsv` for
+//! `bench/results.sh`. Run by `make bench` (`cargo bench --bench route_cpu`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
+use shared::handlers::{auth, health, live, trading};
+use std::future::Future;
+
+/// This process's CPU time so far, in nanoseconds: the sum over its threads.
+fn process_cpu_ns() -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+struct Samples {
+    rows: Vec<String>,
+    /// What reading the clock costs, taken off every sample.
+    overhead_ns: u64,
+}
+
+impl Samples {
+    fn new() -> Self {
+        let mut reads: Vec<u64> = (0..200).map(|_| (process_cpu_ns(), process_cpu_ns())).map(|(a, b)| b.saturating_sub(a)).collect();
+        reads.sort_unstable();
+        Samples { rows: Vec::new(), overhead_ns: reads[reads.len() / 2] }
+    }
+
+    fn add(&mut self, route: &str, mut ns: Vec<u64>) {
+        ns.iter_mut().for_each(|v| *v = v.saturating_sub(self.overhead_ns));
+        ns.sort_unstable();
+        let at = |q: f64| ns[((ns.len() as f64 * q).ceil() as usize).clamp(1, ns.len()) - 1] as f64 / 1000.0;
+        let row = format!("{route}\t{}\t{:.0}\t{:.0}", ns.len(), at(0.50), at(0.99));
+        eprintln!("{row}");
+        self.rows.push(row);
+    }
+}
+
+/// The CPU each of `n` requests took; `make` builds request `i`.
+fn measure<F, Fut>(rt: &tokio::runtime::Runtime, n: usize, mut make: F) -> Vec<u64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    (0..n)
+        .map(|i| {
+            let request = make(i);
+            let before = process_cpu_ns();
+            rt.block_on(request);
+            process_cpu_ns() - before
+        })
+        .collect()
+}
+
+fn main() {
+    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    // One thread: the handler, the SDK's connections and the Redis driver all run on it.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let app = rt.block_on(spawn_app_with(&[("IP_RATE_LIMIT_PER_MINUTE", "100000000".into())]));
+    let app = &app;
+    rt.block_on(app.set_mark("BTCUSDT", "65000"));
+    let user = rt.block_on(sign_up(app));
+    let token = user.access.clone();
+    let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "5", "max_position_notional": "100000000"});
+    assert_eq!(rt.block_on(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start))).status, 200);
+    let mut samples = Samples::new();
+    let ok = |status: u16, expected: &[u16], raw: &str| assert!(expected.contains(&status), "{status}: {raw}");
+
+    samples.add("GET /api/v1/health", measure(&rt, n, |_| async { ok(app.call(health::handle, request("GET", "/api/v1/health", None)).await.status, &[200], "") }));
+    samples.add("GET /.well-known/jwks.json", measure(&rt, n, |_| async { ok(app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.status, &[200], "") }));
+    let get = |handler_path: &'static str| handler_path;
+    for (route, path) in [("GET /api/v1/users/me", get("/api/v1/users/me")), ("GET /api/v1/auth/sessions", "/api/v1/auth/sessions")] {
+        let token = token.clone();
+        samples.add(
+            route,
+            measure(&rt, n, |_| {
+                let token = token.clone();
+                async move {
+                    let res = match path {
+                        "/api/v1/users/me" => app.call_as(auth::me, &token, "GET", path, None).await,
+                        _ => app.call_as(auth::list_sessions, &token, "GET", path, None).await,
+                    };
+                    ok(res.status, &[200], &res.raw)
+                }
+            }),
+        );
+    }
+    let emails: Vec<String> = (0..n).map(|i| format!("cpu-{i}-{}@example.com", uuid::Uuid::new_v4().simple())).collect();
+    samples.add(
+        "POST /api/v1/auth/register",
+        measure(&rt, n, |i| {
+            let body = json!({"email": emails[i], "password": PASSWORD});
+            async move { ok(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(body))).await.status, &[202], "") }
+        }),
+    );
+    let outbox = app.outbox();
+    let code_of = |email: &str| {
+        outbox.iter().rev().find(|m| m["to"] == email && m["code"].is_string()).expect("a code")["code"].as_str().expect("code").to_owned()
+    };
+    let codes: Vec<String> = emails.iter().map(|e| code_of(e)).collect();
+    samples.add(
+        "POST /api/v1/auth/verify",
+        measure(&rt, n, |i| {
+            let body = json!({"email": emails[i], "verification_code": codes[i]});
+            async move {
+                let res = app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(body))).await;
+                ok(res.status, &[200], &res.raw)
+            }
+        }),
+    );
+    samples.add(
+        "POST /api/v1/auth/resend",
+        measure(&rt, n, |i| {
+            let body = json!({"email": format!("nobody-{i}@example.com")});
+            async move { ok(app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(body))).await.status, &[202], "") }
+        }),
+    );
+    samples.add(
+        "POST /api/v1/auth/password/forgot",
+        measure(&rt, n, |i| {
+            let body = json!({"email": format!("nobody-{i}@example.com")});
+            async move { ok(app.call(auth::forgot_password, request("POST", "/api/v1/auth/password/forgot", Some(body))).await.status, &[202], "") }
+        }),
+    );
+    let login_body = json!({"email": user.email, "password": PASSWORD});
+    let logins = measure(&rt, n, |_| {
+        let body = login_body.clone();
+        async move {
+            let res = app.call(auth::login, request("POST", "/api/v1/auth/login", Some(body))).await;
+            ok(res.status, &[200], &res.raw)
+        }
+    });
+    samples.add("POST /api/v1/auth/login", logins);
+    // The bare verify: the hash the login record holds, checked by the argon2 crate itself.
+    let phc = rt.block_on(shared::auth::password::hash(PASSWORD.to_owned())).expect("hash");
+    let bare = (0..n)
+        .map(|_| {
+            use argon2::PasswordVerifier;
+            let before = process_cpu_ns();
+            let parsed = argon2::PasswordHash::new(&phc).expect("phc");
+            assert!(argon2::Argon2::default().verify_password(PASSWORD.as_bytes(), &parsed).is_ok());
+            process_cpu_ns() - before
+        })
+        .collect();
+    samples.add("bare Argon2id verify", bare);
+    let refresh = std::cell::RefCell::new(user.refresh.clone());
+    samples.add(
+        "POST /api/v1/auth/refresh",
+        measure(&rt, n, |_| {
+            let current = refresh.borrow().clone();
+            let refresh = &refresh;
+            async move {
+                let res = app.call(auth::refresh, request("POST", "/api/v1/auth/refresh", Some(json!({"refresh_token": current})))).await;
+                ok(res.status, &[200], &res.raw);
+                *refresh.borrow_mut() = res.body["refresh_token"].as_str().expect("token").to_owned();
+            }
+        }),
+    );
+    let authed: [(&str, &str); 8] = [
+        ("GET /api/v1/bot/status", "/api/v1/bot/status"),
+        ("GET /api/v1/account", "/api/v1/account"),
+        ("GET /api/v1/orders", "/api/v1/orders"),
+        ("GET /api/v1/fills", "/api/v1/fills"),
+        ("GET /api/v1/pnl", "/api/v1/pnl"),
+        ("GET /api/v1/markets", "/api/v1/markets"),
+        ("GET /api/v1/notifications", "/api/v1/notifications"),
+        ("POST /api/v1/bot/signal-token", "/api/v1/bot/signal-token"),
+    ];
+    // A few orders first, so the lists and the PnL have rows to read.
+    let order = |key: String, side: &'static str| {
+        let mut req = with_bearer(
+            request("POST", "/api/v1/order/submit", Some(json!({"symbol": "BTCUSDT", "side": side, "type": "market", "size": "0.001"}))),
+            &token,
+        );
+        req.headers_mut().insert("idempotency-key", key.parse().expect("key"));
+        req
+    };
+    samples.add(
+        "POST /api/v1/order/submit (paper)",
+        measure(&rt, n, |i| {
+            let req = order(uuid::Uuid::new_v4().to_string(), if i % 2 == 0 { "buy" } else { "sell" });
+            async move {
+                let res = app.call(trading::submit_order, req).await;
+                ok(res.status, &[201], &res.raw)
+            }
+        }),
+    );
+    for (route, path) in authed {
+        let token = token.clone();
+        samples.add(
+            route,
+            measure(&rt, n, |_| {
+                let token = token.clone();
+                async move {
+                    let res = match path {
+                        "/api/v1/bot/status" => app.call_as(trading::status, &token, "GET", path, None).await,
+                        "/api/v1/account" => app.call_as(trading::account, &token, "GET", path, None).await,
+                        "/api/v1/orders" => app.call_as(trading::list_orders, &token, "GET", path, None).await,
+                        "/api/v1/fills" => app.call_as(trading::list_fills, &token, "GET", path, None).await,
+                        "/api/v1/pnl" => app.call_as(trading::pnl, &token, "GET", path, None).await,
+                        "/api/v1/markets" => app.call_as(trading::markets, &token, "GET", path, None).await,
+                        "/api/v1/notifications" => app.call_as(live::get_notifications, &token, "GET", path, None).await,
+                        _ => app.call_as(trading::signal_token, &token, "POST", path, None).await,
+                    };
+                    ok(res.status, &[200, 201], &res.raw)
+                }
+            }),
+        );
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/bench");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let path = dir.join("cpu.tsv");
+    std::fs::write(path, samples.rows.join("\n") + "\n").expect("cpu.tsv");
+}

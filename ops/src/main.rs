@@ -1,5 +1,5 @@
 //! Operator and developer commands against the configured stack (the local emulator, or AWS with
-//! the default credential chain):
+//! the default credential chain, profiles and SSO included):
 //!   ops create-table | seed-secrets | set-price SYMBOL PRICE | load-candles SYMBOL FILE | kill-switch on|off [REASON]
 //!   ops grant-admin EMAIL | revoke-admin EMAIL (the admin role; admin routes also need two-factor)
 //!   ops init-secrets | rotate-jwt-keys        (AWS: fill the secrets CloudFormation cannot make)
@@ -11,7 +11,9 @@ use shared::config::Config;
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_env()?;
-    let sdk = shared::aws::sdk_config().await;
+    // An operator's laptop: the default chain (profiles, SSO, credential processes), on the one TLS
+    // stack the functions use.
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(shared::aws::https_client()).load().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let trading =
         shared::trading::store::TradingStore { client: &dynamo, table: &config.table_name, history_days: config.history_retention_days };

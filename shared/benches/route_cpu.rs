@@ -78,8 +78,14 @@ fn main() {
     let mut samples = Samples::new();
     let ok = |status: u16, expected: &[u16], raw: &str| assert!(expected.contains(&status), "{status}: {raw}");
 
-    samples.add("GET /api/v1/health", measure(&rt, n, |_| async { ok(app.call(health::handle, request("GET", "/api/v1/health", None)).await.status, &[200], "") }));
-    samples.add("GET /.well-known/jwks.json", measure(&rt, n, |_| async { ok(app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.status, &[200], "") }));
+    samples.add(
+        "GET /api/v1/health",
+        measure(&rt, n, |_| async { ok(app.call(health::handle, request("GET", "/api/v1/health", None)).await.status, &[200], "") }),
+    );
+    samples.add(
+        "GET /.well-known/jwks.json",
+        measure(&rt, n, |_| async { ok(app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.status, &[200], "") }),
+    );
     let get = |handler_path: &'static str| handler_path;
     for (route, path) in [("GET /api/v1/users/me", get("/api/v1/users/me")), ("GET /api/v1/auth/sessions", "/api/v1/auth/sessions")] {
         let token = token.clone();
@@ -131,7 +137,9 @@ fn main() {
         "POST /api/v1/auth/password/forgot",
         measure(&rt, n, |i| {
             let body = json!({"email": format!("nobody-{i}@example.com")});
-            async move { ok(app.call(auth::forgot_password, request("POST", "/api/v1/auth/password/forgot", Some(body))).await.status, &[202], "") }
+            async move {
+                ok(app.call(auth::forgot_password, request("POST", "/api/v1/auth/password/forgot", Some(body))).await.status, &[202], "")
+            }
         }),
     );
     let login_body = json!({"email": user.email, "password": PASSWORD});

@@ -24,7 +24,7 @@ fn peak_rss_kib() -> u64 {
 }
 
 /// A fresh table and state with `bots` running bots, every hundredth 5 % under water.
-async fn seeded_state(bots: usize, sdk: &aws_config::SdkConfig) -> Result<(shared::AppState, Duration), BoxError> {
+async fn seeded_state(bots: usize, sdk: &shared::aws::SdkConfig) -> Result<(shared::AppState, Duration), BoxError> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     // Contract specs (the paper account's fees and steps) come from the Bitget double.
     let exchange = doubles::bitget::FakeBitget::start().await;
@@ -69,7 +69,7 @@ async fn seeded_state(bots: usize, sdk: &aws_config::SdkConfig) -> Result<(share
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let bots: usize = std::env::var("BOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::aws::sdk_config().expect("the local stack's AWS environment");
     let all: Vec<u16> = (0..GUARDIAN_SHARDS).collect();
     let deadline = || Instant::now() + Duration::from_secs(15 * 60);
 

@@ -51,7 +51,7 @@ async fn fan_out(state: &shared::AppState, now_ms: i64) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let bots: usize = std::env::var("BOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::aws::sdk_config().expect("the local stack's AWS environment");
     let id = uuid::Uuid::new_v4().simple().to_string();
     let exchange = doubles::bitget::FakeBitget::start().await;
     let lookup = |k: &str| match k {

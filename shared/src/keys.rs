@@ -24,7 +24,7 @@
 //! | idempotency record  | `IDEMPOTENCY#<id>`      | `<key>`            |                           |
 //! | refresh token       | `REFRESH#<sha256>`      | `REFRESH`          |                           |
 //! | refresh family      | `FAMILY#<family id>`    | `FAMILY`           |                           |
-//! | mark price          | `MARK#<symbol>`         | `MARK`             |                           |
+//! | mark price (local)  | `MARKS`                 | `<symbol>`         |                           |
 //! | operator flags      | `CONFIG`                | `KILL_SWITCH`      |                           |
 //! | guardian cursor     | `CONFIG`                | `SWEEP_CURSOR#<shard>` |                       |
 //!
@@ -223,8 +223,11 @@ pub fn refresh_token(token_hash_hex: &str) -> Key {
 pub fn refresh_family(family_id: &str) -> Key {
     key(format!("FAMILY#{family_id}"), "FAMILY")
 }
+/// The stored marks (the local stack's market data) share one small partition, so one Query
+/// reads them all at once, before a request knows which symbols it needs.
+pub const MARKS_PARTITION: &str = "MARKS";
 pub fn mark_price(symbol: &str) -> Key {
-    key(format!("MARK#{symbol}"), "MARK")
+    key(MARKS_PARTITION.to_owned(), symbol)
 }
 pub fn kill_switch() -> Key {
     key("CONFIG".to_owned(), "KILL_SWITCH")

@@ -42,7 +42,7 @@ pub enum Mailer {
 pub struct MailError(String);
 
 impl Mailer {
-    pub fn from_config(config: &Config, sdk: &aws_config::SdkConfig) -> Self {
+    pub fn from_config(config: &Config, sdk: &crate::aws::SdkConfig) -> Self {
         if config.is_local() {
             Mailer::Outbox { path: config.outbox_path.clone(), lock: tokio::sync::Mutex::new(()) }
         } else {

@@ -7,9 +7,13 @@
 //! them, and a client no route of the function uses is never built, so it is not linked:
 //!
 //! ```ignore
-//! let app = App::from_env().await?.table().keys().await?;
+//! let app = App::from_env()?.table().keys().ready().await?;
 //! run(service_fn(|req: Request| serve(&app, req, auth::me))).await
 //! ```
+//!
+//! The steps only build; `ready` then makes every warm-up round trip the filled slots need (the
+//! secrets' GetSecretValue calls, Redis's PING) at the same time, so init waits for the slowest
+//! of them rather than their sum. A secret that cannot be loaded fails init there, loudly.
 
 use crate::auth::tokens::{parse_jwt_keys, JwtKeys};
 use crate::config::{AppEnv, Config};
@@ -25,7 +29,7 @@ type InitError = lambda_http::Error;
 /// The configuration and the SDK settings every function has; the clients are the slots.
 pub struct App<D = (), R = (), K = (), V = (), M = (), X = (), T = ()> {
     pub config: Arc<Config>,
-    sdk: aws_config::SdkConfig,
+    sdk: crate::aws::SdkConfig,
     /// One Secrets Manager client for every secret the function loads (one connection pool).
     secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     pub dynamo: D,
@@ -43,6 +47,8 @@ pub struct TelegramClients {
     pub http: reqwest::Client,
     pub bot: CachedSecret<TelegramSecret>,
     pub webhook: CachedSecret<WebhookSecret>,
+    /// Whether init fails without the webhook's secret (the webhook function's own).
+    webhook_required: bool,
 }
 
 /// The Bitget client slot, filled.
@@ -140,12 +146,12 @@ impl<D: Sync, R: Sync, K: Sync, V: Sync, M: Sync, X: Sync> Telegram for App<D, R
 
 impl App {
     /// The configuration from the environment and the SDK settings; no client yet.
-    pub async fn from_env() -> Result<App, InitError> {
+    pub fn from_env() -> Result<App, InitError> {
         let config = Config::from_env()?;
-        Ok(App::from_parts(config, crate::aws::sdk_config().await))
+        Ok(App::from_parts(config, crate::aws::sdk_config()?))
     }
 
-    pub fn from_parts(config: Config, sdk: aws_config::SdkConfig) -> App {
+    pub fn from_parts(config: Config, sdk: crate::aws::SdkConfig) -> App {
         // rustls is built with ring alone; naming it keeps redis and reqwest on the same provider
         // even if a dependency ever compiles a second one in.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -166,15 +172,15 @@ impl App {
 
 impl AppState {
     /// Every client, each warmed as its function would warm it.
-    pub async fn all(config: Config, sdk: aws_config::SdkConfig) -> Result<AppState, InitError> {
-        App::from_parts(config, sdk).table().redis().await?.keys().await?.vault().await?.mail().exchange()?.telegram().await
+    pub async fn all(config: Config, sdk: crate::aws::SdkConfig) -> Result<AppState, InitError> {
+        App::from_parts(config, sdk).table().redis().await?.keys().vault().mail().exchange()?.telegram()?.ready().await
     }
 }
 
 // Each builder step's type is the app with one more slot filled: seven parameters by design.
 #[allow(clippy::type_complexity)]
 impl<D, R, K, V, M, X, T> App<D, R, K, V, M, X, T> {
-    pub fn sdk(&self) -> &aws_config::SdkConfig {
+    pub fn sdk(&self) -> &crate::aws::SdkConfig {
         &self.sdk
     }
 
@@ -189,8 +195,9 @@ impl<D, R, K, V, M, X, T> App<D, R, K, V, M, X, T> {
         App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram }
     }
 
-    /// The connection manager, with the AUTH token from its secret when one is configured. Redis
-    /// being down fails nothing here: the manager connects on first use (health answers 503).
+    /// The connection manager, with the AUTH token from its secret when one is configured (that
+    /// secret is read here: the URL needs it). Redis being down fails nothing: `ready` pings it,
+    /// and the manager connects on first use (health answers 503).
     pub async fn redis(mut self) -> Result<App<D, ConnectionManager, K, V, M, X, T>, InitError> {
         if let Some(id) = self.config.redis_auth_secret_id.clone() {
             let auth = self.cached_secret(&id, parse_redis_auth).get().await?;
@@ -198,30 +205,24 @@ impl<D, R, K, V, M, X, T> App<D, R, K, V, M, X, T> {
             Arc::make_mut(&mut self.config).redis_url = url;
         }
         let redis = crate::redis_conn::connection_manager(&self.config)?;
-        let mut conn = redis.clone();
-        if let Err(e) = redis::cmd("PING").query_async::<String>(&mut conn).await {
-            tracing::warn!(error = %e, "redis not reachable at init; will retry on use");
-        }
         let App { config, sdk, secrets_manager, dynamo, jwt_keys, encryption_keys, mailer, bitget, telegram, .. } = self;
         Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
     }
 
-    /// The signing keys, loaded now: a missing or malformed secret fails init loudly.
-    pub async fn keys(mut self) -> Result<App<D, R, CachedSecret<JwtKeys>, V, M, X, T>, InitError> {
+    /// The signing keys, loaded by `ready`: a missing or malformed secret fails init loudly.
+    pub fn keys(mut self) -> App<D, R, CachedSecret<JwtKeys>, V, M, X, T> {
         let id = self.config.jwt_secret_id.clone();
         let jwt_keys = self.cached_secret(&id, parse_jwt_keys);
-        drop(jwt_keys.get().await?);
         let App { config, sdk, secrets_manager, dynamo, redis, encryption_keys, mailer, bitget, telegram, .. } = self;
-        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
+        App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram }
     }
 
-    /// The encryption keys, loaded now: a missing or malformed secret fails init loudly.
-    pub async fn vault(mut self) -> Result<App<D, R, K, CachedSecret<EncryptionKeys>, M, X, T>, InitError> {
+    /// The encryption keys, loaded by `ready`: a missing or malformed secret fails init loudly.
+    pub fn vault(mut self) -> App<D, R, K, CachedSecret<EncryptionKeys>, M, X, T> {
         let id = self.config.encryption_secret_id.clone();
         let encryption_keys = self.cached_secret(&id, parse_encryption_keys);
-        drop(encryption_keys.get().await?);
         let App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, mailer, bitget, telegram, .. } = self;
-        Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
+        App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram }
     }
 
     pub fn mail(self) -> App<D, R, K, V, Mailer, X, T> {
@@ -237,28 +238,82 @@ impl<D, R, K, V, M, X, T> App<D, R, K, V, M, X, T> {
         Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
     }
 
-    /// The Bot API's pool and secrets. The bot token is loaded now, best effort: a missing one is
+    /// The Bot API's pool and secrets. `ready` loads the bot token best effort: a missing one is
     /// logged, never fatal (alerts and notifications wait for it).
-    pub async fn telegram(mut self) -> Result<App<D, R, K, V, M, X, TelegramClients>, InitError> {
+    pub fn telegram(mut self) -> Result<App<D, R, K, V, M, X, TelegramClients>, InitError> {
         let (bot_id, webhook_id) = (self.config.telegram_secret_id.clone(), self.config.telegram_webhook_secret_id.clone());
         let telegram = TelegramClients {
             http: http_client(self.config.exchange_timeout)?,
             bot: self.cached_secret(&bot_id, parse_telegram),
             webhook: self.cached_secret(&webhook_id, parse_webhook_secret),
+            webhook_required: false,
         };
-        if let Err(e) = telegram.bot.get().await {
-            tracing::warn!(error = %e, "telegram disabled until the secret is readable");
-        }
         let App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, .. } = self;
         Ok(App { config, sdk, secrets_manager, dynamo, redis, jwt_keys, encryption_keys, mailer, bitget, telegram })
     }
 }
 
 impl<D, R, K, V, M, X> App<D, R, K, V, M, X, TelegramClients> {
-    /// The webhook's secret, loaded now: the webhook cannot tell Telegram's calls without it.
-    pub async fn telegram_webhook(self) -> Result<Self, InitError> {
-        drop(self.telegram.webhook.get().await?);
+    /// The webhook's secret is loaded by `ready` too, and fatally: the webhook cannot tell
+    /// Telegram's calls without it.
+    pub fn telegram_webhook(mut self) -> Self {
+        self.telegram.webhook_required = true;
+        self
+    }
+}
+
+impl<D, R: WarmUp, K: WarmUp, V: WarmUp, M, X, T: WarmUp> App<D, R, K, V, M, X, T> {
+    /// Every warm-up round trip of the filled slots, at once; the first fatal failure fails init.
+    pub async fn ready(self) -> Result<Self, InitError> {
+        futures::try_join!(self.redis.warm_up(), self.jwt_keys.warm_up(), self.encryption_keys.warm_up(), self.telegram.warm_up())?;
         Ok(self)
+    }
+}
+
+/// What a slot does during init so the first request finds it warm.
+pub trait WarmUp {
+    fn warm_up(&self) -> impl std::future::Future<Output = Result<(), InitError>> + Send;
+}
+
+impl WarmUp for () {
+    async fn warm_up(&self) -> Result<(), InitError> {
+        Ok(())
+    }
+}
+
+impl<S: Send + Sync> WarmUp for CachedSecret<S> {
+    async fn warm_up(&self) -> Result<(), InitError> {
+        drop(self.get().await?);
+        Ok(())
+    }
+}
+
+impl WarmUp for ConnectionManager {
+    /// A connection now; Redis down is not fatal (health answers 503, the manager reconnects).
+    async fn warm_up(&self) -> Result<(), InitError> {
+        let mut conn = self.clone();
+        if let Err(e) = redis::cmd("PING").query_async::<String>(&mut conn).await {
+            tracing::warn!(error = %e, "redis not reachable at init; will retry on use");
+        }
+        Ok(())
+    }
+}
+
+impl WarmUp for TelegramClients {
+    async fn warm_up(&self) -> Result<(), InitError> {
+        let bot = async {
+            if let Err(e) = self.bot.get().await {
+                tracing::warn!(error = %e, "telegram disabled until the secret is readable");
+            }
+            Ok::<(), InitError>(())
+        };
+        let webhook = async {
+            match self.webhook_required {
+                true => self.webhook.get().await.map(drop).map_err(InitError::from),
+                false => Ok(()),
+            }
+        };
+        futures::try_join!(bot, webhook).map(drop)
     }
 }
 

@@ -4,7 +4,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn";
+const DEFAULT_FILTER: &str = "info,aws_smithy_runtime=warn";
 
 /// `RUST_LOG` as a list of `target=level` and a bare default level: the syntax every function is
 /// configured with. Targets, not `EnvFilter`, because `EnvFilter` links a regex engine (about a

@@ -188,11 +188,7 @@ fn the_guardian_is_scheduled_once_per_shard_of_its_index() {
 fn locked_versions(lock: &str, name: &str) -> Vec<String> {
     let doc: toml::Value = toml::from_str(lock).expect("Cargo.lock parses");
     let packages = doc["package"].as_array().expect("Cargo.lock lists packages");
-    packages
-        .iter()
-        .filter(|p| p["name"].as_str() == Some(name))
-        .map(|p| p["version"].as_str().expect("a version").to_owned())
-        .collect()
+    packages.iter().filter(|p| p["name"].as_str() == Some(name)).map(|p| p["version"].as_str().expect("a version").to_owned()).collect()
 }
 
 #[test]
@@ -211,5 +207,35 @@ fn dev_only_code_stays_out_of_the_library_every_lambda_links() {
     let dependencies = manifest["dependencies"].as_table().expect("dependencies");
     for dev_only in ["serde_yaml", "ops", "doubles", "toml"] {
         assert!(!dependencies.contains_key(dev_only), "{dev_only} belongs to the ops crate or the tests, not to shared");
+    }
+}
+
+/// Lambda hands a function its region and its role's credentials in the environment, so the
+/// default credential chain (profiles, SSO, STS, the instance metadata client) is dead weight in a
+/// bootstrap; the operator's command keeps it for laptops.
+#[test]
+fn the_library_every_lambda_links_leaves_the_default_credential_chain_to_ops() {
+    let manifest: toml::Value = toml::from_str(&read("shared/Cargo.toml")).expect("shared/Cargo.toml parses");
+    let dependencies = manifest["dependencies"].as_table().expect("dependencies");
+    for chain in ["aws-config", "aws-sdk-sts", "aws-sdk-sso", "aws-sdk-ssooidc"] {
+        assert!(!dependencies.contains_key(chain), "{chain} is the default credential chain: ops may link it, shared may not");
+    }
+}
+
+/// Every function's `main` builds its slots, then makes their warm-up round trips at once with
+/// `ready` before its first poll: a chain without it would load its secrets on the first request
+/// instead, and a missing secret would fail that request rather than init.
+#[test]
+fn every_main_warms_its_slots_together_before_serving() {
+    for entry in std::fs::read_dir(Path::new(ROOT).join("functions")).unwrap() {
+        let main = entry.unwrap().path().join("src/main.rs");
+        let source = std::fs::read_to_string(&main).unwrap();
+        let chain = source.lines().find(|l| l.contains("App::from_env()")).unwrap_or_else(|| panic!("{main:?} builds no App"));
+        assert!(chain.trim_end().ends_with(".ready().await?;"), "{main:?}: {chain}");
+        assert_eq!(
+            chain.matches(".await").count(),
+            chain.matches(".redis().await").count() + 1,
+            "{main:?}: one wait besides redis's: {chain}"
+        );
     }
 }

@@ -103,7 +103,7 @@ async fn after_a_key_rotation_every_function_accepts_every_token_whatever_the_ag
     // Function A signs (login); function B verifies, its key set cached before the rotation.
     let app = spawn_app().await;
     // B is built as the `me` function builds itself: the table and the verifier's keys.
-    let b = shared::App::from_parts((*app.state.config).clone(), app.sdk.clone()).table().keys().await.unwrap();
+    let b = shared::App::from_parts((*app.state.config).clone(), app.sdk.clone()).table().keys().ready().await.unwrap();
     let at_b = |token: String| {
         let b = &b;
         async move {
@@ -166,8 +166,8 @@ async fn init_secrets_fills_empty_key_lists_and_never_replaces_keys() {
 #[tokio::test]
 async fn a_missing_secret_fails_init_with_a_clear_error() {
     let config = test_config(&[("JWT_SECRET_ID", "no/such/secret".into())]);
-    let sdk = shared::aws::sdk_config().await;
-    let Err(err) = shared::App::from_parts(config, sdk).keys().await else { panic!("init must fail") };
+    let sdk = shared::aws::sdk_config().expect("the local stack's AWS environment");
+    let Err(err) = shared::App::from_parts(config, sdk).keys().ready().await else { panic!("init must fail") };
     assert!(err.to_string().contains("no/such/secret"), "{err}");
 }
 

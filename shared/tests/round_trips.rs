@@ -97,7 +97,7 @@ async fn register_verify_login_and_refresh_make_three_two_three_and_two_round_tr
 }
 
 #[tokio::test]
-async fn bot_status_makes_two_round_trips_and_a_paper_order_five() {
+async fn bot_status_makes_one_round_trip_and_a_paper_order_three() {
     let (app, trips) = counted_app().await;
     let mut counts = Counts::default();
     app.set_mark("BTCUSDT", "65000").await;
@@ -123,15 +123,15 @@ async fn bot_status_makes_two_round_trips_and_a_paper_order_five() {
     let res = app.call_as(trading::status, &token, "GET", "/api/v1/bot/status", None).await;
     assert_eq!(res.status, 200, "{}", res.raw);
     let status_calls = calls(&app, &trips, &mut bitget);
-    // The budget is 1: the snapshot, then the marks of its paper positions (unknown before it).
-    counts.check("status", &status_calls, ..=2);
+    // The snapshot and every mark together: the paper positions are valued without a read of
+    // their own.
+    counts.check_range("status", &status_calls, 1..=1);
 
     let res = app.call(trading::submit_order, order("second", "0.02")).await;
     assert!(res.status == 200 || res.status == 201, "{}", res.raw);
     let submit_calls = calls(&app, &trips, &mut bitget);
-    // The budget is 3: the reads together, the marks, the order recorded, the paper fill, the
-    // key's answer. Reading the order's mark with the first reads and writing the answer with
-    // the fill would make it 3; not done yet (see issue 16's note).
-    counts.check("submit", &submit_calls, ..=5);
+    // The reads and the marks together, the order recorded before it is sent, then the paper
+    // fill with the key's answer in its transaction.
+    counts.check_range("submit", &submit_calls, 3..=3);
     counts.assert_all();
 }

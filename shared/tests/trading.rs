@@ -225,6 +225,43 @@ async fn replaying_an_idempotency_key_returns_the_first_answer_and_sends_nothing
     assert_eq!((res.status, res.code()), (400, "idempotency_key_required"));
 }
 
+/// Each order's answer is written in its paper fill's own transaction (a market order) or with
+/// the order put to rest (a limit one): the key is complete the moment the order is, over three
+/// cycles of order, replay and the fill of what rested.
+#[tokio::test]
+async fn each_keys_answer_is_written_with_its_paper_order_cycle_after_cycle() {
+    let app = paper_app().await;
+    let token = access_token(&app).await;
+    let user_id = common::mfa::claims(&token)["sub"].as_str().unwrap().to_owned();
+    start(&app, &token, bot_config()).await;
+    let store = app.state.trading_store();
+    for cycle in 1..=3 {
+        let (market_key, limit_key) = (key(), key());
+        let market = submit(&app, &token, &market_key, market_buy("0.01")).await;
+        assert_eq!((market.status, market.body["status"].as_str()), (201, Some("filled")), "cycle {cycle}: {}", market.raw);
+        let resting = submit(&app, &token, &limit_key, limit_buy("0.01", "64500")).await;
+        assert_eq!((resting.status, resting.body["status"].as_str()), (201, Some("open")), "cycle {cycle}: {}", resting.raw);
+        for (k, first) in [(&market_key, &market), (&limit_key, &resting)] {
+            let record = store.idempotency_record(&user_id, k).await.unwrap().expect("the key's record");
+            assert!(record.completed, "cycle {cycle}: the answer went in with the order");
+            let stored: Value = serde_json::from_str(record.body.as_deref().expect("a body")).unwrap();
+            assert_eq!((record.status, &stored), (Some(201), &first.body), "cycle {cycle}");
+        }
+        // The resting order fills when the mark crosses it (within the stop); its key still
+        // answers what it said.
+        app.set_mark("BTCUSDT", "64400").await;
+        sweep_now(&app).await;
+        let again = submit(&app, &token, &limit_key, limit_buy("0.01", "64500")).await;
+        assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")), "cycle {cycle}");
+        assert_eq!(again.body, resting.body, "cycle {cycle}");
+        let again = submit(&app, &token, &market_key, market_buy("0.01")).await;
+        assert_eq!((again.status, &again.body), (201, &market.body), "cycle {cycle}");
+        app.set_mark("BTCUSDT", "65000").await;
+    }
+    let acct = account(&app, &token).await;
+    assert_eq!(dv(&acct.body["positions"][0]["size"]), d("0.06"), "three market and three limit orders, each once");
+}
+
 #[tokio::test]
 async fn twenty_concurrent_submits_with_one_key_make_one_order() {
     let app = paper_app().await;

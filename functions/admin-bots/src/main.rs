@@ -4,6 +4,6 @@ use shared::{handlers::admin, http::serve, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().keys().await?.vault().await?.exchange()?;
+    let app = App::from_env()?.table().keys().vault().exchange()?.ready().await?;
     run(service_fn(|req: Request| serve(&app, req, admin::list_bots))).await
 }

@@ -4,6 +4,6 @@ use shared::{handlers::trading, http::serve, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.exchange()?;
+    let app = App::from_env()?.exchange()?.ready().await?;
     run(service_fn(|req: Request| serve(&app, req, trading::markets))).await
 }

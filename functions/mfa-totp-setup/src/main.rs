@@ -4,6 +4,6 @@ use shared::{handlers::auth, http::serve, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().keys().await?.vault().await?;
+    let app = App::from_env()?.table().keys().vault().ready().await?;
     run(service_fn(|req: Request| serve(&app, req, auth::totp_setup))).await
 }

@@ -4,6 +4,6 @@ use shared::{handlers::trading, http::serve, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().redis().await?.vault().await?.exchange()?;
+    let app = App::from_env()?.table().redis().await?.vault().exchange()?.ready().await?;
     run(service_fn(|req: Request| serve(&app, req, trading::receive_signal))).await
 }

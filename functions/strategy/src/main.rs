@@ -4,6 +4,6 @@ use shared::{trading::runner, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().vault().await?.exchange()?;
+    let app = App::from_env()?.table().vault().exchange()?.ready().await?;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| runner::handle(&app, event))).await
 }

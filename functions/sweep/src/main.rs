@@ -4,6 +4,6 @@ use shared::{guardian, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().redis().await?.vault().await?.mail().exchange()?.telegram().await?;
+    let app = App::from_env()?.table().redis().await?.vault().mail().exchange()?.telegram()?.ready().await?;
     run(service_fn(|event: LambdaEvent<serde_json::Value>| guardian::handle(&app, event))).await
 }

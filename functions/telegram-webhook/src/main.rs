@@ -4,6 +4,6 @@ use shared::{handlers::live, http::serve, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().redis().await?.telegram().await?.telegram_webhook().await?;
+    let app = App::from_env()?.table().redis().await?.telegram()?.telegram_webhook().ready().await?;
     run(service_fn(|req: Request| serve(&app, req, live::telegram_webhook))).await
 }

@@ -4,6 +4,6 @@ use shared::{handlers::live, http::serve, App};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let app = App::from_env().await?.table().keys().await?;
+    let app = App::from_env()?.table().keys().ready().await?;
     run(service_fn(|req: Request| serve(&app, req, live::ws_connect))).await
 }

@@ -9,7 +9,7 @@ use crate::trading::bot;
 use crate::trading::credentials;
 use crate::trading::model::{decimal_input, optional_decimal_input, parse_decimal_raw, OrderType, Side};
 use crate::trading::orders;
-use crate::trading::service::{exchange_error, exchange_for, session, Session};
+use crate::trading::service::{exchange_error, exchange_for, session, session_with_marks, Session};
 use crate::trading::store::BotConfig;
 use crate::trading::strategy::Strategy;
 use http::StatusCode;
@@ -107,8 +107,8 @@ pub async fn start_bot(state: &(impl Table + Keys + Vault + Bitget), req: Reques
 }
 
 pub async fn status(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {
-    let Session { caller, snapshot } = session(state, &req).await?;
-    json_response(StatusCode::OK, &bot::status(state, &caller.user_id, &snapshot).await?)
+    let (Session { caller, snapshot }, marks) = session_with_marks(state, &req).await?;
+    json_response(StatusCode::OK, &bot::status(state, &caller.user_id, &snapshot, marks).await?)
 }
 
 pub async fn stop_bot(state: &(impl Table + Keys + Vault + Bitget), req: Request, _ctx: RequestContext) -> HandlerResult {

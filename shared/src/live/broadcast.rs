@@ -25,7 +25,7 @@ pub enum Sent {
 }
 
 impl Gateway {
-    pub fn new(sdk: &aws_config::SdkConfig, endpoint: &str) -> Self {
+    pub fn new(sdk: &crate::aws::SdkConfig, endpoint: &str) -> Self {
         let config = aws_sdk_apigatewaymanagement::config::Builder::from(sdk).endpoint_url(endpoint).build();
         Gateway { client: aws_sdk_apigatewaymanagement::Client::from_conf(config) }
     }

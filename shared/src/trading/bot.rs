@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::state::{Bitget, Table, Vault};
 use crate::trading::exchange::{Exchange, ExchangeError};
 use crate::trading::model::{CancelOutcome, ExchangeKind, OrderFill, OrderStatus, Position};
-use crate::trading::service::{close_position, exchange_error, exchange_for, ClosedPosition};
+use crate::trading::service::{close_position, exchange_at, exchange_error, exchange_for, ClosedPosition, Prefetched};
 use crate::trading::store::{now_rfc3339, BotConfig, BotRecord, BotState, StartOutcome, TradingStore, UserSnapshot};
 use serde::Serialize;
 
@@ -53,8 +53,9 @@ async fn status_of(
     user_id: &str,
     snapshot: &UserSnapshot,
     bot: Option<&BotRecord>,
+    marks: Prefetched,
 ) -> Result<BotStatus, ApiError> {
-    let exchange = exchange_for(state, user_id, snapshot, &[]).await?;
+    let exchange = exchange_at(state, user_id, snapshot, &[], marks).await?;
     let positions = exchange.positions().await.map_err(exchange_error)?;
     let bot_state = bot.map(|b| b.state).unwrap_or(BotState::Stopped);
     Ok(BotStatus {
@@ -67,8 +68,14 @@ async fn status_of(
     })
 }
 
-pub async fn status(state: &(impl Table + Vault + Bitget), user_id: &str, snapshot: &UserSnapshot) -> Result<BotStatus, ApiError> {
-    status_of(state, user_id, snapshot, snapshot.bot.as_ref()).await
+/// The bot's status and the account's positions, valued at `marks` (read with the snapshot).
+pub async fn status(
+    state: &(impl Table + Vault + Bitget),
+    user_id: &str,
+    snapshot: &UserSnapshot,
+    marks: Prefetched,
+) -> Result<BotStatus, ApiError> {
+    status_of(state, user_id, snapshot, snapshot.bot.as_ref(), marks).await
 }
 
 /// Starts the bot with `config` (already normalized), or answers its status when it runs with
@@ -119,7 +126,7 @@ pub async fn start(state: &(impl Table + Vault + Bitget), caller: &Caller, confi
     for _ in 0..3 {
         let (next, expected) = match &current {
             Some(bot) if bot.state == BotState::Running && bot.config == config => {
-                return status_of(state, user_id, &snapshot, Some(bot)).await;
+                return status_of(state, user_id, &snapshot, Some(bot), Prefetched::none()).await;
             }
             Some(bot) if bot.state == BotState::Running => {
                 return Err(ApiError::conflict("bot_already_running", "the bot is running with other settings; stop it first"))
@@ -146,7 +153,7 @@ pub async fn start(state: &(impl Table + Vault + Bitget), caller: &Caller, confi
             stop_reason: None,
         };
         match trading.start_bot(&record, expected).await? {
-            StartOutcome::Started => return status_of(state, user_id, &snapshot, Some(&record)).await,
+            StartOutcome::Started => return status_of(state, user_id, &snapshot, Some(&record), Prefetched::none()).await,
             // Someone else changed the bot meanwhile (another device): decide again on what is there now.
             StartOutcome::BotChanged => current = trading.bot(user_id).await?,
             // Credentials were saved or deleted since they were read: the exchange was chosen on

@@ -37,6 +37,14 @@ pub struct OrderGuard {
     pub require_running_bot: bool,
 }
 
+/// The Idempotency-Key an order is sent under, and how its answer's body (status 201) is made
+/// from the fill: an exchange that writes its orders in the table writes the answer with them.
+#[derive(Clone, Copy)]
+pub struct KeyAnswer<'a> {
+    pub key: &'a str,
+    pub body: fn(&OrderIntent, &crate::trading::model::OrderFill) -> String,
+}
+
 #[async_trait]
 pub trait Exchange: Send + Sync {
     fn kind(&self) -> crate::trading::model::ExchangeKind;
@@ -54,6 +62,17 @@ pub trait Exchange: Send + Sync {
     /// Sends an order that was recorded first. Never resends blind: an unknown outcome is looked
     /// up by client order id before any retry.
     async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError>;
+    /// `place_order`, writing `answer` as the key's answer in the same write as the fill where
+    /// the exchange can (the paper account's transaction); `true` when it did, so the caller's
+    /// own write of the answer is not needed. A real exchange cannot: `false`.
+    async fn place_answering(
+        &self,
+        intent: &OrderIntent,
+        guard: OrderGuard,
+        _answer: KeyAnswer<'_>,
+    ) -> Result<(OrderFill, bool), ExchangeError> {
+        self.place_order(intent, guard).await.map(|fill| (fill, false))
+    }
     async fn find_order(&self, symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError>;
     /// Every order of `symbol` still resting on the exchange, all pages.
     async fn open_orders(&self, symbol: &str) -> Result<Vec<crate::trading::model::OpenOrder>, ExchangeError>;

@@ -3,7 +3,7 @@
 
 use crate::dynamo::{db_error, n, s, to_item, StoreError};
 use crate::keys;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use serde::{Deserialize, Serialize};
 
 pub const RETENTION_SECS: i64 = 24 * 3600;
@@ -58,6 +58,21 @@ impl crate::trading::store::TradingStore<'_> {
     }
 
     /// Stores the final answer (first writer wins).
+    /// The key's answer as part of the transaction that settles its order. No condition: that
+    /// transaction runs once (it is conditioned on the order still pending), and the key's
+    /// record, written with the order, is in progress until then.
+    pub(crate) fn answer_update(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<Update, StoreError> {
+        Ok(Update::builder()
+            .table_name(self.table)
+            .set_key(Some(keys::idempotency(user_id, key)))
+            .update_expression("SET completed = :t, #status = :status, body = :body")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":status", n(status))
+            .expression_attribute_values(":body", s(body))
+            .build()?)
+    }
+
     pub async fn complete_idempotency(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
         let result = self
             .client

@@ -12,11 +12,11 @@ use crate::auth::session::Caller;
 use crate::error::ApiError;
 use crate::state::{Bitget, Table, Vault};
 use crate::trading::bot::halted;
-use crate::trading::exchange::{Exchange, OrderGuard};
+use crate::trading::exchange::{Exchange, KeyAnswer, OrderGuard};
 use crate::trading::idempotency::{self, IdempotencyRecord};
 use crate::trading::model::{client_order_id, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Side};
 use crate::trading::risk::{check_order, OrderCheck};
-use crate::trading::service::{exchange_error, exchange_for, load_snapshot};
+use crate::trading::service::{exchange_at, exchange_error, load_snapshot, prefetched_marks, Prefetched};
 use crate::trading::store::{BotConfig, BotRecord, BotState, ClaimOutcome, LivePosition, OrderRecord, RecordOutcome};
 use rust_decimal::Decimal;
 use std::time::Duration;
@@ -59,8 +59,9 @@ enum Next {
     LookUp(OrderRecord),
     /// Recorded and allowed: send it.
     Send(OrderIntent),
-    /// The exchange's answer for a recorded order: store it as the key's answer.
-    Settle(OrderIntent, OrderFill),
+    /// The exchange's answer for a recorded order: store it as the key's answer, unless it was
+    /// written with the fill (`true`).
+    Settle(OrderIntent, OrderFill, bool),
 }
 
 fn bot_not_running() -> ApiError {
@@ -127,9 +128,14 @@ pub async fn submit(state: &(impl Table + Vault + Bitget), caller: &Caller, key:
     });
     let fingerprint = idempotency::fingerprint(&canonical);
     let trading = state.trading_store();
-    // One round trip for all three reads.
-    let (snapshot, existing, halted_now) =
-        tokio::join!(load_snapshot(state, caller), trading.idempotency_record(user_id, key), trading.kill_switch_on());
+    // One round trip for all four reads; the marks are there before the flow knows whether it
+    // trades on paper (which values its account at them) or live (which checks risk at the mark).
+    let (snapshot, existing, halted_now, marks) = tokio::join!(
+        load_snapshot(state, caller),
+        trading.idempotency_record(user_id, key),
+        trading.kill_switch_on(),
+        prefetched_marks(state)
+    );
     let snapshot = snapshot?;
     let intent_id = order.client_order_id.clone().unwrap_or_else(|| client_order_id(&[user_id, "order", key]));
     let record = idempotency::new_record(fingerprint.clone(), intent_id.clone());
@@ -150,14 +156,15 @@ pub async fn submit(state: &(impl Table + Vault + Bitget), caller: &Caller, key:
     });
     // Built on first use: a replay never needs it.
     let exchange_cell = tokio::sync::OnceCell::new();
-    let exchange = || exchange_cell.get_or_try_init(|| exchange_for(state, user_id, &snapshot, std::slice::from_ref(&symbol)));
+    let exchange =
+        || exchange_cell.get_or_try_init(|| exchange_at(state, user_id, &snapshot, std::slice::from_ref(&symbol), marks.clone()));
     let mut next = match (existing?, intent) {
         (Some(stored), _) => Next::Existing(stored),
         // Not stored as the key's answer: a halt is lifted, and the same request may then go.
         _ if halted_now? && !order.reduce_only => return Err(halted()),
         (None, Some(intent)) if bot_state == BotState::Running || (order.reduce_only && bot_state == BotState::Stopping) => {
             let bot = bot.as_ref().ok_or_else(missing_record)?;
-            match check_risk(state, exchange().await?.as_ref(), &bot.config, &intent).await? {
+            match check_risk(state, exchange().await?.as_ref(), &bot.config, &intent, &marks).await? {
                 Err(refusal) => Next::Refuse(refusal, record.clone()),
                 // Recorded before it is sent: the key, the order and (for risk-increasing
                 // orders) a running bot and no halt, atomically.
@@ -204,7 +211,7 @@ pub async fn submit(state: &(impl Table + Vault + Bitget), caller: &Caller, key:
                     trading.complete_idempotency(user_id, key, refusal.status().as_u16(), &body).await?;
                     return Err(refusal);
                 }
-                Some(fill) => Next::Settle(order.intent, fill),
+                Some(fill) => Next::Settle(order.intent, fill, false),
                 // Taken to be sent a moment ago (by the first request or another retry): its
                 // outcome is not known yet, and only that request may settle it.
                 None if order.may_be_in_flight() => return Err(in_progress()),
@@ -213,7 +220,7 @@ pub async fn submit(state: &(impl Table + Vault + Bitget), caller: &Caller, key:
                     match exchange.find_order(&order.intent.symbol, &order.intent.client_order_id).await.map_err(exchange_error)? {
                         Some(fill) => {
                             trading.complete_order(user_id, &order.intent.client_order_id, &fill).await?;
-                            Next::Settle(order.intent, fill)
+                            Next::Settle(order.intent, fill, false)
                         }
                         // Provably never placed: sending it now is a new decision, held to today's rules.
                         None => match may_still_send(state, user_id, exchange.as_ref(), &order, snapshot.bot.as_ref()).await? {
@@ -238,9 +245,11 @@ pub async fn submit(state: &(impl Table + Vault + Bitget), caller: &Caller, key:
                 }
             },
             Next::Send(intent) => send(state, exchange().await?.as_ref(), user_id, key, intent, &snapshot.live_positions).await?,
-            Next::Settle(intent, fill) => {
+            Next::Settle(intent, fill, answered) => {
                 let body = order_body(&intent, &fill).to_string();
-                trading.complete_idempotency(user_id, key, 201, &body).await?;
+                if !answered {
+                    trading.complete_idempotency(user_id, key, 201, &body).await?;
+                }
                 return Ok(Answer { status: 201, body, replayed: false });
             }
         }
@@ -299,8 +308,9 @@ async fn send(
 ) -> Result<Next, ApiError> {
     let trading = state.trading_store();
     let guard = OrderGuard { require_running_bot: !intent.reduce_only };
-    match exchange.place_order(&intent, guard).await {
-        Ok(fill) => {
+    let answer = KeyAnswer { key, body: |intent, fill| order_body(intent, fill).to_string() };
+    match exchange.place_answering(&intent, guard, answer).await {
+        Ok((fill, answered)) => {
             if exchange.kind() != ExchangeKind::Paper {
                 trading.complete_order(user_id, &intent.client_order_id, &fill).await?;
                 // Keep the store's mirror of the live account current, so the guardian's
@@ -314,7 +324,7 @@ async fn send(
                     Err(e) => tracing::warn!(error = %e, "positions not re-read after a live fill; the guardian will reconcile"),
                 }
             }
-            Ok(Next::Settle(intent, fill))
+            Ok(Next::Settle(intent, fill, answered))
         }
         Err(e) => {
             let err = exchange_error(e);
@@ -336,6 +346,7 @@ pub async fn check_risk(
     exchange: &dyn Exchange,
     bot: &BotConfig,
     intent: &OrderIntent,
+    prefetched: &Prefetched,
 ) -> Result<Result<(), ApiError>, ApiError> {
     let symbol = &intent.symbol;
     let specs = crate::trading::service::contract_book(state).await?;
@@ -350,7 +361,7 @@ pub async fn check_risk(
     let judged_side = |p: &&crate::trading::model::Position| if intent.reduce_only { p.side != opens } else { p.side == opens };
     let on_symbol = || view.positions.iter().filter(|p| &p.symbol == symbol);
     let position = on_symbol().find(judged_side).or_else(|| on_symbol().next());
-    let mark = match exchange.known_mark(symbol) {
+    let mark = match exchange.known_mark(symbol).or_else(|| prefetched.mark(symbol)) {
         Some(m) => Some(m),
         None => crate::trading::service::marks(state, std::slice::from_ref(symbol)).await?.get(symbol).copied(),
     };
@@ -399,7 +410,7 @@ async fn may_still_send(
     let Some(bot) = bot.filter(|_| allowed) else {
         return Ok(Err(bot_not_running()));
     };
-    if let Err(refusal) = check_risk(state, exchange, &bot.config, intent).await? {
+    if let Err(refusal) = check_risk(state, exchange, &bot.config, intent, &Prefetched::none()).await? {
         return Ok(Err(refusal));
     }
     // The claim holds the bot to what `exchange` was built from: the same exchange kind and

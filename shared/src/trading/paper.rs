@@ -5,7 +5,7 @@
 //! and realized/unrealized PnL. Every fill is one DynamoDB transaction over the account, the
 //! position and the order record, so a retried order can never fill twice.
 
-use crate::trading::exchange::{Exchange, ExchangeError, OrderGuard};
+use crate::trading::exchange::{Exchange, ExchangeError, KeyAnswer, OrderGuard};
 use crate::trading::model::{AccountView, ExchangeKind, OrderFill, OrderIntent, OrderStatus, OrderType, Position, Side};
 use crate::trading::paper_store::{PaperFill, PaperWrite};
 use crate::trading::store::{now_rfc3339, PaperAccount, PaperPosition, RestingOrder, TradingStore, UserSnapshot};
@@ -227,6 +227,27 @@ impl PaperExchange {
 
     /// Fills `intent` at `price` with `fee_rate`, retrying when another order of the user moved
     /// the account meanwhile. An order already settled by an earlier try reports that fill.
+    /// Fills or rests `intent` at the mark; with `answer`, the key's answer goes in the same
+    /// transaction (`true`), unless an earlier try settled the order (`false`).
+    async fn place(
+        &self,
+        intent: &OrderIntent,
+        guard: OrderGuard,
+        answer: Option<KeyAnswer<'_>>,
+    ) -> Result<(OrderFill, bool), ExchangeError> {
+        let spec = self.spec(&intent.symbol)?;
+        let mark = self.mark(&intent.symbol)?;
+        match (intent.order_type, intent.price) {
+            (OrderType::Limit, Some(limit))
+                if (intent.side == Side::Buy && limit < mark) || (intent.side == Side::Sell && limit > mark) =>
+            {
+                self.rest(intent, guard, answer).await
+            }
+            // Market, or a limit through the mark: takes liquidity at the mark now.
+            _ => self.fill_at(intent, mark, spec.taker_fee_rate, guard, Settles::NewOrder, answer).await,
+        }
+    }
+
     async fn fill_at(
         &self,
         intent: &OrderIntent,
@@ -234,7 +255,8 @@ impl PaperExchange {
         fee_rate: Decimal,
         guard: OrderGuard,
         settles: Settles,
-    ) -> Result<OrderFill, ExchangeError> {
+        answer: Option<KeyAnswer<'_>>,
+    ) -> Result<(OrderFill, bool), ExchangeError> {
         let mut snapshot = self.snapshot.lock().await;
         for attempt in 0..12u64 {
             if attempt > 0 {
@@ -252,6 +274,7 @@ impl PaperExchange {
                 fill: &outcome.fill,
                 require_running_bot: guard.require_running_bot,
                 from_resting: settles == Settles::RestingOrder,
+                answer: answer.map(|a| (a.key, (a.body)(intent, &outcome.fill))),
             };
             match self.store().write_paper_fill(&self.user_id, write).await? {
                 PaperWrite::Written => {
@@ -259,10 +282,10 @@ impl PaperExchange {
                     snapshot.positions.retain(|p| p.symbol != intent.symbol);
                     snapshot.positions.extend(outcome.position.clone());
                     snapshot.resting.retain(|r| r.intent.client_order_id != intent.client_order_id);
-                    return Ok(outcome.fill);
+                    return Ok((outcome.fill, answer.is_some()));
                 }
                 // Settled already (filled by an earlier try, or canceled): report that.
-                PaperWrite::OrderSettled | PaperWrite::AlreadyResting => return self.settled(intent).await,
+                PaperWrite::OrderSettled | PaperWrite::AlreadyResting => return self.settled(intent).await.map(|fill| (fill, false)),
                 PaperWrite::BotNotRunning => return Err(ExchangeError::BotNotRunning),
                 // Another order of this user moved the account: read again and retry.
                 PaperWrite::AccountMoved => {
@@ -291,12 +314,17 @@ impl PaperExchange {
         }
         let fee_rate = self.spec(&intent.symbol)?.maker_fee_rate;
         let guard = OrderGuard { require_running_bot: !intent.reduce_only };
-        self.fill_at(intent, price, fee_rate, guard, Settles::RestingOrder).await.map(Some)
+        self.fill_at(intent, price, fee_rate, guard, Settles::RestingOrder, None).await.map(|(fill, _)| Some(fill))
     }
 
     /// Records a limit order that is not marketable as resting: its order record `open` and its
     /// `RESTING#` item, in one transaction (a risk-increasing one only while the bot runs).
-    async fn rest(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
+    async fn rest(
+        &self,
+        intent: &OrderIntent,
+        guard: OrderGuard,
+        answer: Option<KeyAnswer<'_>>,
+    ) -> Result<(OrderFill, bool), ExchangeError> {
         let fill = OrderFill {
             order_id: format!("{ORDER_ID_PREFIX}{}", intent.client_order_id),
             status: OrderStatus::Open,
@@ -306,14 +334,15 @@ impl PaperExchange {
             realized_pnl: Decimal::ZERO,
         };
         let resting = RestingOrder { intent: intent.clone(), order_id: fill.order_id.clone(), created_at: now_rfc3339() };
-        match self.store().rest_paper_order(&self.user_id, &resting, &fill, guard.require_running_bot).await? {
+        let answer_body = answer.map(|a| (a.key, (a.body)(intent, &fill)));
+        match self.store().rest_paper_order(&self.user_id, &resting, &fill, guard.require_running_bot, answer_body).await? {
             PaperWrite::Written => {
                 self.snapshot.lock().await.resting.push(resting);
-                Ok(fill)
+                Ok((fill, answer.is_some()))
             }
             // An earlier try put it to rest.
-            PaperWrite::AlreadyResting => Ok(fill),
-            PaperWrite::OrderSettled | PaperWrite::AccountMoved => self.settled(intent).await,
+            PaperWrite::AlreadyResting => Ok((fill, false)),
+            PaperWrite::OrderSettled | PaperWrite::AccountMoved => self.settled(intent).await.map(|fill| (fill, false)),
             PaperWrite::BotNotRunning => Err(ExchangeError::BotNotRunning),
         }
     }
@@ -350,17 +379,16 @@ impl Exchange for PaperExchange {
     }
 
     async fn place_order(&self, intent: &OrderIntent, guard: OrderGuard) -> Result<OrderFill, ExchangeError> {
-        let spec = self.spec(&intent.symbol)?;
-        let mark = self.mark(&intent.symbol)?;
-        match (intent.order_type, intent.price) {
-            (OrderType::Limit, Some(limit))
-                if (intent.side == Side::Buy && limit < mark) || (intent.side == Side::Sell && limit > mark) =>
-            {
-                self.rest(intent, guard).await
-            }
-            // Market, or a limit through the mark: takes liquidity at the mark now.
-            _ => self.fill_at(intent, mark, spec.taker_fee_rate, guard, Settles::NewOrder).await,
-        }
+        self.place(intent, guard, None).await.map(|(fill, _)| fill)
+    }
+
+    async fn place_answering(
+        &self,
+        intent: &OrderIntent,
+        guard: OrderGuard,
+        answer: KeyAnswer<'_>,
+    ) -> Result<(OrderFill, bool), ExchangeError> {
+        self.place(intent, guard, Some(answer)).await
     }
 
     async fn find_order(&self, _symbol: &str, client_order_id: &str) -> Result<Option<OrderFill>, ExchangeError> {

@@ -21,6 +21,8 @@ pub struct PaperFill<'a> {
     /// It settles an order that rested (`open`, its `RESTING#` item deleted with it) rather than
     /// a new one (`pending`).
     pub from_resting: bool,
+    /// The Idempotency-Key and the body of its answer (201), written with the fill.
+    pub answer: Option<(&'a str, String)>,
 }
 
 /// What a paper write came to.
@@ -89,6 +91,9 @@ impl TradingStore<'_> {
         if let Some(record) = crate::trading::history_store::FillRecord::of_paper_order(f.intent, f.fill, filled_ms) {
             items.extend(self.fill_puts(user_id, &record, false)?);
         }
+        if let Some((key, body)) = &f.answer {
+            items.push(TransactWriteItem::builder().update(self.answer_update(user_id, key, 201, body)?).build());
+        }
         let outcome = crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(items))).await?;
         Ok(if outcome.written() {
             PaperWrite::Written
@@ -109,6 +114,7 @@ impl TradingStore<'_> {
         resting: &RestingOrder,
         fill: &OrderFill,
         require_running_bot: bool,
+        answer: Option<(&str, String)>,
     ) -> Result<PaperWrite, StoreError> {
         let intent = &resting.intent;
         let mut item = keys::with_key(to_item(resting)?, keys::resting_order(user_id, &intent.client_order_id));
@@ -123,6 +129,9 @@ impl TradingStore<'_> {
         if require_running_bot {
             items.push(TransactWriteItem::builder().condition_check(self.bot_running(user_id)?).build());
         }
+        if let Some((key, body)) = &answer {
+            items.push(TransactWriteItem::builder().update(self.answer_update(user_id, key, 201, body)?).build());
+        }
         let outcome = crate::dynamo::transact(self.client.transact_write_items().set_transact_items(Some(items))).await?;
         Ok(if outcome.written() {
             PaperWrite::Written
@@ -131,6 +140,7 @@ impl TradingStore<'_> {
         } else if outcome.failed(1) {
             PaperWrite::AlreadyResting
         } else {
+            // The answer's update has no condition: the bot's check is the only one left.
             PaperWrite::BotNotRunning
         })
     }

@@ -27,6 +27,14 @@ pub async fn session(state: &(impl Table + Keys), req: &Request) -> Result<Sessi
     Ok(Session { caller, snapshot })
 }
 
+/// `session` with every mark read alongside the caller's partition (once the token is checked,
+/// so a bad token costs no read): what a route showing paper positions needs, in one round trip.
+pub async fn session_with_marks(state: &(impl Table + Keys + Bitget), req: &Request) -> Result<(Session, Prefetched), ApiError> {
+    let caller = authenticate(state, req).await?;
+    let (snapshot, marks) = tokio::join!(load_snapshot(state, &caller), prefetched_marks(state));
+    Ok((Session { caller, snapshot: snapshot? }, marks))
+}
+
 /// The caller's partition, refused if a global logout came after their token was issued: the
 /// "valid after" time arrives with the user's data, no extra round trip.
 pub async fn load_snapshot(state: &impl Table, caller: &Caller) -> Result<UserSnapshot, ApiError> {
@@ -77,12 +85,35 @@ pub async fn marks(state: &(impl Table + Bitget), symbols: &[String]) -> Result<
     if symbols.is_empty() {
         return Ok(HashMap::new());
     }
+    let all = all_marks(state).await?;
+    Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
+}
+
+/// Every mark price, in one read (the stored marks' partition locally, Bitget's tickers in AWS).
+pub async fn all_marks(state: &(impl Table + Bitget)) -> Result<HashMap<String, Decimal>, ApiError> {
     match state.config().market_data {
-        MarketData::Store => Ok(state.trading_store().stored_marks(symbols).await?),
-        MarketData::Bitget => {
-            let all = state.bitget().mark_prices().await.map_err(exchange_error)?;
-            Ok(all.into_iter().filter(|(s, _)| symbols.contains(s)).collect())
-        }
+        MarketData::Store => Ok(state.trading_store().stored_marks().await?),
+        MarketData::Bitget => state.bitget().mark_prices().await.map_err(exchange_error),
+    }
+}
+
+/// Every mark, read alongside a request's first reads, before it knows whether it trades on
+/// paper or which symbols it holds: a paper account then needs no read of its own. Best effort:
+/// on failure the account reads the marks it needs itself, and answers for that read.
+pub async fn prefetched_marks(state: &(impl Table + Bitget)) -> Prefetched {
+    Prefetched(all_marks(state).await.ok())
+}
+
+/// Marks read ahead of need (`None`: the read failed, and is made again where needed).
+#[derive(Debug, Clone)]
+pub struct Prefetched(Option<HashMap<String, Decimal>>);
+
+impl Prefetched {
+    pub fn none() -> Self {
+        Prefetched(None)
+    }
+    pub fn mark(&self, symbol: &str) -> Option<Decimal> {
+        self.0.as_ref()?.get(symbol).copied()
     }
 }
 
@@ -116,6 +147,18 @@ pub async fn exchange_for(
     snapshot: &UserSnapshot,
     extra_symbols: &[String],
 ) -> Result<Box<dyn Exchange>, ApiError> {
+    exchange_at(state, user_id, snapshot, extra_symbols, Prefetched::none()).await
+}
+
+/// `exchange_for`, a paper account taking its marks from `prefetched` (reading only the ones it
+/// lacks).
+pub async fn exchange_at(
+    state: &(impl Table + Vault + Bitget),
+    user_id: &str,
+    snapshot: &UserSnapshot,
+    extra_symbols: &[String],
+    prefetched: Prefetched,
+) -> Result<Box<dyn Exchange>, ApiError> {
     let active_bot = snapshot.bot.as_ref().filter(|b| b.state != crate::trading::store::BotState::Stopped);
     let kind = match (active_bot, &snapshot.credentials) {
         (Some(bot), _) => bot.exchange,
@@ -138,8 +181,11 @@ pub async fn exchange_for(
     symbols.extend(extra_symbols.iter().cloned());
     symbols.sort();
     symbols.dedup();
-    let marks = marks(state, &symbols).await?;
-    Ok(Box::new(paper_exchange(state, user_id, marks, snapshot.clone()).await?))
+    let mut known: HashMap<String, Decimal> = symbols.iter().filter_map(|s| Some((s.clone(), prefetched.mark(s)?))).collect();
+    let missing: Vec<String> = symbols.into_iter().filter(|s| !known.contains_key(s)).collect();
+    // A symbol without a mark in the prefetch is read again: it may have been set since.
+    known.extend(marks(state, &missing).await?);
+    Ok(Box::new(paper_exchange(state, user_id, known, snapshot.clone()).await?))
 }
 
 /// The caller's paper account at `marks`, on Bitget's contract specs.

@@ -392,8 +392,9 @@ impl TradingStore<'_> {
     }
 
     /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
-    pub async fn stored_marks(&self, symbols: &[String]) -> Result<HashMap<String, Decimal>, StoreError> {
-        let items = crate::dynamo::batch_get(self.client, self.table, symbols.iter().map(|s| keys::mark_price(s)).collect()).await?;
+    /// Every stored mark, in one Query of their partition.
+    pub async fn stored_marks(&self) -> Result<HashMap<String, Decimal>, StoreError> {
+        let items = crate::dynamo::partition(self.client, self.table, keys::MARKS_PARTITION.to_owned()).await?;
         Ok(items
             .iter()
             .filter_map(|item| {

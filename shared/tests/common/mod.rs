@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub struct TestApp {
     pub state: AppState,
     pub outbox: PathBuf,
-    pub sdk: aws_config::SdkConfig,
+    pub sdk: shared::aws::SdkConfig,
     /// The Bitget double the app reads contract specs (and, live, trades) from, unless the test
     /// brought its own.
     pub exchange: Option<doubles::bitget::FakeBitget>,
@@ -97,7 +97,7 @@ pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
         overrides.push(("BITGET_BASE_URL", d.url.clone()));
     }
     let config = test_config(&overrides);
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::aws::sdk_config().expect("the local stack's AWS environment");
     let template = include_str!("../../../template.yaml");
     ops::devstack::create_table(&aws_sdk_dynamodb::Client::new(&sdk), &config.table_name, template).await.expect("create table");
     ops::devstack::seed_secrets(&aws_sdk_secretsmanager::Client::new(&sdk), &config).await.expect("seed secrets");

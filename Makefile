@@ -26,8 +26,7 @@ fmt:
 # each function's `makefile` build method (build-<LogicalId> below) copies its bootstrap. The size
 # of every bootstrap is checked against its budget.
 build: install
-	@start=$$(date +%s); infra/lambda-build.sh && sam build --template template.yaml --build-in-source --no-cached \
-	  && infra/bootstrap-sizes.sh .aws-sam/build && echo "make build: $$(( $$(date +%s) - start )) s"
+	@infra/build.sh
 
 build-%:
 	@infra/lambda-artifact.sh $* "$(ARTIFACTS_DIR)"

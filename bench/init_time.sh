@@ -54,9 +54,10 @@ def summary(samples):
     samples = sorted(samples)
     return statistics.median(samples), samples[max(0, int(len(samples) * 0.9) - 1)]
 
-# One warm-up round trip of each kind, timed the way init makes it (a fresh connection).
-secrets = boto3.client("secretsmanager", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+# One warm-up round trip of each kind, timed the way init makes it: on a fresh connection (a
+# new client each time, made before the clock starts).
 def secret_ms():
+    secrets = boto3.client("secretsmanager", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     t = time.perf_counter(); secrets.get_secret_value(SecretId="trading-bot/local/jwt-keys"); return (time.perf_counter() - t) * 1000
 def ping_ms():
     host, port = os.environ["REDIS_URL"].removeprefix("redis://").rstrip("/").split(":")
@@ -81,6 +82,6 @@ for name in sorted(os.listdir(functions_dir)):
         continue
     med, p90 = summary(samples)
     print(f"{name}\t{med:.1f}\t{p90:.1f}\t{expected:.1f}\t{len(trips)}\t{os.path.getsize(binary) / 1048576:.2f}")
-print(f"# warm-up round trip medians: Secrets Manager GetSecretValue {trip_ms['secret']:.1f} ms, Redis PING on a new connection {trip_ms['redis']:.1f} ms", file=sys.stderr)
+print(f"# {runs} starts each; warm-up round trip medians: Secrets Manager GetSecretValue {trip_ms['secret']:.1f} ms, Redis connect and PING {trip_ms['redis']:.1f} ms")
 PY
 column -t -s $'\t' .local/bench/init.tsv

@@ -171,6 +171,34 @@ async fn a_missing_secret_fails_init_with_a_clear_error() {
     assert!(err.to_string().contains("no/such/secret"), "{err}");
 }
 
+/// `ready` makes the slots' warm-up trips at once, and what fails init still does: any secret a
+/// slot needs, the webhook's own secret where the function asked for it; while a missing bot
+/// token (alerts wait for it) and Redis being down (health answers 503) only warn.
+#[tokio::test]
+async fn ready_fails_init_on_a_needed_secret_and_only_warns_for_the_bot_token_and_redis() {
+    // A stack whose secrets are seeded, each case with one thing missing.
+    let seeded = spawn_app().await;
+    let base = (*seeded.state.config).clone();
+    let app = |config: shared::config::Config| shared::App::from_parts(config, seeded.sdk.clone());
+    assert!(app(base.clone()).keys().vault().ready().await.is_ok(), "the seeded secrets load");
+    let no_vault = shared::config::Config { encryption_secret_id: "no/such/vault".into(), ..base.clone() };
+    let Err(err) = app(no_vault).keys().vault().ready().await else { panic!("a missing vault fails init beside good keys") };
+    assert!(err.to_string().contains("no/such/vault"), "{err}");
+
+    let no_bot = shared::config::Config { telegram_secret_id: "no/such/bot".into(), ..base.clone() };
+    assert!(app(no_bot).telegram().unwrap().telegram_webhook().ready().await.is_ok(), "the bot token is best effort");
+    let no_webhook = shared::config::Config { telegram_webhook_secret_id: "no/such/webhook".into(), ..base.clone() };
+    assert!(app(no_webhook.clone()).telegram().unwrap().ready().await.is_ok(), "only the webhook function needs its secret");
+    let Err(err) = app(no_webhook).telegram().unwrap().telegram_webhook().ready().await else {
+        panic!("the webhook function cannot start without its secret")
+    };
+    assert!(err.to_string().contains("no/such/webhook"), "{err}");
+
+    let down = base.clone();
+    let down = shared::config::Config { redis_url: shared::secrets::Secret::new("redis://127.0.0.1:1".to_owned()), ..down };
+    assert!(app(down).redis().await.unwrap().keys().ready().await.is_ok(), "Redis down is not fatal at init");
+}
+
 /// What the node says about cluster mode, over a plain connection.
 async fn cluster_info(url: &str, ca: Option<String>) -> String {
     let config = test_config(&[("REDIS_URL", url.to_owned())]);

@@ -445,3 +445,47 @@ async fn an_older_resting_order_that_fills_after_the_release_is_backfilled_with_
         assert_eq!(orders(&app, &token, "?status=open").await.body["orders"], json!([]), "run {run}: a filled order is not open");
     }
 }
+
+/// The key's answer goes in the paper fill's transaction only on the terms of any answer: its
+/// record is there and still in progress. Refused (gone, or answered already), the order is
+/// filled or put to rest all the same, alone, and says so, so the caller answers the key itself
+/// (first writer wins); no bare record is ever made.
+#[tokio::test]
+async fn a_paper_order_whose_key_cannot_take_the_answer_is_placed_alone() {
+    use shared::trading::exchange::KeyAnswer;
+    let app = spawn_app().await;
+    app.set_mark("BTCUSDT", "65000").await;
+    let token = access_token(&app).await;
+    let user_id = user_id_of(&app, &token).await;
+    let trading = app.trading();
+    let answer_body = |_: &OrderIntent, fill: &shared::trading::model::OrderFill| format!("{{\"order_id\":\"{}\"}}", fill.order_id);
+    for (n, (record_left, order_type, price)) in
+        [(false, OrderType::Market, None), (true, OrderType::Market, None), (false, OrderType::Limit, Some("60000"))]
+            .into_iter()
+            .enumerate()
+    {
+        let key = format!("key-{n}");
+        let mut order = intent("BTCUSDT", Side::Buy, "0.01", false, &format!("answer-{n}"), "manual");
+        order.order_type = order_type;
+        order.price = price.map(d);
+        assert!(trading.record_pending_order(&user_id, &order).await.unwrap());
+        if record_left {
+            // Answered already by someone else: the answer there stays.
+            let record = shared::trading::idempotency::new_record("fp".into(), order.client_order_id.clone());
+            trading.put_completed_idempotency(&user_id, &key, record, 409, "{\"first\":true}").await.unwrap();
+        }
+        let snapshot = trading.snapshot(&user_id).await.unwrap();
+        let marks = std::collections::HashMap::from([("BTCUSDT".to_owned(), d("65000"))]);
+        let exchange = shared::trading::service::paper_exchange(&app.state, &user_id, marks, snapshot).await.unwrap();
+        let (fill, answered) =
+            exchange.place_answering(&order, OrderGuard::default(), KeyAnswer { key: &key, body: answer_body }).await.unwrap();
+        assert!(!answered, "case {n}: the key refused the answer");
+        let stored = trading.order(&user_id, &order.client_order_id).await.unwrap().expect("the order");
+        assert_eq!(stored.fill.as_ref().map(|f| f.status), Some(fill.status), "case {n}: placed alone");
+        let record = trading.idempotency_record(&user_id, &key).await.unwrap();
+        match record_left {
+            false => assert!(record.is_none(), "case {n}: no bare record: {record:?}"),
+            true => assert_eq!(record.and_then(|r| r.body), Some("{\"first\":true}".to_owned()), "case {n}: the first answer stays"),
+        }
+    }
+}

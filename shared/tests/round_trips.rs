@@ -27,7 +27,7 @@ struct Counts {
 
 impl Counts {
     fn check(&mut self, route: &str, calls: &[Vec<String>], bound: std::ops::RangeToInclusive<usize>) {
-        self.check_range(route, calls, 0..=bound.end)
+        self.check_range(route, calls, 1..=bound.end)
     }
     fn check_range(&mut self, route: &str, calls: &[Vec<String>], bound: std::ops::RangeInclusive<usize>) {
         eprintln!("{route}: {} round trips {calls:?}", calls.len());
@@ -134,4 +134,23 @@ async fn bot_status_makes_one_round_trip_and_a_paper_order_three() {
     // fill with the key's answer in its transaction.
     counts.check_range("submit", &submit_calls, 3..=3);
     counts.assert_all();
+}
+
+/// The count is the longest chain of calls each waiting on the one before: a call made after one
+/// answer is one round trip deeper even while that answer's sibling is still out, and calls sent
+/// together stay one round trip.
+#[test]
+fn a_call_waiting_on_an_answer_is_one_round_trip_deeper_though_a_sibling_is_still_out() {
+    let trips = RoundTrips::default();
+    let (a, b) = (trips.started("a".into()), trips.started("b".into()));
+    trips.answered(a);
+    let c = trips.started("c".into());
+    trips.answered(b);
+    trips.answered(c);
+    let d = trips.started("d".into());
+    trips.answered(d);
+    assert_eq!(trips.take(), vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
+    assert_eq!(trips.take(), Vec::<Vec<String>>::new(), "taken: the next request starts at depth 1");
+    trips.started("e".into());
+    assert_eq!(trips.take(), vec![vec!["e"]]);
 }

@@ -57,22 +57,24 @@ impl crate::trading::store::TradingStore<'_> {
         crate::dynamo::get_item(self.client, self.table, keys::idempotency(user_id, key)).await
     }
 
-    /// Stores the final answer (first writer wins).
-    /// The key's answer as part of the transaction that settles its order. No condition: that
-    /// transaction runs once (it is conditioned on the order still pending), and the key's
-    /// record, written with the order, is in progress until then.
+    /// The key's answer as part of the transaction that settles its order, on the same terms as
+    /// `complete_idempotency`: the record is there and still in progress (never a bare record
+    /// made by the update, without its fingerprint or expiry).
     pub(crate) fn answer_update(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<Update, StoreError> {
         Ok(Update::builder()
             .table_name(self.table)
             .set_key(Some(keys::idempotency(user_id, key)))
             .update_expression("SET completed = :t, #status = :status, body = :body")
+            .condition_expression("attribute_exists(PK) AND completed = :f")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
             .expression_attribute_values(":status", n(status))
             .expression_attribute_values(":body", s(body))
             .build()?)
     }
 
+    /// Stores the final answer (first writer wins).
     pub async fn complete_idempotency(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
         let result = self
             .client

@@ -225,10 +225,9 @@ impl PaperExchange {
         self.marks.get(symbol).copied().ok_or_else(|| ExchangeError::NoMarkPrice(symbol.to_owned()))
     }
 
-    /// Fills `intent` at `price` with `fee_rate`, retrying when another order of the user moved
-    /// the account meanwhile. An order already settled by an earlier try reports that fill.
     /// Fills or rests `intent` at the mark; with `answer`, the key's answer goes in the same
-    /// transaction (`true`), unless an earlier try settled the order (`false`).
+    /// transaction (`true`), unless an earlier try settled the order or the key refused it
+    /// (`false`: the caller answers the key itself).
     async fn place(
         &self,
         intent: &OrderIntent,
@@ -248,6 +247,8 @@ impl PaperExchange {
         }
     }
 
+    /// Fills `intent` at `price` with `fee_rate`, retrying when another order of the user moved
+    /// the account meanwhile. An order already settled by an earlier try reports that fill.
     async fn fill_at(
         &self,
         intent: &OrderIntent,
@@ -255,7 +256,7 @@ impl PaperExchange {
         fee_rate: Decimal,
         guard: OrderGuard,
         settles: Settles,
-        answer: Option<KeyAnswer<'_>>,
+        mut answer: Option<KeyAnswer<'_>>,
     ) -> Result<(OrderFill, bool), ExchangeError> {
         let mut snapshot = self.snapshot.lock().await;
         for attempt in 0..12u64 {
@@ -287,6 +288,8 @@ impl PaperExchange {
                 // Settled already (filled by an earlier try, or canceled): report that.
                 PaperWrite::OrderSettled | PaperWrite::AlreadyResting => return self.settled(intent).await.map(|fill| (fill, false)),
                 PaperWrite::BotNotRunning => return Err(ExchangeError::BotNotRunning),
+                // The fill goes alone; the caller answers the key.
+                PaperWrite::AnswerRefused => answer = None,
                 // Another order of this user moved the account: read again and retry.
                 PaperWrite::AccountMoved => {
                     tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % (10 + 20 * attempt.min(5)))).await
@@ -334,16 +337,24 @@ impl PaperExchange {
             realized_pnl: Decimal::ZERO,
         };
         let resting = RestingOrder { intent: intent.clone(), order_id: fill.order_id.clone(), created_at: now_rfc3339() };
-        let answer_body = answer.map(|a| (a.key, (a.body)(intent, &fill)));
-        match self.store().rest_paper_order(&self.user_id, &resting, &fill, guard.require_running_bot, answer_body).await? {
-            PaperWrite::Written => {
-                self.snapshot.lock().await.resting.push(resting);
-                Ok((fill, answer.is_some()))
-            }
-            // An earlier try put it to rest.
-            PaperWrite::AlreadyResting => Ok((fill, false)),
-            PaperWrite::OrderSettled | PaperWrite::AccountMoved => self.settled(intent).await.map(|fill| (fill, false)),
-            PaperWrite::BotNotRunning => Err(ExchangeError::BotNotRunning),
+        let mut answer = answer;
+        loop {
+            let answer_body = answer.map(|a| (a.key, (a.body)(intent, &fill)));
+            return match self.store().rest_paper_order(&self.user_id, &resting, &fill, guard.require_running_bot, answer_body).await? {
+                PaperWrite::Written => {
+                    self.snapshot.lock().await.resting.push(resting);
+                    Ok((fill, answer.is_some()))
+                }
+                // An earlier try put it to rest.
+                PaperWrite::AlreadyResting => Ok((fill, false)),
+                PaperWrite::OrderSettled | PaperWrite::AccountMoved => self.settled(intent).await.map(|fill| (fill, false)),
+                PaperWrite::BotNotRunning => Err(ExchangeError::BotNotRunning),
+                // It rests alone; the caller answers the key.
+                PaperWrite::AnswerRefused => {
+                    answer = None;
+                    continue;
+                }
+            };
         }
     }
 

@@ -36,6 +36,9 @@ pub enum PaperWrite {
     BotNotRunning,
     /// Another order of the user moved the account or the position since they were read.
     AccountMoved,
+    /// The key's answer could not go with it (its record gone or answered): nothing written;
+    /// the write goes again without it, and the caller answers the key first-writer-wins.
+    AnswerRefused,
 }
 
 impl TradingStore<'_> {
@@ -91,6 +94,7 @@ impl TradingStore<'_> {
         if let Some(record) = crate::trading::history_store::FillRecord::of_paper_order(f.intent, f.fill, filled_ms) {
             items.extend(self.fill_puts(user_id, &record, false)?);
         }
+        let answer_index = items.len();
         if let Some((key, body)) = &f.answer {
             items.push(TransactWriteItem::builder().update(self.answer_update(user_id, key, 201, body)?).build());
         }
@@ -101,6 +105,8 @@ impl TradingStore<'_> {
             PaperWrite::OrderSettled
         } else if f.require_running_bot && outcome.failed(bot_index) {
             PaperWrite::BotNotRunning
+        } else if f.answer.is_some() && outcome.failed(answer_index) {
+            PaperWrite::AnswerRefused
         } else {
             PaperWrite::AccountMoved
         })
@@ -129,6 +135,7 @@ impl TradingStore<'_> {
         if require_running_bot {
             items.push(TransactWriteItem::builder().condition_check(self.bot_running(user_id)?).build());
         }
+        let answer_index = items.len();
         if let Some((key, body)) = &answer {
             items.push(TransactWriteItem::builder().update(self.answer_update(user_id, key, 201, body)?).build());
         }
@@ -139,8 +146,9 @@ impl TradingStore<'_> {
             PaperWrite::OrderSettled
         } else if outcome.failed(1) {
             PaperWrite::AlreadyResting
+        } else if answer.is_some() && outcome.failed(answer_index) {
+            PaperWrite::AnswerRefused
         } else {
-            // The answer's update has no condition: the bot's check is the only one left.
             PaperWrite::BotNotRunning
         })
     }

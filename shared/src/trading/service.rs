@@ -97,11 +97,17 @@ pub async fn all_marks(state: &(impl Table + Bitget)) -> Result<HashMap<String, 
     }
 }
 
-/// Every mark, read alongside a request's first reads, before it knows whether it trades on
-/// paper or which symbols it holds: a paper account then needs no read of its own. Best effort:
-/// on failure the account reads the marks it needs itself, and answers for that read.
+/// Every stored mark, read alongside a request's first reads, before it knows whether it trades
+/// on paper or which symbols it holds: a paper account then needs no read of its own. Only where
+/// the marks are a table read (one more Query in the same round trip, nothing to wait for):
+/// Bitget's tickers are an HTTP call that live accounts and replays never need, so in AWS a
+/// paper account reads them once it knows it is one. Best effort: on failure the account reads
+/// the marks it needs itself, and answers for that read.
 pub async fn prefetched_marks(state: &(impl Table + Bitget)) -> Prefetched {
-    Prefetched(all_marks(state).await.ok())
+    match state.config().market_data {
+        MarketData::Store => Prefetched(state.trading_store().stored_marks().await.ok()),
+        MarketData::Bitget => Prefetched(None),
+    }
 }
 
 /// Marks read ahead of need (`None`: the read failed, and is made again where needed).

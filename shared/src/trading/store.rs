@@ -391,8 +391,8 @@ impl TradingStore<'_> {
         })
     }
 
-    /// Marks from the table (`make price`), for the symbols asked, in one BatchGetItem.
-    /// Every stored mark, in one Query of their partition.
+    /// Every mark in the table (`make price`: the local stack's market data), in one Query of
+    /// their partition.
     pub async fn stored_marks(&self) -> Result<HashMap<String, Decimal>, StoreError> {
         let items = crate::dynamo::partition(self.client, self.table, keys::MARKS_PARTITION.to_owned()).await?;
         Ok(items

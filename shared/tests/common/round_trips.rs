@@ -1,12 +1,16 @@
-//! Counts what a request waits on: every AWS call (DynamoDB, Secrets Manager, SES) at the SDK's
-//! HTTP connector and every Redis command at a proxy in front of the test's Redis, grouped into
-//! round trips: calls the app has in flight together (a `join!` of three reads) are one round
-//! trip, a call made after every earlier one was answered starts the next.
+//! Counts what a request waits on: every AWS call (DynamoDB, Secrets Manager) at the SDK's HTTP
+//! connector and every Redis command at a proxy in front of the test's Redis, each at its depth:
+//! 1 for a call started before any answer came, else one more than the deepest call answered
+//! before it started. The round trips are the deepest call's depth: the longest chain of calls
+//! each made after the one before it was answered. Calls in flight together (a `join!` of three
+//! reads) share a depth; a call that waited on another's answer is one deeper, even while a
+//! slower sibling of that one is still out.
 //!
 //! Every answer is held for `HOLD` before the app gets it, so calls issued together are all
-//! seen in flight together however the two cores schedule them: a round trip is never split,
-//! and a sequential call cannot join an earlier one because it cannot start before that one's
-//! answer arrived.
+//! started before any of them is answered however the two cores schedule them.
+//!
+//! Mail is not counted: the local stack writes it to the outbox file. In AWS, SES's SendEmail is
+//! one more round trip after the code is stored (register, resend, forgot).
 
 use super::*;
 use std::sync::{Arc, Mutex};
@@ -16,9 +20,10 @@ const HOLD: Duration = Duration::from_millis(60);
 
 #[derive(Default)]
 struct Ledger {
-    in_flight: usize,
-    /// Each round trip's calls, oldest first.
-    trips: Vec<Vec<String>>,
+    /// The deepest call answered so far.
+    answered_depth: usize,
+    /// Every call with its depth, in the order they started.
+    calls: Vec<(usize, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -30,22 +35,29 @@ impl RoundTrips {
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn started(&self, call: String) {
+    /// Records a call starting now; its depth, for `answered`.
+    pub fn started(&self, call: String) -> usize {
         let mut ledger = self.lock();
-        if ledger.in_flight == 0 {
-            ledger.trips.push(Vec::new());
-        }
-        ledger.in_flight += 1;
-        ledger.trips.last_mut().expect("a trip is open").push(call);
+        let depth = ledger.answered_depth + 1;
+        ledger.calls.push((depth, call));
+        depth
     }
-    fn answered(&self, calls: usize) {
+    pub fn answered(&self, depth: usize) {
         let mut ledger = self.lock();
-        ledger.in_flight = ledger.in_flight.saturating_sub(calls);
+        ledger.answered_depth = ledger.answered_depth.max(depth);
     }
     /// The round trips since the last `take`, each with its calls ("dynamodb GetItem", "redis
-    /// EVALSHA").
+    /// EVALSHA"); the next request's first calls are at depth 1 again.
     pub fn take(&self) -> Vec<Vec<String>> {
-        std::mem::take(&mut self.lock().trips)
+        let mut ledger = self.lock();
+        ledger.answered_depth = 0;
+        let calls = std::mem::take(&mut ledger.calls);
+        let deepest = calls.iter().map(|(depth, _)| *depth).max().unwrap_or(0);
+        let mut trips = vec![Vec::new(); deepest];
+        for (depth, call) in calls {
+            trips[depth - 1].push(call);
+        }
+        trips
     }
 }
 
@@ -96,12 +108,12 @@ impl aws_smithy_runtime_api::client::http::HttpConnector for Counting {
             }
             None => format!("aws {}", request.uri()),
         };
-        self.trips.started(call);
+        let depth = self.trips.started(call);
         let (answer, trips) = (self.inner.call(request), self.trips.clone());
         aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(async move {
             let response = answer.await;
             tokio::time::sleep(HOLD).await;
-            trips.answered(1);
+            trips.answered(depth);
             response
         })
     }
@@ -120,7 +132,9 @@ async fn redis_proxy(upstream: &str, trips: RoundTrips) -> String {
                 let Ok(server) = tokio::net::TcpStream::connect(&address).await else { return };
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
-                let answered = trips.clone();
+                // A connection answers its commands in the order they came: their depths, queued.
+                let depths = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+                let (answered, answered_depths) = (trips.clone(), depths.clone());
                 let answers = tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let (mut pending, mut buf) = (Vec::new(), [0u8; 16 * 1024]);
@@ -135,7 +149,10 @@ async fn redis_proxy(upstream: &str, trips: RoundTrips) -> String {
                             replies += 1;
                         }
                         tokio::time::sleep(HOLD).await;
-                        answered.answered(replies);
+                        for _ in 0..replies {
+                            let depth = answered_depths.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                            answered.answered(depth.unwrap_or(0));
+                        }
                         if client_write.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -150,7 +167,8 @@ async fn redis_proxy(upstream: &str, trips: RoundTrips) -> String {
                     }
                     pending.extend_from_slice(&buf[..n]);
                     while let Some((command, used)) = parse_command(&pending) {
-                        trips.started(format!("redis {command}"));
+                        let depth = trips.started(format!("redis {command}"));
+                        depths.lock().unwrap_or_else(|p| p.into_inner()).push_back(depth);
                         pending.drain(..used);
                     }
                     if server_write.write_all(&buf[..n]).await.is_err() {

@@ -12,8 +12,8 @@ cargo bench -p shared --bench crypto --bench handlers
 N=${N:-1000} cargo bench -p shared --bench route_cpu
 # The round trips each hot route waits on, as the route test counts them.
 mkdir -p .local/bench
-cargo test -p shared --test round_trips -- --nocapture 2>&1 \
-  | sed -n 's/^\([a-z]*\): \([0-9]*\) round trips \(.*\)$/\1\t\2\t\3/p' > .local/bench/trips.tsv
+cargo test -p shared --test round_trips -- --nocapture --test-threads=1 2>&1 \
+  | grep -o '[a-z]*: [0-9]* round trips .*' | sed 's/^\([a-z]*\): \([0-9]*\) round trips \(.*\)$/\1\t\2\t\3/' > .local/bench/trips.tsv
 bench/guardian_scale.sh
 bench/init_time.sh
 bench/live_latency.sh

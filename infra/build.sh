@@ -4,6 +4,7 @@
 # then every bootstrap's size against its budget. Records the wall and CPU time and the sizes in
 # .local/bench/build.tsv for bench/RESULTS.md.
 set -euo pipefail
+export LC_ALL=C
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)

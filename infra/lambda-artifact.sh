@@ -12,4 +12,7 @@ binary=$(awk -v id="  $id:" '$0 == id {found = 1} found && $1 == "Binary:" {prin
 # ran sam (one cargo invocation per function here would race over target/lambda).
 bootstrap="${CARGO_TARGET_DIR:-target}/lambda/$binary/bootstrap"
 [ -f "$bootstrap" ] || { echo "$bootstrap is missing: build with \`make build\` (infra/lambda-build.sh, then sam build)" >&2; exit 1; }
+stamp="${CARGO_TARGET_DIR:-target}/lambda/.source"
+[ "$(cat "$stamp" 2>/dev/null)" = "$(infra/source-stamp.sh)" ] || {
+  echo "$bootstrap was built from other source than this tree's: build with \`make build\`" >&2; exit 1; }
 cp "$bootstrap" "$artifacts/bootstrap"

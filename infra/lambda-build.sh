@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 packages=()
 for dir in functions/*/; do packages+=(-p "$(basename "$dir")"); done
-exec cargo lambda build --release --disable-optimizations --quiet "${packages[@]}"
+cargo lambda build --release --disable-optimizations --quiet "${packages[@]}"
+# What the bootstraps were built from, for infra/lambda-artifact.sh to check before sam ships them.
+infra/source-stamp.sh > "${CARGO_TARGET_DIR:-target}/lambda/.source"

@@ -144,9 +144,11 @@ fn apply_common_headers(response: &mut Response<Body>, request_id: &str, origin:
     }
 }
 
-/// Runs one handler: a span with the request id around it, errors turned into problem+json, a
-/// panic turned into a 500 (the warm environment survives), and the common headers on every
-/// answer. Always `Ok`, so the Lambda runtime never sees an expected failure as an invocation error.
+/// Runs one handler: a span with the request id around it, errors turned into problem+json, and
+/// the common headers on every answer. Always `Ok`, so the Lambda runtime never sees an expected
+/// failure as an invocation error. A panic (a bug) is answered 500 where panics unwind (tests,
+/// `cargo lambda watch`); the deployed binaries abort instead, logging it in this request's span
+/// (`telemetry::init`'s hook), and API Gateway answers 502.
 pub async fn serve<'a, S, F, Fut>(state: &'a S, req: Request, handler: F) -> Result<Response<Body>, lambda_http::Error>
 where
     S: Deps,

@@ -17,4 +17,12 @@ pub fn init() {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let format = tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_target(false).without_time(); // CloudWatch stamps every line itself
     let _ = tracing_subscriber::registry().with(format).with(filter).try_init();
+    // The Lambda binaries abort on a panic (Cargo.toml's release profile): the one trace of it is
+    // this line, logged inside the request's span so it carries the request id. Where and what,
+    // never a backtrace of values.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info.payload().downcast_ref::<&str>().copied().or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = what.unwrap_or("(not a string)"), at, "panicked: the execution environment ends");
+    }));
 }

@@ -151,7 +151,7 @@ async fn redis_proxy(upstream: &str, trips: RoundTrips) -> String {
                         tokio::time::sleep(HOLD).await;
                         for _ in 0..replies {
                             let depth = answered_depths.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                            answered.answered(depth.unwrap_or(0));
+                            answered.answered(depth.expect("a reply pairs with the oldest unanswered command"));
                         }
                         if client_write.write_all(&buf[..n]).await.is_err() {
                             break;
@@ -230,6 +230,7 @@ fn reply_length(bytes: &[u8], at: usize) -> Option<usize> {
             }
             Some(cursor - at)
         }
-        _ => None,
+        // A reply this parser cannot size would stall the count on its connection: say so.
+        other => panic!("a RESP reply of a type the counter does not know: {:?}", other as char),
     }
 }

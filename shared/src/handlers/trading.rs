@@ -176,7 +176,7 @@ pub async fn submit_order(state: &(impl Table + Keys + Vault + Bitget), req: Req
         for_run: None,
         reason: "manual",
     };
-    let answer = orders::submit(state, &caller, &key, order).await?;
+    let answer = Box::pin(orders::submit(state, &caller, &key, order)).await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
     let mut response = Response::builder().status(status).header(http::header::CONTENT_TYPE, content_type);

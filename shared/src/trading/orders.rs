@@ -102,7 +102,9 @@ pub async fn submit_of_its_moment(
     key: &str,
     order: NewOrder,
 ) -> Result<Answer, ApiError> {
-    let result = submit(state, caller, key, order).await;
+    // On the heap: the submit state machine is large, and the signal and strategy paths nest it
+    // deep in their own futures (an unoptimised build overflowed a 2 MiB test thread's stack).
+    let result = Box::pin(submit(state, caller, key, order)).await;
     if let Err(refusal) = &result {
         if refusal.code() == "trading_halted" {
             let record = idempotency::new_record("refused under the kill switch".into(), String::new());

@@ -74,20 +74,18 @@ impl crate::trading::store::TradingStore<'_> {
             .build()?)
     }
 
-    /// Stores the final answer (first writer wins).
+    /// Stores the final answer (first writer wins): `answer_update`, on its own.
     pub async fn complete_idempotency(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+        let answer = self.answer_update(user_id, key, status, body)?;
         let result = self
             .client
             .update_item()
-            .table_name(self.table)
-            .set_key(Some(keys::idempotency(user_id, key)))
-            .update_expression("SET completed = :t, #status = :status, body = :body")
-            .condition_expression("attribute_exists(PK) AND completed = :f")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .expression_attribute_values(":f", AttributeValue::Bool(false))
-            .expression_attribute_values(":status", n(status))
-            .expression_attribute_values(":body", s(body))
+            .table_name(answer.table_name)
+            .set_key(Some(answer.key))
+            .update_expression(answer.update_expression)
+            .set_condition_expression(answer.condition_expression)
+            .set_expression_attribute_names(answer.expression_attribute_names)
+            .set_expression_attribute_values(answer.expression_attribute_values)
             .send()
             .await;
         match result {

@@ -201,10 +201,15 @@ fn the_workspace_links_one_tls_stack_with_one_crypto_provider() {
     assert_eq!(locked_versions(&lock, "ring").len(), 1);
 }
 
+/// The names of the crates `shared` (the library every Lambda links) depends on.
+fn shared_dependencies() -> toml::value::Table {
+    let manifest: toml::Value = toml::from_str(&read("shared/Cargo.toml")).expect("shared/Cargo.toml parses");
+    manifest["dependencies"].as_table().expect("dependencies").clone()
+}
+
 #[test]
 fn dev_only_code_stays_out_of_the_library_every_lambda_links() {
-    let manifest: toml::Value = toml::from_str(&read("shared/Cargo.toml")).expect("shared/Cargo.toml parses");
-    let dependencies = manifest["dependencies"].as_table().expect("dependencies");
+    let dependencies = shared_dependencies();
     for dev_only in ["serde_yaml", "ops", "doubles", "toml"] {
         assert!(!dependencies.contains_key(dev_only), "{dev_only} belongs to the ops crate or the tests, not to shared");
     }
@@ -215,8 +220,7 @@ fn dev_only_code_stays_out_of_the_library_every_lambda_links() {
 /// bootstrap; the operator's command keeps it for laptops.
 #[test]
 fn the_library_every_lambda_links_leaves_the_default_credential_chain_to_ops() {
-    let manifest: toml::Value = toml::from_str(&read("shared/Cargo.toml")).expect("shared/Cargo.toml parses");
-    let dependencies = manifest["dependencies"].as_table().expect("dependencies");
+    let dependencies = shared_dependencies();
     for chain in ["aws-config", "aws-sdk-sts", "aws-sdk-sso", "aws-sdk-ssooidc"] {
         assert!(!dependencies.contains_key(chain), "{chain} is the default credential chain: ops may link it, shared may not");
     }

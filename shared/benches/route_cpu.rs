@@ -27,13 +27,31 @@ struct Samples {
     rows: Vec<String>,
     /// What reading the clock costs, taken off every sample.
     overhead_ns: u64,
+    /// Requests per route.
+    n: usize,
+    /// `ROUTES`: only routes whose name holds one of these comma-separated parts are measured
+    /// (to profile one route under `perf`); every route when unset.
+    only: Vec<String>,
 }
 
 impl Samples {
-    fn new() -> Self {
+    fn new(n: usize) -> Self {
         let mut reads: Vec<u64> = (0..200).map(|_| (process_cpu_ns(), process_cpu_ns())).map(|(a, b)| b.saturating_sub(a)).collect();
         reads.sort_unstable();
-        Samples { rows: Vec::new(), overhead_ns: reads[reads.len() / 2] }
+        let only = std::env::var("ROUTES").unwrap_or_default().split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        Samples { rows: Vec::new(), overhead_ns: reads[reads.len() / 2], n, only }
+    }
+
+    fn wants(&self, route: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|part| route.contains(part.as_str()))
+    }
+
+    /// Measures `route` with `run(n)` when `ROUTES` selects it.
+    fn take(&mut self, route: &str, run: impl FnOnce(usize) -> Vec<u64>) {
+        if self.wants(route) {
+            let ns = run(self.n);
+            self.add(route, ns);
+        }
     }
 
     fn add(&mut self, route: &str, mut ns: Vec<u64>) {
@@ -73,22 +91,19 @@ fn main() {
     let token = user.access.clone();
     let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "5", "max_position_notional": "100000000"});
     assert_eq!(rt.block_on(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start.clone()))).status, 200);
-    let mut samples = Samples::new();
+    let mut samples = Samples::new(n);
     let ok = |status: u16, expected: &[u16], raw: &str| assert!(expected.contains(&status), "{status}: {raw}");
 
-    samples.add(
-        "GET /api/v1/health",
-        measure(&rt, n, |_| async { ok(app.call(health::handle, request("GET", "/api/v1/health", None)).await.status, &[200], "") }),
-    );
-    samples.add(
-        "GET /.well-known/jwks.json",
-        measure(&rt, n, |_| async { ok(app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.status, &[200], "") }),
-    );
+    samples.take("GET /api/v1/health", |n| {
+        measure(&rt, n, |_| async { ok(app.call(health::handle, request("GET", "/api/v1/health", None)).await.status, &[200], "") })
+    });
+    samples.take("GET /.well-known/jwks.json", |n| {
+        measure(&rt, n, |_| async { ok(app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.status, &[200], "") })
+    });
     let get = |handler_path: &'static str| handler_path;
     for (route, path) in [("GET /api/v1/users/me", get("/api/v1/users/me")), ("GET /api/v1/auth/sessions", "/api/v1/auth/sessions")] {
         let token = token.clone();
-        samples.add(
-            route,
+        samples.take(route, |n| {
             measure(&rt, n, |_| {
                 let token = token.clone();
                 async move {
@@ -98,69 +113,73 @@ fn main() {
                     };
                     ok(res.status, &[200], &res.raw)
                 }
-            }),
-        );
+            })
+        });
     }
     let emails: Vec<String> = (0..n).map(|i| format!("cpu-{i}-{}@example.com", uuid::Uuid::new_v4().simple())).collect();
-    samples.add(
-        "POST /api/v1/auth/register",
+    let register_all = |n| {
         measure(&rt, n, |i| {
             let body = json!({"email": emails[i], "password": PASSWORD});
             async move { ok(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(body))).await.status, &[202], "") }
-        }),
-    );
+        })
+    };
+    // Verify spends the codes register mailed: they register, off the record, when only verify
+    // is measured.
+    match samples.wants("POST /api/v1/auth/verify") && !samples.wants("POST /api/v1/auth/register") {
+        true => drop(register_all(n)),
+        false => samples.take("POST /api/v1/auth/register", register_all),
+    }
     let outbox = app.outbox();
     let code_of = |email: &str| {
         outbox.iter().rev().find(|m| m["to"] == email && m["code"].is_string()).expect("a code")["code"].as_str().expect("code").to_owned()
     };
-    let codes: Vec<String> = emails.iter().map(|e| code_of(e)).collect();
-    samples.add(
-        "POST /api/v1/auth/verify",
+    samples.take("POST /api/v1/auth/verify", |n| {
+        let codes: Vec<String> = emails.iter().map(|e| code_of(e)).collect();
         measure(&rt, n, |i| {
             let body = json!({"email": emails[i], "verification_code": codes[i]});
             async move {
                 let res = app.call(auth::verify, request("POST", "/api/v1/auth/verify", Some(body))).await;
                 ok(res.status, &[200], &res.raw)
             }
-        }),
-    );
-    samples.add(
-        "POST /api/v1/auth/resend",
+        })
+    });
+    samples.take("POST /api/v1/auth/resend", |n| {
         measure(&rt, n, |i| {
             let body = json!({"email": format!("nobody-{i}@example.com")});
             async move { ok(app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(body))).await.status, &[202], "") }
-        }),
-    );
-    samples.add(
-        "POST /api/v1/auth/password/forgot",
+        })
+    });
+    samples.take("POST /api/v1/auth/password/forgot", |n| {
         measure(&rt, n, |i| {
             let body = json!({"email": format!("nobody-{i}@example.com")});
             async move {
                 ok(app.call(auth::forgot_password, request("POST", "/api/v1/auth/password/forgot", Some(body))).await.status, &[202], "")
             }
-        }),
-    );
-    let login_body = json!({"email": user.email, "password": PASSWORD});
-    let logins = measure(&rt, n, |_| {
-        let body = login_body.clone();
-        async move {
-            let res = app.call(auth::login, request("POST", "/api/v1/auth/login", Some(body))).await;
-            ok(res.status, &[200], &res.raw)
-        }
+        })
     });
-    samples.add("POST /api/v1/auth/login", logins);
+    let login_body = json!({"email": user.email, "password": PASSWORD});
+    samples.take("POST /api/v1/auth/login", |n| {
+        measure(&rt, n, |_| {
+            let body = login_body.clone();
+            async move {
+                let res = app.call(auth::login, request("POST", "/api/v1/auth/login", Some(body))).await;
+                ok(res.status, &[200], &res.raw)
+            }
+        })
+    });
     // The bare verify: the hash the login record holds, checked by the argon2 crate itself.
     let phc = rt.block_on(shared::auth::password::hash(PASSWORD.to_owned())).expect("hash");
-    let bare = (0..n)
-        .map(|_| {
-            use argon2::PasswordVerifier;
-            let before = process_cpu_ns();
-            let parsed = argon2::PasswordHash::new(&phc).expect("phc");
-            assert!(argon2::Argon2::default().verify_password(PASSWORD.as_bytes(), &parsed).is_ok());
-            process_cpu_ns() - before
-        })
-        .collect();
-    samples.add("bare Argon2id verify", bare);
+    samples.take("bare Argon2id verify", |n| {
+        (0..n)
+            .map(|_| {
+                use argon2::PasswordVerifier;
+                let before = process_cpu_ns();
+                let parsed = argon2::PasswordHash::new(&phc).expect("phc");
+                assert!(argon2::Argon2::default().verify_password(PASSWORD.as_bytes(), &parsed).is_ok());
+                process_cpu_ns() - before
+            })
+            .collect()
+    });
     let authed: [(&str, &str); 8] = [
         ("GET /api/v1/bot/status", "/api/v1/bot/status"),
         ("GET /api/v1/account", "/api/v1/account"),
@@ -180,20 +199,18 @@ fn main() {
         req.headers_mut().insert("idempotency-key", key.parse().expect("key"));
         req
     };
-    samples.add(
-        "POST /api/v1/order/submit (paper)",
+    samples.take("POST /api/v1/order/submit (paper)", |n| {
         measure(&rt, n, |i| {
             let req = order(uuid::Uuid::new_v4().to_string(), if i % 2 == 0 { "buy" } else { "sell" });
             async move {
                 let res = app.call(trading::submit_order, req).await;
                 ok(res.status, &[201], &res.raw)
             }
-        }),
-    );
+        })
+    });
     for (route, path) in authed {
         let token = token.clone();
-        samples.add(
-            route,
+        samples.take(route, |n| {
             measure(&rt, n, |_| {
                 let token = token.clone();
                 async move {
@@ -209,8 +226,8 @@ fn main() {
                     };
                     ok(res.status, &[200, 201], &res.raw)
                 }
-            }),
-        );
+            })
+        });
     }
     // Routes that use up what they act on: each request's subject is made just before it, off
     // the clock (`make` runs before the measurement starts).
@@ -225,15 +242,13 @@ fn main() {
     let resting_buy = json!({"symbol": "BTCUSDT", "side": "buy", "type": "limit", "size": "0.001", "price": "64000"});
     let first = submit_now(market_buy.clone());
     let order_path = format!("/api/v1/orders/{}", first["order_id"].as_str().expect("order id"));
-    samples.add(
-        "GET /api/v1/orders/{order_id}",
+    samples.take("GET /api/v1/orders/{order_id}", |n| {
         measure(&rt, n, |_| async {
             let res = app.call_as(trading::get_order, &token, "GET", &order_path, None).await;
             ok(res.status, &[200], &res.raw)
-        }),
-    );
-    samples.add(
-        "DELETE /api/v1/orders/{order_id}",
+        })
+    });
+    samples.take("DELETE /api/v1/orders/{order_id}", |n| {
         measure(&rt, n, |_| {
             let path = format!("/api/v1/orders/{}", submit_now(resting_buy.clone())["order_id"].as_str().expect("order id"));
             let token = token.clone();
@@ -241,10 +256,9 @@ fn main() {
                 let res = app.call_as(trading::cancel_order, &token, "DELETE", &path, None).await;
                 ok(res.status, &[200], &res.raw)
             }
-        }),
-    );
-    samples.add(
-        "POST /api/v1/positions/{symbol}/close",
+        })
+    });
+    samples.take("POST /api/v1/positions/{symbol}/close", |n| {
         measure(&rt, n, |_| {
             submit_now(market_buy.clone());
             let token = token.clone();
@@ -252,8 +266,8 @@ fn main() {
                 let res = app.call_as(trading::close_position, &token, "POST", "/api/v1/positions/BTCUSDT/close", None).await;
                 ok(res.status, &[200], &res.raw)
             }
-        }),
-    );
+        })
+    });
     let bot_call = |stop: bool| {
         let (token, config) = (token.clone(), start.clone());
         async move {
@@ -264,22 +278,19 @@ fn main() {
             ok(res.status, &[200], &res.raw)
         }
     };
-    samples.add(
-        "POST /api/v1/bot/stop",
+    samples.take("POST /api/v1/bot/stop", |n| {
         measure(&rt, n, |_| {
             rt.block_on(bot_call(false));
             bot_call(true)
-        }),
-    );
-    samples.add(
-        "POST /api/v1/bot/start",
+        })
+    });
+    samples.take("POST /api/v1/bot/start", |n| {
         measure(&rt, n, |_| {
             rt.block_on(bot_call(true));
             bot_call(false)
-        }),
-    );
-    samples.add(
-        "POST /api/v1/auth/logout",
+        })
+    });
+    samples.take("POST /api/v1/auth/logout", |n| {
         measure(&rt, n, |_| {
             let res = rt.block_on(app.call(auth::login, request("POST", "/api/v1/auth/login", Some(login_body.clone()))));
             ok(res.status, &[200], &res.raw);
@@ -288,13 +299,12 @@ fn main() {
                 let res = app.call(auth::logout, request("POST", "/api/v1/auth/logout", Some(body))).await;
                 ok(res.status, &[200, 204], &res.raw)
             }
-        }),
-    );
+        })
+    });
     // Last: each rotation adds to the token family's items, and DynamoDB Local slows down as a
     // table grows (it costs wall time only, not this process's CPU).
     let refresh = std::cell::RefCell::new(user.refresh.clone());
-    samples.add(
-        "POST /api/v1/auth/refresh",
+    samples.take("POST /api/v1/auth/refresh", |n| {
         measure(&rt, n, |_| {
             let current = refresh.borrow().clone();
             let refresh = &refresh;
@@ -303,8 +313,8 @@ fn main() {
                 ok(res.status, &[200], &res.raw);
                 *refresh.borrow_mut() = res.body["refresh_token"].as_str().expect("token").to_owned();
             }
-        }),
-    );
+        })
+    });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let path = dir.join("cpu.tsv");

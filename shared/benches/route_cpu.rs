@@ -30,7 +30,9 @@ struct Samples {
     /// Requests per route.
     n: usize,
     /// `ROUTES`: only routes whose name holds one of these comma-separated parts are measured
-    /// (to profile one route under `perf`); every route when unset.
+    /// (to profile one route under `perf`); every route when unset. A selection changes the
+    /// workload: without the submit route the lists and PnL read no orders, and verify alone
+    /// still runs register's hashing (off the record, but in the profile).
     only: Vec<String>,
 }
 
@@ -38,7 +40,8 @@ impl Samples {
     fn new(n: usize) -> Self {
         let mut reads: Vec<u64> = (0..200).map(|_| (process_cpu_ns(), process_cpu_ns())).map(|(a, b)| b.saturating_sub(a)).collect();
         reads.sort_unstable();
-        let only = std::env::var("ROUTES").unwrap_or_default().split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        let only =
+            std::env::var("ROUTES").unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
         Samples { rows: Vec::new(), overhead_ns: reads[reads.len() / 2], n, only }
     }
 
@@ -315,6 +318,12 @@ fn main() {
             }
         })
     });
+    // A selection is for profiling: bench/results.sh publishes cpu.tsv, which only a full run
+    // may replace.
+    if !samples.only.is_empty() {
+        eprintln!("ROUTES is set: {} routes measured, .local/bench/cpu.tsv left as it was", samples.rows.len());
+        return;
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let path = dir.join("cpu.tsv");

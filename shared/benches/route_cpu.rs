@@ -27,8 +27,6 @@ struct Samples {
     rows: Vec<String>,
     /// What reading the clock costs, taken off every sample.
     overhead_ns: u64,
-    /// Requests per route.
-    n: usize,
     /// `ROUTES`: only routes whose name holds one of these comma-separated parts are measured
     /// (to profile one route under `perf`); every route when unset. A selection changes the
     /// workload: without the submit route the lists and PnL read no orders, and verify alone
@@ -37,22 +35,22 @@ struct Samples {
 }
 
 impl Samples {
-    fn new(n: usize) -> Self {
+    fn new() -> Self {
         let mut reads: Vec<u64> = (0..200).map(|_| (process_cpu_ns(), process_cpu_ns())).map(|(a, b)| b.saturating_sub(a)).collect();
         reads.sort_unstable();
         let only =
             std::env::var("ROUTES").unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
-        Samples { rows: Vec::new(), overhead_ns: reads[reads.len() / 2], n, only }
+        Samples { rows: Vec::new(), overhead_ns: reads[reads.len() / 2], only }
     }
 
     fn wants(&self, route: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|part| route.contains(part.as_str()))
     }
 
-    /// Measures `route` with `run(n)` when `ROUTES` selects it.
-    fn take(&mut self, route: &str, run: impl FnOnce(usize) -> Vec<u64>) {
+    /// Measures `route` with `run` when `ROUTES` selects it.
+    fn take(&mut self, route: &str, run: impl FnOnce() -> Vec<u64>) {
         if self.wants(route) {
-            let ns = run(self.n);
+            let ns = run();
             self.add(route, ns);
         }
     }
@@ -94,19 +92,19 @@ fn main() {
     let token = user.access.clone();
     let start = json!({"symbol": "BTCUSDT", "leverage": 10, "stop_loss_pct": "5", "max_position_notional": "100000000"});
     assert_eq!(rt.block_on(app.call_as(trading::start_bot, &token, "POST", "/api/v1/bot/start", Some(start.clone()))).status, 200);
-    let mut samples = Samples::new(n);
+    let mut samples = Samples::new();
     let ok = |status: u16, expected: &[u16], raw: &str| assert!(expected.contains(&status), "{status}: {raw}");
 
-    samples.take("GET /api/v1/health", |n| {
+    samples.take("GET /api/v1/health", || {
         measure(&rt, n, |_| async { ok(app.call(health::handle, request("GET", "/api/v1/health", None)).await.status, &[200], "") })
     });
-    samples.take("GET /.well-known/jwks.json", |n| {
+    samples.take("GET /.well-known/jwks.json", || {
         measure(&rt, n, |_| async { ok(app.call(auth::jwks, request("GET", "/.well-known/jwks.json", None)).await.status, &[200], "") })
     });
     let get = |handler_path: &'static str| handler_path;
     for (route, path) in [("GET /api/v1/users/me", get("/api/v1/users/me")), ("GET /api/v1/auth/sessions", "/api/v1/auth/sessions")] {
         let token = token.clone();
-        samples.take(route, |n| {
+        samples.take(route, || {
             measure(&rt, n, |_| {
                 let token = token.clone();
                 async move {
@@ -120,7 +118,7 @@ fn main() {
         });
     }
     let emails: Vec<String> = (0..n).map(|i| format!("cpu-{i}-{}@example.com", uuid::Uuid::new_v4().simple())).collect();
-    let register_all = |n| {
+    let register_all = || {
         measure(&rt, n, |i| {
             let body = json!({"email": emails[i], "password": PASSWORD});
             async move { ok(app.call(auth::register, request("POST", "/api/v1/auth/register", Some(body))).await.status, &[202], "") }
@@ -129,14 +127,14 @@ fn main() {
     // Verify spends the codes register mailed: they register, off the record, when only verify
     // is measured.
     match samples.wants("POST /api/v1/auth/verify") && !samples.wants("POST /api/v1/auth/register") {
-        true => drop(register_all(n)),
+        true => drop(register_all()),
         false => samples.take("POST /api/v1/auth/register", register_all),
     }
     let outbox = app.outbox();
     let code_of = |email: &str| {
         outbox.iter().rev().find(|m| m["to"] == email && m["code"].is_string()).expect("a code")["code"].as_str().expect("code").to_owned()
     };
-    samples.take("POST /api/v1/auth/verify", |n| {
+    samples.take("POST /api/v1/auth/verify", || {
         let codes: Vec<String> = emails.iter().map(|e| code_of(e)).collect();
         measure(&rt, n, |i| {
             let body = json!({"email": emails[i], "verification_code": codes[i]});
@@ -146,13 +144,13 @@ fn main() {
             }
         })
     });
-    samples.take("POST /api/v1/auth/resend", |n| {
+    samples.take("POST /api/v1/auth/resend", || {
         measure(&rt, n, |i| {
             let body = json!({"email": format!("nobody-{i}@example.com")});
             async move { ok(app.call(auth::resend, request("POST", "/api/v1/auth/resend", Some(body))).await.status, &[202], "") }
         })
     });
-    samples.take("POST /api/v1/auth/password/forgot", |n| {
+    samples.take("POST /api/v1/auth/password/forgot", || {
         measure(&rt, n, |i| {
             let body = json!({"email": format!("nobody-{i}@example.com")});
             async move {
@@ -161,7 +159,7 @@ fn main() {
         })
     });
     let login_body = json!({"email": user.email, "password": PASSWORD});
-    samples.take("POST /api/v1/auth/login", |n| {
+    samples.take("POST /api/v1/auth/login", || {
         measure(&rt, n, |_| {
             let body = login_body.clone();
             async move {
@@ -172,7 +170,7 @@ fn main() {
     });
     // The bare verify: the hash the login record holds, checked by the argon2 crate itself.
     let phc = rt.block_on(shared::auth::password::hash(PASSWORD.to_owned())).expect("hash");
-    samples.take("bare Argon2id verify", |n| {
+    samples.take("bare Argon2id verify", || {
         (0..n)
             .map(|_| {
                 use argon2::PasswordVerifier;
@@ -202,7 +200,7 @@ fn main() {
         req.headers_mut().insert("idempotency-key", key.parse().expect("key"));
         req
     };
-    samples.take("POST /api/v1/order/submit (paper)", |n| {
+    samples.take("POST /api/v1/order/submit (paper)", || {
         measure(&rt, n, |i| {
             let req = order(uuid::Uuid::new_v4().to_string(), if i % 2 == 0 { "buy" } else { "sell" });
             async move {
@@ -213,7 +211,7 @@ fn main() {
     });
     for (route, path) in authed {
         let token = token.clone();
-        samples.take(route, |n| {
+        samples.take(route, || {
             measure(&rt, n, |_| {
                 let token = token.clone();
                 async move {
@@ -245,13 +243,13 @@ fn main() {
     let resting_buy = json!({"symbol": "BTCUSDT", "side": "buy", "type": "limit", "size": "0.001", "price": "64000"});
     let first = submit_now(market_buy.clone());
     let order_path = format!("/api/v1/orders/{}", first["order_id"].as_str().expect("order id"));
-    samples.take("GET /api/v1/orders/{order_id}", |n| {
+    samples.take("GET /api/v1/orders/{order_id}", || {
         measure(&rt, n, |_| async {
             let res = app.call_as(trading::get_order, &token, "GET", &order_path, None).await;
             ok(res.status, &[200], &res.raw)
         })
     });
-    samples.take("DELETE /api/v1/orders/{order_id}", |n| {
+    samples.take("DELETE /api/v1/orders/{order_id}", || {
         measure(&rt, n, |_| {
             let path = format!("/api/v1/orders/{}", submit_now(resting_buy.clone())["order_id"].as_str().expect("order id"));
             let token = token.clone();
@@ -261,7 +259,7 @@ fn main() {
             }
         })
     });
-    samples.take("POST /api/v1/positions/{symbol}/close", |n| {
+    samples.take("POST /api/v1/positions/{symbol}/close", || {
         measure(&rt, n, |_| {
             submit_now(market_buy.clone());
             let token = token.clone();
@@ -281,19 +279,19 @@ fn main() {
             ok(res.status, &[200], &res.raw)
         }
     };
-    samples.take("POST /api/v1/bot/stop", |n| {
+    samples.take("POST /api/v1/bot/stop", || {
         measure(&rt, n, |_| {
             rt.block_on(bot_call(false));
             bot_call(true)
         })
     });
-    samples.take("POST /api/v1/bot/start", |n| {
+    samples.take("POST /api/v1/bot/start", || {
         measure(&rt, n, |_| {
             rt.block_on(bot_call(true));
             bot_call(false)
         })
     });
-    samples.take("POST /api/v1/auth/logout", |n| {
+    samples.take("POST /api/v1/auth/logout", || {
         measure(&rt, n, |_| {
             let res = rt.block_on(app.call(auth::login, request("POST", "/api/v1/auth/login", Some(login_body.clone()))));
             ok(res.status, &[200], &res.raw);
@@ -307,7 +305,7 @@ fn main() {
     // Last: each rotation adds to the token family's items, and DynamoDB Local slows down as a
     // table grows (it costs wall time only, not this process's CPU).
     let refresh = std::cell::RefCell::new(user.refresh.clone());
-    samples.take("POST /api/v1/auth/refresh", |n| {
+    samples.take("POST /api/v1/auth/refresh", || {
         measure(&rt, n, |_| {
             let current = refresh.borrow().clone();
             let refresh = &refresh;

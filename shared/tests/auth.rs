@@ -593,6 +593,104 @@ async fn a_registration_that_keeps_conflicting_answers_503_and_sends_nothing_the
     assert!(app.outbox().iter().any(|m| m["to"] == normalised(&email).as_str() && m["code"].is_string()), "nothing was created before");
 }
 
+/// The address's mail counters: (sends this hour, whether the 60 s cooldown runs).
+async fn mail_counters(app: &TestApp, email: &str) -> (u32, bool) {
+    let mut conn = redis_conn(app).await;
+    let keys = shared::auth::limits::EmailKeys::new(&normalised(email));
+    let hourly: Option<u32> = redis::cmd("GET").arg(&keys.hourly).query_async(&mut conn).await.unwrap();
+    let cooling: bool = redis::cmd("EXISTS").arg(&keys.cooldown).query_async(&mut conn).await.unwrap();
+    (hourly.unwrap_or(0), cooling)
+}
+
+#[tokio::test]
+async fn a_registration_that_fails_midway_leaves_the_pending_code_and_the_mail_budget_as_they_were() {
+    let mut app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    let owners_code = last_code(&app, &email);
+    a_minute_passes(&app, &email).await;
+    let counters = mail_counters(&app, &email).await;
+    let mails = app.outbox().len();
+    // Someone registers the address again while the database keeps conflicting: 503, twice.
+    let left = conflict_next_transactions(&mut app, 1000);
+    let other = json!({"email": email, "password": "someone else's passphrase"});
+    for _ in 0..2 {
+        let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(other.clone()))).await;
+        assert_eq!((res.status, res.code()), (503, "dependency_unavailable"), "{}", res.raw);
+    }
+    left.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(app.outbox().len(), mails, "nothing was mailed");
+    assert_eq!(mail_counters(&app, &email).await, counters, "no send was counted");
+    // The owner's code still verifies, and their own password signs in.
+    assert_eq!(verify(&app, &email, &owners_code).await.status, 200);
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_rate_limited_registration_changes_nothing_and_leaves_the_address_free() {
+    let app = spawn_app_with(&[("IP_RATE_LIMIT_PER_MINUTE", "2".into())]).await;
+    // Fresh documentation addresses per run: the counters live in the shared redis for a minute.
+    let source = || format!("2001:db8:2::{:x}", rand::random::<u16>());
+    let (busy, elsewhere) = (source(), source());
+    let from =
+        |email: &str, ip: &str| from_ip(request("POST", "/api/v1/auth/register", Some(json!({"email": email, "password": PASSWORD}))), ip);
+    let email = unique_email();
+    assert_eq!(app.call(auth::register, from(&email, &busy)).await.status, 202);
+    let owners_code = last_code(&app, &email);
+    a_minute_passes(&app, &email).await;
+    let counters = mail_counters(&app, &email).await;
+    assert_eq!(app.call(auth::register, from(&unique_email(), &busy)).await.status, 202);
+    let res = app.call(auth::register, from(&email, &busy)).await;
+    assert_eq!((res.status, res.code()), (429, "too_many_requests"), "{}", res.raw);
+    assert_eq!(mail_counters(&app, &email).await, counters, "no send was counted");
+    let verify =
+        from_ip(request("POST", "/api/v1/auth/verify", Some(json!({"email": email, "verification_code": owners_code}))), &elsewhere);
+    assert_eq!(app.call(auth::verify, verify).await.status, 200, "the owner's code is as it was");
+    // The slot was given back: a registration from elsewhere at once is the address's, and its
+    // owner is told.
+    let mails = app.outbox().len();
+    assert_eq!(app.call(auth::register, from(&email, &elsewhere)).await.status, 202);
+    assert_eq!(app.outbox().len(), mails + 1, "the owner's notice");
+}
+
+#[tokio::test]
+async fn registrations_count_exactly_the_mails_they_send() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    assert_eq!(mail_counters(&app, &email).await, (1, true), "the code");
+    assert_eq!(verify(&app, &email, &last_code(&app, &email)).await.status, 200);
+    for round in 1..=2u32 {
+        // A minute later the address is registered again: the owner's notice, counted.
+        a_minute_passes(&app, &email).await;
+        let mails = app.outbox().len();
+        assert_eq!(register(&app, &email).await.status, 202);
+        assert_eq!(app.outbox().len(), mails + 1, "round {round}: the notice");
+        assert_eq!(mail_counters(&app, &email).await, (1 + round, true), "round {round}");
+        // At once again: inside the cooldown nothing is sent, and nothing more is counted.
+        assert_eq!(register(&app, &email).await.status, 202);
+        assert_eq!(app.outbox().len(), mails + 1, "round {round}: no mail in the cooldown");
+        assert_eq!(mail_counters(&app, &email).await, (1 + round, true), "round {round}");
+    }
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_registration_of_a_verified_address_leaves_its_pending_codes_working() {
+    let app = spawn_app().await;
+    let (email, _) = signed_in_user(&app).await;
+    a_minute_passes(&app, &email).await;
+    assert_eq!(forgot(&app, &email).await.status, 202);
+    let reset_code = last_reset_mail(&app, &email)["code"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        a_minute_passes(&app, &email).await;
+        assert_eq!(register(&app, &email).await.status, 202);
+    }
+    let res = reset(&app, json!({"email": email, "code": reset_code, "new_password": NEW_PASSWORD})).await;
+    assert_eq!(res.status, 200, "{}", res.raw);
+    assert_eq!(login(&app, &email, NEW_PASSWORD).await.status, 200);
+}
+
 #[tokio::test]
 async fn a_verification_whose_write_fails_keeps_the_code_for_the_retry() {
     let mut app = spawn_app().await;

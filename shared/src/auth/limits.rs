@@ -169,40 +169,98 @@ return 1
     )
 });
 
+/// Lua shared by the scripts that count mail: `send_limited` is what keeps one more mail to an
+/// address from being sent (`{'cooldown' | 'hourly', seconds to wait}`), or false; `count_send`
+/// counts one against the address's cooldown and hourly count.
+const SEND_COUNTERS: &str = r#"
+local function send_limited(cooldown, hourly, per_hour)
+  local cooling = redis.call('TTL', cooldown)
+  if cooling > 0 then return {'cooldown', cooling} end
+  if tonumber(redis.call('GET', hourly) or '0') >= per_hour then return {'hourly', redis.call('TTL', hourly)} end
+  return false
+end
+local function count_send(cooldown, hourly, cooldown_secs)
+  redis.call('SET', cooldown, '1', 'EX', cooldown_secs)
+  if redis.call('INCR', hourly) == 1 then redis.call('EXPIRE', hourly, 3600) end
+end
+"#;
+
+/// Lua shared by the scripts that store a code: the pending code at `code` replaced by `hash` for
+/// `user_id` (its attempts reset; the address's failure budget is not), and a link token of its
+/// own at `token` (earlier ones stay valid until their own expiry), both for `ttl` seconds.
+const PUT_CODE: &str = r#"
+local function put_code(code, token, hash, user_id, ttl)
+  redis.call('DEL', code)
+  redis.call('HSET', code, 'hash', hash, 'user_id', user_id, 'attempts', 0)
+  redis.call('EXPIRE', code, ttl)
+  redis.call('SET', token, user_id, 'EX', ttl)
+end
+"#;
+
 /// KEYS[1] = the email's cooldown key, KEYS[2] = its hourly counter. Reserves one send; with
 /// ARGV[3] = '1' the send is counted whatever the limits say (an owner's own security notice).
 static SEND_RESERVATION: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{SEND_COUNTERS}
 if ARGV[3] ~= '1' then
-  local cooldown = redis.call('TTL', KEYS[1])
-  if cooldown > 0 then return {'cooldown', cooldown} end
-  local sent = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if sent >= tonumber(ARGV[1]) then return {'hourly', redis.call('TTL', KEYS[2])} end
+  local limited = send_limited(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+  if limited then return limited end
 end
-redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[2]))
-if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], 3600) end
-return {'ok', 0}
-"#,
-    )
+count_send(KEYS[1], KEYS[2], tonumber(ARGV[2]))
+return {{'ok', 0}}
+"#
+    ))
 });
 
-/// Replaces the pending code (its attempts reset; the address's failure budget does not) and adds
-/// a link token (earlier ones stay valid until their own expiry): KEYS[1] = code key, KEYS[2..3]
-/// = the email's send counters, KEYS[4] = the new token's key; ARGV = code hash, user id, ttl,
-/// whether to count this send (registration's first mail) and the cooldown.
+/// Replaces the pending code and adds its link token: KEYS[1] = code key, KEYS[2] = the new
+/// token's key, KEYS[3] (optional) = the registration slot this code's registration gives back;
+/// ARGV = code hash, user id, ttl.
 static STORE_CODE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PUT_CODE}
+put_code(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
+return 1
+"#
+    ))
+});
+
+/// The first step of a registration: takes the address's slot (KEYS[1], for ARGV[1] ms) or
+/// answers `busy`; then stores the registration's code for its new account, before the account
+/// exists, keeping the code it replaces (KEYS[2] → KEYS[3]) for `ABANDON_REGISTRATION` to put
+/// back; and reserves the registration's mail, counted when the limits allow it (KEYS[5..6]).
+/// KEYS[4] = the new link token's key; ARGV[2..6] = code hash, user id, ttl, sends per hour,
+/// cooldown. `{'started', 1 | 0}`: whether the mail was reserved.
+static BEGIN_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PUT_CODE}{SEND_COUNTERS}
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', 0}} end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) else redis.call('DEL', KEYS[3]) end
+put_code(KEYS[2], KEYS[4], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+if send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5])) then return {{'started', 0}} end
+count_send(KEYS[5], KEYS[6], tonumber(ARGV[6]))
+return {{'started', 1}}
+"#
+    ))
+});
+
+/// Undoes what `BEGIN_REGISTRATION` stored for a registration that mails no code: the code it
+/// replaced comes back, unless a newer one has replaced this registration's meanwhile (KEYS[1] =
+/// the code, compared with ARGV[1]; KEYS[2] = the kept one), its link token goes (KEYS[3]), and
+/// with ARGV[2] = '1' its reserved mail is un-counted (KEYS[4..5]); KEYS[6] (optional) = the
+/// slot, given back.
+static ABANDON_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'user_id', ARGV[2], 'attempts', 0)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('SET', KEYS[4], ARGV[2], 'EX', tonumber(ARGV[3]))
-if ARGV[4] == '1' then
-  redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[5]))
-  if redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], 3600) end
+if redis.call('HGET', KEYS[1], 'hash') == ARGV[1] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
 end
-if KEYS[5] then redis.call('DEL', KEYS[5]) end
+redis.call('DEL', KEYS[3])
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[4])
+  if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then redis.call('DECR', KEYS[5]) end
+end
+if KEYS[6] then redis.call('DEL', KEYS[6]) end
 return 1
 "#,
     )
@@ -232,6 +290,8 @@ pub struct EmailKeys {
     /// Prefix of the link tokens' keys: `link_token(hash)`.
     token_prefix: String,
     pub code: String,
+    /// The code a registration's replaced, kept until the registration is known to mail its own.
+    code_replaced: String,
     pub cooldown: String,
     pub hourly: String,
     /// Wrong codes for the address in the failure window, across resends.
@@ -251,6 +311,7 @@ impl EmailKeys {
             pair_prefix: tagged("login:pair:"),
             token_prefix: tagged("vtoken:"),
             code: tagged("vcode"),
+            code_replaced: tagged("vcode:replaced"),
             cooldown: tagged("resend:cooldown"),
             hourly: tagged("resend:hour"),
             code_failures: tagged("vcode:fails"),
@@ -268,6 +329,19 @@ impl EmailKeys {
         format!("{}{}", self.token_prefix, token_hash.get(..32).unwrap_or(token_hash))
     }
 
+    /// The keys a registration's first step and its undoing are given: slot, code, the code it
+    /// replaced, the link token of `token_hash`, cooldown, hourly count.
+    fn registration_keys(&self, token_hash: &str) -> [String; 6] {
+        [
+            self.registering.clone(),
+            self.code.clone(),
+            self.code_replaced.clone(),
+            self.link_token(token_hash),
+            self.cooldown.clone(),
+            self.hourly.clone(),
+        ]
+    }
+
     /// The code key, failure count and link-token key of `purpose`.
     fn of(&self, purpose: Purpose, token_hash: &str) -> (String, String, String) {
         let token = self.link_token(token_hash);
@@ -278,7 +352,7 @@ impl EmailKeys {
     }
 
     /// The keys each script is given, in order: what the one-slot test checks.
-    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 8] {
+    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 10] {
         let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
             (
@@ -290,8 +364,10 @@ impl EmailKeys {
             ("password_accepted", vec![self.pair_lockout("203.0.113.9"), self.login_failures.clone()]),
             ("verify", vec![self.code.clone(), self.code_failures.clone(), self.link_token("00ff")]),
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
-            ("store_code", vec![self.code.clone(), self.cooldown.clone(), self.hourly.clone(), self.link_token("00ff")]),
+            ("store_code", vec![self.code.clone(), self.link_token("00ff"), self.registering.clone()]),
             ("restore_code", owned(&[&self.code])),
+            ("begin_registration", self.registration_keys("00ff")[..].to_vec()),
+            ("abandon_registration", self.registration_keys("00ff")[..].to_vec()),
         ]
     }
 }
@@ -331,12 +407,25 @@ pub struct NewCode<'a> {
     pub code_hash: &'a str,
     pub token_hash: &'a str,
     pub user_id: &'a str,
-    /// Whether storing it also counts as the address's first mail (a registration's).
-    pub count_send: bool,
-    /// Whether storing it also gives the address's registration slot back (a registration's
-    /// code, stored once its account is written): one step, so no later registration can slip
-    /// in between the code and the slot's release.
-    pub release_registration: bool,
+}
+
+/// How a registration's first step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationStart {
+    /// Another registration of the address holds its slot: this one changes nothing.
+    Busy,
+    /// The slot is this registration's and its code is stored; `mail_reserved`: one mail to the
+    /// address fitted its limits, and was counted.
+    Started { mail_reserved: bool },
+}
+
+/// What undoing a registration's first step also does.
+#[derive(Debug, Clone, Copy)]
+pub struct Abandon {
+    /// Un-count the mail it reserved, which was not sent.
+    pub uncount: bool,
+    /// Give the address's slot back (the registration still holds it).
+    pub release_slot: bool,
 }
 
 /// A code that matched and was consumed.
@@ -569,9 +658,60 @@ impl Limits {
 
     /// Reserves one mail of any kind to `email` against its send limits (60 s apart, 5 an hour):
     /// codes, reset mails and notices alike, so no address can be mail-bombed through any route.
+    /// The first step of a registration, one script: takes the address's slot for
+    /// `REGISTRATION_SLOT_MS` (`Busy` while another registration of the address holds it: a
+    /// doubled submit, a parallel burst, which then changes nothing and mails nothing), stores
+    /// the registration's verification code `new` before its account is written, and reserves
+    /// its mail. A registration that then mails no code undoes it with `abandon_registration`.
+    pub async fn begin_registration(
+        &self,
+        redis: &ConnectionManager,
+        email: &str,
+        new: &NewCode<'_>,
+    ) -> Result<RegistrationStart, ApiError> {
+        let keys = EmailKeys::new(email).registration_keys(new.token_hash);
+        let mut conn = redis.clone();
+        let mut script = BEGIN_REGISTRATION.prepare_invoke();
+        for key in &keys {
+            script.key(key);
+        }
+        let (tag, reserved): (String, i64) = script
+            .arg(REGISTRATION_SLOT_MS)
+            .arg(new.code_hash)
+            .arg(new.user_id)
+            .arg(CODE_TTL_SECS)
+            .arg(RESEND_MAX_PER_HOUR)
+            .arg(RESEND_COOLDOWN_SECS)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match tag.as_str() {
+            "started" => RegistrationStart::Started { mail_reserved: reserved == 1 },
+            _ => RegistrationStart::Busy,
+        })
+    }
+
+    /// Undoes `begin_registration` for a registration that mails no code (refused, failed, or the
+    /// address taken): the code it replaced is back unless a newer one came meanwhile, and as
+    /// `abandon` says, the mail it reserved is un-counted and the slot given back. Best effort,
+    /// logged: the code and the slot expire by themselves.
+    pub async fn abandon_registration(&self, redis: &ConnectionManager, email: &str, new: &NewCode<'_>, abandon: Abandon) {
+        let [slot, rest @ ..] = EmailKeys::new(email).registration_keys(new.token_hash);
+        let mut conn = redis.clone();
+        let mut script = ABANDON_REGISTRATION.prepare_invoke();
+        for key in &rest {
+            script.key(key);
+        }
+        if abandon.release_slot {
+            script.key(&slot);
+        }
+        let undone = script.arg(new.code_hash).arg(if abandon.uncount { "1" } else { "0" }).invoke_async::<i64>(&mut conn).await;
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "a registration's first step was not undone; its code and slot expire by themselves");
+        }
+    }
+
     /// Takes the address's registration slot for `REGISTRATION_SLOT_MS`: false while another
-    /// registration of the same address holds it (a doubled submit, a parallel burst), which then
-    /// changes nothing and mails nothing.
+    /// registration of the same address holds it.
     pub async fn take_registration_slot(&self, redis: &ConnectionManager, email: &str) -> Result<bool, ApiError> {
         let mut conn = redis.clone();
         let taken: Option<String> = redis::cmd("SET")
@@ -598,11 +738,11 @@ impl Limits {
         self.reserve(redis, email, false).await
     }
 
-    /// Counts a security notice the owner's own act sends (two-factor on or off) against the
-    /// address's limits, and sends it whatever they say: a notice that someone could suppress by
-    /// spending the limits first (a forgot request, say) would warn nobody. Only a signed-in user
-    /// can cause one, so it is no way to mail-bomb an address.
-    pub async fn count_security_notice(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
+    /// Counts a mail that is sent whatever the address's limits say: a security notice the
+    /// owner's own act sends (two-factor on or off; a notice that someone could suppress by
+    /// spending the limits first, a forgot request say, would warn nobody, and only a signed-in
+    /// user can cause one), or a new account's first code.
+    pub async fn count_mail_regardless(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
         self.reserve(redis, email, true).await.map(|_| ())
     }
 
@@ -623,26 +763,26 @@ impl Limits {
         })
     }
 
-    /// Stores a pending code and its link token; `count_send` also starts the resend limits (a
-    /// registration's first mail), in the same step.
-    pub async fn store_code(&self, redis: &ConnectionManager, email: &str, new: &NewCode<'_>) -> Result<(), ApiError> {
-        let NewCode { purpose, code_hash, token_hash, user_id, count_send, release_registration } = *new;
+    /// Stores a pending code and its link token; `release_registration` also gives the
+    /// address's registration slot back (a replacing registration's code, stored once its account
+    /// is written), in the same step, so no later registration can slip in between the two.
+    pub async fn store_code(
+        &self,
+        redis: &ConnectionManager,
+        email: &str,
+        new: &NewCode<'_>,
+        release_registration: bool,
+    ) -> Result<(), ApiError> {
+        let NewCode { purpose, code_hash, token_hash, user_id } = *new;
         let keys = EmailKeys::new(email);
         let (code_key, _, token_key) = keys.of(purpose, token_hash);
         let mut conn = redis.clone();
         let mut script = STORE_CODE.key(&code_key);
-        script.key(&keys.cooldown).key(&keys.hourly).key(&token_key);
+        script.key(&token_key);
         if release_registration {
             script.key(&keys.registering);
         }
-        script
-            .arg(code_hash)
-            .arg(user_id)
-            .arg(CODE_TTL_SECS)
-            .arg(if count_send { "1" } else { "0" })
-            .arg(RESEND_COOLDOWN_SECS)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
+        script.arg(code_hash).arg(user_id).arg(CODE_TTL_SECS).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The auth routes. Each is served by its own function crate.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::limits::{hash_code, new_code, Limits, MailBudget, NewCode, Proof, Purpose};
+use crate::auth::limits::{hash_code, new_code, Abandon, Limits, MailBudget, NewCode, Proof, Purpose, RegistrationStart};
 use crate::auth::mfa::{self, PendingSignIn};
 use crate::auth::password;
 use crate::auth::session::{authenticate, Caller};
@@ -72,7 +72,7 @@ async fn send_notice(state: &impl Mail, email: &EmailAddress, subject: &str, bod
 /// against the address's mail limits, and sent whatever they say. It follows a committed change,
 /// so a failure to count it is logged, never the request's answer.
 async fn notify(state: &(impl Cache + Mail), email: &EmailAddress, subject: &str, body: &str) {
-    if let Err(e) = limits(state).count_security_notice(state.redis(), email.as_str()).await {
+    if let Err(e) = limits(state).count_mail_regardless(state.redis(), email.as_str()).await {
         tracing::warn!(code = e.code(), "a security notice went uncounted");
     }
     send_notice(state, email, subject, body).await;
@@ -91,38 +91,48 @@ fn token_hash(pepper: &[u8], email: &EmailAddress, token: &str) -> String {
     hash_code(pepper, email.as_str(), &format!("link-token:{token}"))
 }
 
-/// How a code is stored besides itself.
-#[derive(Clone, Copy)]
-struct Storing {
-    /// It counts as the address's first mail (a new registration's).
-    count_send: bool,
-    /// It gives the address's registration slot back (a registration's).
-    release_registration: bool,
-    /// It is mailed (the address's mail limits allowed it; otherwise a later request mails
-    /// new ones).
-    mail: bool,
+/// A fresh code and link token for an address, and their hashes: what Redis holds instead.
+struct IssuedCode {
+    code: String,
+    token: String,
+    code_hash: String,
+    token_hash: String,
 }
 
-/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them as `storing`
-/// says.
+impl IssuedCode {
+    async fn new(state: &impl Keys, email: &EmailAddress) -> Result<Self, ApiError> {
+        let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
+        let (code, token) = (new_code(), crate::crypto::random_token());
+        let pepper = keys.code_pepper.expose();
+        Ok(IssuedCode { code_hash: hash_code(pepper, email.as_str(), &code), token_hash: token_hash(pepper, email, &token), code, token })
+    }
+
+    /// As stored: for `purpose`, issued to `user_id`.
+    fn stored<'a>(&'a self, purpose: Purpose, user_id: &'a str) -> NewCode<'a> {
+        NewCode { purpose, code_hash: &self.code_hash, token_hash: &self.token_hash, user_id }
+    }
+}
+
+/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them if `mail` (the
+/// address's mail limits allowed it; otherwise a later request mails new ones).
 async fn store_and_send_code(
     state: &(impl Cache + Keys + Mail),
     email: &EmailAddress,
     user_id: &str,
     purpose: Purpose,
-    storing: Storing,
+    mail: bool,
 ) -> Result<(), ApiError> {
-    let Storing { count_send, release_registration, mail } = storing;
-    let keys = state.jwt_keys().get().await.map_err(|e| ApiError::internal("loading auth secret", e))?;
-    let (code, token) = (new_code(), crate::crypto::random_token());
-    let pepper = keys.code_pepper.expose();
-    let code_hash = hash_code(pepper, email.as_str(), &code);
-    let token_hash = token_hash(pepper, email, &token);
-    let new = NewCode { purpose, code_hash: &code_hash, token_hash: &token_hash, user_id, count_send, release_registration };
-    limits(state).store_code(state.redis(), email.as_str(), &new).await?;
-    if !mail {
-        return Ok(());
+    let issued = IssuedCode::new(state, email).await?;
+    limits(state).store_code(state.redis(), email.as_str(), &issued.stored(purpose, user_id), false).await?;
+    if mail {
+        mail_code(state, email, purpose, issued).await;
     }
+    Ok(())
+}
+
+/// Mails a stored code and its link token.
+async fn mail_code(state: &impl Mail, email: &EmailAddress, purpose: Purpose, issued: IssuedCode) {
+    let IssuedCode { code, token, .. } = issued;
     let (subject, body) = match purpose {
         Purpose::Verify => ("Your verification code", format!(
             "Your verification code is {code}. Or verify with this link token: {token}. Both expire in 15 minutes. If you did not ask for it, ignore this mail."
@@ -134,7 +144,6 @@ async fn store_and_send_code(
     let local = state.config().is_local();
     let email = Email { to: email.to_string(), subject: subject.into(), body, code: local.then_some(code), token: local.then_some(token) };
     send_mail(state, email).await;
-    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -171,31 +180,126 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     password::check_policy(&body.password, email.as_str(), username.as_deref())?;
     // Registrations of one address race (a doubled submit, a burst): the one that holds the
     // address's slot decides, the others answer alike and change nothing, so one account gets
-    // one code. The slot and the source's rate limit are keys of different hash slots: two
-    // steps, sent together (one round trip); a refused request gives the slot straight back.
+    // one code. Taking the slot also stores this registration's code and reserves its mail, so
+    // a new account is two round trips: that step with the source's rate limit (a key of another
+    // hash slot: a step of its own, sent together), then the account with the slot given back.
+    // Every path that does not mail the code undoes the first step (`Abandon`).
+    let user_id = uuid::Uuid::new_v4().to_string();
+    let issued = IssuedCode::new(state, &email).await?;
+    let code = issued.stored(Purpose::Verify, &user_id);
     let limits = limits(state);
-    let (rate, slot) = tokio::join!(
-        limits.check_ip(state.redis(), "register", &ctx.source_ip),
-        limits.take_registration_slot(state.redis(), email.as_str())
-    );
-    if let Err(limited) = rate {
-        if matches!(slot, Ok(true)) {
-            limits.release_registration_slot(state.redis(), email.as_str()).await;
+    let (redis, address) = (state.redis(), email.as_str());
+    let (rate, start) = tokio::join!(limits.check_ip(redis, "register", &ctx.source_ip), limits.begin_registration(redis, address, &code));
+    let mail_reserved = match (rate, start) {
+        (Err(limited), Ok(RegistrationStart::Started { mail_reserved })) => {
+            limits.abandon_registration(redis, address, &code, Abandon { uncount: mail_reserved, release_slot: true }).await;
+            return Err(limited);
         }
-        return Err(limited);
-    }
-    if !slot? {
-        return verification_required();
+        (Err(limited), _) => return Err(limited),
+        (Ok(()), start) => match start? {
+            RegistrationStart::Busy => return verification_required(),
+            RegistrationStart::Started { mail_reserved } => mail_reserved,
+        },
+    };
+    let abandon = |uncount: bool, release_slot: bool| limits.abandon_registration(redis, address, &code, Abandon { uncount, release_slot });
+
+    let (creds, profile) = match new_account(&user_id, &email, body.password, username).await {
+        Ok(account) => account,
+        Err(e) => {
+            abandon(mail_reserved, true).await;
+            return Err(e);
+        }
+    };
+    let users = users(state);
+    // The slot goes back as the account is written: a registration after this one is a later
+    // one, and finds the account (or, should it win the race to write one, this one finds its).
+    let (created, ()) = tokio::join!(users.create(&email, &creds, &profile), limits.release_registration_slot(redis, address));
+    match created {
+        Ok(true) => {
+            // A new account's first code is mailed whatever the limits say, and counted.
+            if mail_reserved {
+                mail_code(state, &email, Purpose::Verify, issued).await;
+            } else {
+                let (counted, ()) =
+                    tokio::join!(limits.count_mail_regardless(redis, address), mail_code(state, &email, Purpose::Verify, issued));
+                if let Err(e) = counted {
+                    tracing::warn!(code = e.code(), "a new account's first mail went uncounted");
+                }
+            }
+            return verification_required();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            abandon(mail_reserved, false).await;
+            return Err(e.into());
+        }
     }
 
-    let user_id = uuid::Uuid::new_v4().to_string();
-    let password_hash = password::hash(body.password).await?;
+    // Taken. The slot is taken again for what follows (a registration that took it meanwhile
+    // decides instead, and this one changes nothing), and every mail to the address counted
+    // against its limits: past them nothing is sent, with the same answer.
+    let (slot, found) = tokio::join!(limits.take_registration_slot(redis, address), users.find(&email));
+    if !slot? {
+        abandon(mail_reserved, false).await;
+        return verification_required();
+    }
+    let replaced = match found {
+        // Never verified (someone may have registered another's address): this registration
+        // replaces it whatever the mail limits (a squatter spending them cannot keep their
+        // password in place), and only the mailbox's owner can verify it.
+        Ok(Some((form, old))) if !old.email_verified => users.replace_unverified(&form, &old.user_id, &creds, &profile).await,
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    };
+    match replaced {
+        Ok(true) => {
+            // The code stored in the first step, again (a resend for the replaced account may
+            // have replaced it since), with the slot given back in the same step.
+            if let Err(e) = limits.store_code(redis, address, &code, true).await {
+                abandon(mail_reserved, true).await;
+                return Err(e);
+            }
+            if mail_reserved {
+                mail_code(state, &email, Purpose::Verify, issued).await;
+            }
+        }
+        // Same answer as a new account; the owner hears about it instead of the caller, and
+        // the address's pending code is as it was.
+        Ok(false) => {
+            if mail_reserved {
+                let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
+                send_notice(state, &email, "Registration attempt", body).await;
+            }
+            abandon(false, true).await;
+        }
+        Err(e) => {
+            abandon(mail_reserved, true).await;
+            return Err(e.into());
+        }
+    }
+    verification_required()
+}
+
+/// A new, unverified account's login record and profile, its password hashed.
+async fn new_account(
+    user_id: &str,
+    email: &EmailAddress,
+    password: String,
+    username: Option<String>,
+) -> Result<(Credentials, Profile), ApiError> {
+    let password_hash = password::hash(password).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let expires_at = Some(chrono::Utc::now().timestamp() + UNVERIFIED_LIFETIME_SECS);
-    let creds =
-        Credentials { user_id: user_id.clone(), password_hash, email_verified: false, expires_at, mfa_enabled: false, roles: Vec::new() };
+    let creds = Credentials {
+        user_id: user_id.to_owned(),
+        password_hash,
+        email_verified: false,
+        expires_at,
+        mfa_enabled: false,
+        roles: Vec::new(),
+    };
     let profile = Profile {
-        id: user_id.clone(),
+        id: user_id.to_owned(),
         email: email.to_string(),
         username,
         email_verified: false,
@@ -206,43 +310,7 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
         mfa_enabled: false,
         roles: Vec::new(),
     };
-    let outcome = async {
-        let users = users(state);
-        if users.create(&email, &creds, &profile).await? {
-            // The registration's mail counts as the first send of the resend limits; the code's
-            // step gives the slot back.
-            let storing = Storing { count_send: true, release_registration: true, mail: true };
-            store_and_send_code(state, &email, &user_id, Purpose::Verify, storing).await?;
-            return Ok(true);
-        }
-        // Taken. Every mail to the address counts against its limits: past them nothing is sent,
-        // with the same answer.
-        let mail = limits.reserve_mail(state.redis(), email.as_str()).await? == MailBudget::Reserved;
-        match users.find(&email).await? {
-            // Never verified (someone may have registered another's address): this registration
-            // replaces it whatever the mail limits (a squatter spending them cannot keep their
-            // password in place), and only the mailbox's owner can verify it.
-            Some((form, old)) if !old.email_verified && users.replace_unverified(&form, &old.user_id, &creds, &profile).await? => {
-                let storing = Storing { count_send: false, release_registration: true, mail };
-                store_and_send_code(state, &email, &user_id, Purpose::Verify, storing).await?;
-                return Ok(true);
-            }
-            // Same answer as a new account; the owner hears about it instead of the caller.
-            _ if mail => {
-                let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
-                send_notice(state, &email, "Registration attempt", body).await;
-            }
-            _ => {}
-        }
-        Ok::<bool, ApiError>(false)
-    }
-    .await;
-    // Given back by the code's step when a code was stored; otherwise here.
-    if !matches!(outcome, Ok(true)) {
-        limits.release_registration_slot(state.redis(), email.as_str()).await;
-    }
-    outcome?;
-    verification_required()
+    Ok((creds, profile))
 }
 
 /// What a verification or reset presents, hashed: `(true, hash)` for a link token, `(false,
@@ -324,14 +392,7 @@ async fn resend_now(state: &(impl Table + Cache + Keys + Mail), req: Request, ct
     limits(state).reserve_send(state.redis(), &ctx.source_ip, "resend", email.as_str()).await?;
     if let Some((_, creds)) = users(state).find_live(&email).await? {
         if !creds.email_verified {
-            store_and_send_code(
-                state,
-                &email,
-                &creds.user_id,
-                Purpose::Verify,
-                Storing { count_send: false, release_registration: false, mail: true },
-            )
-            .await?;
+            store_and_send_code(state, &email, &creds.user_id, Purpose::Verify, true).await?;
         }
     }
     verification_required()
@@ -617,14 +678,7 @@ async fn forgot_password_now(state: &(impl Table + Cache + Keys + Mail), req: Re
     let account = users(state).find_live(&email).await?.filter(|(_, creds)| creds.email_verified);
     if let Some((_, creds)) = account {
         if limits.reserve_mail(state.redis(), email.as_str()).await? == MailBudget::Reserved {
-            store_and_send_code(
-                state,
-                &email,
-                &creds.user_id,
-                Purpose::Reset,
-                Storing { count_send: false, release_registration: false, mail: true },
-            )
-            .await?;
+            store_and_send_code(state, &email, &creds.user_id, Purpose::Reset, true).await?;
         }
     }
     json_response(StatusCode::ACCEPTED, &serde_json::json!({"status": "reset_requested"}))

@@ -8,8 +8,8 @@
 //! come first, yet it would be linked into every bootstrap. The operator's `ops` command, which
 //! runs on laptops, keeps the full chain.
 //!
-//! The SDK's HTTPS client is hyper 1 on rustls with ring: the one TLS stack and crypto provider
-//! reqwest and redis use too, so a binary links one of each.
+//! The SDK's HTTPS client is `sdk_http`'s: HTTP/1.1 on hyper 1 and rustls with ring, the one TLS
+//! stack and crypto provider reqwest and redis use too, so a binary links one of each.
 
 use aws_credential_types::{provider::SharedCredentialsProvider, Credentials};
 use aws_types::region::Region;
@@ -25,10 +25,9 @@ pub fn sdk_config() -> Result<SdkConfig, MissingEnv> {
     sdk_config_from(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
 }
 
-/// The HTTPS client the SDK's clients share: hyper 1 on rustls with ring.
+/// The HTTPS client the SDK's clients share, trusting the system's roots.
 pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+    crate::sdk_http::Http1Client::with_native_roots().shared()
 }
 
 fn sdk_config_from(env: impl Fn(&str) -> Option<String> + Clone + Send + Sync + 'static) -> Result<SdkConfig, MissingEnv> {

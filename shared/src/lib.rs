@@ -16,6 +16,7 @@ pub mod live;
 pub mod mail;
 pub mod probes;
 pub mod redis_conn;
+pub mod sdk_http;
 pub mod secrets;
 pub mod state;
 pub mod telemetry;

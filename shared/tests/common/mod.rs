@@ -383,8 +383,8 @@ impl aws_sdk_dynamodb::config::Intercept for Conflicts {
 /// `held` turns true while it waits. The hold is in the HTTP connector, so nothing blocks.
 pub fn hold_next_transaction_answer(app: &mut TestApp) -> std::sync::Arc<Gate> {
     use aws_smithy_runtime_api::client::http::{http_client_fn, HttpClient, SharedHttpConnector};
-    // The local endpoints are plain HTTP: the SDK's own hyper client without TLS.
-    let inner = aws_smithy_http_client::Builder::new().build_http();
+    // The production client: the local endpoints are plain HTTP, which it speaks too.
+    let inner = shared::aws::https_client();
     let gate = std::sync::Arc::new(Gate::default());
     let for_client = gate.clone();
     let client = http_client_fn(move |settings, components| {

@@ -75,7 +75,7 @@ pub async fn counted_app() -> (TestApp, RoundTrips) {
 
 fn counting_http_client(trips: RoundTrips) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_runtime_api::client::http::{http_client_fn, HttpClient, SharedHttpConnector};
-    let inner = aws_smithy_http_client::Builder::new().build_http();
+    let inner = shared::aws::https_client();
     http_client_fn(move |settings, components| {
         SharedHttpConnector::new(Counting { inner: inner.http_connector(settings, components), trips: trips.clone() })
     })

@@ -113,20 +113,17 @@ impl IssuedCode {
     }
 }
 
-/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them if `mail` (the
-/// address's mail limits allowed it; otherwise a later request mails new ones).
+/// Stores a fresh code and link token of `purpose` for `user_id`, and mails them (the caller has
+/// reserved the mail against the address's limits).
 async fn store_and_send_code(
     state: &(impl Cache + Keys + Mail),
     email: &EmailAddress,
     user_id: &str,
     purpose: Purpose,
-    mail: bool,
 ) -> Result<(), ApiError> {
     let issued = IssuedCode::new(state, email).await?;
     limits(state).store_code(state.redis(), email.as_str(), &issued.stored(purpose, user_id), false).await?;
-    if mail {
-        mail_code(state, email, purpose, issued).await;
-    }
+    mail_code(state, email, purpose, issued).await;
     Ok(())
 }
 
@@ -392,7 +389,7 @@ async fn resend_now(state: &(impl Table + Cache + Keys + Mail), req: Request, ct
     limits(state).reserve_send(state.redis(), &ctx.source_ip, "resend", email.as_str()).await?;
     if let Some((_, creds)) = users(state).find_live(&email).await? {
         if !creds.email_verified {
-            store_and_send_code(state, &email, &creds.user_id, Purpose::Verify, true).await?;
+            store_and_send_code(state, &email, &creds.user_id, Purpose::Verify).await?;
         }
     }
     verification_required()
@@ -678,7 +675,7 @@ async fn forgot_password_now(state: &(impl Table + Cache + Keys + Mail), req: Re
     let account = users(state).find_live(&email).await?.filter(|(_, creds)| creds.email_verified);
     if let Some((_, creds)) = account {
         if limits.reserve_mail(state.redis(), email.as_str()).await? == MailBudget::Reserved {
-            store_and_send_code(state, &email, &creds.user_id, Purpose::Reset, true).await?;
+            store_and_send_code(state, &email, &creds.user_id, Purpose::Reset).await?;
         }
     }
     json_response(StatusCode::ACCEPTED, &serde_json::json!({"status": "reset_requested"}))

@@ -35,6 +35,18 @@ out=bench/RESULTS.md
   }' .local/bench/cpu.tsv
   echo
   awk -F'\t' '$1 == "POST /api/v1/auth/login" {l = $3} $1 == "bare Argon2id verify" {b = $3} END {if (b > 0) printf "Login p50 / bare Argon2id verify p50: %.2f (budget 1.2).\n", l / b}' .local/bench/cpu.tsv
+  if [ -f .local/bench/cpu-opt3.tsv ]; then
+    echo
+    echo "### Against opt-level 3"
+    echo
+    echo "The same bench built with \`opt-level = 3\`, \`codegen-units = 16\` (cargo's release defaults; \`CPU_TSV=cpu-opt3.tsv\`), run after the one above on the same stack. A ratio over 1 is the release profile's cost in CPU."
+    echo
+    echo "| route | p50 µs | p50 µs at opt 3 | ratio | p99 µs | p99 µs at opt 3 | ratio |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' 'NR == FNR {p50[$1] = $3; p99[$1] = $4; next}
+      ($1 in p50) && $3 > 0 && $4 > 0 {printf "| %s | %s | %s | %.2f | %s | %s | %.2f |\n", $1, p50[$1], $3, p50[$1] / $3, p99[$1], $4, p99[$1] / $4}' \
+      .local/bench/cpu.tsv .local/bench/cpu-opt3.tsv
+  fi
   echo
   echo "## Backend round trips per route"
   echo

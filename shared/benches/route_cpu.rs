@@ -324,6 +324,7 @@ fn main() {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let path = dir.join("cpu.tsv");
-    std::fs::write(path, samples.rows.join("\n") + "\n").expect("cpu.tsv");
+    // `CPU_TSV` names another file, for a run of another build profile to compare against.
+    let name = std::env::var("CPU_TSV").unwrap_or_else(|_| "cpu.tsv".to_owned());
+    std::fs::write(dir.join(&name), samples.rows.join("\n") + "\n").expect("cpu tsv");
 }

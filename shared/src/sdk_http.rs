@@ -22,10 +22,14 @@ use hyper_util::client::legacy::connect::{capture_connection, HttpConnector as T
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-type Pool = Client<hyper_rustls::HttpsConnector<TcpConnector>, SdkBody>;
+type Https = hyper_rustls::HttpsConnector<TcpConnector>;
+type Pool = Client<ConnectWithin, SdkBody>;
 
 /// The timeouts a connector is made for: the SDK asks for one connector per set it uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,14 +104,15 @@ impl Http1Connector {
     fn new(tls: Arc<rustls::ClientConfig>, timeouts: Timeouts) -> Self {
         let mut tcp = TcpConnector::new();
         tcp.enforce_http(false);
-        tcp.set_connect_timeout(timeouts.connect);
         // A request is written in one go and answered in one; Nagle's delay only adds latency.
         tcp.set_nodelay(true);
-        // HTTP/1.1 only: the builder offers just `http/1.1` by ALPN.
+        // HTTP/1.1 only: the builder asks for no protocol by ALPN, which servers answer with
+        // HTTP/1.1.
         let https =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_or_http().enable_http1().wrap_connector(tcp);
+        let connect = ConnectWithin { https, limit: timeouts.connect };
         // The timer makes idle connections expire (hyper's default: after 90 s).
-        let pool = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(https);
+        let pool = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connect);
         Http1Connector { pool, read_timeout: timeouts.read }
     }
 }
@@ -151,12 +156,50 @@ impl HttpConnector for Http1Connector {
 #[error("no response within the read timeout of {0:?}")]
 struct ReadTimeout(Duration);
 
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within the connect timeout of {0:?}")]
+struct ConnectTimeout(Duration);
+
+/// The HTTPS connector with the connect timeout around all of connecting: DNS, TCP and the TLS
+/// handshake (a peer that accepts and then stalls the handshake would otherwise hold the call for
+/// as long as the read timeout, which the SDK leaves unset by default: for ever).
+#[derive(Debug, Clone)]
+struct ConnectWithin {
+    https: Https,
+    limit: Option<Duration>,
+}
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+impl tower_service::Service<hyper::Uri> for ConnectWithin {
+    type Response = <Https as tower_service::Service<hyper::Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.https.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let connecting = self.https.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, connecting).await.map_err(|_| Box::new(ConnectTimeout(limit)) as BoxError)?,
+                None => connecting.await,
+            }
+        })
+    }
+}
+
 /// What the SDK's retry strategy needs to know of a failed call: a failed connect, a dropped
 /// connection or any I/O failure is retried as I/O; a message cut short as a transient error;
-/// a timeout as a timeout; a request hyper could not send as the caller's mistake.
+/// a timeout (connecting or waiting for the answer) as a timeout; a request hyper could not send
+/// as the caller's mistake.
 fn classify(error: hyper_util::client::legacy::Error) -> ConnectorError {
     let hyper_error = source::<hyper::Error>(&error);
     let kind: fn(aws_smithy_runtime_api::box_error::BoxError) -> ConnectorError = match hyper_error {
+        _ if source::<ConnectTimeout>(&error).is_some() => ConnectorError::timeout,
         _ if error.is_connect() => ConnectorError::io,
         Some(e) if e.is_timeout() => ConnectorError::timeout,
         Some(e) if e.is_user() => ConnectorError::user,

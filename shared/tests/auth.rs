@@ -167,6 +167,8 @@ async fn one_hundred_parallel_registrations_of_one_email_create_one_account() {
     assert!(answers.iter().all(|r| r.status == 202), "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
     let codes = app.outbox().iter().filter(|m| m["to"] == normalised(&email).as_str() && m["code"].is_string()).count();
     assert_eq!(codes, 1, "exactly one account got a verification code");
+    // And that code is the account's: no later registration replaced it unmailed.
+    assert_eq!(verify(&app, &email, &last_code(&app, &email)).await.status, 200);
     let item = app
         .dynamo()
         .get_item()
@@ -654,7 +656,7 @@ async fn a_rate_limited_registration_changes_nothing_and_leaves_the_address_free
 }
 
 #[tokio::test]
-async fn registrations_count_exactly_the_mails_they_send() {
+async fn registrations_count_one_mail_each_whether_or_not_it_was_sent() {
     let app = spawn_app().await;
     let email = unique_email();
     assert_eq!(register(&app, &email).await.status, 202);
@@ -666,25 +668,54 @@ async fn registrations_count_exactly_the_mails_they_send() {
         let mails = app.outbox().len();
         assert_eq!(register(&app, &email).await.status, 202);
         assert_eq!(app.outbox().len(), mails + 1, "round {round}: the notice");
-        assert_eq!(mail_counters(&app, &email).await, (1 + round, true), "round {round}");
-        // At once again: inside the cooldown nothing is sent, and nothing more is counted.
+        assert_eq!(mail_counters(&app, &email).await, (2 * round, true), "round {round}");
+        // At once again: inside the cooldown nothing is sent, yet one is counted, as a new
+        // account's code would be whatever the limits (the counters tell nothing of the address).
         assert_eq!(register(&app, &email).await.status, 202);
         assert_eq!(app.outbox().len(), mails + 1, "round {round}: no mail in the cooldown");
-        assert_eq!(mail_counters(&app, &email).await, (1 + round, true), "round {round}");
+        assert_eq!(mail_counters(&app, &email).await, (2 * round + 1, true), "round {round}");
     }
     assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
 }
 
 #[tokio::test]
-async fn a_registration_of_a_verified_address_leaves_its_pending_codes_working() {
+async fn registrations_past_the_mail_limits_leave_the_same_counters_whether_the_address_was_free_or_taken() {
+    let app = spawn_app().await;
+    let (taken, _) = signed_in_user(&app).await;
+    let free = unique_email();
+    let mut conn = redis_conn(&app).await;
+    for email in [&taken, &free] {
+        // The address's hour of mails spent (forgot requests, say); no cooldown running.
+        let keys = shared::auth::limits::EmailKeys::new(&normalised(email));
+        redis::cmd("SET").arg(&keys.hourly).arg(5).arg("EX").arg(3600).query_async::<()>(&mut conn).await.unwrap();
+        a_minute_passes(&app, email).await;
+    }
+    let mails = app.outbox().len();
+    assert_eq!(register(&app, &taken).await.status, 202);
+    assert_eq!(register(&app, &free).await.status, 202);
+    // The new account's code goes out whatever the limits; the owner of the taken one hears nothing.
+    let sent: Vec<Value> = app.outbox()[mails..].to_vec();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["to"], normalised(&free).as_str());
+    assert_eq!(mail_counters(&app, &taken).await, (6, true));
+    assert_eq!(mail_counters(&app, &free).await, (6, true));
+}
+
+#[tokio::test]
+async fn a_registration_of_a_verified_address_leaves_no_code_behind_and_its_reset_code_working() {
     let app = spawn_app().await;
     let (email, _) = signed_in_user(&app).await;
     a_minute_passes(&app, &email).await;
     assert_eq!(forgot(&app, &email).await.status, 202);
     let reset_code = last_reset_mail(&app, &email)["code"].as_str().unwrap().to_owned();
+    let code_key = shared::auth::limits::EmailKeys::new(&normalised(&email)).code;
+    let mut conn = redis_conn(&app).await;
     for _ in 0..2 {
         a_minute_passes(&app, &email).await;
         assert_eq!(register(&app, &email).await.status, 202);
+        // The code its first step stored for an account that was never written is gone.
+        let pending: bool = redis::cmd("EXISTS").arg(&code_key).query_async(&mut conn).await.unwrap();
+        assert!(!pending, "a verification code is pending for a verified address");
     }
     let res = reset(&app, json!({"email": email, "code": reset_code, "new_password": NEW_PASSWORD})).await;
     assert_eq!(res.status, 200, "{}", res.raw);
@@ -1404,4 +1435,86 @@ async fn register_resend_and_forgot_answer_alike_and_in_equal_time_for_unknown_p
         async move { forgot(app, &email).await }
     })
     .await;
+}
+
+/// A registration's first-step code for `user_id`, with `hash` as both its code's and its link
+/// token's hash.
+fn first_step_code<'a>(user_id: &'a str, hash: &'a str) -> shared::auth::limits::NewCode<'a> {
+    shared::auth::limits::NewCode { purpose: shared::auth::limits::Purpose::Verify, code_hash: hash, token_hash: hash, user_id }
+}
+
+#[tokio::test]
+async fn a_registration_that_outlived_its_slot_cannot_give_back_the_one_that_took_it_since() {
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    let app = spawn_app().await;
+    let redis = &app.state.redis;
+    let limits = &Limits { ip_per_minute: 1000 };
+    let email = &normalised(&unique_email());
+    let mut conn = redis_conn(&app).await;
+    let (first, second, third) = (first_step_code("first", "aa"), first_step_code("second", "bb"), first_step_code("third", "cc"));
+    let begin = |code| async move { limits.begin_registration(redis, email, &code).await.unwrap() };
+    assert!(matches!(begin(first).await, RegistrationStart::Started(_)));
+    // The first one's slot runs out while it waits on the database, and a second takes it.
+    redis::cmd("DEL").arg(EmailKeys::new(email).registering).query_async::<()>(&mut conn).await.unwrap();
+    assert!(matches!(begin(second).await, RegistrationStart::Started(_)));
+    // The first, done at last, gives back what it holds, every way it can: nothing.
+    limits.release_registration_slot(redis, email, "first").await;
+    limits.store_code(redis, email, &first, true).await.unwrap();
+    limits.abandon_registration(redis, email, &first, Abandon::KeepCount).await;
+    assert_eq!(begin(third).await, RegistrationStart::Busy, "the second still holds the slot");
+    limits.release_registration_slot(redis, email, "second").await;
+    assert!(matches!(begin(third).await, RegistrationStart::Started(_)), "given back by its holder");
+}
+
+#[tokio::test]
+async fn undoing_a_first_step_that_may_not_have_run_leaves_another_registrations_code_count_and_slot() {
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    let app = spawn_app().await;
+    let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
+    let email = normalised(&unique_email());
+    let keys = EmailKeys::new(&email);
+    let mut conn = redis_conn(&app).await;
+    assert!(matches!(
+        limits.begin_registration(redis, &email, &first_step_code("other", "bb")).await.unwrap(),
+        RegistrationStart::Started(_)
+    ));
+    let counters = mail_counters(&app, &email).await;
+    // This one's first step never reached redis (its answer was lost before it was sent).
+    limits.abandon_registration(redis, &email, &first_step_code("lost", "aa"), Abandon::Unknown).await;
+    let code: Option<String> = redis::cmd("HGET").arg(&keys.code).arg("hash").query_async(&mut conn).await.unwrap();
+    assert_eq!(code.as_deref(), Some("bb"), "the other registration's code");
+    assert_eq!(mail_counters(&app, &email).await, counters);
+    let holder: Option<String> = redis::cmd("GET").arg(&keys.registering).query_async(&mut conn).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("other"));
+}
+
+#[tokio::test]
+async fn un_counting_a_registrations_mail_puts_back_the_cooldown_that_was_running() {
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    let app = spawn_app().await;
+    let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
+    let email = normalised(&unique_email());
+    let keys = EmailKeys::new(&email);
+    let mut conn = redis_conn(&app).await;
+    for (round, cooling_ms) in [(1, Some(30_000)), (2, None), (3, Some(45_000))] {
+        redis::cmd("SET").arg(&keys.hourly).arg(2).arg("EX").arg(3600).query_async::<()>(&mut conn).await.unwrap();
+        redis::cmd("DEL").arg(&keys.cooldown).query_async::<()>(&mut conn).await.unwrap();
+        if let Some(ms) = cooling_ms {
+            redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(ms).query_async::<()>(&mut conn).await.unwrap();
+        }
+        let code = first_step_code("refused", "aa");
+        let RegistrationStart::Started(counted) = limits.begin_registration(redis, &email, &code).await.unwrap() else {
+            panic!("round {round}: the slot is free")
+        };
+        assert_eq!(counted.within_limits, cooling_ms.is_none(), "round {round}");
+        assert_eq!(mail_counters(&app, &email).await, (3, true), "round {round}: counted");
+        limits.abandon_registration(redis, &email, &code, Abandon::Uncount(counted)).await;
+        let left: i64 = redis::cmd("PTTL").arg(&keys.cooldown).query_async(&mut conn).await.unwrap();
+        match cooling_ms {
+            Some(ms) => assert!((ms - 2_000..=ms).contains(&left), "round {round}: the cooldown as it was, {left} ms"),
+            None => assert_eq!(left, -2, "round {round}: no cooldown"),
+        }
+        let hourly: Option<u32> = redis::cmd("GET").arg(&keys.hourly).query_async(&mut conn).await.unwrap();
+        assert_eq!(hourly, Some(2), "round {round}: un-counted");
+    }
 }

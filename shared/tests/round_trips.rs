@@ -96,6 +96,23 @@ async fn register_verify_login_and_refresh_make_two_two_three_and_two_round_trip
 }
 
 #[tokio::test]
+async fn a_registration_past_the_addresss_mail_limits_still_makes_two_round_trips() {
+    let (app, trips) = counted_app().await;
+    let mut bitget = 0;
+    sign_up(&app).await;
+    let email = fresh_email();
+    // The address's hour of mails spent (forgot requests, say): its first code goes out anyway.
+    let keys = shared::auth::limits::EmailKeys::new(&email);
+    let mut conn = app.state.redis.clone();
+    redis::cmd("SET").arg(&keys.hourly).arg(5).arg("EX").arg(3600).query_async::<()>(&mut conn).await.expect("spend the hour");
+    calls(&app, &trips, &mut bitget);
+    assert_eq!(app.call(auth::register, register(&email)).await.status, 202);
+    let register_calls = calls(&app, &trips, &mut bitget);
+    assert_eq!(register_calls.len(), 2, "{register_calls:?}");
+    assert_eq!(code_for(&app, &email).len(), 6, "the code was mailed");
+}
+
+#[tokio::test]
 async fn bot_status_makes_one_round_trip_and_a_paper_order_three() {
     let (app, trips) = counted_app().await;
     let mut counts = Counts::default();

@@ -29,6 +29,10 @@ enum Answer {
     Silence,
     /// The first connection closed after its request is read, unanswered; then `Tables`.
     DropFirst,
+    /// The first request answered 500 on a connection kept open; then `Tables`.
+    ServerErrorFirst,
+    /// Connections accepted, and their TLS handshake never answered.
+    StallHandshake,
 }
 
 /// A TLS endpoint on localhost: how many connections it accepted, the protocol each negotiated
@@ -58,9 +62,13 @@ async fn endpoint(answer: Answer) -> Endpoint {
     let (counter, protocols, lines) = (accepted.clone(), alpn.clone(), request_lines.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
+            let seen = counter.fetch_add(1, Ordering::SeqCst);
             let (acceptor, protocols, lines) = (acceptor.clone(), protocols.clone(), lines.clone());
             tokio::spawn(async move {
+                if matches!(answer, Answer::StallHandshake) {
+                    let _held = tcp;
+                    return std::future::pending::<()>().await;
+                }
                 let Ok(mut tls) = acceptor.accept(tcp).await else { return };
                 protocols.lock().unwrap().push(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
                 let first = protocols.lock().unwrap().len() == 1;
@@ -69,12 +77,17 @@ async fn endpoint(answer: Answer) -> Endpoint {
                     if first && matches!(answer, Answer::DropFirst) {
                         return;
                     }
-                    let body = r#"{"TableNames":[]}"#;
+                    let failing = seen == 0 && lines.lock().unwrap().len() == 1 && matches!(answer, Answer::ServerErrorFirst);
+                    let (status, body) = match failing {
+                        true => ("500 Internal Server Error", r#"{"__type":"com.amazon.coral.service#InternalFailure","message":"boom"}"#),
+                        false => ("200 OK", r#"{"TableNames":[]}"#),
+                    };
                     match answer {
                         Answer::Silence => std::future::pending::<()>().await,
-                        Answer::Tables | Answer::TablesThenClose | Answer::DropFirst => {
+                        Answer::StallHandshake => unreachable!("no handshake"),
+                        Answer::Tables | Answer::TablesThenClose | Answer::DropFirst | Answer::ServerErrorFirst => {
                             let head = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
+                                "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
                                 body.len()
                             );
                             if tls.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
@@ -133,13 +146,18 @@ fn dynamo(endpoint: &Endpoint, http: Http1Client, read_timeout: Duration) -> aws
 }
 
 fn dynamo_retrying(endpoint: &Endpoint, http: Http1Client, read_timeout: Duration, retry: RetryConfig) -> aws_sdk_dynamodb::Client {
+    let timeouts = TimeoutConfig::builder().connect_timeout(Duration::from_secs(2)).read_timeout(read_timeout).build();
+    dynamo_with(endpoint, http, timeouts, retry)
+}
+
+fn dynamo_with(endpoint: &Endpoint, http: Http1Client, timeouts: TimeoutConfig, retry: RetryConfig) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("eu-west-1"))
         .credentials_provider(Credentials::new("AKIDTEST", "test-secret", None, None, "test"))
         .endpoint_url(&endpoint.url)
         .http_client(http.shared())
-        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(2)).read_timeout(read_timeout).build())
+        .timeout_config(timeouts)
         .retry_config(retry)
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
@@ -213,4 +231,30 @@ async fn a_connection_dropped_before_its_answer_is_retried_by_the_sdk_as_a_trans
     client.list_tables().send().await.unwrap_or_else(|e| panic!("{:?}", aws_smithy_types::error::display::DisplayErrorContext(&e)));
     assert_eq!(endpoint.accepted.load(Ordering::SeqCst), 2, "the second attempt, on a new connection");
     assert_eq!(endpoint.request_lines.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_handshake_left_unanswered_fails_at_the_connect_timeout_though_no_read_timeout_is_set() {
+    let endpoint = endpoint(Answer::StallHandshake).await;
+    // As the SDK's defaults have it: a connect timeout, no read timeout.
+    let timeouts = TimeoutConfig::builder().connect_timeout(Duration::from_millis(300)).build();
+    let client = dynamo_with(&endpoint, Http1Client::with_roots(test_roots()), timeouts, RetryConfig::disabled());
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(5), client.list_tables().send()).await;
+    let error = answered.expect("given up within the connect timeout, not held for ever").expect_err("no handshake");
+    let Some(failure) = dispatch_failure(&error) else { panic!("failed before any answer: {error:?}") };
+    assert!(failure.is_timeout(), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(endpoint.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_that_answered_a_server_error_is_poisoned_so_the_retry_takes_a_new_one() {
+    let endpoint = endpoint(Answer::ServerErrorFirst).await;
+    let retrying = RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(10));
+    let client = dynamo_retrying(&endpoint, Http1Client::with_roots(test_roots()), Duration::from_secs(2), retrying);
+    client.list_tables().send().await.unwrap_or_else(|e| panic!("{:?}", aws_smithy_types::error::display::DisplayErrorContext(&e)));
+    assert_eq!(endpoint.request_lines.lock().unwrap().len(), 2, "the 500, then the retry");
+    // The endpoint kept the first connection open: only poisoning keeps the pool from reusing it.
+    assert_eq!(endpoint.accepted.load(Ordering::SeqCst), 2, "the retry on a new connection");
 }

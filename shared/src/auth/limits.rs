@@ -212,58 +212,82 @@ return {{'ok', 0}}
     ))
 });
 
+/// Lua shared by the scripts that give a registration slot back: only the registration holding
+/// it (`owner`, its account's user id) can, so one that outlived its slot cannot free another's.
+const RELEASE_SLOT: &str = r#"
+local function release_slot(slot, owner)
+  if redis.call('GET', slot) == owner then redis.call('DEL', slot) end
+end
+"#;
+
 /// Replaces the pending code and adds its link token: KEYS[1] = code key, KEYS[2] = the new
 /// token's key, KEYS[3] (optional) = the registration slot this code's registration gives back;
-/// ARGV = code hash, user id, ttl.
+/// ARGV = code hash, user id (the slot's owner), ttl.
 static STORE_CODE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r#"{PUT_CODE}
+        r#"{PUT_CODE}{RELEASE_SLOT}
 put_code(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))
-if KEYS[3] then redis.call('DEL', KEYS[3]) end
+if KEYS[3] then release_slot(KEYS[3], ARGV[2]) end
 return 1
 "#
     ))
 });
 
-/// The first step of a registration: takes the address's slot (KEYS[1], for ARGV[1] ms) or
-/// answers `busy`; then stores the registration's code for its new account, before the account
-/// exists, keeping the code it replaces (KEYS[2] → KEYS[3]) for `ABANDON_REGISTRATION` to put
-/// back; and reserves the registration's mail, counted when the limits allow it (KEYS[5..6]).
-/// KEYS[4] = the new link token's key; ARGV[2..6] = code hash, user id, ttl, sends per hour,
-/// cooldown. `{'started', 1 | 0}`: whether the mail was reserved.
+/// Gives a registration slot back: KEYS[1] = the slot, ARGV[1] = its owner.
+static GIVE_SLOT_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{RELEASE_SLOT}
+release_slot(KEYS[1], ARGV[1])
+return 1
+"#
+    ))
+});
+
+/// The first step of a registration: takes the address's slot (KEYS[1], for ARGV[1] ms, held by
+/// ARGV[3]) or answers `busy`; then stores the registration's code for its new account, before
+/// the account exists, keeping the code it replaces (KEYS[2] → KEYS[3]) for
+/// `ABANDON_REGISTRATION` to put back; and counts one mail to the address (KEYS[5..6]) whatever
+/// its limits, as a new account's first code is, a running cooldown left as it is (registering
+/// a taken address again and again must not keep its owner's mail cooling for ever). KEYS[4] = the new link token's key; ARGV[2..6]
+/// = code hash, user id, ttl, sends per hour, cooldown. `{'started', 1 | 0, ms}`: whether the
+/// mail fitted the limits, and what was left of the cooldown before (-2: none), for un-counting.
 static BEGIN_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{PUT_CODE}{SEND_COUNTERS}
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', 0}} end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', 0, 0}} end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) else redis.call('DEL', KEYS[3]) end
 put_code(KEYS[2], KEYS[4], ARGV[2], ARGV[3], tonumber(ARGV[4]))
-if send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5])) then return {{'started', 0}} end
-count_send(KEYS[5], KEYS[6], tonumber(ARGV[6]))
-return {{'started', 1}}
+local cooling = redis.call('PTTL', KEYS[5])
+local within = send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5])) and 0 or 1
+if redis.call('INCR', KEYS[6]) == 1 then redis.call('EXPIRE', KEYS[6], 3600) end
+redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[6]), 'NX')
+return {{'started', within, cooling}}
 "#
     ))
 });
 
 /// Undoes what `BEGIN_REGISTRATION` stored for a registration that mails no code: the code it
 /// replaced comes back, unless a newer one has replaced this registration's meanwhile (KEYS[1] =
-/// the code, compared with ARGV[1]; KEYS[2] = the kept one), its link token goes (KEYS[3]), and
-/// with ARGV[2] = '1' its reserved mail is un-counted (KEYS[4..5]); KEYS[6] (optional) = the
-/// slot, given back.
+/// the code, compared with ARGV[1]; KEYS[2] = the kept one), its link token goes (KEYS[3]), with
+/// ARGV[2] = '1' its counted mail is un-counted (KEYS[4..5]: the cooldown as it was, ARGV[4] ms
+/// of it, or none), and the slot (KEYS[6]) is given back if this registration (ARGV[3]) holds it.
+/// Each part is safe whether or not the first step ran, un-counting aside.
 static ABANDON_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{RELEASE_SLOT}
 if redis.call('HGET', KEYS[1], 'hash') == ARGV[1] then
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
 end
 redis.call('DEL', KEYS[3])
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[4])
+  local cooling = tonumber(ARGV[4])
+  if cooling > 0 then redis.call('SET', KEYS[4], '1', 'PX', cooling) else redis.call('DEL', KEYS[4]) end
   if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then redis.call('DECR', KEYS[5]) end
 end
-if KEYS[6] then redis.call('DEL', KEYS[6]) end
+release_slot(KEYS[6], ARGV[3])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// The per-address counter of one route for the current minute (one key, no tag needed).
@@ -352,7 +376,7 @@ impl EmailKeys {
     }
 
     /// The keys each script is given, in order: what the one-slot test checks.
-    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 10] {
+    pub fn script_keys(&self) -> [(&'static str, Vec<String>); 11] {
         let owned = |keys: &[&String]| keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>();
         [
             (
@@ -366,6 +390,7 @@ impl EmailKeys {
             ("send_reservation", owned(&[&self.cooldown, &self.hourly])),
             ("store_code", vec![self.code.clone(), self.link_token("00ff"), self.registering.clone()]),
             ("restore_code", owned(&[&self.code])),
+            ("give_slot_back", owned(&[&self.registering])),
             ("begin_registration", self.registration_keys("00ff")[..].to_vec()),
             ("abandon_registration", self.registration_keys("00ff")[..].to_vec()),
         ]
@@ -414,18 +439,30 @@ pub struct NewCode<'a> {
 pub enum RegistrationStart {
     /// Another registration of the address holds its slot: this one changes nothing.
     Busy,
-    /// The slot is this registration's and its code is stored; `mail_reserved`: one mail to the
-    /// address fitted its limits, and was counted.
-    Started { mail_reserved: bool },
+    /// The slot is this registration's, its code is stored, and one mail to the address counted.
+    Started(CountedMail),
+}
+
+/// The mail a registration's first step counted against the address's limits, whatever they
+/// said (a new account's first code is always sent; a taken address keeps the count, so the
+/// counters after a registration do not tell whether the address was free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountedMail {
+    /// The mail fitted the limits: an address that is taken may be mailed about it.
+    pub within_limits: bool,
+    /// What was left of the cooldown before (ms; none when ≤ 0): put back by un-counting.
+    cooldown_before_ms: i64,
 }
 
 /// What undoing a registration's first step also does.
-#[derive(Debug, Clone, Copy)]
-pub struct Abandon {
-    /// Un-count the mail it reserved, which was not sent.
-    pub uncount: bool,
-    /// Give the address's slot back (the registration still holds it).
-    pub release_slot: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandon {
+    /// Un-count the mail the step counted, which was not sent.
+    Uncount(CountedMail),
+    /// Keep it counted: a mail went out, or the address's counters must read as if one had.
+    KeepCount,
+    /// Whether the step ran is not known (its answer was lost): undo what is safe either way.
+    Unknown,
 }
 
 /// A code that matched and was consumed.
@@ -656,13 +693,12 @@ impl Limits {
         }
     }
 
-    /// Reserves one mail of any kind to `email` against its send limits (60 s apart, 5 an hour):
-    /// codes, reset mails and notices alike, so no address can be mail-bombed through any route.
     /// The first step of a registration, one script: takes the address's slot for
-    /// `REGISTRATION_SLOT_MS` (`Busy` while another registration of the address holds it: a
-    /// doubled submit, a parallel burst, which then changes nothing and mails nothing), stores
-    /// the registration's verification code `new` before its account is written, and reserves
-    /// its mail. A registration that then mails no code undoes it with `abandon_registration`.
+    /// `REGISTRATION_SLOT_MS`, held by the new account's user id (`Busy` while another
+    /// registration of the address holds it: a doubled submit, a parallel burst, which then
+    /// changes nothing and mails nothing), stores the registration's verification code `new`
+    /// before its account is written, and counts its mail. A registration that then mails no
+    /// code undoes it with `abandon_registration`.
     pub async fn begin_registration(
         &self,
         redis: &ConnectionManager,
@@ -675,7 +711,7 @@ impl Limits {
         for key in &keys {
             script.key(key);
         }
-        let (tag, reserved): (String, i64) = script
+        let (tag, within, cooldown_before_ms): (String, i64, i64) = script
             .arg(REGISTRATION_SLOT_MS)
             .arg(new.code_hash)
             .arg(new.user_id)
@@ -684,39 +720,41 @@ impl Limits {
             .arg(RESEND_COOLDOWN_SECS)
             .invoke_async(&mut conn)
             .await?;
-        Ok(match tag.as_str() {
-            "started" => RegistrationStart::Started { mail_reserved: reserved == 1 },
-            _ => RegistrationStart::Busy,
-        })
+        match tag.as_str() {
+            "started" => Ok(RegistrationStart::Started(CountedMail { within_limits: within == 1, cooldown_before_ms })),
+            "busy" => Ok(RegistrationStart::Busy),
+            other => Err(ApiError::internal("registration's first step", format!("an unknown reply {other:?}"))),
+        }
     }
 
     /// Undoes `begin_registration` for a registration that mails no code (refused, failed, or the
-    /// address taken): the code it replaced is back unless a newer one came meanwhile, and as
-    /// `abandon` says, the mail it reserved is un-counted and the slot given back. Best effort,
-    /// logged: the code and the slot expire by themselves.
+    /// address taken): the code it replaced is back unless a newer one came meanwhile, the slot
+    /// is given back if this registration still holds it, and as `abandon` says, the mail it
+    /// counted is un-counted. Best effort, logged: the code and the slot expire by themselves.
     pub async fn abandon_registration(&self, redis: &ConnectionManager, email: &str, new: &NewCode<'_>, abandon: Abandon) {
         let [slot, rest @ ..] = EmailKeys::new(email).registration_keys(new.token_hash);
         let mut conn = redis.clone();
         let mut script = ABANDON_REGISTRATION.prepare_invoke();
-        for key in &rest {
+        for key in rest.iter().chain([&slot]) {
             script.key(key);
         }
-        if abandon.release_slot {
-            script.key(&slot);
-        }
-        let undone = script.arg(new.code_hash).arg(if abandon.uncount { "1" } else { "0" }).invoke_async::<i64>(&mut conn).await;
+        let (uncount, cooldown_before_ms) = match abandon {
+            Abandon::Uncount(counted) => ("1", counted.cooldown_before_ms),
+            Abandon::KeepCount | Abandon::Unknown => ("0", 0),
+        };
+        let undone = script.arg(new.code_hash).arg(uncount).arg(new.user_id).arg(cooldown_before_ms).invoke_async::<i64>(&mut conn).await;
         if let Err(e) = undone {
             tracing::warn!(error = %e, "a registration's first step was not undone; its code and slot expire by themselves");
         }
     }
 
-    /// Takes the address's registration slot for `REGISTRATION_SLOT_MS`: false while another
-    /// registration of the same address holds it.
-    pub async fn take_registration_slot(&self, redis: &ConnectionManager, email: &str) -> Result<bool, ApiError> {
+    /// Takes the address's registration slot for `REGISTRATION_SLOT_MS`, for `owner` (the
+    /// registration's new user id): false while another registration of the address holds it.
+    pub async fn take_registration_slot(&self, redis: &ConnectionManager, email: &str, owner: &str) -> Result<bool, ApiError> {
         let mut conn = redis.clone();
         let taken: Option<String> = redis::cmd("SET")
             .arg(EmailKeys::new(email).registering)
-            .arg("1")
+            .arg(owner)
             .arg("NX")
             .arg("PX")
             .arg(REGISTRATION_SLOT_MS)
@@ -725,15 +763,19 @@ impl Limits {
         Ok(taken.is_some())
     }
 
-    /// Gives the slot back once the registration is done, so a later one (not a racing one)
-    /// goes ahead at once. Best effort: the slot expires by itself.
-    pub async fn release_registration_slot(&self, redis: &ConnectionManager, email: &str) {
+    /// Gives `owner`'s slot back once the registration is done, so a later one (not a racing
+    /// one) goes ahead at once; a slot another registration took since stays its. Best effort:
+    /// the slot expires by itself.
+    pub async fn release_registration_slot(&self, redis: &ConnectionManager, email: &str, owner: &str) {
         let mut conn = redis.clone();
-        if let Err(e) = redis::cmd("DEL").arg(EmailKeys::new(email).registering).query_async::<()>(&mut conn).await {
+        let released = GIVE_SLOT_BACK.key(EmailKeys::new(email).registering).arg(owner).invoke_async::<i64>(&mut conn).await;
+        if let Err(e) = released {
             tracing::warn!(error = %e, "a registration slot was not released; it expires by itself");
         }
     }
 
+    /// Reserves one mail of any kind to `email` against its send limits (60 s apart, 5 an hour):
+    /// codes, reset mails and notices alike, so no address can be mail-bombed through any route.
     pub async fn reserve_mail(&self, redis: &ConnectionManager, email: &str) -> Result<MailBudget, ApiError> {
         self.reserve(redis, email, false).await
     }

@@ -186,91 +186,100 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     let code = issued.stored(Purpose::Verify, &user_id);
     let limits = limits(state);
     let (redis, address) = (state.redis(), email.as_str());
+    let abandon = |how: Abandon| limits.abandon_registration(redis, address, &code, how);
+    // The first step runs even when the source turns out rate-limited: asking first would cost a
+    // round trip. Undone at once, it leaves nothing a registration from an unlimited source
+    // could not do (that one replaces an unverified account's code for good).
     let (rate, start) = tokio::join!(limits.check_ip(redis, "register", &ctx.source_ip), limits.begin_registration(redis, address, &code));
-    let mail_reserved = match (rate, start) {
-        (Err(limited), Ok(RegistrationStart::Started { mail_reserved })) => {
-            limits.abandon_registration(redis, address, &code, Abandon { uncount: mail_reserved, release_slot: true }).await;
+    let counted = match (rate, start) {
+        (rate, Ok(RegistrationStart::Busy)) => return rate.and_then(|()| verification_required()),
+        (Err(limited), Ok(RegistrationStart::Started(counted))) => {
+            abandon(Abandon::Uncount(counted)).await;
             return Err(limited);
         }
-        (Err(limited), _) => return Err(limited),
-        (Ok(()), start) => match start? {
-            RegistrationStart::Busy => return verification_required(),
-            RegistrationStart::Started { mail_reserved } => mail_reserved,
-        },
+        // No answer from the step (redis down, a timeout, a dropped connection): it may have run.
+        (rate, Err(e)) => {
+            abandon(Abandon::Unknown).await;
+            return Err(rate.err().unwrap_or(e));
+        }
+        (Ok(()), Ok(RegistrationStart::Started(counted))) => counted,
     };
-    let abandon = |uncount: bool, release_slot: bool| limits.abandon_registration(redis, address, &code, Abandon { uncount, release_slot });
 
     let (creds, profile) = match new_account(&user_id, &email, body.password, username).await {
         Ok(account) => account,
         Err(e) => {
-            abandon(mail_reserved, true).await;
+            abandon(Abandon::Uncount(counted)).await;
             return Err(e);
         }
     };
     let users = users(state);
     // The slot goes back as the account is written: a registration after this one is a later
     // one, and finds the account (or, should it win the race to write one, this one finds its).
-    let (created, ()) = tokio::join!(users.create(&email, &creds, &profile), limits.release_registration_slot(redis, address));
+    let (created, ()) = tokio::join!(users.create(&email, &creds, &profile), limits.release_registration_slot(redis, address, &user_id));
     match created {
+        // A new account's first code is mailed whatever the limits say (the first step counted it).
         Ok(true) => {
-            // A new account's first code is mailed whatever the limits say, and counted.
-            if mail_reserved {
-                mail_code(state, &email, Purpose::Verify, issued).await;
-            } else {
-                let (counted, ()) =
-                    tokio::join!(limits.count_mail_regardless(redis, address), mail_code(state, &email, Purpose::Verify, issued));
-                if let Err(e) = counted {
-                    tracing::warn!(code = e.code(), "a new account's first mail went uncounted");
-                }
-            }
+            mail_code(state, &email, Purpose::Verify, issued).await;
             return verification_required();
         }
         Ok(false) => {}
         Err(e) => {
-            abandon(mail_reserved, false).await;
+            abandon(Abandon::Uncount(counted)).await;
             return Err(e.into());
         }
     }
 
     // Taken. The slot is taken again for what follows (a registration that took it meanwhile
-    // decides instead, and this one changes nothing), and every mail to the address counted
-    // against its limits: past them nothing is sent, with the same answer.
-    let (slot, found) = tokio::join!(limits.take_registration_slot(redis, address), users.find(&email));
-    if !slot? {
-        abandon(mail_reserved, false).await;
-        return verification_required();
+    // decides instead, and this one changes nothing), and a mail to the address goes out only
+    // within its limits, with the same answer either way. The count stays as a new account's
+    // would, so the address's counters do not say which it was.
+    let (slot, found) = tokio::join!(limits.take_registration_slot(redis, address, &user_id), users.find(&email));
+    match slot {
+        Ok(true) => {}
+        // The registration holding it counts its own mail.
+        Ok(false) => {
+            abandon(Abandon::Uncount(counted)).await;
+            return verification_required();
+        }
+        Err(e) => {
+            abandon(Abandon::Uncount(counted)).await;
+            return Err(e);
+        }
     }
     let replaced = match found {
         // Never verified (someone may have registered another's address): this registration
         // replaces it whatever the mail limits (a squatter spending them cannot keep their
         // password in place), and only the mailbox's owner can verify it.
-        Ok(Some((form, old))) if !old.email_verified => users.replace_unverified(&form, &old.user_id, &creds, &profile).await,
-        Ok(_) => Ok(false),
+        Ok(Some((form, old))) if !old.email_verified => users.replace_unverified(&form, &old.user_id, &creds, &profile).await.map(Some),
+        Ok(Some(_)) => Ok(Some(false)),
+        // Gone since the write found it (it expired, or was deleted): nobody to tell.
+        Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
     match replaced {
-        Ok(true) => {
+        Ok(Some(true)) => {
             // The code stored in the first step, again (a resend for the replaced account may
             // have replaced it since), with the slot given back in the same step.
             if let Err(e) = limits.store_code(redis, address, &code, true).await {
-                abandon(mail_reserved, true).await;
+                abandon(Abandon::Uncount(counted)).await;
                 return Err(e);
             }
-            if mail_reserved {
+            if counted.within_limits {
                 mail_code(state, &email, Purpose::Verify, issued).await;
             }
         }
         // Same answer as a new account; the owner hears about it instead of the caller, and
         // the address's pending code is as it was.
-        Ok(false) => {
-            if mail_reserved {
+        Ok(Some(false)) => {
+            if counted.within_limits {
                 let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
                 send_notice(state, &email, "Registration attempt", body).await;
             }
-            abandon(false, true).await;
+            abandon(Abandon::KeepCount).await;
         }
+        Ok(None) => abandon(Abandon::KeepCount).await,
         Err(e) => {
-            abandon(mail_reserved, true).await;
+            abandon(Abandon::Uncount(counted)).await;
             return Err(e.into());
         }
     }

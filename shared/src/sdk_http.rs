@@ -106,6 +106,9 @@ impl Http1Connector {
         tcp.enforce_http(false);
         // A request is written in one go and answered in one; Nagle's delay only adds latency.
         tcp.set_nodelay(true);
+        // Also per TCP attempt: hyper-util shares it among a name's addresses, so one that does not
+        // answer leaves time to try the next (the limit around the whole connect is `ConnectWithin`).
+        tcp.set_connect_timeout(timeouts.connect);
         // HTTP/1.1 only: the builder asks for no protocol by ALPN, which servers answer with
         // HTTP/1.1.
         let https =

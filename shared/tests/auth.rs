@@ -656,7 +656,7 @@ async fn a_rate_limited_registration_changes_nothing_and_leaves_the_address_free
 }
 
 #[tokio::test]
-async fn registrations_count_one_mail_each_whether_or_not_it_was_sent() {
+async fn registrations_count_only_the_mails_that_fit_the_limits() {
     let app = spawn_app().await;
     let email = unique_email();
     assert_eq!(register(&app, &email).await.status, 202);
@@ -668,13 +668,20 @@ async fn registrations_count_one_mail_each_whether_or_not_it_was_sent() {
         let mails = app.outbox().len();
         assert_eq!(register(&app, &email).await.status, 202);
         assert_eq!(app.outbox().len(), mails + 1, "round {round}: the notice");
-        assert_eq!(mail_counters(&app, &email).await, (2 * round, true), "round {round}");
-        // At once again: inside the cooldown nothing is sent, yet one is counted, as a new
-        // account's code would be whatever the limits (the counters tell nothing of the address).
-        assert_eq!(register(&app, &email).await.status, 202);
-        assert_eq!(app.outbox().len(), mails + 1, "round {round}: no mail in the cooldown");
-        assert_eq!(mail_counters(&app, &email).await, (2 * round + 1, true), "round {round}");
+        assert_eq!(mail_counters(&app, &email).await, (1 + round, true), "round {round}");
+        // Again and again inside the cooldown: nothing is sent and nothing counted, as a new
+        // account's code past the limits is sent uncounted (the counters tell nothing of the
+        // address), so a burst of registrations cannot spend the owner's hour of mails.
+        for again in 1..=5 {
+            assert_eq!(register(&app, &email).await.status, 202);
+            assert_eq!(app.outbox().len(), mails + 1, "round {round}.{again}: no mail in the cooldown");
+            assert_eq!(mail_counters(&app, &email).await, (1 + round, true), "round {round}.{again}");
+        }
     }
+    // The owner's hour is not spent: a reset mail goes out once the cooldown is over.
+    a_minute_passes(&app, &email).await;
+    assert_eq!(forgot(&app, &email).await.status, 202);
+    assert!(last_reset_mail(&app, &email)["code"].is_string());
     assert_eq!(login(&app, &email, PASSWORD).await.status, 200);
 }
 
@@ -697,8 +704,8 @@ async fn registrations_past_the_mail_limits_leave_the_same_counters_whether_the_
     let sent: Vec<Value> = app.outbox()[mails..].to_vec();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["to"], normalised(&free).as_str());
-    assert_eq!(mail_counters(&app, &taken).await, (6, true));
-    assert_eq!(mail_counters(&app, &free).await, (6, true));
+    assert_eq!(mail_counters(&app, &taken).await, (5, false), "nothing counted past the limits");
+    assert_eq!(mail_counters(&app, &free).await, (5, false), "nothing counted past the limits");
 }
 
 #[tokio::test]
@@ -1453,17 +1460,17 @@ async fn a_registration_that_outlived_its_slot_cannot_give_back_the_one_that_too
     let mut conn = redis_conn(&app).await;
     let (first, second, third) = (first_step_code("first", "aa"), first_step_code("second", "bb"), first_step_code("third", "cc"));
     let begin = |code| async move { limits.begin_registration(redis, email, &code).await.unwrap() };
-    assert!(matches!(begin(first).await, RegistrationStart::Started(_)));
+    assert!(matches!(begin(first).await, RegistrationStart::Started { .. }));
     // The first one's slot runs out while it waits on the database, and a second takes it.
     redis::cmd("DEL").arg(EmailKeys::new(email).registering).query_async::<()>(&mut conn).await.unwrap();
-    assert!(matches!(begin(second).await, RegistrationStart::Started(_)));
+    assert!(matches!(begin(second).await, RegistrationStart::Started { .. }));
     // The first, done at last, gives back what it holds, every way it can: nothing.
     limits.release_registration_slot(redis, email, "first").await;
     limits.store_code(redis, email, &first, true).await.unwrap();
     limits.abandon_registration(redis, email, &first, Abandon::KeepCount).await;
     assert_eq!(begin(third).await, RegistrationStart::Busy, "the second still holds the slot");
     limits.release_registration_slot(redis, email, "second").await;
-    assert!(matches!(begin(third).await, RegistrationStart::Started(_)), "given back by its holder");
+    assert!(matches!(begin(third).await, RegistrationStart::Started { .. }), "given back by its holder");
 }
 
 #[tokio::test]
@@ -1474,13 +1481,13 @@ async fn undoing_a_first_step_that_may_not_have_run_leaves_another_registrations
     let email = normalised(&unique_email());
     let keys = EmailKeys::new(&email);
     let mut conn = redis_conn(&app).await;
-    assert!(matches!(
+    assert_eq!(
         limits.begin_registration(redis, &email, &first_step_code("other", "bb")).await.unwrap(),
-        RegistrationStart::Started(_)
-    ));
+        RegistrationStart::Started { within_limits: true }
+    );
     let counters = mail_counters(&app, &email).await;
     // This one's first step never reached redis (its answer was lost before it was sent).
-    limits.abandon_registration(redis, &email, &first_step_code("lost", "aa"), Abandon::Unknown).await;
+    limits.abandon_registration(redis, &email, &first_step_code("lost", "aa"), Abandon::Uncount).await;
     let code: Option<String> = redis::cmd("HGET").arg(&keys.code).arg("hash").query_async(&mut conn).await.unwrap();
     assert_eq!(code.as_deref(), Some("bb"), "the other registration's code");
     assert_eq!(mail_counters(&app, &email).await, counters);
@@ -1489,32 +1496,72 @@ async fn undoing_a_first_step_that_may_not_have_run_leaves_another_registrations
 }
 
 #[tokio::test]
-async fn un_counting_a_registrations_mail_puts_back_the_cooldown_that_was_running() {
+async fn undoing_a_first_step_whose_answer_was_lost_after_it_ran_undoes_all_of_it() {
     use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
     let app = spawn_app().await;
     let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
     let email = normalised(&unique_email());
     let keys = EmailKeys::new(&email);
     let mut conn = redis_conn(&app).await;
-    for (round, cooling_ms) in [(1, Some(30_000)), (2, None), (3, Some(45_000))] {
-        redis::cmd("SET").arg(&keys.hourly).arg(2).arg("EX").arg(3600).query_async::<()>(&mut conn).await.unwrap();
-        redis::cmd("DEL").arg(&keys.cooldown).query_async::<()>(&mut conn).await.unwrap();
-        if let Some(ms) = cooling_ms {
-            redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(ms).query_async::<()>(&mut conn).await.unwrap();
-        }
-        let code = first_step_code("refused", "aa");
-        let RegistrationStart::Started(counted) = limits.begin_registration(redis, &email, &code).await.unwrap() else {
-            panic!("round {round}: the slot is free")
-        };
-        assert_eq!(counted.within_limits, cooling_ms.is_none(), "round {round}");
-        assert_eq!(mail_counters(&app, &email).await, (3, true), "round {round}: counted");
-        limits.abandon_registration(redis, &email, &code, Abandon::Uncount(counted)).await;
-        let left: i64 = redis::cmd("PTTL").arg(&keys.cooldown).query_async(&mut conn).await.unwrap();
-        match cooling_ms {
-            Some(ms) => assert!((ms - 2_000..=ms).contains(&left), "round {round}: the cooldown as it was, {left} ms"),
-            None => assert_eq!(left, -2, "round {round}: no cooldown"),
-        }
-        let hourly: Option<u32> = redis::cmd("GET").arg(&keys.hourly).query_async(&mut conn).await.unwrap();
-        assert_eq!(hourly, Some(2), "round {round}: un-counted");
+    for round in 1..=3 {
+        let before = mail_counters(&app, &email).await;
+        let lost = first_step_code("lost", "aa");
+        // It ran (its answer is what was lost): the caller cannot tell what it counted.
+        assert_eq!(limits.begin_registration(redis, &email, &lost).await.unwrap(), RegistrationStart::Started { within_limits: true });
+        limits.abandon_registration(redis, &email, &lost, Abandon::Uncount).await;
+        assert_eq!(mail_counters(&app, &email).await, before, "round {round}: un-counted");
+        let code: bool = redis::cmd("EXISTS").arg(&keys.code).query_async(&mut conn).await.unwrap();
+        assert!(!code, "round {round}: its code is gone");
+        let holder: Option<String> = redis::cmd("GET").arg(&keys.registering).query_async(&mut conn).await.unwrap();
+        assert_eq!(holder, None, "round {round}: its slot is free");
     }
+}
+
+#[tokio::test]
+async fn a_refused_registration_never_extends_revives_or_ends_a_cooldown_it_did_not_start() {
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    let app = spawn_app().await;
+    let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
+    let email = normalised(&unique_email());
+    let keys = EmailKeys::new(&email);
+    let mut conn = redis_conn(&app).await;
+    let probe = redis_conn(&app).await;
+    let pttl = || {
+        let (key, mut conn) = (keys.cooldown.clone(), probe.clone());
+        async move { redis::cmd("PTTL").arg(key).query_async::<i64>(&mut conn).await.unwrap() }
+    };
+    let refused = first_step_code("refused", "aa");
+    let begin = || limits.begin_registration(redis, &email, &refused);
+    let abandon = || limits.abandon_registration(redis, &email, &refused, Abandon::Uncount);
+    redis::cmd("SET").arg(&keys.hourly).arg(2).arg("EX").arg(3600).query_async::<()>(&mut conn).await.unwrap();
+
+    // A cooldown running from a mail that went out: left as it is, and nothing is counted.
+    for round in 1..=3 {
+        redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(30_000).query_async::<()>(&mut conn).await.unwrap();
+        let before = pttl().await;
+        assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: false }, "round {round}");
+        abandon().await;
+        let after = pttl().await;
+        assert!(after > 0 && after <= before, "round {round}: {before} ms before, {after} ms after");
+        assert_eq!(mail_counters(&app, &email).await, (2, true), "round {round}");
+    }
+    // Under half a second left (which TTL reads as none) is still a cooldown, and when it runs
+    // out before the registration gives up, un-counting does not bring it back.
+    redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(150).query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: false });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    abandon().await;
+    assert_eq!(pttl().await, -2, "a cooldown that ran out stays out");
+    assert_eq!(mail_counters(&app, &email).await, (2, false));
+    // No cooldown: this one's is counted and un-counted; a cooldown another mail started after
+    // its own ran out is that mail's, and stays.
+    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: true });
+    assert_eq!(mail_counters(&app, &email).await, (3, true), "counted");
+    redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("EX").arg(60).query_async::<()>(&mut conn).await.unwrap();
+    abandon().await;
+    assert!(pttl().await > 55_000, "another mail's cooldown");
+    redis::cmd("DEL").arg(&keys.cooldown).query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: true });
+    abandon().await;
+    assert_eq!(pttl().await, -2, "its own cooldown goes with its count");
 }

@@ -171,16 +171,18 @@ return 1
 
 /// Lua shared by the scripts that count mail: `send_limited` is what keeps one more mail to an
 /// address from being sent (`{'cooldown' | 'hourly', seconds to wait}`), or false; `count_send`
-/// counts one against the address's cooldown and hourly count.
+/// counts one against the address's cooldown (held by `sender`, for a registration to know its
+/// own) and hourly count. The cooldown is read in milliseconds: `TTL` rounds under half a second
+/// down to none.
 const SEND_COUNTERS: &str = r#"
 local function send_limited(cooldown, hourly, per_hour)
-  local cooling = redis.call('TTL', cooldown)
-  if cooling > 0 then return {'cooldown', cooling} end
+  local cooling = redis.call('PTTL', cooldown)
+  if cooling > 0 then return {'cooldown', math.ceil(cooling / 1000)} end
   if tonumber(redis.call('GET', hourly) or '0') >= per_hour then return {'hourly', redis.call('TTL', hourly)} end
   return false
 end
-local function count_send(cooldown, hourly, cooldown_secs)
-  redis.call('SET', cooldown, '1', 'EX', cooldown_secs)
+local function count_send(cooldown, hourly, cooldown_secs, sender)
+  redis.call('SET', cooldown, sender, 'EX', cooldown_secs)
   if redis.call('INCR', hourly) == 1 then redis.call('EXPIRE', hourly, 3600) end
 end
 "#;
@@ -206,7 +208,7 @@ if ARGV[3] ~= '1' then
   local limited = send_limited(KEYS[1], KEYS[2], tonumber(ARGV[1]))
   if limited then return limited end
 end
-count_send(KEYS[1], KEYS[2], tonumber(ARGV[2]))
+count_send(KEYS[1], KEYS[2], tonumber(ARGV[2]), '1')
 return {{'ok', 0}}
 "#
     ))
@@ -246,22 +248,21 @@ return 1
 /// The first step of a registration: takes the address's slot (KEYS[1], for ARGV[1] ms, held by
 /// ARGV[3]) or answers `busy`; then stores the registration's code for its new account, before
 /// the account exists, keeping the code it replaces (KEYS[2] → KEYS[3]) for
-/// `ABANDON_REGISTRATION` to put back; and counts one mail to the address (KEYS[5..6]) whatever
-/// its limits, as a new account's first code is, a running cooldown left as it is (registering
-/// a taken address again and again must not keep its owner's mail cooling for ever). KEYS[4] = the new link token's key; ARGV[2..6]
-/// = code hash, user id, ttl, sends per hour, cooldown. `{'started', 1 | 0, ms}`: whether the
-/// mail fitted the limits, and what was left of the cooldown before (-2: none), for un-counting.
+/// `ABANDON_REGISTRATION` to put back; and counts one mail to the address (KEYS[5..6]) if it fits
+/// the limits, its cooldown held by the registration. Past them nothing is counted, whether the
+/// address is free (its first code is sent uncounted) or taken (nobody is mailed), so the
+/// counters do not tell the two apart, and registering a taken address again and again spends
+/// none of its owner's mail. KEYS[4] = the new link token's key; ARGV[2..6] = code hash, user
+/// id, ttl, sends per hour, cooldown. `{'started', 1 | 0}`: whether the mail fitted the limits.
 static BEGIN_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{PUT_CODE}{SEND_COUNTERS}
-if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', 0, 0}} end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', 0}} end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) else redis.call('DEL', KEYS[3]) end
 put_code(KEYS[2], KEYS[4], ARGV[2], ARGV[3], tonumber(ARGV[4]))
-local cooling = redis.call('PTTL', KEYS[5])
-local within = send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5])) and 0 or 1
-if redis.call('INCR', KEYS[6]) == 1 then redis.call('EXPIRE', KEYS[6], 3600) end
-redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[6]), 'NX')
-return {{'started', within, cooling}}
+if send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5])) then return {{'started', 0}} end
+count_send(KEYS[5], KEYS[6], tonumber(ARGV[6]), ARGV[3])
+return {{'started', 1}}
 "#
     ))
 });
@@ -269,9 +270,11 @@ return {{'started', within, cooling}}
 /// Undoes what `BEGIN_REGISTRATION` stored for a registration that mails no code: the code it
 /// replaced comes back, unless a newer one has replaced this registration's meanwhile (KEYS[1] =
 /// the code, compared with ARGV[1]; KEYS[2] = the kept one), its link token goes (KEYS[3]), with
-/// ARGV[2] = '1' its counted mail is un-counted (KEYS[4..5]: the cooldown as it was, ARGV[4] ms
-/// of it, or none), and the slot (KEYS[6]) is given back if this registration (ARGV[3]) holds it.
-/// Each part is safe whether or not the first step ran, un-counting aside.
+/// ARGV[2] = '1' the mail it counted is un-counted (KEYS[4..5]) if the cooldown is still the one
+/// it started, and the slot (KEYS[6]) is given back if this registration (ARGV[3]) holds it. So a
+/// cooldown it did not start is never touched, and every part is safe whether or not the first
+/// step ran (a cooldown it started that ran out meanwhile leaves its count: one too many, never
+/// one too few).
 static ABANDON_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{RELEASE_SLOT}
@@ -279,9 +282,8 @@ if redis.call('HGET', KEYS[1], 'hash') == ARGV[1] then
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
 end
 redis.call('DEL', KEYS[3])
-if ARGV[2] == '1' then
-  local cooling = tonumber(ARGV[4])
-  if cooling > 0 then redis.call('SET', KEYS[4], '1', 'PX', cooling) else redis.call('DEL', KEYS[4]) end
+if ARGV[2] == '1' and redis.call('GET', KEYS[4]) == ARGV[3] then
+  redis.call('DEL', KEYS[4])
   if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then redis.call('DECR', KEYS[5]) end
 end
 release_slot(KEYS[6], ARGV[3])
@@ -439,30 +441,20 @@ pub struct NewCode<'a> {
 pub enum RegistrationStart {
     /// Another registration of the address holds its slot: this one changes nothing.
     Busy,
-    /// The slot is this registration's, its code is stored, and one mail to the address counted.
-    Started(CountedMail),
+    /// The slot is this registration's and its code is stored; `within_limits`: its mail fitted
+    /// the address's limits, and was counted (a taken address may be mailed about it; a new
+    /// account's first code is sent either way).
+    Started { within_limits: bool },
 }
 
-/// The mail a registration's first step counted against the address's limits, whatever they
-/// said (a new account's first code is always sent; a taken address keeps the count, so the
-/// counters after a registration do not tell whether the address was free).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CountedMail {
-    /// The mail fitted the limits: an address that is taken may be mailed about it.
-    pub within_limits: bool,
-    /// What was left of the cooldown before (ms; none when ≤ 0): put back by un-counting.
-    cooldown_before_ms: i64,
-}
-
-/// What undoing a registration's first step also does.
+/// What undoing a registration's first step does with the mail it counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abandon {
-    /// Un-count the mail the step counted, which was not sent.
-    Uncount(CountedMail),
+    /// Un-count it: nothing was sent. Safe whether or not the step ran, or counted anything (its
+    /// answer may have been lost): only a cooldown the step started is undone.
+    Uncount,
     /// Keep it counted: a mail went out, or the address's counters must read as if one had.
     KeepCount,
-    /// Whether the step ran is not known (its answer was lost): undo what is safe either way.
-    Unknown,
 }
 
 /// A code that matched and was consumed.
@@ -697,8 +689,8 @@ impl Limits {
     /// `REGISTRATION_SLOT_MS`, held by the new account's user id (`Busy` while another
     /// registration of the address holds it: a doubled submit, a parallel burst, which then
     /// changes nothing and mails nothing), stores the registration's verification code `new`
-    /// before its account is written, and counts its mail. A registration that then mails no
-    /// code undoes it with `abandon_registration`.
+    /// before its account is written, and counts its mail if it fits the limits. A registration
+    /// that then mails no code undoes it with `abandon_registration`.
     pub async fn begin_registration(
         &self,
         redis: &ConnectionManager,
@@ -711,7 +703,7 @@ impl Limits {
         for key in &keys {
             script.key(key);
         }
-        let (tag, within, cooldown_before_ms): (String, i64, i64) = script
+        let (tag, within): (String, i64) = script
             .arg(REGISTRATION_SLOT_MS)
             .arg(new.code_hash)
             .arg(new.user_id)
@@ -721,7 +713,7 @@ impl Limits {
             .invoke_async(&mut conn)
             .await?;
         match tag.as_str() {
-            "started" => Ok(RegistrationStart::Started(CountedMail { within_limits: within == 1, cooldown_before_ms })),
+            "started" => Ok(RegistrationStart::Started { within_limits: within == 1 }),
             "busy" => Ok(RegistrationStart::Busy),
             other => Err(ApiError::internal("registration's first step", format!("an unknown reply {other:?}"))),
         }
@@ -730,7 +722,8 @@ impl Limits {
     /// Undoes `begin_registration` for a registration that mails no code (refused, failed, or the
     /// address taken): the code it replaced is back unless a newer one came meanwhile, the slot
     /// is given back if this registration still holds it, and as `abandon` says, the mail it
-    /// counted is un-counted. Best effort, logged: the code and the slot expire by themselves.
+    /// counted is un-counted. Best effort, logged: the code, the slot and the cooldown expire by
+    /// themselves.
     pub async fn abandon_registration(&self, redis: &ConnectionManager, email: &str, new: &NewCode<'_>, abandon: Abandon) {
         let [slot, rest @ ..] = EmailKeys::new(email).registration_keys(new.token_hash);
         let mut conn = redis.clone();
@@ -738,11 +731,8 @@ impl Limits {
         for key in rest.iter().chain([&slot]) {
             script.key(key);
         }
-        let (uncount, cooldown_before_ms) = match abandon {
-            Abandon::Uncount(counted) => ("1", counted.cooldown_before_ms),
-            Abandon::KeepCount | Abandon::Unknown => ("0", 0),
-        };
-        let undone = script.arg(new.code_hash).arg(uncount).arg(new.user_id).arg(cooldown_before_ms).invoke_async::<i64>(&mut conn).await;
+        let uncount = if abandon == Abandon::Uncount { "1" } else { "0" };
+        let undone = script.arg(new.code_hash).arg(uncount).arg(new.user_id).invoke_async::<i64>(&mut conn).await;
         if let Err(e) = undone {
             tracing::warn!(error = %e, "a registration's first step was not undone; its code and slot expire by themselves");
         }
@@ -783,7 +773,7 @@ impl Limits {
     /// Counts a mail that is sent whatever the address's limits say: a security notice the
     /// owner's own act sends (two-factor on or off; a notice that someone could suppress by
     /// spending the limits first, a forgot request say, would warn nobody, and only a signed-in
-    /// user can cause one), or a new account's first code.
+    /// user can cause one).
     pub async fn count_mail_regardless(&self, redis: &ConnectionManager, email: &str) -> Result<(), ApiError> {
         self.reserve(redis, email, true).await.map(|_| ())
     }

@@ -177,10 +177,11 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     password::check_policy(&body.password, email.as_str(), username.as_deref())?;
     // Registrations of one address race (a doubled submit, a burst): the one that holds the
     // address's slot decides, the others answer alike and change nothing, so one account gets
-    // one code. Taking the slot also stores this registration's code and reserves its mail, so
-    // a new account is two round trips: that step with the source's rate limit (a key of another
-    // hash slot: a step of its own, sent together), then the account with the slot given back.
-    // Every path that does not mail the code undoes the first step (`Abandon`).
+    // one code. Taking the slot also stores this registration's code and counts its mail if it
+    // fits the limits, so a new account is two round trips: that step with the source's rate
+    // limit (a key of another hash slot: a step of its own, sent together), then the account
+    // with the slot given back. Every path that does not mail the code undoes the first step
+    // (`Abandon`).
     let user_id = uuid::Uuid::new_v4().to_string();
     let issued = IssuedCode::new(state, &email).await?;
     let code = issued.stored(Purpose::Verify, &user_id);
@@ -191,24 +192,25 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     // round trip. Undone at once, it leaves nothing a registration from an unlimited source
     // could not do (that one replaces an unverified account's code for good).
     let (rate, start) = tokio::join!(limits.check_ip(redis, "register", &ctx.source_ip), limits.begin_registration(redis, address, &code));
-    let counted = match (rate, start) {
+    let within_limits = match (rate, start) {
         (rate, Ok(RegistrationStart::Busy)) => return rate.and_then(|()| verification_required()),
-        (Err(limited), Ok(RegistrationStart::Started(counted))) => {
-            abandon(Abandon::Uncount(counted)).await;
+        (Err(limited), Ok(RegistrationStart::Started { .. })) => {
+            abandon(Abandon::Uncount).await;
             return Err(limited);
         }
-        // No answer from the step (redis down, a timeout, a dropped connection): it may have run.
+        // No answer from the step (redis down, a timeout, a dropped connection): it may have
+        // run, and un-counting undoes only what it did.
         (rate, Err(e)) => {
-            abandon(Abandon::Unknown).await;
+            abandon(Abandon::Uncount).await;
             return Err(rate.err().unwrap_or(e));
         }
-        (Ok(()), Ok(RegistrationStart::Started(counted))) => counted,
+        (Ok(()), Ok(RegistrationStart::Started { within_limits })) => within_limits,
     };
 
     let (creds, profile) = match new_account(&user_id, &email, body.password, username).await {
         Ok(account) => account,
         Err(e) => {
-            abandon(Abandon::Uncount(counted)).await;
+            abandon(Abandon::Uncount).await;
             return Err(e);
         }
     };
@@ -217,14 +219,14 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     // one, and finds the account (or, should it win the race to write one, this one finds its).
     let (created, ()) = tokio::join!(users.create(&email, &creds, &profile), limits.release_registration_slot(redis, address, &user_id));
     match created {
-        // A new account's first code is mailed whatever the limits say (the first step counted it).
+        // A new account's first code is mailed whatever the limits say (counted if within them).
         Ok(true) => {
             mail_code(state, &email, Purpose::Verify, issued).await;
             return verification_required();
         }
         Ok(false) => {}
         Err(e) => {
-            abandon(Abandon::Uncount(counted)).await;
+            abandon(Abandon::Uncount).await;
             return Err(e.into());
         }
     }
@@ -236,13 +238,14 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     let (slot, found) = tokio::join!(limits.take_registration_slot(redis, address, &user_id), users.find(&email));
     match slot {
         Ok(true) => {}
-        // The registration holding it counts its own mail.
+        // The registration holding it decides. The count stays, as it would have had the address
+        // been free (this one's account written, the other's finding it).
         Ok(false) => {
-            abandon(Abandon::Uncount(counted)).await;
+            abandon(Abandon::KeepCount).await;
             return verification_required();
         }
         Err(e) => {
-            abandon(Abandon::Uncount(counted)).await;
+            abandon(Abandon::Uncount).await;
             return Err(e);
         }
     }
@@ -261,17 +264,17 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
             // The code stored in the first step, again (a resend for the replaced account may
             // have replaced it since), with the slot given back in the same step.
             if let Err(e) = limits.store_code(redis, address, &code, true).await {
-                abandon(Abandon::Uncount(counted)).await;
+                abandon(Abandon::Uncount).await;
                 return Err(e);
             }
-            if counted.within_limits {
+            if within_limits {
                 mail_code(state, &email, Purpose::Verify, issued).await;
             }
         }
         // Same answer as a new account; the owner hears about it instead of the caller, and
         // the address's pending code is as it was.
         Ok(Some(false)) => {
-            if counted.within_limits {
+            if within_limits {
                 let body = "Someone tried to register a new account with this email address. If it was you, sign in or reset your password instead; otherwise no action is needed.";
                 send_notice(state, &email, "Registration attempt", body).await;
             }
@@ -279,7 +282,7 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
         }
         Ok(None) => abandon(Abandon::KeepCount).await,
         Err(e) => {
-            abandon(Abandon::Uncount(counted)).await;
+            abandon(Abandon::Uncount).await;
             return Err(e.into());
         }
     }

@@ -686,6 +686,31 @@ async fn registrations_count_only_the_mails_that_fit_the_limits() {
 }
 
 #[tokio::test]
+async fn registrations_inside_a_running_cooldown_leave_the_same_counters_whether_the_address_was_free_or_taken() {
+    let app = spawn_app().await;
+    let (taken, _) = signed_in_user(&app).await;
+    let free = unique_email();
+    let mut conn = redis_conn(&app).await;
+    for email in [&taken, &free] {
+        // One mail sent a moment ago (a forgot request, say): its cooldown runs.
+        let keys = shared::auth::limits::EmailKeys::new(&normalised(email));
+        redis::cmd("SET").arg(&keys.hourly).arg(1).arg("EX").arg(3600).query_async::<()>(&mut conn).await.unwrap();
+        redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("EX").arg(60).query_async::<()>(&mut conn).await.unwrap();
+    }
+    let mails = app.outbox().len();
+    for round in 1..=2 {
+        assert_eq!(register(&app, &taken).await.status, 202);
+        assert_eq!(register(&app, &free).await.status, 202);
+        assert_eq!(mail_counters(&app, &taken).await, (1, true), "round {round}");
+        assert_eq!(mail_counters(&app, &free).await, (1, true), "round {round}");
+    }
+    // The new account's code went out once, uncounted; the owner of the taken one heard nothing.
+    let sent: Vec<Value> = app.outbox()[mails..].to_vec();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["to"], normalised(&free).as_str());
+}
+
+#[tokio::test]
 async fn registrations_past_the_mail_limits_leave_the_same_counters_whether_the_address_was_free_or_taken() {
     let app = spawn_app().await;
     let (taken, _) = signed_in_user(&app).await;
@@ -706,6 +731,58 @@ async fn registrations_past_the_mail_limits_leave_the_same_counters_whether_the_
     assert_eq!(sent[0]["to"], normalised(&free).as_str());
     assert_eq!(mail_counters(&app, &taken).await, (5, false), "nothing counted past the limits");
     assert_eq!(mail_counters(&app, &free).await, (5, false), "nothing counted past the limits");
+}
+
+#[tokio::test]
+async fn forgot_counts_a_mail_for_every_address_so_the_next_resend_answers_alike_whatever_the_address() {
+    let app = spawn_app().await;
+    for round in 1..=2 {
+        let (unknown, pending, verified) = (unique_email(), unique_email(), signed_in_user(&app).await.0);
+        register(&app, &pending).await;
+        let mut answers = Vec::new();
+        for email in [&unknown, &pending, &verified] {
+            a_minute_passes(&app, email).await;
+            assert_eq!(forgot(&app, email).await.status, 202, "round {round}");
+            assert!(mail_counters(&app, email).await.1, "round {round}: the cooldown runs for {email}");
+            let res = resend(&app, email).await;
+            answers.push((res.status, res.code().to_owned()));
+        }
+        assert!(answers.iter().all(|a| *a == answers[0]), "round {round}: {answers:?}");
+        assert_eq!(answers[0].0, 429, "round {round}: forgot's mail started the cooldown");
+    }
+}
+
+#[tokio::test]
+async fn a_doubled_registration_inside_the_cooldown_leaves_the_first_ones_mailed_code_working() {
+    let app = spawn_app().await;
+    for round in 1..=3 {
+        let email = unique_email();
+        assert_eq!(register(&app, &email).await.status, 202);
+        let mailed = last_code(&app, &email);
+        let mails = app.outbox().len();
+        // The same submit again (a double click, a retry after a timeout), inside the cooldown:
+        // nothing is mailed, so nothing that was mailed may stop working.
+        for _ in 0..2 {
+            assert_eq!(register(&app, &email).await.status, 202);
+        }
+        assert_eq!(app.outbox().len(), mails, "round {round}: nothing more mailed");
+        assert_eq!(verify(&app, &email, &mailed).await.status, 200, "round {round}: the mailed code works");
+        assert_eq!(login(&app, &email, PASSWORD).await.status, 200, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn another_password_registered_past_the_limits_does_not_replace_an_account_made_within_the_cooldown() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    assert_eq!(register(&app, &email).await.status, 202);
+    let mailed = last_code(&app, &email);
+    let other = json!({"email": email, "password": "someone else's passphrase"});
+    let res = app.call(auth::register, request("POST", "/api/v1/auth/register", Some(other.clone()))).await;
+    assert_eq!(res.status, 202, "{}", res.raw);
+    assert_eq!(verify(&app, &email, &mailed).await.status, 200);
+    assert_eq!(login(&app, &email, PASSWORD).await.status, 200, "the first registration's password");
+    assert_eq!(login(&app, &email, "someone else's passphrase").await.status, 401);
 }
 
 #[tokio::test]
@@ -1475,7 +1552,7 @@ async fn a_registration_that_outlived_its_slot_cannot_give_back_the_one_that_too
 
 #[tokio::test]
 async fn undoing_a_first_step_that_may_not_have_run_leaves_another_registrations_code_count_and_slot() {
-    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, MailFit, RegistrationStart};
     let app = spawn_app().await;
     let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
     let email = normalised(&unique_email());
@@ -1483,7 +1560,7 @@ async fn undoing_a_first_step_that_may_not_have_run_leaves_another_registrations
     let mut conn = redis_conn(&app).await;
     assert_eq!(
         limits.begin_registration(redis, &email, &first_step_code("other", "bb")).await.unwrap(),
-        RegistrationStart::Started { within_limits: true }
+        RegistrationStart::Started { mail: MailFit::Within }
     );
     let counters = mail_counters(&app, &email).await;
     // This one's first step never reached redis (its answer was lost before it was sent).
@@ -1497,7 +1574,7 @@ async fn undoing_a_first_step_that_may_not_have_run_leaves_another_registrations
 
 #[tokio::test]
 async fn undoing_a_first_step_whose_answer_was_lost_after_it_ran_undoes_all_of_it() {
-    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, MailFit, RegistrationStart};
     let app = spawn_app().await;
     let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
     let email = normalised(&unique_email());
@@ -1507,7 +1584,7 @@ async fn undoing_a_first_step_whose_answer_was_lost_after_it_ran_undoes_all_of_i
         let before = mail_counters(&app, &email).await;
         let lost = first_step_code("lost", "aa");
         // It ran (its answer is what was lost): the caller cannot tell what it counted.
-        assert_eq!(limits.begin_registration(redis, &email, &lost).await.unwrap(), RegistrationStart::Started { within_limits: true });
+        assert_eq!(limits.begin_registration(redis, &email, &lost).await.unwrap(), RegistrationStart::Started { mail: MailFit::Within });
         limits.abandon_registration(redis, &email, &lost, Abandon::Uncount).await;
         assert_eq!(mail_counters(&app, &email).await, before, "round {round}: un-counted");
         let code: bool = redis::cmd("EXISTS").arg(&keys.code).query_async(&mut conn).await.unwrap();
@@ -1519,7 +1596,7 @@ async fn undoing_a_first_step_whose_answer_was_lost_after_it_ran_undoes_all_of_i
 
 #[tokio::test]
 async fn a_refused_registration_never_extends_revives_or_ends_a_cooldown_it_did_not_start() {
-    use shared::auth::limits::{Abandon, EmailKeys, Limits, RegistrationStart};
+    use shared::auth::limits::{Abandon, EmailKeys, Limits, MailFit, RegistrationStart};
     let app = spawn_app().await;
     let (redis, limits) = (&app.state.redis, Limits { ip_per_minute: 1000 });
     let email = normalised(&unique_email());
@@ -1539,7 +1616,7 @@ async fn a_refused_registration_never_extends_revives_or_ends_a_cooldown_it_did_
     for round in 1..=3 {
         redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(30_000).query_async::<()>(&mut conn).await.unwrap();
         let before = pttl().await;
-        assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: false }, "round {round}");
+        assert_eq!(begin().await.unwrap(), RegistrationStart::Started { mail: MailFit::CoolingDown }, "round {round}");
         abandon().await;
         let after = pttl().await;
         assert!(after > 0 && after <= before, "round {round}: {before} ms before, {after} ms after");
@@ -1547,21 +1624,24 @@ async fn a_refused_registration_never_extends_revives_or_ends_a_cooldown_it_did_
     }
     // Under half a second left (which TTL reads as none) is still a cooldown, and when it runs
     // out before the registration gives up, un-counting does not bring it back.
-    redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(150).query_async::<()>(&mut conn).await.unwrap();
-    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: false });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("PX").arg(400).query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { mail: MailFit::CoolingDown });
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     abandon().await;
     assert_eq!(pttl().await, -2, "a cooldown that ran out stays out");
     assert_eq!(mail_counters(&app, &email).await, (2, false));
     // No cooldown: this one's is counted and un-counted; a cooldown another mail started after
     // its own ran out is that mail's, and stays.
-    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: true });
+    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { mail: MailFit::Within });
     assert_eq!(mail_counters(&app, &email).await, (3, true), "counted");
     redis::cmd("SET").arg(&keys.cooldown).arg("1").arg("EX").arg(60).query_async::<()>(&mut conn).await.unwrap();
     abandon().await;
     assert!(pttl().await > 55_000, "another mail's cooldown");
+    assert_eq!(mail_counters(&app, &email).await, (3, true), "its count stays: one too many, never one too few");
     redis::cmd("DEL").arg(&keys.cooldown).query_async::<()>(&mut conn).await.unwrap();
-    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { within_limits: true });
+    assert_eq!(begin().await.unwrap(), RegistrationStart::Started { mail: MailFit::Within });
+    assert_eq!(mail_counters(&app, &email).await, (4, true), "counted");
     abandon().await;
     assert_eq!(pttl().await, -2, "its own cooldown goes with its count");
+    assert_eq!(mail_counters(&app, &email).await, (3, false), "un-counted");
 }

@@ -253,16 +253,18 @@ return 1
 /// address is free (its first code is sent uncounted) or taken (nobody is mailed), so the
 /// counters do not tell the two apart, and registering a taken address again and again spends
 /// none of its owner's mail. KEYS[4] = the new link token's key; ARGV[2..6] = code hash, user
-/// id, ttl, sends per hour, cooldown. `{'started', 1 | 0}`: whether the mail fitted the limits.
+/// id, ttl, sends per hour, cooldown. `{'started', 'within' | 'cooldown' | 'hourly'}`: whether the
+/// mail fitted the limits, or which held it back.
 static BEGIN_REGISTRATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{PUT_CODE}{SEND_COUNTERS}
-if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', 0}} end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', tonumber(ARGV[1])) then return {{'busy', ''}} end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) else redis.call('DEL', KEYS[3]) end
 put_code(KEYS[2], KEYS[4], ARGV[2], ARGV[3], tonumber(ARGV[4]))
-if send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5])) then return {{'started', 0}} end
+local limited = send_limited(KEYS[5], KEYS[6], tonumber(ARGV[5]))
+if limited then return {{'started', limited[1]}} end
 count_send(KEYS[5], KEYS[6], tonumber(ARGV[6]), ARGV[3])
-return {{'started', 1}}
+return {{'started', 'within'}}
 "#
     ))
 });
@@ -441,10 +443,19 @@ pub struct NewCode<'a> {
 pub enum RegistrationStart {
     /// Another registration of the address holds its slot: this one changes nothing.
     Busy,
-    /// The slot is this registration's and its code is stored; `within_limits`: its mail fitted
-    /// the address's limits, and was counted (a taken address may be mailed about it; a new
-    /// account's first code is sent either way).
-    Started { within_limits: bool },
+    /// The slot is this registration's and its code is stored, and its mail is as `mail` says.
+    Started { mail: MailFit },
+}
+
+/// How a registration's mail fits the address's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailFit {
+    /// It fits, and was counted: a taken address may be mailed about it.
+    Within,
+    /// A mail went to the address under a minute ago (a doubled submit's first, say).
+    CoolingDown,
+    /// The address's hour of mails is spent.
+    HourSpent,
 }
 
 /// What undoing a registration's first step does with the mail it counted.
@@ -703,7 +714,7 @@ impl Limits {
         for key in &keys {
             script.key(key);
         }
-        let (tag, within): (String, i64) = script
+        let (tag, fit): (String, String) = script
             .arg(REGISTRATION_SLOT_MS)
             .arg(new.code_hash)
             .arg(new.user_id)
@@ -713,7 +724,14 @@ impl Limits {
             .invoke_async(&mut conn)
             .await?;
         match tag.as_str() {
-            "started" => Ok(RegistrationStart::Started { within_limits: within == 1 }),
+            "started" => {
+                let mail = match fit.as_str() {
+                    "within" => MailFit::Within,
+                    "cooldown" => MailFit::CoolingDown,
+                    _ => MailFit::HourSpent,
+                };
+                Ok(RegistrationStart::Started { mail })
+            }
             "busy" => Ok(RegistrationStart::Busy),
             other => Err(ApiError::internal("registration's first step", format!("an unknown reply {other:?}"))),
         }

@@ -1,7 +1,7 @@
 //! The auth routes. Each is served by its own function crate.
 
 use crate::auth::email::EmailAddress;
-use crate::auth::limits::{hash_code, new_code, Abandon, Limits, MailBudget, NewCode, Proof, Purpose, RegistrationStart};
+use crate::auth::limits::{hash_code, new_code, Abandon, Limits, MailBudget, MailFit, NewCode, Proof, Purpose, RegistrationStart};
 use crate::auth::mfa::{self, PendingSignIn};
 use crate::auth::password;
 use crate::auth::session::{authenticate, Caller};
@@ -192,7 +192,7 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     // round trip. Undone at once, it leaves nothing a registration from an unlimited source
     // could not do (that one replaces an unverified account's code for good).
     let (rate, start) = tokio::join!(limits.check_ip(redis, "register", &ctx.source_ip), limits.begin_registration(redis, address, &code));
-    let within_limits = match (rate, start) {
+    let mail = match (rate, start) {
         (rate, Ok(RegistrationStart::Busy)) => return rate.and_then(|()| verification_required()),
         (Err(limited), Ok(RegistrationStart::Started { .. })) => {
             abandon(Abandon::Uncount).await;
@@ -204,8 +204,9 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
             abandon(Abandon::Uncount).await;
             return Err(rate.err().unwrap_or(e));
         }
-        (Ok(()), Ok(RegistrationStart::Started { within_limits })) => within_limits,
+        (Ok(()), Ok(RegistrationStart::Started { mail })) => mail,
     };
+    let within_limits = mail == MailFit::Within;
 
     let (creds, profile) = match new_account(&user_id, &email, body.password, username).await {
         Ok(account) => account,
@@ -250,6 +251,11 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
         }
     }
     let replaced = match found {
+        // Inside the cooldown of a mail to the address (a doubled submit's first, a retry, or
+        // someone racing the owner): left as it is, with the code it was mailed, since nothing
+        // would be mailed for a replacement. A cooldown runs a minute after a mail, so nobody
+        // keeps an account in place this way for more than minutes an hour.
+        Ok(Some((_, old))) if !old.email_verified && mail == MailFit::CoolingDown => Ok(None),
         // Never verified (someone may have registered another's address): this registration
         // replaces it whatever the mail limits (a squatter spending them cannot keep their
         // password in place), and only the mailbox's owner can verify it.
@@ -684,9 +690,13 @@ async fn forgot_password_now(state: &(impl Table + Cache + Keys + Mail), req: Re
     let email = EmailAddress::parse(&body.email)?;
     let limits = limits(state);
     limits.check_ip(state.redis(), "forgot", &ctx.source_ip).await?;
-    let account = users(state).find_live(&email).await?.filter(|(_, creds)| creds.email_verified);
-    if let Some((_, creds)) = account {
-        if limits.reserve_mail(state.redis(), email.as_str()).await? == MailBudget::Reserved {
+    // The mail is counted whether or not the address has an account to mail, as resend's is, so
+    // no later answer (a resend's 429, say) tells which it had.
+    let users = users(state);
+    let (budget, account) = tokio::join!(limits.reserve_mail(state.redis(), email.as_str()), users.find_live(&email));
+    let (budget, account) = (budget?, account?);
+    if let Some((_, creds)) = account.filter(|(_, creds)| creds.email_verified) {
+        if budget == MailBudget::Reserved {
             store_and_send_code(state, &email, &creds.user_id, Purpose::Reset).await?;
         }
     }

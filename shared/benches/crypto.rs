@@ -30,6 +30,30 @@ fn argon2(c: &mut Criterion) {
     let phc = password::hash_blocking("correct horse battery staple").unwrap();
     group.bench_function("hash", |b| b.iter(|| password::hash_blocking("correct horse battery staple").unwrap()));
     group.bench_function("verify", |b| b.iter(|| assert!(password::verify_blocking("correct horse battery staple", &phc).ok)));
+    // The argon2 crate's own verify (its working memory allocated and filled afresh each time).
+    group.bench_function("verify (argon2 crate's own)", |b| {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        b.iter(|| assert!(password::argon2().verify_password(b"correct horse battery staple", &PasswordHash::new(&phc).unwrap()).is_ok()))
+    });
+    // On a fresh thread each time, as a sign-in's blocking task may be.
+    group.bench_function("verify on a new thread", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| s.spawn(|| assert!(password::verify_blocking("correct horse battery staple", &phc).ok)).join().unwrap())
+        })
+    });
+    group.bench_function("verify (argon2 crate's own) on a new thread", |b| {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        b.iter(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let parsed = PasswordHash::new(&phc).unwrap();
+                    assert!(password::argon2().verify_password(b"correct horse battery staple", &parsed).is_ok())
+                })
+                .join()
+                .unwrap()
+            })
+        })
+    });
     group.finish();
 }
 

@@ -16,7 +16,11 @@ cargo test -p shared --test round_trips -- --nocapture --test-threads=1 2>&1 \
   | grep -o '[a-z]*: [0-9]* round trips .*' | sed 's/^\([a-z]*\): \([0-9]*\) round trips \(.*\)$/\1\t\2\t\3/' > .local/bench/trips.tsv
 N=${N:-1000} cargo bench -p shared --bench route_cpu
 # The same at cargo's default release optimisation, for the profile's cost (bench/results.sh
-# sets the two side by side); its own target dir, so the release build stays as it is.
+# sets the two side by side); its own target dir, so the release build stays as it is. On a
+# fresh stack: DynamoDB Local slows down as the first run fills it.
+infra/stack.sh down "$state"
+infra/stack.sh up "$state"
+source "$state/env"
 CARGO_TARGET_DIR=target/opt3 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   CARGO_PROFILE_BENCH_OPT_LEVEL=3 CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 \
   N=${N:-1000} CPU_TSV=cpu-opt3.tsv cargo bench -p shared --bench route_cpu

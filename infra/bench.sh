@@ -14,10 +14,13 @@ cargo bench -p shared --bench crypto --bench handlers
 mkdir -p .local/bench
 cargo test -p shared --test round_trips -- --nocapture --test-threads=1 2>&1 \
   | grep -o '[a-z]*: [0-9]* round trips .*' | sed 's/^\([a-z]*\): \([0-9]*\) round trips \(.*\)$/\1\t\2\t\3/' > .local/bench/trips.tsv
+# Each route_cpu run on a fresh stack: DynamoDB Local slows down as it fills.
+infra/stack.sh down "$state"
+infra/stack.sh up "$state"
+source "$state/env"
 N=${N:-1000} cargo bench -p shared --bench route_cpu
 # The same at cargo's default release optimisation, for the profile's cost (bench/results.sh
-# sets the two side by side); its own target dir, so the release build stays as it is. On a
-# fresh stack: DynamoDB Local slows down as the first run fills it.
+# sets the two side by side); its own target dir, so the release build stays as it is.
 infra/stack.sh down "$state"
 infra/stack.sh up "$state"
 source "$state/env"

@@ -80,8 +80,18 @@ ENV
   sed "s/^export //" "$dir/env" > "$dir/lambda.env"
   ;;
 down)
+  pids=()
   for f in "$dir"/redis.pid "$dir"/redis-tls.pid "$dir"/moto.pid "$dir"/dynamodb.pid; do
-    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    [ -f "$f" ] && pids+=("$(cat "$f")") || true
+  done
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Gone before this returns (up to 10 s): a stack brought up again in the same directory must
+  # not have its pid files removed by the old servers' shutdown, nor share the cores with them.
+  for _ in $(seq 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
   done
   rm -f "$dir"/nodes-*.conf
   ;;

@@ -728,7 +728,8 @@ impl Limits {
                 let mail = match fit.as_str() {
                     "within" => MailFit::Within,
                     "cooldown" => MailFit::CoolingDown,
-                    _ => MailFit::HourSpent,
+                    "hourly" => MailFit::HourSpent,
+                    other => return Err(ApiError::internal("registration's first step", format!("an unknown limit {other:?}"))),
                 };
                 Ok(RegistrationStart::Started { mail })
             }

@@ -208,7 +208,8 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
     };
     let within_limits = mail == MailFit::Within;
 
-    let (creds, profile) = match new_account(&user_id, &email, body.password, username).await {
+    let password = body.password;
+    let (creds, profile) = match new_account(&user_id, &email, password.clone(), username).await {
         Ok(account) => account,
         Err(e) => {
             abandon(Abandon::Uncount).await;
@@ -251,15 +252,19 @@ async fn register_now(state: &(impl Table + Cache + Keys + Mail), req: Request, 
         }
     }
     let replaced = match found {
-        // Inside the cooldown of a mail to the address (a doubled submit's first, a retry, or
-        // someone racing the owner): left as it is, with the code it was mailed, since nothing
-        // would be mailed for a replacement. A cooldown runs a minute after a mail, so nobody
-        // keeps an account in place this way for more than minutes an hour.
-        Ok(Some((_, old))) if !old.email_verified && mail == MailFit::CoolingDown => Ok(None),
         // Never verified (someone may have registered another's address): this registration
         // replaces it whatever the mail limits (a squatter spending them cannot keep their
-        // password in place), and only the mailbox's owner can verify it.
-        Ok(Some((form, old))) if !old.email_verified => users.replace_unverified(&form, &old.user_id, &creds, &profile).await.map(Some),
+        // password in place), and only the mailbox's owner can verify it. Past the limits nothing
+        // would be mailed for the replacement, so the same registration again (a doubled submit,
+        // a retry after a timeout: its password is the account's) leaves it as it is, with the
+        // code it was mailed.
+        Ok(Some((form, old))) if !old.email_verified => {
+            if !within_limits && password::verify(password, Some(old.password_hash.clone())).await.is_ok_and(|v| v.ok) {
+                Ok(None)
+            } else {
+                users.replace_unverified(&form, &old.user_id, &creds, &profile).await.map(Some)
+            }
+        }
         Ok(Some(_)) => Ok(Some(false)),
         // Gone since the write found it (it expired, or was deleted): nobody to tell.
         Ok(None) => Ok(None),
